@@ -1,0 +1,94 @@
+//! The command line. Subcommands are thin: each parses its arguments and
+//! calls into the library. `anyhow` lives here and nowhere deeper.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::dirs::HostDirs;
+use crate::native::{self, Caller};
+use crate::App;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bitnet-host",
+    version,
+    about = "Runs local BitNet language models for browser extensions (native messaging host)",
+    long_about = "Runs local BitNet language models for browser extensions.\n\n\
+        Browsers start it with their own arguments (a chrome-extension:// origin, or Firefox's \
+        manifest path and add-on id); it then speaks native messaging on stdin/stdout."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Speak native messaging on stdin/stdout, as when a browser starts the host
+    Native,
+    /// Print the folders the host reads and writes
+    Paths,
+}
+
+/// Writes the CLI's own output. Only reachable from subcommands that are not
+/// the browser-facing mode.
+fn out(text: &str) {
+    use std::io::Write;
+    #[allow(clippy::disallowed_methods)] // CLI output, never in native mode
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
+fn run_native(caller: Caller) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve();
+    let _guard = crate::logging::init(dirs.as_ref(), "warn");
+    let app = Arc::new(App::new(dirs));
+    let rt = runtime()?;
+    rt.block_on(native::serve_stdio(app, caller));
+    // A blocking stdin read may still be parked in the runtime's pool (after
+    // SIGTERM); do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(50));
+    Ok(())
+}
+
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(caller) = native::browser_launch(&args) {
+        return exit(run_native(caller));
+    }
+    let cli = Cli::parse();
+    exit(match cli.command {
+        Command::Native => run_native(Caller::Manual),
+        Command::Paths => paths(),
+    })
+}
+
+fn paths() -> anyhow::Result<()> {
+    let d = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory to put the host's folders in"))?;
+    out(&format!(
+        "data    {}\nconfig  {}\ncache   {}\nstate   {}\nlogs    {}\n",
+        d.data.display(),
+        d.config.display(),
+        d.cache.display(),
+        d.state.display(),
+        d.logs().display()
+    ));
+    Ok(())
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitnet-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

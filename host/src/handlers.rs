@@ -1,0 +1,181 @@
+//! Request handlers, one function per v1 request type.
+//!
+//! A handler returns the final result; it sends events through [`Ctx`] while
+//! it runs. Cancellation is handled by the session (the handler's future is
+//! dropped), so handlers only need to be cancel-safe at their await points.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::protocol::message::PROTOCOL_VERSIONS;
+use crate::protocol::{ErrorCode, ProtoError, RequestId};
+use crate::session::Ctx;
+
+type Params = Map<String, Value>;
+type Outcome = Result<Value, ProtoError>;
+
+/// Request types that exist in protocol v1 but whose backend is not part of
+/// this build yet, with what is missing. They answer `not_available`, never a
+/// made-up success.
+const NOT_YET: &[(&str, &str)] = &[
+    ("chat", "no inference backend is available yet"),
+    ("complete", "no inference backend is available yet"),
+    ("embed", "no inference backend is available yet"),
+    ("tokenize", "no inference backend is available yet"),
+    ("detokenize", "no inference backend is available yet"),
+    ("load_model", "no inference backend is available yet"),
+    ("unload_model", "no inference backend is available yet"),
+    ("models", "model management is not available yet"),
+    ("pull", "model downloads are not available yet"),
+    ("settings", "settings are not available yet"),
+    ("logs", "backend logs are not available yet"),
+];
+
+/// Request types this host answers (for `hello`'s capabilities).
+pub const IMPLEMENTED: &[&str] = &["hello", "ping", "status", "cancel", "hardware", "model_state", "echo"];
+
+pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
+    match kind {
+        "hello" => hello(ctx, params),
+        "ping" => Ok(ping()),
+        "status" => Ok(status(ctx)),
+        "cancel" => cancel(ctx, params),
+        "hardware" => Ok(hardware()),
+        "model_state" => Ok(json!({"ready": false, "backend": null, "model": null})),
+        "echo" => echo(ctx, params).await,
+        other => match NOT_YET.iter().find(|(k, _)| *k == other) {
+            Some((_, why)) => Err(ProtoError::new(ErrorCode::NotAvailable, format!("`{other}`: {why}"))),
+            None => Err(ProtoError::new(ErrorCode::UnknownType, format!("unknown request type `{other}`"))
+                .with_details(json!({"known": known_types()}))),
+        },
+    }
+}
+
+fn known_types() -> Vec<&'static str> {
+    IMPLEMENTED.iter().copied().chain(NOT_YET.iter().map(|(k, _)| *k)).collect()
+}
+
+fn hello(_ctx: &Ctx, params: &Params) -> Outcome {
+    let selected = match params.get("protocol_versions") {
+        None => PROTOCOL_VERSIONS.iter().max().copied(),
+        Some(Value::Array(offered)) => {
+            let offered: Vec<u64> = offered.iter().filter_map(Value::as_u64).collect();
+            PROTOCOL_VERSIONS.iter().copied().filter(|v| offered.contains(&u64::from(*v))).max()
+        }
+        Some(_) => {
+            return Err(ProtoError::new(ErrorCode::InvalidRequest, "`protocol_versions` must be an array of integers"))
+        }
+    };
+    let Some(selected) = selected else {
+        return Err(ProtoError::new(ErrorCode::UnsupportedVersion, "no protocol version in common")
+            .with_details(json!({"supported": PROTOCOL_VERSIONS})));
+    };
+    Ok(json!({
+        "protocol": {"versions": PROTOCOL_VERSIONS, "selected": selected},
+        "host": {"name": "bitnet-host", "version": crate::VERSION, "pid": std::process::id()},
+        "capabilities": IMPLEMENTED,
+        "limits": {
+            "max_inbound_frame": crate::protocol::frame::MAX_INBOUND,
+            "max_outbound_frame": crate::protocol::frame::MAX_OUTBOUND,
+        },
+        "hardware": hardware(),
+        "backends": [],
+    }))
+}
+
+fn ping() -> Value {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    json!({"pong": true, "version": crate::VERSION, "pid": std::process::id(), "time_ms": now_ms})
+}
+
+fn status(ctx: &Ctx) -> Value {
+    json!({
+        "version": crate::VERSION,
+        "pid": std::process::id(),
+        "uptime_ms": ctx.app.started.elapsed().as_millis() as u64,
+        // The status request itself is one of them.
+        "requests_in_flight": ctx.in_flight_count(),
+        "backends": [],
+        "models": [],
+    })
+}
+
+fn cancel(ctx: &Ctx, params: &Params) -> Outcome {
+    let target = params.get("target");
+    let kind = params.get("kind").and_then(Value::as_str);
+    match (target, kind) {
+        (Some(t), _) => {
+            let Some(t) = RequestId::from_json(t) else {
+                return Err(ProtoError::new(ErrorCode::InvalidRequest, "`target` must be a request id"));
+            };
+            let n = ctx.cancel_others(Some(&t), None);
+            Ok(json!({"cancelled": n, "target": t.0}))
+        }
+        (None, Some(k)) => Ok(json!({"cancelled": ctx.cancel_others(None, Some(k)), "kind": k})),
+        (None, None) => Err(ProtoError::new(ErrorCode::InvalidRequest, "`cancel` needs a `target` id")),
+    }
+}
+
+/// What the host knows about the machine without the probe: enough for the
+/// legacy `get_system_info` shape. The hardware probe extends it.
+fn hardware() -> Value {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    json!({
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "cpu": {"logical_cores": threads},
+        "legacy": {
+            "platform": std::env::consts::OS,
+            "architecture": std::env::consts::ARCH,
+            "devices": {"cpu": {"threads": threads}, "nvidia_dgpu": []},
+            "has_cuda": false,
+        },
+    })
+}
+
+/// Deterministic filler text: byte i is b'a' + i % 26. Clients can check
+/// what they reassembled.
+pub fn filler(len: usize) -> String {
+    (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect()
+}
+
+fn get_u64(params: &Params, key: &str, max: u64) -> Result<u64, ProtoError> {
+    match params.get(key) {
+        None => Ok(0),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= max => Ok(n),
+            _ => Err(ProtoError::new(ErrorCode::InvalidRequest, format!("`{key}` must be an integer from 0 to {max}"))),
+        },
+    }
+}
+
+/// Diagnostics for extension authors and benchmarks: returns `data`
+/// unchanged, optionally streams `events` events of `event_bytes` filler
+/// each `interval_ms` apart, and returns `bytes` of filler as `text`.
+async fn echo(ctx: &Ctx, params: &Params) -> Outcome {
+    let events = get_u64(params, "events", 1_000_000)?;
+    let event_bytes = get_u64(params, "event_bytes", 900 * 1024)? as usize;
+    let interval = Duration::from_millis(get_u64(params, "interval_ms", 60_000)?);
+    let bytes = get_u64(params, "bytes", 32 << 20)? as usize;
+    let payload = filler(event_bytes);
+    for seq in 0..events {
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        let mut f = Map::new();
+        f.insert("seq".into(), Value::from(seq));
+        f.insert("data".into(), Value::from(payload.as_str()));
+        if !ctx.event("echo", f).await {
+            break;
+        }
+    }
+    let mut result = Map::new();
+    result.insert("data".into(), params.get("data").cloned().unwrap_or(Value::Null));
+    result.insert("events".into(), Value::from(events));
+    if bytes > 0 {
+        result.insert("text".into(), Value::from(filler(bytes)));
+    }
+    Ok(Value::Object(result))
+}

@@ -1,0 +1,150 @@
+//! Browser-facing mode: native messaging on stdin/stdout.
+//!
+//! One reader loop feeds the session; one writer task owns stdout and is the
+//! only code that writes to it. When stdin closes (the browser is done) or
+//! SIGTERM arrives, every running request is cancelled and the process exits
+//! well inside Chromium's ~2 s before SIGKILL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+
+use crate::protocol::frame::{self, read_frame, MAX_INBOUND};
+use crate::protocol::Wire;
+use crate::session::Session;
+use crate::App;
+
+/// How long running requests get to finish after the browser leaves.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+/// How long the writer gets to flush what is queued.
+const FLUSH_GRACE: Duration = Duration::from_millis(300);
+/// Frames the writer coalesces into one write at most.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Who started us, as far as the arguments tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Chromium family: argv[1] is the calling extension's origin.
+    Chromium { origin: String },
+    /// Firefox family: argv[1] is the manifest path, argv[2] the add-on id.
+    Firefox { manifest: String, extension_id: String },
+    /// `bitnet-host native` by hand or from a test.
+    Manual,
+}
+
+/// Recognises a browser's launch arguments (everything after argv[0]).
+/// Chromium on Windows appends `--parent-window=N`; it is ignored.
+pub fn browser_launch(args: &[String]) -> Option<Caller> {
+    let first = args.first()?;
+    if first.starts_with("chrome-extension://") {
+        return Some(Caller::Chromium { origin: first.clone() });
+    }
+    if first.ends_with(".json") && args.len() >= 2 && !args[1].starts_with('-') {
+        return Some(Caller::Firefox { manifest: first.clone(), extension_id: args[1].clone() });
+    }
+    None
+}
+
+/// Owns stdout (or any writer): encodes and writes frames until every
+/// sender is gone. Queued frames are coalesced into one write.
+pub async fn writer_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Wire>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        first.encode_into(&mut buf);
+        while buf.len() < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(w) => w.encode_into(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = frame::write_all(&mut w, &buf).await {
+            // The browser closed its end: nobody is listening any more.
+            tracing::info!(error = %e, "output closed");
+            return;
+        }
+    }
+}
+
+async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM"),
+                    _ = int.recv() => tracing::info!("SIGINT"),
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Serves one browser connection on stdin/stdout until it ends.
+pub async fn serve_stdio(app: Arc<App>, caller: Caller) {
+    tracing::info!(?caller, pid = std::process::id(), "native messaging session started");
+    let (tx, rx) = mpsc::channel::<Wire>(1024);
+    #[allow(clippy::disallowed_methods)] // the one place that owns stdout in native mode
+    let stdout = tokio::io::stdout();
+    let writer = tokio::spawn(writer_loop(stdout, rx));
+    let session = Session::new(app, tx);
+    let mut stdin = tokio::io::stdin();
+    let signal = terminate_signal();
+    tokio::pin!(signal);
+    loop {
+        let inbound = tokio::select! {
+            r = read_frame(&mut stdin, MAX_INBOUND) => r,
+            _ = &mut signal => break,
+        };
+        match inbound {
+            Ok(inbound) => {
+                if !session.handle_inbound(inbound).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stdin failed");
+                break;
+            }
+        }
+    }
+    tracing::info!("input closed: cancelling requests and exiting");
+    session.shutdown(SHUTDOWN_GRACE).await;
+    drop(session);
+    let _ = tokio::time::timeout(FLUSH_GRACE, writer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn recognises_chromium_and_firefox_launches() {
+        assert_eq!(
+            browser_launch(&args(&["chrome-extension://abc/", "--parent-window=0"])),
+            Some(Caller::Chromium { origin: "chrome-extension://abc/".into() })
+        );
+        assert_eq!(
+            browser_launch(&args(&["/home/u/.mozilla/native-messaging-hosts/com.bitnet.host.json", "ext@example.org"])),
+            Some(Caller::Firefox {
+                manifest: "/home/u/.mozilla/native-messaging-hosts/com.bitnet.host.json".into(),
+                extension_id: "ext@example.org".into()
+            })
+        );
+        assert_eq!(browser_launch(&args(&["native"])), None);
+        assert_eq!(browser_launch(&args(&["x.json"])), None);
+        assert_eq!(browser_launch(&args(&[])), None);
+    }
+}

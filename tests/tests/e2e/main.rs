@@ -1,0 +1,11 @@
+//! End-to-end tests: the real host binary driven over real pipes.
+//! One integration-test binary (as in ripgrep); one module per area.
+
+mod legacy;
+mod native;
+
+use std::path::Path;
+
+pub fn host_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_host-under-test"))
+}
