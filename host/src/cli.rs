@@ -30,6 +30,21 @@ enum Command {
     Native,
     /// Print the folders the host reads and writes
     Paths,
+    /// Show what this machine has: CPU features, memory, CUDA, Vulkan, Metal
+    Hardware {
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        /// Probe again instead of using the cached vendor sections
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Internal: the short-lived child that loads vendor libraries
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        child: bool,
+    },
 }
 
 /// Writes the CLI's own output. Only reachable from subcommands that are not
@@ -67,7 +82,30 @@ pub fn main() -> ExitCode {
     exit(match cli.command {
         Command::Native => run_native(Caller::Manual),
         Command::Paths => paths(),
+        Command::Hardware { json, refresh } => hardware(json, refresh),
+        Command::Probe { child } => probe_child(child),
     })
+}
+
+fn hardware(json: bool, refresh: bool) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve();
+    let _guard = crate::logging::init(dirs.as_ref(), "warn");
+    let report = crate::hardware::prober(dirs.as_ref()).report(refresh)?;
+    if json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+    } else {
+        out(&crate::hardware::table(&report));
+    }
+    Ok(())
+}
+
+/// Runs in the probe child: vendor libraries are loaded here and nowhere
+/// else. Prints the vendor sections as JSON.
+fn probe_child(child: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(child, "`probe` is internal; use `bitnet-host hardware`");
+    let sections = bitnet_probe::child::probe_vendors_here();
+    out(&serde_json::to_string(&sections)?);
+    Ok(())
 }
 
 fn paths() -> anyhow::Result<()> {

@@ -37,11 +37,11 @@ pub const IMPLEMENTED: &[&str] = &["hello", "ping", "status", "cancel", "hardwar
 
 pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
     match kind {
-        "hello" => hello(ctx, params),
+        "hello" => hello(ctx, params).await,
         "ping" => Ok(ping()),
-        "status" => Ok(status(ctx)),
+        "status" => Ok(status(ctx).await),
         "cancel" => cancel(ctx, params),
-        "hardware" => Ok(hardware()),
+        "hardware" => hardware(ctx).await,
         "model_state" => Ok(json!({"ready": false, "backend": null, "model": null})),
         "echo" => echo(ctx, params).await,
         other => match NOT_YET.iter().find(|(k, _)| *k == other) {
@@ -56,7 +56,7 @@ fn known_types() -> Vec<&'static str> {
     IMPLEMENTED.iter().copied().chain(NOT_YET.iter().map(|(k, _)| *k)).collect()
 }
 
-fn hello(_ctx: &Ctx, params: &Params) -> Outcome {
+async fn hello(ctx: &Ctx, params: &Params) -> Outcome {
     let selected = match params.get("protocol_versions") {
         None => PROTOCOL_VERSIONS.iter().max().copied(),
         Some(Value::Array(offered)) => {
@@ -79,7 +79,7 @@ fn hello(_ctx: &Ctx, params: &Params) -> Outcome {
             "max_inbound_frame": crate::protocol::frame::MAX_INBOUND,
             "max_outbound_frame": crate::protocol::frame::MAX_OUTBOUND,
         },
-        "hardware": hardware(),
+        "hardware": hardware_or_null(ctx).await,
         "backends": [],
     }))
 }
@@ -90,8 +90,9 @@ fn ping() -> Value {
     json!({"pong": true, "version": crate::VERSION, "pid": std::process::id(), "time_ms": now_ms})
 }
 
-fn status(ctx: &Ctx) -> Value {
+async fn status(ctx: &Ctx) -> Value {
     json!({
+        "hardware": hardware_or_null(ctx).await,
         "version": crate::VERSION,
         "pid": std::process::id(),
         "uptime_ms": ctx.app.started.elapsed().as_millis() as u64,
@@ -118,21 +119,15 @@ fn cancel(ctx: &Ctx, params: &Params) -> Outcome {
     }
 }
 
-/// What the host knows about the machine without the probe: enough for the
-/// legacy `get_system_info` shape. The hardware probe extends it.
-fn hardware() -> Value {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    json!({
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-        "cpu": {"logical_cores": threads},
-        "legacy": {
-            "platform": std::env::consts::OS,
-            "architecture": std::env::consts::ARCH,
-            "devices": {"cpu": {"threads": threads}, "nvidia_dgpu": []},
-            "has_cuda": false,
-        },
-    })
+async fn hardware(ctx: &Ctx) -> Outcome {
+    let report = ctx.app.hardware().await.map_err(|e| ProtoError::new(ErrorCode::Internal, e))?;
+    serde_json::to_value(&*report).map_err(|e| ProtoError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// The report for summaries (`hello`, `status`): null when it cannot be had
+/// (the reason is in the log and in the `hardware` request's error).
+async fn hardware_or_null(ctx: &Ctx) -> Value {
+    hardware(ctx).await.unwrap_or(Value::Null)
 }
 
 /// Deterministic filler text: byte i is b'a' + i % 26. Clients can check

@@ -9,7 +9,12 @@ pub mod native;
 pub mod protocol;
 pub mod session;
 
+pub mod hardware;
+
+use std::sync::Arc;
 use std::time::Instant;
+
+use bitnet_probe::HardwareReport;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -18,10 +23,29 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct App {
     pub started: Instant,
     pub dirs: Option<dirs::HostDirs>,
+    prober: bitnet_probe::Prober,
+    hardware: tokio::sync::OnceCell<Result<Arc<HardwareReport>, String>>,
 }
 
 impl App {
     pub fn new(dirs: Option<dirs::HostDirs>) -> Self {
-        Self { started: Instant::now(), dirs }
+        let prober = hardware::prober(dirs.as_ref());
+        Self { started: Instant::now(), dirs, prober, hardware: tokio::sync::OnceCell::new() }
+    }
+
+    /// The hardware report, probed (or read from cache) once per process,
+    /// off the async threads.
+    pub async fn hardware(&self) -> Result<Arc<HardwareReport>, String> {
+        self.hardware
+            .get_or_init(|| async {
+                let prober = self.prober.clone();
+                match tokio::task::spawn_blocking(move || prober.report(false)).await {
+                    Ok(Ok(r)) => Ok(Arc::new(r)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("hardware probe failed: {e}")),
+                }
+            })
+            .await
+            .clone()
     }
 }

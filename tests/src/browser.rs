@@ -90,12 +90,19 @@ fn reader_loop(mut stdout: impl Read, tx: mpsc::Sender<Output>) {
 impl FakeBrowser {
     /// Starts `bin` with `args`, its folders in a fresh temp home.
     pub fn spawn(bin: &Path, args: &[String]) -> Self {
+        Self::spawn_with_env(bin, args, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn spawn_with_env(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let home = tempfile::tempdir().expect("temp home");
         let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("BITNET_HOST_HOME", home.path())
             .env("HOME", home.path())
             .env_remove("BITNET_HOST_LOG")
+            .env_remove("BITNET_HOST_HARDWARE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

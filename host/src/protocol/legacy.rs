@@ -122,7 +122,7 @@ pub fn shape_result(action: &str, result: Value) -> Map<String, Value> {
             "capabilities": r["capabilities"],
         })),
         "ping" => success(json!({"response": "pong", "version": r["version"], "pid": r["pid"]})),
-        "get_system_info" => success(r["legacy"].clone()),
+        "get_system_info" => success(system_info(r)),
         "get_model_state" => success(json!({"payload": {
             "isReady": r["ready"],
             "backend": r["backend"],
@@ -139,6 +139,56 @@ pub fn shape_result(action: &str, result: Value) -> Map<String, Value> {
         "stop_generation" => success(json!({"message": "Generation stopped", "stopped": r["cancelled"]})),
         _ => success(json!({ "payload": result })),
     }
+}
+
+/// TabAgent's `get_system_info` fields, from the v1 hardware report.
+fn system_info(r: &Value) -> Value {
+    let cpu = &r["cpu"];
+    let available = |section: &Value| section["status"] == "available";
+    let nvidia: Vec<Value> = r["cuda"]["devices"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    json!({
+                        "name": d["name"],
+                        "vendor": "nvidia",
+                        "gpu_type": "discrete",
+                        "vram_mb": d["memory_total_bytes"].as_u64().map(|b| b / (1024 * 1024)),
+                        "driver_version": r["cuda"]["driver_version"],
+                        "compute_capability": d["compute_capability"],
+                        "available": true,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let vulkan_gpus: Vec<Value> = r["vulkan"]["devices"]
+        .as_array()
+        .map(|ds| ds.iter().filter(|d| d["counts_as_gpu"] == true).map(|d| json!({"name": d["name"], "gpu_type": d["kind"], "vram_mb": d["device_local_bytes"].as_u64().map(|b| b / (1024 * 1024))})).collect())
+        .unwrap_or_default();
+    json!({
+        "platform": r["os"]["family"],
+        "platform_version": r["os"]["version"],
+        "architecture": r["os"]["arch"],
+        "processor": cpu["brand"],
+        "devices": {
+            "cpu": {
+                "name": cpu["brand"],
+                "cores": cpu["physical_cores"],
+                "threads": cpu["logical_cores"],
+                "features": cpu["features"],
+                "available": true,
+            },
+            "nvidia_dgpu": nvidia,
+            "vulkan_gpu": vulkan_gpus,
+            "memory": {"total_mb": r["memory"]["total_bytes"].as_u64().map(|b| b / (1024 * 1024)),
+                       "available_mb": r["memory"]["available_bytes"].as_u64().map(|b| b / (1024 * 1024))},
+        },
+        "has_cuda": available(&r["cuda"]),
+        "has_vulkan": !vulkan_gpus.is_empty(),
+        "has_metal": available(&r["metal"]),
+    })
 }
 
 /// Shapes a v1 error into the legacy reply for `action`.

@@ -38,7 +38,12 @@ fn handshake_ping_and_system_info_echo_message_id() {
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["messageId"], "sys");
     assert_eq!(r["platform"], std::env::consts::OS);
-    assert!(r["devices"]["cpu"]["threads"].as_u64().unwrap() >= 1);
+    let cpu = &r["devices"]["cpu"];
+    assert!(cpu["threads"].as_u64().unwrap() >= 1);
+    assert!(cpu["cores"].as_u64().unwrap() >= 1);
+    assert!(cpu["name"].is_string(), "{r}");
+    assert!(r["devices"]["nvidia_dgpu"].is_array());
+    assert_eq!(r["has_cuda"], false);
 }
 
 #[test]
