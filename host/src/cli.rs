@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         refresh: bool,
     },
+    /// Show which server builds can run here, best first, and why the others cannot
+    Select {
+        /// The model's weight format (i2_s, tq2_0, tq1_0, f16, ...)
+        #[arg(long)]
+        format: Option<String>,
+        /// Also list every skipped candidate with its reason
+        #[arg(long)]
+        explain: bool,
+        /// Print the selection as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: the short-lived child that loads vendor libraries
     #[command(hide = true)]
     Probe {
@@ -84,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Paths => paths(),
         Command::Hardware { json, refresh } => hardware(json, refresh),
         Command::Probe { child } => probe_child(child),
+        Command::Select { format, explain, json } => select(format.as_deref(), explain, json),
     })
 }
 
@@ -96,6 +109,50 @@ fn hardware(json: bool, refresh: bool) -> anyhow::Result<()> {
     } else {
         out(&crate::hardware::table(&report));
     }
+    Ok(())
+}
+
+fn select(format: Option<&str>, explain: bool, json: bool) -> anyhow::Result<()> {
+    use bitnet_supervisor::{Catalog, Inputs, Launch, Preferences};
+    let dirs = HostDirs::resolve();
+    let _guard = crate::logging::init(dirs.as_ref(), "warn");
+    let report = crate::hardware::prober(dirs.as_ref()).report(false)?;
+    let catalog = Catalog::bundled();
+    let binaries = dirs.as_ref().map(|d| d.data.join("binaries"));
+    let installed = |file: &str| binaries.as_ref().map(|b| b.join(file)).filter(|p| p.is_file());
+    let prefs = Preferences::default();
+    let format = format.map(str::to_lowercase);
+    let sel = bitnet_supervisor::select(&Inputs {
+        report: &report,
+        catalog: &catalog,
+        installed: &installed,
+        model_format: format.as_deref(),
+        prefs: &prefs,
+        path_server: which::which("llama-server").ok(),
+    });
+    if json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&sel)?));
+        return Ok(());
+    }
+    let mut text = String::from("Candidates, best first:\n");
+    if sel.candidates.is_empty() {
+        text.push_str("  (none: nothing here can load this model)\n");
+    }
+    for (i, c) in sel.candidates.iter().enumerate() {
+        let how = match &c.launch {
+            Launch::Bundled { path } | Launch::Path { path } => path.display().to_string(),
+            Launch::Builtin => "the host's own engine (bitnet-host runner)".into(),
+            Launch::Remote { url } => url.clone(),
+        };
+        text.push_str(&format!("  {}. {:<28} {}\n", i + 1, c.id, how));
+    }
+    if explain {
+        text.push_str("Skipped:\n");
+        for s in &sel.skipped {
+            text.push_str(&format!("  {:<30} {}\n", s.id, s.reason));
+        }
+    }
+    out(&text);
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod hardware;
 mod legacy;
 mod native;
+mod select;
 
 use std::path::Path;
 

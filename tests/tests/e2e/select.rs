@@ -1,0 +1,49 @@
+//! `bitnet-host select` over this machine and over a recorded report.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::host_bin;
+
+fn select(home: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(host_bin())
+        .arg("select")
+        .args(args)
+        .env("BITNET_HOST_HOME", home)
+        .env_remove("BITNET_HOST_HARDWARE")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn an_installed_build_is_chosen_before_the_builtin_engine_and_skips_are_explained() {
+    let home = tempfile::tempdir().unwrap();
+    // Record this machine with AVX2 and lavapipe only, so the test does not
+    // depend on the CPU it runs on.
+    let out =
+        Command::new(host_bin()).args(["hardware", "--json"]).env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    let mut report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["os"]["family"] = json!("linux");
+    report["cpu"]["arch"] = json!("x86_64");
+    report["cpu"]["features"] = json!(["sse4.2", "avx", "avx2", "fma", "f16c"]);
+    let file = home.path().join("report.json");
+    std::fs::write(&file, report.to_string()).unwrap();
+    let env = [("BITNET_HOST_HARDWARE", file.to_str().unwrap())];
+
+    let text = select(home.path(), &["--explain"], &env);
+    assert!(text.contains("1. builtin"), "{text}");
+    assert!(text.contains("fits, but cpu/linux/llama-server is not installed"), "{text}");
+    assert!(text.contains("needs an NVIDIA GPU"), "{text}");
+
+    let bin = home.path().join("data/binaries/cpu/linux/llama-server");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(&bin, b"#!/bin/sh\n").unwrap();
+    let sel: Value = serde_json::from_str(&select(home.path(), &["--json", "--format", "I2_S"], &env)).unwrap();
+    let ids: Vec<&str> = sel["candidates"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["bitnet-cpu-linux-x86_64", "builtin"]);
+    assert_eq!(sel["candidates"][0]["launch"]["path"], bin.to_str().unwrap());
+}
