@@ -164,47 +164,39 @@ fn lavapipe_only_linux_never_picks_vulkan() {
     assert!(why.contains("only software devices") && why.contains("llvmpipe"), "{why}");
 }
 
-#[test]
-fn missing_files_forced_variants_remote_and_path_servers() {
-    let r = report("linux", "x86_64", X86_AVX2);
+/// Selection with nothing installed and `path_server` as `which` found it.
+fn run_uninstalled(r: &HardwareReport, prefs: &Preferences, path_server: Option<&str>) -> Selection {
     let catalog = Catalog::bundled();
     let none = |_: &str| None;
-    let prefs = Preferences::default();
-    let s = select(&Inputs {
-        report: &r,
+    select(&Inputs {
+        report: r,
         catalog: &catalog,
         installed: &none,
         model_format: None,
-        prefs: &prefs,
-        path_server: Some("/usr/bin/llama-server".into()),
-    });
+        prefs,
+        path_server: path_server.map(PathBuf::from),
+    })
+}
+
+#[test]
+fn missing_files_forced_variants_remote_and_path_servers() {
+    let r = report("linux", "x86_64", X86_AVX2);
+    let on_path = Some("/usr/bin/llama-server");
+    let s = run_uninstalled(&r, &Preferences::default(), on_path);
     assert_eq!(ids(&s), ["builtin"]);
     assert_eq!(reason(&s, "bitnet-cpu-linux-x86_64"), "fits, but cpu/linux/llama-server is not installed");
     assert!(reason(&s, "path").contains("not allowed"));
 
     let prefs =
         Preferences { remote_url: Some("http://127.0.0.1:8000/v1".into()), allow_path_server: true, force: None };
-    let s = select(&Inputs {
-        report: &r,
-        catalog: &catalog,
-        installed: &none,
-        model_format: None,
-        prefs: &prefs,
-        path_server: Some("/usr/bin/llama-server".into()),
-    });
+    let s = run_uninstalled(&r, &prefs, on_path);
     assert_eq!(ids(&s), ["remote", "path", "builtin"]);
 
     let prefs = Preferences { force: Some("builtin".into()), ..prefs };
-    let s = select(&Inputs {
-        report: &r,
-        catalog: &catalog,
-        installed: &none,
-        model_format: None,
-        prefs: &prefs,
-        path_server: None,
-    });
+    let s = run_uninstalled(&r, &prefs, None);
     assert_eq!(ids(&s), ["builtin"]);
     assert_eq!(reason(&s, "remote"), "the config forces `builtin`");
+    assert_eq!(reason(&s, "path"), "no llama-server on PATH");
 }
 
 #[test]
