@@ -1,1 +1,4 @@
+//! Test support: a fake browser over stdio and the stand-in server's helpers.
+
 pub mod browser;
+pub mod standin;

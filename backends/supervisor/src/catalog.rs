@@ -31,6 +31,10 @@ pub struct Variant {
     #[serde(default)]
     pub gpu_layers: bool,
     pub rank: i32,
+    /// Argument template; None means the llama-server default
+    /// ([`crate::job::DEFAULT_ARGS`]). Placeholders: {model} {port}
+    /// {threads} {ctx_size} {gpu_layers} {api_key}.
+    pub args: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -50,6 +50,9 @@ pub struct Candidate {
     pub rank: i32,
     /// Whether it takes --n-gpu-layers.
     pub gpu_layers: bool,
+    /// Argument template (None: llama-server's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -144,6 +147,7 @@ pub fn select(inp: &Inputs) -> Selection {
                 gpu: GpuApi::None,
                 rank: RANK_REMOTE,
                 gpu_layers: false,
+                args: None,
             },
             &mut skipped,
         ),
@@ -163,6 +167,7 @@ pub fn select(inp: &Inputs) -> Selection {
                     gpu: v.gpu,
                     rank: v.rank,
                     gpu_layers: v.gpu_layers,
+                    args: v.args.clone(),
                 },
                 &mut skipped,
             ),
@@ -180,6 +185,7 @@ pub fn select(inp: &Inputs) -> Selection {
                 gpu: GpuApi::None,
                 rank: RANK_PATH,
                 gpu_layers: true,
+                args: None,
             },
             &mut skipped,
         ),
@@ -199,6 +205,7 @@ pub fn select(inp: &Inputs) -> Selection {
                 gpu: GpuApi::None,
                 rank: RANK_BUILTIN,
                 gpu_layers: false,
+                args: None,
             },
             &mut skipped,
         );

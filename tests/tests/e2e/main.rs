@@ -6,9 +6,14 @@ mod hardware;
 mod legacy;
 mod native;
 mod select;
+mod supervisor;
 
 use std::path::Path;
 
 pub fn host_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_host-under-test"))
+}
+
+pub fn standin_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_standin-server"))
 }

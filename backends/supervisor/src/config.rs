@@ -1,0 +1,270 @@
+//! The user's config file (`config.toml` in the platform config dir) and the
+//! supervisor's timing policy.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::select::Preferences;
+
+/// Default time a server stays loaded with no request.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_CTX_SIZE: u32 = 4096;
+/// "All layers": llama-server clamps it to the model's layer count.
+pub const DEFAULT_GPU_LAYERS: u32 = 999;
+
+/// `config.toml`, as written by the user. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    pub remote: Option<RemoteSection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Use only this candidate (a catalog id, "builtin", "path" or "remote").
+    pub variant: Option<String>,
+    pub threads: Option<usize>,
+    pub ctx_size: Option<u32>,
+    pub gpu_layers: Option<u32>,
+    /// "300", "90s", "5m", "1h", or "never".
+    pub keep_alive: Option<String>,
+    #[serde(default)]
+    pub allow_path_server: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSection {
+    /// An OpenAI-compatible base URL (without `/v1`).
+    pub url: String,
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not valid: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+}
+
+/// What the supervisor needs from the config, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub threads: usize,
+    pub ctx_size: u32,
+    pub gpu_layers: u32,
+    /// None: never unload.
+    pub keep_alive: Option<Duration>,
+}
+
+impl ConfigFile {
+    /// Read the config; a missing file is the default config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path: shown, source }),
+        };
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown.clone(), source },
+            ConfigError::Invalid { problem, .. } => ConfigError::Invalid { path: shown.clone(), problem },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: ConfigFile =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: "config".into(), source })?;
+        let invalid = |problem: String| ConfigError::Invalid { path: "config".into(), problem };
+        if let Some(k) = &c.server.keep_alive {
+            parse_keep_alive(k).map_err(invalid)?;
+        }
+        if c.server.threads == Some(0) {
+            return Err(invalid("server.threads must be at least 1".into()));
+        }
+        if let Some(r) = &c.remote {
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return Err(invalid(format!("remote.url must start with http:// or https://, got `{}`", r.url)));
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn preferences(&self) -> Preferences {
+        Preferences {
+            force: self.server.variant.clone(),
+            remote_url: self.remote.as_ref().map(|r| r.url.trim_end_matches('/').to_string()),
+            allow_path_server: self.server.allow_path_server,
+        }
+    }
+
+    /// Settings with defaults filled in; `physical_cores` is the thread default.
+    pub fn settings(&self, physical_cores: usize) -> Settings {
+        let keep_alive = match &self.server.keep_alive {
+            // Checked in parse().
+            Some(k) => parse_keep_alive(k).unwrap_or(Some(DEFAULT_KEEP_ALIVE)),
+            None => Some(DEFAULT_KEEP_ALIVE),
+        };
+        Settings {
+            threads: self.server.threads.unwrap_or(physical_cores.max(1)),
+            ctx_size: self.server.ctx_size.unwrap_or(DEFAULT_CTX_SIZE),
+            gpu_layers: self.server.gpu_layers.unwrap_or(DEFAULT_GPU_LAYERS),
+            keep_alive,
+        }
+    }
+}
+
+/// "300" / "300s" / "5m" / "1h" / "never" -> Some(duration) or None (never).
+pub fn parse_keep_alive(s: &str) -> Result<Option<Duration>, String> {
+    let s = s.trim();
+    if s == "never" {
+        return Ok(None);
+    }
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("keep_alive `{s}`: expected e.g. 300, 90s, 5m, 1h or never"))?;
+    let secs = match unit {
+        "ms" => return Ok(Some(Duration::from_millis(n))),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("keep_alive `{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+/// How patient the supervisor is. Tests shrink these.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Time between /health polls while loading.
+    pub health_interval: Duration,
+    /// Loading fails when the server has been silent this long without
+    /// becoming healthy (the deadline extends while its log moves).
+    pub load_stall: Duration,
+    /// Loading fails after this long, log or not.
+    pub load_max: Duration,
+    /// First restart delay; doubles per crash, with jitter, up to `restart_max`.
+    pub restart_base: Duration,
+    pub restart_max: Duration,
+    /// This many crashes within `crash_window` and the candidate is given up.
+    pub max_crashes: usize,
+    pub crash_window: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// How much of the server's output is kept in memory.
+    pub ring_bytes: usize,
+    /// Port collisions retried before counting as a crash.
+    pub port_retries: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            health_interval: Duration::from_millis(50),
+            load_stall: Duration::from_secs(60),
+            load_max: Duration::from_secs(15 * 60),
+            restart_base: Duration::from_millis(250),
+            restart_max: Duration::from_secs(15),
+            max_crashes: 3,
+            crash_window: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(5),
+            ring_bytes: 256 << 10,
+            port_retries: 5,
+        }
+    }
+}
+
+impl Policy {
+    /// Delay before restart number `n` (1-based): base * 2^(n-1), capped,
+    /// then between 50% and 100% of that (jitter, so that many hosts do not
+    /// restart in step). `unit` is a random number in [0, 1).
+    pub fn backoff(&self, n: usize, unit: f64) -> Duration {
+        let exp = self.restart_base.saturating_mul(1u32 << (n.saturating_sub(1)).min(16));
+        let capped = exp.min(self.restart_max);
+        capped.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses_into_preferences_and_settings() {
+        let c = ConfigFile::parse(
+            r#"
+[server]
+variant = "vulkan-linux-x86_64"
+threads = 6
+ctx_size = 8192
+gpu_layers = 20
+keep_alive = "10m"
+allow_path_server = true
+
+[remote]
+url = "http://10.0.0.5:8080/"
+api_key = "k"
+"#,
+        )
+        .unwrap();
+        let p = c.preferences();
+        assert_eq!(p.force.as_deref(), Some("vulkan-linux-x86_64"));
+        assert_eq!(p.remote_url.as_deref(), Some("http://10.0.0.5:8080"));
+        assert!(p.allow_path_server);
+        let s = c.settings(4);
+        assert_eq!(
+            s,
+            Settings { threads: 6, ctx_size: 8192, gpu_layers: 20, keep_alive: Some(Duration::from_secs(600)) }
+        );
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let s = ConfigFile::parse("").unwrap().settings(8);
+        assert_eq!(s.threads, 8);
+        assert_eq!(s.keep_alive, Some(DEFAULT_KEEP_ALIVE));
+        assert!(matches!(ConfigFile::parse("[server]\nthreads = 0"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(ConfigFile::parse("[server]\nkeep_alive = \"5 weeks\""), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(ConfigFile::parse("[server]\ncolour = 1"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(ConfigFile::parse("[remote]\nurl = \"ftp://x\""), Err(ConfigError::Invalid { .. })));
+        assert_eq!(parse_keep_alive("never"), Ok(None));
+        assert_eq!(parse_keep_alive("90"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(parse_keep_alive("250ms"), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(parse_keep_alive("1h"), Ok(Some(Duration::from_secs(3600))));
+    }
+
+    #[test]
+    fn a_missing_file_is_the_default_and_an_unreadable_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ConfigFile::load(&dir.path().join("none.toml")).unwrap(), ConfigFile::default());
+        assert!(matches!(ConfigFile::load(dir.path()), Err(ConfigError::Read { .. })));
+        std::fs::write(dir.path().join("bad.toml"), "[server").unwrap();
+        let e = ConfigFile::load(&dir.path().join("bad.toml")).unwrap_err();
+        assert!(e.to_string().contains("bad.toml"), "{e}");
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_within_half() {
+        let p = Policy {
+            restart_base: Duration::from_millis(100),
+            restart_max: Duration::from_secs(1),
+            ..Policy::default()
+        };
+        assert_eq!(p.backoff(1, 0.999_999).as_millis(), 99);
+        assert_eq!(p.backoff(1, 0.0).as_millis(), 50);
+        assert_eq!(p.backoff(3, 0.0).as_millis(), 200);
+        assert_eq!(p.backoff(10, 0.0).as_millis(), 500);
+        assert_eq!(p.backoff(64, 0.0).as_millis(), 500);
+    }
+}

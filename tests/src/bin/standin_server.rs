@@ -1,0 +1,320 @@
+//! A stand-in for llama-server: the HTTP subset the host uses (`/health` with
+//! its loading state, `/v1/models`, `/v1/chat/completions` with and without
+//! SSE), with faults injected on request, so that the supervisor and the
+//! proxy are tested against real processes that fail the way real servers do.
+//!
+//! It takes llama-server's flags (`--model --host --port --api-key --threads
+//! --ctx-size --n-gpu-layers`) and, from flags or the environment:
+//!
+//! | `--fault X` / `STANDIN_FAULT=X,Y` | behaviour |
+//! |---|---|
+//! | `crash-at-start`   | prints an error, exits 1 before listening |
+//! | `crash-after=MS`   | serves, then exits 1 MS after becoming healthy |
+//! | `crash-mid-stream` | exits 1 after the second streamed token |
+//! | `hang`             | listens, never becomes healthy, never logs |
+//! | `slow-load=MS`     | /health says 503 "Loading model" for MS while logging |
+//! | `flood-stderr=N`   | writes N bytes to stderr before listening (blocks if undrained) |
+//! | `sigill`           | dies of SIGILL, like a build using missing instructions |
+//! | `oom`              | prints llama.cpp's allocation failure, exits 1 |
+//! | `gpu-error`        | prints CUDA's "no CUDA-capable device", aborts |
+//! | `ignore-sigterm`   | ignores SIGTERM (forces the supervisor's SIGKILL) |
+//!
+//! `--fault-times N` (`STANDIN_FAULT_TIMES`) with `--fault-state FILE`
+//! (`STANDIN_FAULT_STATE`) applies the faults only to the first N starts.
+//! `STANDIN_TOKEN_DELAY_MS` paces streamed tokens. `STANDIN_ARGV_LOG=FILE`
+//! appends the argv (one JSON array per line) for tests to inspect.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Debug, Default, Clone)]
+struct Opts {
+    model: String,
+    host: String,
+    port: u16,
+    api_key: Option<String>,
+    faults: Vec<String>,
+    fault_times: Option<u64>,
+    fault_state: Option<String>,
+}
+
+impl Opts {
+    fn fault(&self, name: &str) -> Option<&str> {
+        self.faults.iter().find_map(|f| match f.split_once('=') {
+            Some((k, v)) if k == name => Some(v),
+            None if f == name => Some(""),
+            _ => None,
+        })
+    }
+    fn fault_ms(&self, name: &str) -> Option<u64> {
+        self.fault(name).map(|v| v.parse().unwrap_or(0))
+    }
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts { host: "127.0.0.1".into(), port: 8080, ..Default::default() };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().unwrap_or_default();
+        match a.as_str() {
+            "--model" | "-m" => o.model = val(),
+            "--host" => o.host = val(),
+            "--port" => o.port = val().parse().unwrap_or(8080),
+            "--api-key" => o.api_key = Some(val()),
+            "--threads" | "-t" | "--ctx-size" | "-c" | "--n-gpu-layers" | "-ngl" => {
+                val();
+            }
+            "--fault" => o.faults.push(val()),
+            "--fault-times" => o.fault_times = val().parse().ok(),
+            "--fault-state" => o.fault_state = Some(val()),
+            other => {
+                eprintln!("error: invalid argument: {other}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Ok(f) = std::env::var("STANDIN_FAULT") {
+        o.faults.extend(f.split(',').filter(|s| !s.is_empty()).map(String::from));
+    }
+    if let Ok(n) = std::env::var("STANDIN_FAULT_TIMES") {
+        o.fault_times = n.parse().ok();
+    }
+    if let Ok(p) = std::env::var("STANDIN_FAULT_STATE") {
+        o.fault_state = Some(p);
+    }
+    o
+}
+
+/// Count this start; whether the faults apply to it.
+fn faults_apply(o: &Opts) -> bool {
+    let (Some(times), Some(state)) = (o.fault_times, &o.fault_state) else { return true };
+    let n: u64 = std::fs::read_to_string(state).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let _ = std::fs::write(state, (n + 1).to_string());
+    n < times
+}
+
+struct App {
+    opts: Opts,
+    loaded: AtomicBool,
+    token_delay: Duration,
+}
+
+fn main() {
+    let mut opts = parse_args();
+    if let Ok(path) = std::env::var("STANDIN_ARGV_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let argv: Vec<String> = std::env::args().collect();
+            let _ = writeln!(f, "{}", json!(argv));
+        }
+    }
+    if !faults_apply(&opts) {
+        opts.faults.clear();
+    }
+    eprintln!("build: 0 (stand-in) with rustc for {}", std::env::consts::ARCH);
+    eprintln!("system info: n_threads = 1 | stand-in");
+
+    if opts.fault("sigill").is_some() {
+        eprintln!("llama_model_loader: loading model from {}", opts.model);
+        // SAFETY: raising a signal on ourselves.
+        unsafe {
+            libc::signal(libc::SIGILL, libc::SIG_DFL);
+            libc::raise(libc::SIGILL);
+        }
+    }
+    if opts.fault("crash-at-start").is_some() {
+        eprintln!("error: simulated crash at start");
+        std::process::exit(1);
+    }
+    if opts.fault("oom").is_some() {
+        eprintln!("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 8589934592");
+        eprintln!("llama_model_load: error loading model: unable to allocate backend buffer");
+        std::process::exit(1);
+    }
+    if opts.fault("gpu-error").is_some() {
+        eprintln!("ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected");
+        std::process::abort();
+    }
+    if let Some(n) = opts.fault_ms("flood-stderr") {
+        let line = [b'#'; 1023];
+        let mut err = std::io::stderr().lock();
+        let mut left = n as usize;
+        while left > 0 {
+            let k = left.min(1023);
+            let _ = err.write_all(&line[..k]);
+            let _ = err.write_all(b"\n");
+            left = left.saturating_sub(1024);
+        }
+    }
+    if opts.fault("ignore-sigterm").is_some() {
+        // SAFETY: setting a signal disposition.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(serve(opts));
+}
+
+async fn serve(opts: Opts) {
+    let listener = match tokio::net::TcpListener::bind((opts.host.as_str(), opts.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("main: couldn't bind HTTP server socket, hostname: {}, port: {}: {e}", opts.host, opts.port);
+            std::process::exit(1);
+        }
+    };
+    eprintln!("main: HTTP server is listening, hostname: {}, port: {}", opts.host, opts.port);
+    let token_delay =
+        Duration::from_millis(std::env::var("STANDIN_TOKEN_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
+    let app = Arc::new(App { opts: opts.clone(), loaded: AtomicBool::new(false), token_delay });
+
+    let loader = app.clone();
+    tokio::spawn(async move {
+        let o = &loader.opts;
+        if o.fault("hang").is_some() {
+            return;
+        }
+        eprintln!("llama_model_loader: loading model from {}", o.model);
+        if let Some(ms) = o.fault_ms("slow-load") {
+            let start = tokio::time::Instant::now();
+            let mut i = 0;
+            while start.elapsed() < Duration::from_millis(ms) {
+                eprintln!("llama_model_load: loading tensor {i}");
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        loader.loaded.store(true, Ordering::SeqCst);
+        eprintln!("main: model loaded");
+        if let Some(ms) = o.fault_ms("crash-after") {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            eprintln!("error: simulated crash while serving");
+            std::process::exit(1);
+        }
+    });
+
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .with_state(app);
+    let _ = axum::serve(listener, router).await;
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": status.as_u16(), "message": message, "type": kind}}))).into_response()
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    if app.loaded.load(Ordering::SeqCst) {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "Loading model")
+    }
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(key) = &app.opts.api_key else { return true };
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(format!("Bearer {key}").as_str())
+}
+
+fn model_id(app: &App) -> String {
+    std::path::Path::new(&app.opts.model).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid API Key");
+    }
+    Json(json!({"object": "list", "data": [{"id": model_id(&app), "object": "model", "created": 0, "owned_by": "llamacpp"}]}))
+        .into_response()
+}
+
+/// The reply: deterministic words derived from the last user message.
+fn reply_tokens(body: &Value) -> Vec<String> {
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let mut words = vec!["You".to_string(), " said:".to_string()];
+    words.extend(last.split_whitespace().map(|w| format!(" {w}")));
+    let max = body["max_tokens"].as_u64().or(body["n_predict"].as_u64()).unwrap_or(u64::MAX) as usize;
+    words.truncate(max);
+    words
+}
+
+async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if !authorized(&app, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid API Key");
+    }
+    if !app.loaded.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "Loading model");
+    }
+    let Ok(body) = serde_json::from_str::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid JSON body");
+    };
+    if !body["messages"].is_array() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'messages' is required");
+    }
+    let tokens = reply_tokens(&body);
+    let model = model_id(&app);
+    let max_hit = body["max_tokens"].as_u64().is_some_and(|m| tokens.len() as u64 >= m);
+    let finish = if max_hit { "length" } else { "stop" };
+    if body["stream"] != true {
+        return Json(json!({
+            "id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": tokens.concat()}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": tokens.len(), "total_tokens": tokens.len() + 1}
+        }))
+        .into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
+    let crash_mid = app.opts.fault("crash-mid-stream").is_some();
+    let delay = app.token_delay;
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        if tx.send(Ok(chunk(json!({"role": "assistant", "content": null}), Value::Null))).await.is_err() {
+            return;
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            if crash_mid && i == 2 {
+                eprintln!("error: simulated crash mid-stream");
+                std::process::exit(1);
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(Ok(chunk(json!({"content": t}), Value::Null))).await.is_err() {
+                eprintln!("srv  stop: cancel task, client disconnected after {i} tokens");
+                return;
+            }
+        }
+        let _ = tx.send(Ok(chunk(json!({}), json!(finish)))).await;
+        let _ = tx.send(Ok("data: [DONE]\n\n".to_string())).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,78 @@
+//! Helpers around the stand-in server binary: per-candidate wrapper scripts
+//! that inject a fault, and supervisor specs with test-sized timings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitnet_supervisor::{Candidate, GpuApi, JobSpec, Launch, Policy, Settings};
+
+/// An executable at `dir/name` that runs the stand-in with `faults` (and an
+/// argv log), like a bundled build that fails in one particular way.
+/// `standin` is the stand-in's path (`CARGO_BIN_EXE_standin-server`, which
+/// Cargo gives test and bench targets only).
+pub fn wrapper(standin: &Path, dir: &Path, name: &str, faults: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).expect("mkdir");
+    }
+    let fault_args: String = faults.iter().map(|f| format!(" --fault '{f}'")).collect();
+    let log = dir.join(format!("{}.argv", name.replace('/', "_")));
+    let script = format!(
+        "#!/bin/sh\necho \"$$\" >> '{log}'\nexec '{bin}'{fault_args} \"$@\"\n",
+        log = log.display(),
+        bin = standin.display()
+    );
+    std::fs::write(&path, script).expect("write wrapper");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    path
+}
+
+/// How many times the wrapper at `dir/name` was started.
+pub fn launches(dir: &Path, name: &str) -> usize {
+    let log = dir.join(format!("{}.argv", name.replace('/', "_")));
+    std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+pub fn candidate(id: &str, path: PathBuf) -> Candidate {
+    Candidate {
+        id: id.into(),
+        launch: Launch::Bundled { path },
+        gpu: GpuApi::None,
+        rank: 1,
+        gpu_layers: false,
+        args: None,
+    }
+}
+
+/// Timings small enough for tests, large enough for a loaded CI machine.
+pub fn fast_policy() -> Policy {
+    Policy {
+        health_interval: Duration::from_millis(20),
+        load_stall: Duration::from_millis(1500),
+        load_max: Duration::from_secs(20),
+        restart_base: Duration::from_millis(20),
+        restart_max: Duration::from_millis(100),
+        max_crashes: 3,
+        crash_window: Duration::from_secs(60),
+        stop_grace: Duration::from_millis(500),
+        ring_bytes: 64 << 10,
+        port_retries: 3,
+    }
+}
+
+pub fn spec(dir: &Path, candidates: Vec<Candidate>) -> JobSpec {
+    JobSpec {
+        model: dir.join("model.gguf"),
+        candidates,
+        settings: Settings { threads: 1, ctx_size: 512, gpu_layers: 0, keep_alive: None },
+        policy: fast_policy(),
+        builtin_exe: None,
+        remote_api_key: None,
+        log_dir: Some(dir.join("logs")),
+        run_dir: Some(dir.join("run")),
+    }
+}
