@@ -41,6 +41,9 @@ enum Command {
     },
     /// Show which server builds can run here, best first, and why the others cannot
     Select {
+        /// A model file: its weight format decides what can load it
+        #[arg(long, conflicts_with = "format")]
+        model: Option<std::path::PathBuf>,
         /// The model's weight format (i2_s, tq2_0, tq1_0, f16, ...)
         #[arg(long)]
         format: Option<String>,
@@ -50,6 +53,19 @@ enum Command {
         /// Print the selection as JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Show the last lines the model servers wrote (the supervisor's log)
+    Logs {
+        /// How many lines
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Run the built-in engine as a llama-server-compatible HTTP server
+    /// (started by the supervisor)
+    Runner {
+        /// llama-server's arguments (--model, --host, --port, ...)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Internal: the short-lived child that loads vendor libraries
     #[command(hide = true)]
@@ -96,7 +112,9 @@ pub fn main() -> ExitCode {
         Command::Paths => paths(),
         Command::Hardware { json, refresh } => hardware(json, refresh),
         Command::Probe { child } => probe_child(child),
-        Command::Select { format, explain, json } => select(format.as_deref(), explain, json),
+        Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
+        Command::Logs { lines } => logs(lines),
+        Command::Runner { args } => runner(&args),
     })
 }
 
@@ -112,24 +130,27 @@ fn hardware(json: bool, refresh: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn select(format: Option<&str>, explain: bool, json: bool) -> anyhow::Result<()> {
-    use bitnet_supervisor::{Catalog, Inputs, Launch, Preferences};
+fn select(model: Option<&std::path::Path>, format: Option<&str>, explain: bool, json: bool) -> anyhow::Result<()> {
+    use bitnet_supervisor::Launch;
     let dirs = HostDirs::resolve();
     let _guard = crate::logging::init(dirs.as_ref(), "warn");
+    let (config, config_error) = crate::backend::load_config(dirs.as_ref());
+    if let Some(e) = config_error {
+        anyhow::bail!("{e}");
+    }
     let report = crate::hardware::prober(dirs.as_ref()).report(false)?;
-    let catalog = Catalog::bundled();
-    let binaries = dirs.as_ref().map(|d| d.data.join("binaries"));
-    let installed = |file: &str| binaries.as_ref().map(|b| b.join(file)).filter(|p| p.is_file());
-    let prefs = Preferences::default();
-    let format = format.map(str::to_lowercase);
-    let sel = bitnet_supervisor::select(&Inputs {
-        report: &report,
-        catalog: &catalog,
-        installed: &installed,
-        model_format: format.as_deref(),
-        prefs: &prefs,
-        path_server: which::which("llama-server").ok(),
-    });
+    let format = match model {
+        Some(m) => {
+            let g = bitnet_ternary::Gguf::open(m)?;
+            let f = g.weight_format();
+            if f.is_none() {
+                anyhow::bail!("{} has no weight tensors (a vocabulary-only file?)", m.display());
+            }
+            f
+        }
+        None => format.map(str::to_lowercase),
+    };
+    let sel = crate::backend::selection(dirs.as_ref(), &config, &report, format.as_deref());
     if json {
         out(&format!("{}\n", serde_json::to_string_pretty(&sel)?));
         return Ok(());
@@ -163,6 +184,29 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
     let sections = bitnet_probe::child::probe_vendors_here();
     out(&serde_json::to_string(&sections)?);
     Ok(())
+}
+
+fn logs(lines: usize) -> anyhow::Result<()> {
+    let d = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory"))?;
+    let path = crate::backend::server_logs_dir(&d).join("server.log");
+    match crate::backend::tail_file(&path, lines) {
+        Ok(text) => {
+            out(&text);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("no server has run yet ({} does not exist)", path.display())
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The built-in engine's server. It arrives with the ternary engine (its
+/// kernels, tokenizer and model); until then it says so and exits, and the
+/// supervisor reports it as a failed candidate.
+fn runner(args: &[String]) -> anyhow::Result<()> {
+    let model = args.windows(2).find(|w| w[0] == "--model" || w[0] == "-m").map(|w| w[1].as_str()).unwrap_or("?");
+    anyhow::bail!("the built-in engine cannot serve {model} in this build: its inference code is not here yet")
 }
 
 fn paths() -> anyhow::Result<()> {

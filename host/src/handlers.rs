@@ -24,16 +24,14 @@ const NOT_YET: &[(&str, &str)] = &[
     ("embed", "no inference backend is available yet"),
     ("tokenize", "no inference backend is available yet"),
     ("detokenize", "no inference backend is available yet"),
-    ("load_model", "no inference backend is available yet"),
-    ("unload_model", "no inference backend is available yet"),
     ("models", "model management is not available yet"),
     ("pull", "model downloads are not available yet"),
     ("settings", "settings are not available yet"),
-    ("logs", "backend logs are not available yet"),
 ];
 
 /// Request types this host answers (for `hello`'s capabilities).
-pub const IMPLEMENTED: &[&str] = &["hello", "ping", "status", "cancel", "hardware", "model_state", "echo"];
+pub const IMPLEMENTED: &[&str] =
+    &["hello", "ping", "status", "cancel", "hardware", "model_state", "load_model", "unload_model", "logs", "echo"];
 
 pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
     match kind {
@@ -42,7 +40,10 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "status" => Ok(status(ctx).await),
         "cancel" => cancel(ctx, params),
         "hardware" => hardware(ctx).await,
-        "model_state" => Ok(json!({"ready": false, "backend": null, "model": null})),
+        "model_state" => Ok(model_state(ctx).await),
+        "load_model" => crate::handlers_server::load_model(ctx, params).await,
+        "unload_model" => crate::handlers_server::unload_model(ctx).await,
+        "logs" => crate::handlers_server::logs(ctx, params).await,
         "echo" => echo(ctx, params).await,
         other => match NOT_YET.iter().find(|(k, _)| *k == other) {
             Some((_, why)) => Err(ProtoError::new(ErrorCode::NotAvailable, format!("`{other}`: {why}"))),
@@ -98,9 +99,23 @@ async fn status(ctx: &Ctx) -> Value {
         "uptime_ms": ctx.app.started.elapsed().as_millis() as u64,
         // The status request itself is one of them.
         "requests_in_flight": ctx.in_flight_count(),
-        "backends": [],
-        "models": [],
+        "server": crate::handlers_server::server_status(ctx).await,
+        "config_error": ctx.app.backend.config_error(),
     })
+}
+
+async fn model_state(ctx: &Ctx) -> Value {
+    match ctx.app.backend.current().await {
+        Some((job, info)) => {
+            let st = job.state();
+            let backend = match &st {
+                bitnet_supervisor::JobState::Ready { candidate, .. } => Value::from(candidate.as_str()),
+                _ => Value::Null,
+            };
+            json!({"ready": st.name() == "ready", "state": st.name(), "backend": backend, "model": info.path})
+        }
+        None => json!({"ready": false, "state": "stopped", "backend": null, "model": null}),
+    }
 }
 
 fn cancel(ctx: &Ctx, params: &Params) -> Outcome {

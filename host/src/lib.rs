@@ -1,9 +1,11 @@
 //! bitnet-host: the native-messaging host that runs local BitNet models for
 //! browser extensions. See ARCHITECTURE.md for the code map.
 
+pub mod backend;
 pub mod cli;
 pub mod dirs;
 pub mod handlers;
+pub mod handlers_server;
 pub mod logging;
 pub mod native;
 pub mod protocol;
@@ -25,12 +27,15 @@ pub struct App {
     pub dirs: Option<dirs::HostDirs>,
     prober: bitnet_probe::Prober,
     hardware: tokio::sync::OnceCell<Result<Arc<HardwareReport>, String>>,
+    /// The model server (config, selection, supervisor job).
+    pub backend: backend::Backend,
 }
 
 impl App {
     pub fn new(dirs: Option<dirs::HostDirs>) -> Self {
         let prober = hardware::prober(dirs.as_ref());
-        Self { started: Instant::now(), dirs, prober, hardware: tokio::sync::OnceCell::new() }
+        let backend = backend::Backend::new(dirs.clone());
+        Self { started: Instant::now(), dirs, prober, hardware: tokio::sync::OnceCell::new(), backend }
     }
 
     /// The hardware report, probed (or read from cache) once per process,

@@ -95,7 +95,11 @@ impl FakeBrowser {
 
     /// Same, with extra environment variables.
     pub fn spawn_with_env(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
-        let home = tempfile::tempdir().expect("temp home");
+        Self::spawn_in_home(bin, args, env, tempfile::tempdir().expect("temp home"))
+    }
+
+    /// Same, in a home the test prepared (installed binaries, config).
+    pub fn spawn_in_home(bin: &Path, args: &[String], env: &[(&str, &str)], home: tempfile::TempDir) -> Self {
         let mut child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())
@@ -122,6 +126,17 @@ impl FakeBrowser {
             partial_largest: 0,
             _home: home,
         }
+    }
+
+    /// The host's folders root (BITNET_HOST_HOME).
+    pub fn home(&self) -> &Path {
+        self._home.path()
+    }
+
+    /// SIGKILL the host, as Chromium does 2 s after closing stdin.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

@@ -88,12 +88,14 @@ pub fn terminate(child: &Child) {
     let _ = child;
 }
 
-/// Kill the child's process group outright.
+/// Kill a process and, when it leads one, its process group, outright.
+/// (Servers we spawned lead their group; one found by the sweep may not.)
 pub fn kill_group(pid: u32) {
     #[cfg(unix)]
-    // SAFETY: plain syscall.
+    // SAFETY: plain syscalls.
     unsafe {
         libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
     #[cfg(not(unix))]
     let _ = pid;

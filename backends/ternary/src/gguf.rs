@@ -304,7 +304,8 @@ impl<R: Read> Reader<R> {
             return Err(GgufError::Truncated(self.pos + buf.len() as u64));
         }
         self.pos += n;
-        String::from_utf8(buf).map_err(|e| GgufError::Utf8(String::from_utf8_lossy(e.as_bytes()).chars().take(64).collect()))
+        String::from_utf8(buf)
+            .map_err(|e| GgufError::Utf8(String::from_utf8_lossy(e.as_bytes()).chars().take(64).collect()))
     }
     fn value(&mut self, ty: u32, depth: u32) -> Result<Value, GgufError> {
         Ok(match ty {
@@ -396,7 +397,10 @@ impl Gguf {
             }
             let ty_id = r.u32()?;
             let offset = r.u64()?;
-            let n = dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).ok_or_else(|| bad("element count overflows".into()))?;
+            let n = dims
+                .iter()
+                .try_fold(1u64, |a, d| a.checked_mul(*d))
+                .ok_or_else(|| bad("element count overflows".into()))?;
             let mut ty = TensorType::from_id(ty_id);
             if ty == TensorType::I2S && !arch.starts_with("bitnet") {
                 // Upstream's meaning of 36, not bitnet.cpp's.
@@ -421,7 +425,7 @@ impl Gguf {
             let t = &tensors[i];
             let next = order.get(k + 1).map(|&j| tensors[j].offset).unwrap_or(data_len);
             if let Some(size) = t.size {
-                let end = t.offset.checked_add(size).unwrap_or(u64::MAX);
+                let end = t.offset.saturating_add(size);
                 if end > data_len {
                     return Err(GgufError::Tensor {
                         name: t.name.clone(),
@@ -438,7 +442,10 @@ impl Gguf {
                     });
                 }
             } else if t.offset > data_len {
-                return Err(GgufError::Tensor { name: t.name.clone(), problem: "starts past the end of the file".into() });
+                return Err(GgufError::Tensor {
+                    name: t.name.clone(),
+                    problem: "starts past the end of the file".into(),
+                });
             }
         }
         Ok(Gguf { version, metadata, tensors, data_offset, alignment, file_len })

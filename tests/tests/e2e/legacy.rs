@@ -71,12 +71,18 @@ fn unknown_actions_and_missing_backends_are_errors_with_message_id() {
     assert_eq!(r["status"], "error");
     assert_eq!(r["message"], "Unknown action: levitate");
     assert_eq!(r["messageId"], 9);
-    for action in ["load_model", "generate", "pull_model", "unload_model"] {
+    for action in ["generate", "pull_model"] {
         let r = ask(&mut b, json!({"action": action, "messageId": action, "modelPath": "/x.gguf", "messages": []}));
         assert_eq!(r["status"], "error", "{action}: {r}");
         assert_eq!(r["code"], "not_available", "{action}: {r}");
         assert_eq!(r["messageId"], action);
     }
+    let r = ask(&mut b, json!({"action": "load_model", "messageId": "l", "modelPath": "/no/such/model.gguf"}));
+    assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("error"), Some("not_found")), "{r}");
+    assert_eq!(r["messageId"], "l");
+    let r = ask(&mut b, json!({"action": "unload_model", "messageId": "u"}));
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["payload"]["unloaded"], false, "{r}");
     let r = ask(&mut b, json!({"action": "get_model_state", "messageId": "s"}));
     assert_eq!(r["payload"]["isReady"], false);
 }

@@ -6,6 +6,7 @@ mod hardware;
 mod legacy;
 mod native;
 mod select;
+mod server;
 mod supervisor;
 
 use std::path::Path;

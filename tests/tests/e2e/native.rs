@@ -236,7 +236,7 @@ fn a_reused_running_id_is_refused_without_disturbing_the_first() {
 #[test]
 fn requests_without_a_backend_say_not_available() {
     let mut b = chromium();
-    for kind in ["chat", "load_model", "embed", "pull"] {
+    for kind in ["chat", "embed", "pull"] {
         let r = b.request(&json!({"id": kind, "type": kind}));
         assert_error(&r, "not_available");
     }

@@ -47,3 +47,39 @@ fn an_installed_build_is_chosen_before_the_builtin_engine_and_skips_are_explaine
     assert_eq!(ids, ["bitnet-cpu-linux-x86_64", "builtin"]);
     assert_eq!(sel["candidates"][0]["launch"]["path"], bin.to_str().unwrap());
 }
+
+#[test]
+fn select_reads_the_format_from_a_model_file_and_honours_the_config() {
+    let home = tempfile::tempdir().unwrap();
+    let model = crate::server::fixture_model("bitnet-tq2_0.gguf");
+    let bin = home.path().join("data/binaries/cpu/linux/llama-server");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(&bin, b"#!/bin/sh\n").unwrap();
+    let text = select(home.path(), &["--explain", "--model", model.to_str().unwrap()], &[]);
+    // bitnet.cpp's CPU build loads i2_s, not tq2_0; the built-in engine loads both.
+    assert!(text.contains("cannot load tq2_0 models") || text.contains("built for"), "{text}");
+    assert!(text.contains("builtin"), "{text}");
+
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    std::fs::write(home.path().join("config/config.toml"), "[server]\nvariant = \"builtin\"\n").unwrap();
+    let sel: Value = serde_json::from_str(&select(home.path(), &["--json"], &[])).unwrap();
+    let ids: Vec<&str> = sel["candidates"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["builtin"]);
+    assert!(sel["skipped"].to_string().contains("the config forces `builtin`"));
+
+    // A broken config is an error that names the file, not silent defaults.
+    std::fs::write(home.path().join("config/config.toml"), "[server]\nthreads = 0\n").unwrap();
+    let out = Command::new(host_bin()).args(["select"]).env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.toml") && err.contains("threads"), "{err}");
+    // A file that is not GGUF.
+    std::fs::remove_file(home.path().join("config/config.toml")).unwrap();
+    let out = Command::new(host_bin())
+        .args(["select", "--model", bin.to_str().unwrap()])
+        .env("BITNET_HOST_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+}

@@ -73,7 +73,9 @@ async fn a_slow_loading_server_goes_loading_then_ready_and_answers_with_its_key(
 
     let states = seen.lock().unwrap().clone();
     let names: Vec<&str> = states.iter().map(JobState::name).collect();
-    assert!(names.contains(&"starting") && names.contains(&"loading"), "{names:?}");
+    // (starting lasts microseconds and may be replaced before the recorder
+    // sees it; loading lasts 400 ms.)
+    assert!(names.contains(&"loading"), "{names:?}");
     assert_eq!(names.last(), Some(&"ready"));
     let loading = states.iter().rev().find_map(|s| match s {
         JobState::Loading { log_lines, elapsed_ms, .. } => Some((*log_lines, *elapsed_ms)),

@@ -1,0 +1,236 @@
+//! The model server behind this host: the config file, which candidates fit
+//! this machine and model, and the supervisor job that runs one. One model is
+//! loaded at a time; loading another stops the first.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bitnet_probe::HardwareReport;
+use bitnet_supervisor::{Catalog, ConfigFile, Inputs, Job, JobSpec, Policy, Selection};
+use bitnet_ternary::Gguf;
+
+use crate::dirs::HostDirs;
+use crate::protocol::{ErrorCode, ProtoError};
+
+/// What the host knows about a model file after validating it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub architecture: Option<String>,
+    pub format: Option<String>,
+    pub bytes: u64,
+    pub tensors: usize,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    dirs: Option<HostDirs>,
+    /// The config as loaded at start; a broken file is reported, and the
+    /// defaults are used meanwhile.
+    config: ConfigFile,
+    config_error: Option<String>,
+    policy: Policy,
+    job: tokio::sync::Mutex<Option<(Job, ModelInfo)>>,
+}
+
+pub fn config_path(dirs: &HostDirs) -> PathBuf {
+    dirs.config.join("config.toml")
+}
+
+pub fn binaries_dir(dirs: &HostDirs) -> PathBuf {
+    dirs.data.join("binaries")
+}
+
+/// Pid files of running servers.
+pub fn run_dir(dirs: &HostDirs) -> PathBuf {
+    dirs.state.join("run")
+}
+
+/// Server output logs.
+pub fn server_logs_dir(dirs: &HostDirs) -> PathBuf {
+    dirs.logs().join("servers")
+}
+
+/// Read the config file: (config, the error that made us fall back to defaults).
+pub fn load_config(dirs: Option<&HostDirs>) -> (ConfigFile, Option<String>) {
+    match dirs.map(|d| ConfigFile::load(&config_path(d))) {
+        None => (ConfigFile::default(), None),
+        Some(Ok(c)) => (c, None),
+        Some(Err(e)) => {
+            tracing::error!("{e}; using defaults");
+            (ConfigFile::default(), Some(e.to_string()))
+        }
+    }
+}
+
+/// Candidates for a model of `format` on this machine, with every skip.
+pub fn selection(
+    dirs: Option<&HostDirs>,
+    config: &ConfigFile,
+    report: &HardwareReport,
+    format: Option<&str>,
+) -> Selection {
+    let catalog = Catalog::bundled();
+    let binaries = dirs.map(binaries_dir);
+    let installed = |file: &str| binaries.as_ref().map(|b| b.join(file)).filter(|p| p.is_file());
+    let prefs = config.preferences();
+    bitnet_supervisor::select(&Inputs {
+        report,
+        catalog: &catalog,
+        installed: &installed,
+        model_format: format,
+        prefs: &prefs,
+        path_server: which::which("llama-server").ok(),
+    })
+}
+
+/// Validate a model file as GGUF (off the async threads: it reads the whole
+/// header, which holds the vocabulary).
+pub async fn inspect_model(path: &Path) -> Result<ModelInfo, ProtoError> {
+    if !path.is_absolute() {
+        return Err(ProtoError::new(ErrorCode::InvalidRequest, "`model` must be an absolute path to a .gguf file"));
+    }
+    let p = path.to_path_buf();
+    let parsed = tokio::task::spawn_blocking(move || Gguf::open(&p))
+        .await
+        .map_err(|e| ProtoError::new(ErrorCode::Internal, e.to_string()))?;
+    match parsed {
+        Ok(g) => Ok(ModelInfo {
+            path: path.to_path_buf(),
+            architecture: g.architecture().map(String::from),
+            format: g.weight_format(),
+            bytes: g.file_len,
+            tensors: g.tensors.len(),
+        }),
+        Err(bitnet_ternary::GgufError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(ProtoError::new(ErrorCode::NotFound, format!("no model file at {}", path.display())))
+        }
+        Err(e) => {
+            Err(ProtoError::new(ErrorCode::InvalidRequest, format!("{} is not a usable model: {e}", path.display())))
+        }
+    }
+}
+
+/// The number of physical cores, the default thread count.
+fn physical_cores() -> usize {
+    sysinfo::System::physical_core_count()
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+impl Backend {
+    pub fn new(dirs: Option<HostDirs>) -> Self {
+        let (config, config_error) = load_config(dirs.as_ref());
+        if let Some(d) = &dirs {
+            // Servers a dead owner left behind.
+            let r = bitnet_supervisor::sweep::sweep_system(&run_dir(d));
+            if !r.killed.is_empty() {
+                tracing::warn!(pids = ?r.killed, "stopped servers left by a host that died");
+            }
+        }
+        Self { dirs, config, config_error, policy: Policy::default(), job: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn config_error(&self) -> Option<&str> {
+        self.config_error.as_deref()
+    }
+
+    pub fn config(&self) -> &ConfigFile {
+        &self.config
+    }
+
+    /// The job serving `model`, started if needed (stopping any other).
+    pub async fn load(&self, report: &HardwareReport, info: ModelInfo) -> Result<Job, ProtoError> {
+        let mut slot = self.job.lock().await;
+        if let Some((job, current)) = slot.as_ref() {
+            if current.path == info.path {
+                return Ok(job.clone());
+            }
+        }
+        if let Some((old, _)) = slot.take() {
+            old.stop().await;
+        }
+        let sel = selection(self.dirs.as_ref(), &self.config, report, info.format.as_deref());
+        if sel.candidates.is_empty() {
+            let reasons: Vec<String> = sel.skipped.iter().map(|s| format!("{}: {}", s.id, s.reason)).collect();
+            return Err(ProtoError::new(
+                ErrorCode::NotAvailable,
+                format!("nothing here can run a {} model", info.format.as_deref().unwrap_or("?")),
+            )
+            .with_details(serde_json::json!({"skipped": reasons})));
+        }
+        let remote_api_key = self.config.remote.as_ref().and_then(|r| r.api_key.clone());
+        let spec = JobSpec {
+            model: info.path.clone(),
+            candidates: sel.candidates,
+            settings: self.config.settings(physical_cores()),
+            policy: self.policy.clone(),
+            builtin_exe: std::env::current_exe().ok(),
+            remote_api_key,
+            log_dir: self.dirs.as_ref().map(server_logs_dir),
+            run_dir: self.dirs.as_ref().map(run_dir),
+        };
+        let job = Job::start(spec);
+        *slot = Some((job.clone(), info));
+        Ok(job)
+    }
+
+    pub async fn current(&self) -> Option<(Job, ModelInfo)> {
+        self.job.lock().await.clone()
+    }
+
+    /// Stop and forget the loaded model. Whether there was one.
+    pub async fn unload(&self) -> Option<ModelInfo> {
+        let taken = self.job.lock().await.take();
+        match taken {
+            Some((job, info)) => {
+                job.stop().await;
+                Some(info)
+            }
+            None => None,
+        }
+    }
+}
+
+/// Shared by every connection.
+pub type SharedBackend = Arc<Backend>;
+
+/// The last `n` lines of a text file, reading only its end.
+pub fn tail_file(path: &Path, n: usize) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    // Lines are at most 4 KiB (the drain cuts longer ones), plus a tag.
+    let want = ((n as u64 + 1) * 4200).min(len);
+    f.seek(SeekFrom::Start(len - want))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    // The first line may be cut by the seek, unless we read from the start.
+    let skip_first = want < len;
+    let usable = if skip_first && !lines.is_empty() { &lines[1..] } else { &lines[..] };
+    let from = usable.len().saturating_sub(n);
+    let mut out = usable[from..].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_file_returns_whole_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.log");
+        let text: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(tail_file(&p, 2).unwrap(), "line 4998\nline 4999\n");
+        assert_eq!(tail_file(&p, 10_000).unwrap().lines().count(), 5000);
+        std::fs::write(&p, "only\n").unwrap();
+        assert_eq!(tail_file(&p, 3).unwrap(), "only\n");
+    }
+}

@@ -1,0 +1,139 @@
+//! Handlers for the model server: `load_model`, `unload_model`, `logs`, and
+//! the `server` part of `status`.
+
+use std::path::Path;
+
+use bitnet_supervisor::{JobError, JobState};
+use serde_json::{json, Map, Value};
+
+use crate::backend;
+use crate::protocol::{ErrorCode, ProtoError};
+use crate::session::Ctx;
+
+type Params = Map<String, Value>;
+type Outcome = Result<Value, ProtoError>;
+
+/// Most lines one `logs` request returns.
+const MAX_LOG_LINES: u64 = 10_000;
+
+fn state_fields(s: &JobState) -> Map<String, Value> {
+    match serde_json::to_value(s) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Load (or reuse) the server for `model`, streaming `load` events with each
+/// state change until it is ready or every candidate failed.
+pub async fn load_model(ctx: &Ctx, params: &Params) -> Outcome {
+    let Some(model) = params.get("model").and_then(Value::as_str) else {
+        return Err(ProtoError::new(
+            ErrorCode::InvalidRequest,
+            "`model` is required: an absolute path to a .gguf file",
+        ));
+    };
+    let info = backend::inspect_model(Path::new(model)).await?;
+    let report = ctx.app.hardware().await.map_err(|e| ProtoError::new(ErrorCode::Internal, e))?;
+    let job = ctx.app.backend.load(&report, info.clone()).await?;
+    let mut states = job.subscribe();
+    let ready = job.ready();
+    tokio::pin!(ready);
+    let mut last_sent = String::new();
+    loop {
+        tokio::select! {
+            r = &mut ready => {
+                return match r {
+                    Ok(ep) => {
+                        let mut out = state_fields(&job.state());
+                        out.insert("model".into(), json!(info));
+                        out.insert("backend".into(), Value::from(ep.candidate));
+                        Ok(Value::Object(out))
+                    }
+                    Err(JobError::GaveUp { error, attempts, tail }) => Err(ProtoError::new(ErrorCode::BackendCrashed, error)
+                        .with_details(json!({"attempts": attempts, "tail": tail}))),
+                    Err(JobError::Stopped) => {
+                        Err(ProtoError::new(ErrorCode::Cancelled, "the model was unloaded before it was ready"))
+                    }
+                };
+            }
+            changed = states.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let s = states.borrow_and_update().clone();
+                // Loading states repeat with new line counts; send each one,
+                // but never the same JSON twice.
+                let fields = state_fields(&s);
+                let key = Value::Object(fields.clone()).to_string();
+                if key != last_sent {
+                    last_sent = key;
+                    ctx.event("load", fields).await;
+                }
+            }
+        }
+    }
+}
+
+pub async fn unload_model(ctx: &Ctx) -> Outcome {
+    match ctx.app.backend.unload().await {
+        Some(info) => Ok(json!({"unloaded": true, "model": info.path})),
+        None => Ok(json!({"unloaded": false, "model": null})),
+    }
+}
+
+pub async fn logs(ctx: &Ctx, params: &Params) -> Outcome {
+    let n = match params.get("lines") {
+        None => 100,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_LOG_LINES).contains(&n) => n,
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("`lines` must be an integer from 1 to {MAX_LOG_LINES}"),
+                ))
+            }
+        },
+    } as usize;
+    if let Some((job, _)) = ctx.app.backend.current().await {
+        let lines: Vec<Value> =
+            job.logs_tagged(n).into_iter().map(|(stream, line)| json!({"stream": stream, "line": line})).collect();
+        return Ok(json!({"lines": lines, "log_file": job.log_path()}));
+    }
+    // No server now: the log file of the last one.
+    let Some(dirs) = ctx.app.dirs.as_ref() else {
+        return Ok(json!({"lines": [], "log_file": null}));
+    };
+    let path = backend::server_logs_dir(dirs).join("server.log");
+    let text = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || backend::tail_file(&path, n).unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            let (tag, line) = l.split_once(' ').unwrap_or(("", l));
+            let stream = match tag {
+                "out" => "stdout",
+                "err" => "stderr",
+                _ => "supervisor",
+            };
+            json!({"stream": stream, "line": line})
+        })
+        .collect();
+    Ok(json!({"lines": lines, "log_file": path}))
+}
+
+/// The `server` object of `status`: state, model, recent failures, RSS/CPU.
+pub async fn server_status(ctx: &Ctx) -> Value {
+    let Some((job, info)) = ctx.app.backend.current().await else {
+        return json!({"state": "stopped", "model": null});
+    };
+    let mut out = state_fields(&job.state());
+    out.insert("model".into(), json!(info));
+    out.insert("failures".into(), json!(job.failures()));
+    out.insert("resources".into(), json!(job.stats()));
+    out.insert("log_file".into(), json!(job.log_path()));
+    Value::Object(out)
+}

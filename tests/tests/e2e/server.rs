@@ -1,0 +1,260 @@
+//! The host with a model server: `load_model` through the supervisor to a
+//! "bundled" build (the stand-in behind a wrapper script installed in the
+//! host's binaries dir), `status`, `logs`, `unload_model`, fallback to the
+//! built-in engine, no orphans after SIGKILL, and the sweep at start.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bitnet_host_tests::browser::{chromium_args, FakeBrowser};
+use bitnet_host_tests::standin::wrapper;
+use serde_json::{json, Value};
+
+use crate::{host_bin, standin_bin};
+
+const T: Duration = Duration::from_secs(20);
+
+pub fn fixture_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backends/ternary/fixtures").join(name)
+}
+
+/// A home with a recorded AVX2 Linux x86_64 report (so selection does not
+/// depend on the CI machine) and the stand-in installed as the bitnet.cpp
+/// CPU build, failing with `faults`.
+fn home_with_server(faults: &[&str]) -> (tempfile::TempDir, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(host_bin())
+        .args(["hardware", "--json"])
+        .env("BITNET_HOST_HOME", home.path())
+        .env_remove("BITNET_HOST_HARDWARE")
+        .output()
+        .unwrap();
+    let mut report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["os"]["family"] = json!("linux");
+    report["cpu"]["arch"] = json!("x86_64");
+    report["cpu"]["features"] = json!(["sse4.2", "avx", "avx2", "fma", "f16c"]);
+    let file = home.path().join("report.json");
+    std::fs::write(&file, report.to_string()).unwrap();
+    let bins = home.path().join("data/binaries");
+    wrapper(standin_bin(), &bins, "cpu/linux/llama-server", faults);
+    (home, file.to_str().unwrap().to_string())
+}
+
+fn host(faults: &[&str]) -> FakeBrowser {
+    let (home, report) = home_with_server(faults);
+    FakeBrowser::spawn_in_home(
+        host_bin(),
+        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[("BITNET_HOST_HARDWARE", &report)],
+        home,
+    )
+}
+
+fn load(b: &mut FakeBrowser, id: &str, model: &Path) -> (Vec<Value>, Value) {
+    b.send(&json!({"id": id, "type": "load_model", "model": model}));
+    let (events, reply) = b.collect("id", &json!(id), T);
+    (events, reply.value)
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn gone_within(pid: u32, d: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        if !alive(pid) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn load_model_starts_the_installed_build_and_status_logs_unload_follow_it() {
+    let mut b = host(&["slow-load=300"]);
+    let model = fixture_model("bitnet-b1.58-i2_s.gguf");
+    let (events, r) = load(&mut b, "load", &model);
+    assert_eq!(r["ok"], true, "{r}");
+    let res = &r["result"];
+    assert_eq!(res["state"], "ready", "{r}");
+    assert_eq!(res["backend"], "bitnet-cpu-linux-x86_64");
+    assert_eq!(res["model"]["format"], "i2_s");
+    assert_eq!(res["model"]["architecture"], "bitnet-b1.58");
+    // Progress arrived as events while it loaded.
+    let states: Vec<&str> =
+        events.iter().filter(|e| e["event"] == "load").filter_map(|e| e["state"].as_str()).collect();
+    assert!(states.contains(&"loading"), "{events:?}");
+    let pid = res["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+
+    // Loading the same model again reuses the server.
+    let (_, again) = load(&mut b, "again", &model);
+    assert_eq!(again["result"]["pid"], res["pid"]);
+
+    let st = b.request(&json!({"id": "st", "type": "status"}));
+    let server = &st["result"]["server"];
+    assert_eq!(server["state"], "ready", "{st}");
+    assert_eq!(server["candidate"], "bitnet-cpu-linux-x86_64");
+    assert!(server["resources"]["rss_bytes"].as_u64().unwrap() > 1 << 20, "{server}");
+    assert_eq!(server["failures"], json!([]));
+
+    let ms = b.request(&json!({"id": "ms", "type": "model_state"}));
+    assert_eq!(ms["result"]["ready"], true, "{ms}");
+
+    let logs = b.request(&json!({"id": "lg", "type": "logs", "lines": 500}));
+    let lines: Vec<&str> =
+        logs["result"]["lines"].as_array().unwrap().iter().filter_map(|l| l["line"].as_str()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("starting bitnet-cpu-linux-x86_64")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("llama_model_load: loading tensor")), "{lines:?}");
+    let bad = b.request(&json!({"id": "lg2", "type": "logs", "lines": 0}));
+    assert_eq!(bad["error"]["code"], "invalid_request");
+
+    let un = b.request(&json!({"id": "un", "type": "unload_model"}));
+    assert_eq!(un["result"]["unloaded"], true, "{un}");
+    assert!(gone_within(pid, Duration::from_secs(3)).is_some());
+    let st = b.request(&json!({"id": "st2", "type": "status"}));
+    assert_eq!(st["result"]["server"]["state"], "stopped");
+
+    // With no server, `logs` reads the last one's log file.
+    let logs = b.request(&json!({"id": "lg3", "type": "logs", "lines": 5}));
+    let lines = logs["result"]["lines"].as_array().unwrap();
+    assert!(!lines.is_empty() && lines.len() <= 5, "{logs}");
+    assert!(lines.iter().any(|l| l["line"].as_str().unwrap().starts_with("stopped pid")), "{logs}");
+
+    // The CLI shows the same file.
+    let out = Command::new(host_bin()).args(["logs", "-n", "3"]).env("BITNET_HOST_HOME", b.home()).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
+
+#[test]
+fn models_that_are_not_gguf_or_not_there_are_refused_before_any_server_starts() {
+    let mut b = host(&[]);
+    let junk = b.home().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\0\0\0garbage").unwrap();
+    let (_, r) = load(&mut b, "j", &junk);
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("not a usable model"), "{r}");
+    // A truncated download.
+    let good = std::fs::read(fixture_model("bitnet-b1.58-i2_s.gguf")).unwrap();
+    let cut = b.home().join("cut.gguf");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    let (_, r) = load(&mut b, "c", &cut);
+    assert!(r["error"]["message"].as_str().unwrap().contains("truncated"), "{r}");
+    let (_, r) = load(&mut b, "n", Path::new("/no/such.gguf"));
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    let r = b.request(&json!({"id": "rel", "type": "load_model", "model": "relative.gguf"}));
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    let r = b.request(&json!({"id": "none", "type": "load_model"}));
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    assert!(!b.home().join("state/logs/servers/server.log").exists(), "no server was started");
+}
+
+#[test]
+fn a_build_that_dies_of_sigill_falls_back_to_the_builtin_engine_and_the_error_says_why() {
+    let mut b = host(&["sigill"]);
+    let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+    // The built-in engine cannot serve yet (its inference code is issue 7),
+    // so every candidate fails, and the reply carries each attempt.
+    assert_eq!(r["error"]["code"], "backend_crashed", "{r}");
+    let attempts = r["error"]["details"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["candidate"], "bitnet-cpu-linux-x86_64");
+    assert_eq!(attempts[0]["failure"]["kind"], "illegal_instruction");
+    assert_eq!(attempts.last().unwrap()["candidate"], "builtin");
+    let tail = r["error"]["details"]["tail"].to_string();
+    assert!(tail.contains("built-in engine cannot serve"), "{tail}");
+    let st = b.request(&json!({"id": "st", "type": "status"}));
+    assert_eq!(st["result"]["server"]["state"], "gave_up", "{st}");
+}
+
+#[test]
+fn the_server_dies_within_two_seconds_of_the_host_being_sigkilled() {
+    let mut b = host(&[]);
+    let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+    let pid = r["result"]["pid"].as_u64().expect("pid") as u32;
+    assert!(alive(pid));
+    b.kill();
+    let took = gone_within(pid, Duration::from_secs(2));
+    assert!(took.is_some(), "server {pid} outlived its host");
+}
+
+#[test]
+fn servers_left_by_a_dead_host_are_swept_at_start_but_only_when_argv_matches() {
+    let (home, report) = home_with_server(&[]);
+    // A server whose owner is gone: start it ourselves, record it as owned
+    // by a pid that has exited.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut orphan = Reaped(
+        Command::new(standin_bin())
+            .args(["--model", "/m.gguf", "--port", &port.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut bystander = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+    let dead_owner = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let run = home.path().join("state/run");
+    std::fs::create_dir_all(&run).unwrap();
+    let (orphan_pid, bystander_pid) = (orphan.id(), bystander.id());
+    let rec = |pid: u32, program: &Path| {
+        json!({"pid": pid, "owner_pid": dead_owner, "program": program, "port": port}).to_string()
+    };
+    std::fs::write(run.join(format!("server-{orphan_pid}.json")), rec(orphan_pid, standin_bin())).unwrap();
+    // A record that names the sleep process under another program: not ours.
+    std::fs::write(run.join(format!("server-{bystander_pid}.json")), rec(bystander_pid, standin_bin())).unwrap();
+
+    let mut b = FakeBrowser::spawn_in_home(
+        host_bin(),
+        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[("BITNET_HOST_HARDWARE", &report)],
+        home,
+    );
+    let r = b.request(&json!({"id": "p", "type": "ping"}));
+    assert_eq!(r["ok"], true);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = orphan.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "orphan not swept");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!status.success());
+    assert!(bystander.try_wait().unwrap().is_none(), "a process whose argv does not match was killed");
+    assert_eq!(std::fs::read_dir(b.home().join("state/run")).unwrap().count(), 0);
+}
+
+/// A child killed and reaped when the test ends, pass or fail (a stray
+/// process would hold the test's output pipes open).
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
