@@ -147,7 +147,8 @@ pub fn parse_keep_alive(s: &str) -> Result<Option<Duration>, String> {
 /// How patient the supervisor is. Tests shrink these.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Time between /health polls while loading.
+    /// Longest time between /health polls while loading (the first polls
+    /// come sooner: 2 ms after spawn, doubling up to this).
     pub health_interval: Duration,
     /// Loading fails when the server has been silent this long without
     /// becoming healthy (the deadline extends while its log moves).

@@ -525,10 +525,13 @@ impl Runner {
     /// (which moves while the log does) passes.
     async fn watch_loading(&mut self, id: &str, run: &mut Running, started: Instant) -> Event {
         let policy = self.spec.policy.clone();
-        let mut tick = tokio::time::interval(policy.health_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Poll soon after spawn and back off to the policy's interval: a
+        // small model is up in milliseconds, a big one takes seconds.
+        let mut delay = Duration::from_millis(2).min(policy.health_interval);
         let mut seen_lines = u64::MAX;
         loop {
+            let tick = tokio::time::sleep(delay);
+            delay = (delay * 2).min(policy.health_interval);
             tokio::select! {
                 st = run.child.wait() => return Event::Exited(exit_of(st)),
                 cmd = self.cmds.recv() => match cmd {
@@ -536,7 +539,7 @@ impl Runner {
                     Some(Cmd::Ensure(w)) => self.waiters.push(w),
                     Some(Cmd::Stop(done)) => return Event::Stop(done),
                 },
-                _ = tick.tick() => {
+                _ = tick => {
                     if let health::Health::Ok = health::check(&self.http, run.port).await {
                         return Event::Ready(started.elapsed());
                     }
