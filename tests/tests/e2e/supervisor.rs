@@ -290,3 +290,23 @@ async fn dropping_the_job_kills_the_server() {
     drop(job);
     assert!(wait_gone(pid, Duration::from_secs(3)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_retried_without_counting_as_a_crash_until_the_retries_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // A build whose template pins a port someone else holds: every bind fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let bin = wrap(dir.path(), "pinned", &[]);
+    let mut c = candidate("pinned", bin);
+    c.args = Some(vec!["--model".into(), "{model}".into(), "--port".into(), port]);
+    let good = wrap(dir.path(), "good", &[]);
+    let job = Job::start(spec(dir.path(), vec![c, candidate("good", good)]));
+    let ep = job.ready().await.unwrap();
+    assert_eq!(ep.candidate, "good");
+    let kinds: Vec<_> = job.failures().into_iter().filter(|a| a.candidate == "pinned").map(|a| a.failure).collect();
+    assert!(kinds.iter().all(|f| *f == Failure::PortInUse), "{kinds:?}");
+    // port_retries (3) free retries, then max_crashes (3) counted ones.
+    assert_eq!(launches(dir.path(), "pinned"), 3 + 3);
+    job.stop().await;
+}
