@@ -31,6 +31,24 @@ pub struct Backend {
     config_error: Option<String>,
     policy: Policy,
     job: tokio::sync::Mutex<Option<(Job, ModelInfo)>>,
+    /// Requests the server may run at once; FIFO, so waiting is fair.
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    pub proxy: bitnet_supervisor::Proxy,
+}
+
+/// A request's turn at the server; dropping it frees the slot.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Decrements the waiting count however the wait ends (cancel included).
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub fn config_path(dirs: &HostDirs) -> PathBuf {
@@ -128,7 +146,52 @@ impl Backend {
                 tracing::warn!(pids = ?r.killed, "stopped servers left by a host that died");
             }
         }
-        Self { dirs, config, config_error, policy: Policy::default(), job: tokio::sync::Mutex::new(None) }
+        let settings = config.settings(1);
+        Self {
+            dirs,
+            config,
+            config_error,
+            policy: Policy::default(),
+            job: tokio::sync::Mutex::new(None),
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.parallel as usize)),
+            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            proxy: bitnet_supervisor::Proxy::new(),
+        }
+    }
+
+    /// Settings with the thread default resolved.
+    pub fn settings(&self) -> bitnet_supervisor::Settings {
+        self.config.settings(physical_cores())
+    }
+
+    /// Wait for a slot at the server, in arrival order; `busy` when
+    /// `max_queue` requests already wait.
+    pub async fn slot(&self) -> Result<Slot, ProtoError> {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(Slot { _permit: p });
+        }
+        let max = self.settings().max_queue;
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= max {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ProtoError::new(
+                ErrorCode::Busy,
+                format!("{max} requests are already waiting for the model; try again later"),
+            ));
+        }
+        let _w = Waiting(self.waiting.clone());
+        let p = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ProtoError::new(ErrorCode::Internal, "slots closed"))?;
+        Ok(Slot { _permit: p })
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn config_error(&self) -> Option<&str> {
@@ -163,7 +226,7 @@ impl Backend {
         let spec = JobSpec {
             model: info.path.clone(),
             candidates: sel.candidates,
-            settings: self.config.settings(physical_cores()),
+            settings: self.settings(),
             policy: self.policy.clone(),
             builtin_exe: std::env::current_exe().ok(),
             remote_api_key,

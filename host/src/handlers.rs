@@ -18,20 +18,28 @@ type Outcome = Result<Value, ProtoError>;
 /// Request types that exist in protocol v1 but whose backend is not part of
 /// this build yet, with what is missing. They answer `not_available`, never a
 /// made-up success.
-const NOT_YET: &[(&str, &str)] = &[
-    ("chat", "no inference backend is available yet"),
-    ("complete", "no inference backend is available yet"),
-    ("embed", "no inference backend is available yet"),
-    ("tokenize", "no inference backend is available yet"),
-    ("detokenize", "no inference backend is available yet"),
-    ("models", "model management is not available yet"),
-    ("pull", "model downloads are not available yet"),
-    ("settings", "settings are not available yet"),
-];
+const NOT_YET: &[(&str, &str)] =
+    &[("pull", "model downloads are not available yet"), ("settings", "settings are not available yet")];
 
 /// Request types this host answers (for `hello`'s capabilities).
-pub const IMPLEMENTED: &[&str] =
-    &["hello", "ping", "status", "cancel", "hardware", "model_state", "load_model", "unload_model", "logs", "echo"];
+pub const IMPLEMENTED: &[&str] = &[
+    "hello",
+    "ping",
+    "status",
+    "cancel",
+    "hardware",
+    "model_state",
+    "load_model",
+    "unload_model",
+    "logs",
+    "chat",
+    "complete",
+    "embed",
+    "tokenize",
+    "detokenize",
+    "models",
+    "echo",
+];
 
 pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
     match kind {
@@ -44,6 +52,12 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "load_model" => crate::handlers_server::load_model(ctx, params).await,
         "unload_model" => crate::handlers_server::unload_model(ctx).await,
         "logs" => crate::handlers_server::logs(ctx, params).await,
+        "chat" => crate::handlers_infer::chat(ctx, params).await,
+        "complete" => crate::handlers_infer::complete(ctx, params).await,
+        "embed" => crate::handlers_infer::embed(ctx, params).await,
+        "tokenize" => crate::handlers_infer::tokenize(ctx, params).await,
+        "detokenize" => crate::handlers_infer::detokenize(ctx, params).await,
+        "models" => crate::handlers_infer::models(ctx, params).await,
         "echo" => echo(ctx, params).await,
         other => match NOT_YET.iter().find(|(k, _)| *k == other) {
             Some((_, why)) => Err(ProtoError::new(ErrorCode::NotAvailable, format!("`{other}`: {why}"))),
@@ -100,6 +114,7 @@ async fn status(ctx: &Ctx) -> Value {
         // The status request itself is one of them.
         "requests_in_flight": ctx.in_flight_count(),
         "server": crate::handlers_server::server_status(ctx).await,
+        "queued": ctx.app.backend.queued(),
         "config_error": ctx.app.backend.config_error(),
     })
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use bitnet_supervisor::{JobError, JobState};
+use bitnet_supervisor::JobState;
 use serde_json::{json, Map, Value};
 
 use crate::backend;
@@ -35,43 +35,11 @@ pub async fn load_model(ctx: &Ctx, params: &Params) -> Outcome {
     let info = backend::inspect_model(Path::new(model)).await?;
     let report = ctx.app.hardware().await.map_err(|e| ProtoError::new(ErrorCode::Internal, e))?;
     let job = ctx.app.backend.load(&report, info.clone()).await?;
-    let mut states = job.subscribe();
-    let ready = job.ready();
-    tokio::pin!(ready);
-    let mut last_sent = String::new();
-    loop {
-        tokio::select! {
-            r = &mut ready => {
-                return match r {
-                    Ok(ep) => {
-                        let mut out = state_fields(&job.state());
-                        out.insert("model".into(), json!(info));
-                        out.insert("backend".into(), Value::from(ep.candidate));
-                        Ok(Value::Object(out))
-                    }
-                    Err(JobError::GaveUp { error, attempts, tail }) => Err(ProtoError::new(ErrorCode::BackendCrashed, error)
-                        .with_details(json!({"attempts": attempts, "tail": tail}))),
-                    Err(JobError::Stopped) => {
-                        Err(ProtoError::new(ErrorCode::Cancelled, "the model was unloaded before it was ready"))
-                    }
-                };
-            }
-            changed = states.changed() => {
-                if changed.is_err() {
-                    continue;
-                }
-                let s = states.borrow_and_update().clone();
-                // Loading states repeat with new line counts; send each one,
-                // but never the same JSON twice.
-                let fields = state_fields(&s);
-                let key = Value::Object(fields.clone()).to_string();
-                if key != last_sent {
-                    last_sent = key;
-                    ctx.event("load", fields).await;
-                }
-            }
-        }
-    }
+    let ep = crate::handlers_infer::ready_with_progress(ctx, &job).await?;
+    let mut out = state_fields(&job.state());
+    out.insert("model".into(), json!(info));
+    out.insert("backend".into(), Value::from(ep.candidate));
+    Ok(Value::Object(out))
 }
 
 pub async fn unload_model(ctx: &Ctx) -> Outcome {

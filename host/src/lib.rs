@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cli;
 pub mod dirs;
 pub mod handlers;
+pub mod handlers_infer;
 pub mod handlers_server;
 pub mod logging;
 pub mod native;

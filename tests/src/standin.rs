@@ -68,7 +68,15 @@ pub fn spec(dir: &Path, candidates: Vec<Candidate>) -> JobSpec {
     JobSpec {
         model: dir.join("model.gguf"),
         candidates,
-        settings: Settings { threads: 1, ctx_size: 512, gpu_layers: 0, keep_alive: None },
+        settings: Settings {
+            threads: 1,
+            ctx_size: 512,
+            gpu_layers: 0,
+            keep_alive: None,
+            parallel: 4,
+            max_queue: 16,
+            request_timeout: Duration::from_secs(30),
+        },
         policy: fast_policy(),
         builtin_exe: None,
         remote_api_key: None,

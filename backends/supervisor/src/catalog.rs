@@ -33,7 +33,7 @@ pub struct Variant {
     pub rank: i32,
     /// Argument template; None means the llama-server default
     /// ([`crate::job::DEFAULT_ARGS`]). Placeholders: {model} {port}
-    /// {threads} {ctx_size} {gpu_layers} {api_key}.
+    /// {threads} {ctx_size} {gpu_layers} {parallel} {api_key}.
     pub args: Option<Vec<String>>,
 }
 

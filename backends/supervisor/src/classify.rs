@@ -75,6 +75,8 @@ pub enum Failure {
     SpawnFailed { error: String },
     /// Any other exit: worth a restart.
     Crashed { exit: Exit },
+    /// A remote server did not answer, or refused us (`status`).
+    Remote { error: String, status: Option<u16> },
 }
 
 /// The supervisor's next move after a failure.
@@ -97,7 +99,8 @@ impl Failure {
             | Failure::OutOfMemory { .. }
             | Failure::GpuError { .. }
             | Failure::LoadTimeout { .. }
-            | Failure::SpawnFailed { .. } => Step::NextCandidate,
+            | Failure::SpawnFailed { .. }
+            | Failure::Remote { .. } => Step::NextCandidate,
         }
     }
 }
@@ -118,6 +121,7 @@ impl std::fmt::Display for Failure {
             }
             Failure::SpawnFailed { error } => write!(f, "could not be started: {error}"),
             Failure::Crashed { exit } => write!(f, "crashed ({exit})"),
+            Failure::Remote { error, .. } => write!(f, "{error}"),
         }
     }
 }

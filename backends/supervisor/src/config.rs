@@ -13,6 +13,9 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_CTX_SIZE: u32 = 4096;
 /// "All layers": llama-server clamps it to the model's layer count.
 pub const DEFAULT_GPU_LAYERS: u32 = 999;
+pub const DEFAULT_PARALLEL: u32 = 4;
+pub const DEFAULT_MAX_QUEUE: usize = 256;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `config.toml`, as written by the user. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -33,6 +36,12 @@ pub struct ServerSection {
     pub gpu_layers: Option<u32>,
     /// "300", "90s", "5m", "1h", or "never".
     pub keep_alive: Option<String>,
+    /// Requests the server runs at once (llama-server `--parallel`).
+    pub parallel: Option<u32>,
+    /// Requests that may wait for a slot; past it, `busy`.
+    pub max_queue: Option<usize>,
+    /// A request fails when the server sends nothing for this long ("120s").
+    pub request_timeout: Option<String>,
     #[serde(default)]
     pub allow_path_server: bool,
 }
@@ -63,6 +72,9 @@ pub struct Settings {
     pub gpu_layers: u32,
     /// None: never unload.
     pub keep_alive: Option<Duration>,
+    pub parallel: u32,
+    pub max_queue: usize,
+    pub request_timeout: Duration,
 }
 
 impl ConfigFile {
@@ -87,6 +99,16 @@ impl ConfigFile {
         let invalid = |problem: String| ConfigError::Invalid { path: "config".into(), problem };
         if let Some(k) = &c.server.keep_alive {
             parse_keep_alive(k).map_err(invalid)?;
+        }
+        if let Some(t) = &c.server.request_timeout {
+            match parse_keep_alive(t) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(invalid("server.request_timeout cannot be `never`".into())),
+                Err(e) => return Err(invalid(e.replace("keep_alive", "request_timeout"))),
+            }
+        }
+        if c.server.parallel == Some(0) {
+            return Err(invalid("server.parallel must be at least 1".into()));
         }
         if c.server.threads == Some(0) {
             return Err(invalid("server.threads must be at least 1".into()));
@@ -119,6 +141,14 @@ impl ConfigFile {
             ctx_size: self.server.ctx_size.unwrap_or(DEFAULT_CTX_SIZE),
             gpu_layers: self.server.gpu_layers.unwrap_or(DEFAULT_GPU_LAYERS),
             keep_alive,
+            parallel: self.server.parallel.unwrap_or(DEFAULT_PARALLEL),
+            max_queue: self.server.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+            request_timeout: self
+                .server
+                .request_timeout
+                .as_deref()
+                .and_then(|t| parse_keep_alive(t).ok().flatten())
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 }
@@ -226,7 +256,15 @@ api_key = "k"
         let s = c.settings(4);
         assert_eq!(
             s,
-            Settings { threads: 6, ctx_size: 8192, gpu_layers: 20, keep_alive: Some(Duration::from_secs(600)) }
+            Settings {
+                threads: 6,
+                ctx_size: 8192,
+                gpu_layers: 20,
+                keep_alive: Some(Duration::from_secs(600)),
+                parallel: DEFAULT_PARALLEL,
+                max_queue: DEFAULT_MAX_QUEUE,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            }
         );
     }
 
@@ -239,6 +277,11 @@ api_key = "k"
         assert!(matches!(ConfigFile::parse("[server]\nkeep_alive = \"5 weeks\""), Err(ConfigError::Invalid { .. })));
         assert!(matches!(ConfigFile::parse("[server]\ncolour = 1"), Err(ConfigError::Parse { .. })));
         assert!(matches!(ConfigFile::parse("[remote]\nurl = \"ftp://x\""), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(ConfigFile::parse("[server]\nrequest_timeout = \"never\""), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(ConfigFile::parse("[server]\nparallel = 0"), Err(ConfigError::Invalid { .. })));
+        let s =
+            ConfigFile::parse("[server]\nparallel = 2\nmax_queue = 3\nrequest_timeout = \"30s\"").unwrap().settings(1);
+        assert_eq!((s.parallel, s.max_queue, s.request_timeout), (2, 3, Duration::from_secs(30)));
         assert_eq!(parse_keep_alive("never"), Ok(None));
         assert_eq!(parse_keep_alive("90"), Ok(Some(Duration::from_secs(90))));
         assert_eq!(parse_keep_alive("250ms"), Ok(Some(Duration::from_millis(250))));

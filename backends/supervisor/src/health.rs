@@ -34,14 +34,18 @@ pub async fn check(http: &reqwest::Client, port: u16) -> Health {
 
 /// A remote OpenAI-compatible server is usable when `/v1/models` answers 2xx
 /// with our key.
-pub async fn check_remote(http: &reqwest::Client, base: &str, key: Option<&str>) -> Result<(), String> {
+pub async fn check_remote(http: &reqwest::Client, base: &str, key: Option<&str>) -> Result<(), (String, Option<u16>)> {
     let mut req = http.get(format!("{base}/v1/models")).timeout(Duration::from_secs(5));
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
     match req.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("HTTP {}", r.status())),
-        Err(e) => Err(e.to_string()),
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            Err((format!("HTTP {status}: {}", crate::proxy::error_message(&body)), Some(status.as_u16())))
+        }
+        Err(e) => Err((e.to_string(), None)),
     }
 }

@@ -616,8 +616,12 @@ impl Runner {
     async fn run_remote(&mut self, id: &str, url: &str) -> End {
         self.publish(JobState::Starting { candidate: id.to_string(), attempt: 1 });
         let key = self.spec.remote_api_key.clone();
-        if let Err(error) = health::check_remote(&self.http, url, key.as_deref()).await {
-            return End::Failed(Failure::SpawnFailed { error: format!("remote {url} does not answer: {error}") });
+        if let Err((error, status)) = health::check_remote(&self.http, url, key.as_deref()).await {
+            let error = match status {
+                Some(401 | 403) => format!("remote {url} refused the API key: {error}"),
+                _ => format!("remote {url} does not answer: {error}"),
+            };
+            return End::Failed(Failure::Remote { error, status });
         }
         let ep = Endpoint { candidate: id.to_string(), url: url.to_string(), api_key: key, pid: None };
         self.publish(JobState::Ready { candidate: id.to_string(), pid: None, url: url.to_string(), load_ms: 0 });
@@ -659,6 +663,8 @@ pub const DEFAULT_ARGS: &[&str] = &[
     "{threads}",
     "--ctx-size",
     "{ctx_size}",
+    "--parallel",
+    "{parallel}",
     "--api-key",
     "{api_key}",
 ];
@@ -691,6 +697,7 @@ pub fn command_line(
                 .replace("{threads}", &s.threads.to_string())
                 .replace("{ctx_size}", &s.ctx_size.to_string())
                 .replace("{gpu_layers}", &s.gpu_layers.to_string())
+                .replace("{parallel}", &s.parallel.to_string())
                 .replace("{api_key}", api_key),
         );
     }
@@ -725,7 +732,12 @@ mod tests {
         JobSpec {
             model: "/m/model.gguf".into(),
             candidates: cands,
-            settings: Settings { threads: 6, ctx_size: 2048, gpu_layers: 33, keep_alive: None },
+            settings: Settings {
+                threads: 6,
+                ctx_size: 2048,
+                gpu_layers: 33,
+                ..crate::ConfigFile::default().settings(6)
+            },
             policy: Policy::default(),
             builtin_exe: Some("/opt/bitnet-host".into()),
             remote_api_key: None,
@@ -745,7 +757,7 @@ mod tests {
         assert_eq!(p, PathBuf::from("/b/llama-server-vulkan"));
         assert_eq!(
             a.join(" "),
-            "--model /m/model.gguf --host 127.0.0.1 --port 31234 --threads 6 --ctx-size 2048 --api-key k3y --n-gpu-layers 33"
+            "--model /m/model.gguf --host 127.0.0.1 --port 31234 --threads 6 --ctx-size 2048 --parallel 4 --api-key k3y --n-gpu-layers 33"
         );
         let b = cand("builtin", Launch::Builtin, false, None);
         let (p, a) = command_line(&b, &spec(vec![]), 1, "k").unwrap();

@@ -212,7 +212,7 @@ pub fn shape_event(event: &str, fields: &Map<String, Value>) -> Map<String, Valu
             "generationUpdate",
             json!({"token": fields.get("text"), "tps": fields.get("tps"), "numTokens": fields.get("tokens")}),
         ),
-        "progress" => ("modelWorkerLoadingProgress", Value::Object(fields.clone())),
+        "progress" | "load" => ("modelWorkerLoadingProgress", Value::Object(fields.clone())),
         other => (other, Value::Object(fields.clone())),
     };
     m.insert("type".into(), Value::from(kind));

@@ -19,13 +19,23 @@
 //! | `gpu-error`        | prints CUDA's "no CUDA-capable device", aborts |
 //! | `ignore-sigterm`   | ignores SIGTERM (forces the supervisor's SIGKILL) |
 //!
+//! Per request, the last user message (or prompt) may carry triggers:
+//! `[[tokens N]]` answer N tokens `t0 t1 ...`; `[[slow MS]]` MS between
+//! tokens; `[[stall]]` stop sending after two tokens, connection open;
+//! `[[crash]]` exit 1 after two tokens; `[[http NNN]]` answer that status
+//! with an OpenAI-style error body. `GET /standin/stats` counts tokens sent
+//! and streams the client dropped (to check that cancel reaches upstream).
+//!
 //! `--fault-times N` (`STANDIN_FAULT_TIMES`) with `--fault-state FILE`
 //! (`STANDIN_FAULT_STATE`) applies the faults only to the first N starts.
 //! `STANDIN_TOKEN_DELAY_MS` paces streamed tokens. `STANDIN_ARGV_LOG=FILE`
 //! appends the argv (one JSON array per line) for tests to inspect.
 
+// Handlers return a ready Response as their error; one per request, never hot.
+#![allow(clippy::result_large_err)]
+
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +82,7 @@ fn parse_args() -> Opts {
             "--host" => o.host = val(),
             "--port" => o.port = val().parse().unwrap_or(8080),
             "--api-key" => o.api_key = Some(val()),
-            "--threads" | "-t" | "--ctx-size" | "-c" | "--n-gpu-layers" | "-ngl" => {
+            "--threads" | "-t" | "--ctx-size" | "-c" | "--n-gpu-layers" | "-ngl" | "--parallel" | "-np" => {
                 val();
             }
             "--fault" => o.faults.push(val()),
@@ -108,6 +118,9 @@ struct App {
     opts: Opts,
     loaded: AtomicBool,
     token_delay: Duration,
+    tokens_sent: AtomicU64,
+    streams_dropped: AtomicU64,
+    requests: AtomicU64,
 }
 
 fn main() {
@@ -178,7 +191,14 @@ async fn serve(opts: Opts) {
     eprintln!("main: HTTP server is listening, hostname: {}, port: {}", opts.host, opts.port);
     let token_delay =
         Duration::from_millis(std::env::var("STANDIN_TOKEN_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
-    let app = Arc::new(App { opts: opts.clone(), loaded: AtomicBool::new(false), token_delay });
+    let app = Arc::new(App {
+        opts: opts.clone(),
+        loaded: AtomicBool::new(false),
+        token_delay,
+        tokens_sent: AtomicU64::new(0),
+        streams_dropped: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+    });
 
     let loader = app.clone();
     tokio::spawn(async move {
@@ -209,6 +229,11 @@ async fn serve(opts: Opts) {
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/standin/stats", get(stats))
         .with_state(app);
     let _ = axum::serve(listener, router).await;
 }
@@ -242,73 +267,171 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// The reply: deterministic words derived from the last user message.
-fn reply_tokens(body: &Value) -> Vec<String> {
-    let last = body["messages"]
-        .as_array()
-        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("");
-    let mut words = vec!["You".to_string(), " said:".to_string()];
-    words.extend(last.split_whitespace().map(|w| format!(" {w}")));
-    let max = body["max_tokens"].as_u64().or(body["n_predict"].as_u64()).unwrap_or(u64::MAX) as usize;
-    words.truncate(max);
+/// Per-request triggers found in the text, e.g. `[[tokens 5]]`.
+#[derive(Debug, Default)]
+struct Triggers {
+    tokens: Option<usize>,
+    slow_ms: Option<u64>,
+    stall: bool,
+    crash: bool,
+    http: Option<u16>,
+}
+
+fn triggers(text: &str) -> Triggers {
+    let mut t = Triggers::default();
+    for part in text.split("[[").skip(1) {
+        let Some((inner, _)) = part.split_once("]]") else { continue };
+        let mut w = inner.split_whitespace();
+        match (w.next(), w.next().and_then(|n| n.parse::<u64>().ok())) {
+            (Some("tokens"), Some(n)) => t.tokens = Some(n as usize),
+            (Some("slow"), Some(n)) => t.slow_ms = Some(n),
+            (Some("http"), Some(n)) => t.http = Some(n as u16),
+            (Some("stall"), _) => t.stall = true,
+            (Some("crash"), _) => t.crash = true,
+            _ => {}
+        }
+    }
+    t
+}
+
+/// The reply: `You said: <words>` or, with `[[tokens N]]`, `t0 t1 ...`.
+fn reply_tokens(text: &str, max: Option<u64>) -> Vec<String> {
+    let mut words = match triggers(text).tokens {
+        Some(n) => (0..n).map(|i| if i == 0 { format!("t{i}") } else { format!(" t{i}") }).collect(),
+        None => {
+            let mut w = vec!["You".to_string(), " said:".to_string()];
+            w.extend(text.split_whitespace().filter(|x| !x.starts_with("[[")).map(|x| format!(" {x}")));
+            w
+        }
+    };
+    words.truncate(max.unwrap_or(u64::MAX) as usize);
     words
 }
 
-async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
-    if !authorized(&app, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid API Key");
+fn last_user(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|x| x["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Common checks; Err is the response to send.
+fn admit(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    app.requests.fetch_add(1, Ordering::SeqCst);
+    if !authorized(app, headers) {
+        return Err(error(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid API Key"));
     }
     if !app.loaded.load(Ordering::SeqCst) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "Loading model");
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "Loading model"));
     }
-    let Ok(body) = serde_json::from_str::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid JSON body");
+    Ok(())
+}
+
+fn parse_body(body: &str) -> Result<Value, Response> {
+    serde_json::from_str::<Value>(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid JSON body"))
+}
+
+fn http_trigger(t: &Triggers) -> Option<Response> {
+    let code = t.http?;
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some(error(status, "server_error", &format!("stand-in refuses with {code} as asked")))
+}
+
+async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = admit(&app, &headers) {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     if !body["messages"].is_array() {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'messages' is required");
     }
-    let tokens = reply_tokens(&body);
+    let text = last_user(&body);
+    generate(app, &body, &text, true)
+}
+
+async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = admit(&app, &headers) {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(prompt) = body["prompt"].as_str().map(String::from) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'prompt' is required");
+    };
+    generate(app, &body, &prompt, false)
+}
+
+/// Chat (`chat = true`) or text completion, streamed or not.
+fn generate(app: Arc<App>, body: &Value, text: &str, chat: bool) -> Response {
+    let trig = triggers(text);
+    if let Some(r) = http_trigger(&trig) {
+        return r;
+    }
+    let max = body["max_tokens"].as_u64().or(body["n_predict"].as_u64());
+    let tokens = reply_tokens(text, max);
     let model = model_id(&app);
-    let max_hit = body["max_tokens"].as_u64().is_some_and(|m| tokens.len() as u64 >= m);
-    let finish = if max_hit { "length" } else { "stop" };
+    let finish = if max.is_some_and(|m| tokens.len() as u64 >= m) { "length" } else { "stop" };
+    let (object, chunk_object) =
+        if chat { ("chat.completion", "chat.completion.chunk") } else { ("text_completion", "text_completion") };
+    let usage = json!({"prompt_tokens": text.len(), "completion_tokens": tokens.len(), "total_tokens": text.len() + tokens.len()});
     if body["stream"] != true {
-        return Json(json!({
-            "id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": tokens.concat()}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": tokens.len(), "total_tokens": tokens.len() + 1}
-        }))
+        app.tokens_sent.fetch_add(tokens.len() as u64, Ordering::SeqCst);
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": tokens.concat()}, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": tokens.concat(), "finish_reason": finish})
+        };
+        return Json(json!({"id": "cmpl-standin", "object": object, "created": 0, "model": model,
+                           "choices": [choice], "usage": usage}))
         .into_response();
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
-    let crash_mid = app.opts.fault("crash-mid-stream").is_some();
-    let delay = app.token_delay;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
+    let crash_mid = app.opts.fault("crash-mid-stream").is_some() || trig.crash;
+    let delay = trig.slow_ms.map(Duration::from_millis).unwrap_or(app.token_delay);
     tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Value| {
-            format!(
-                "data: {}\n\n",
-                json!({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-            )
+        let chunk = |piece: Value, finish: Value, extra: Option<Value>| {
+            let choice = if chat {
+                json!({"index": 0, "delta": piece, "finish_reason": finish})
+            } else {
+                json!({"index": 0, "text": piece.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish})
+            };
+            let mut v = json!({"id": "cmpl-standin", "object": chunk_object, "created": 0, "model": model, "choices": [choice]});
+            if let Some(u) = extra {
+                v["usage"] = u;
+            }
+            format!("data: {v}\n\n")
         };
-        if tx.send(Ok(chunk(json!({"role": "assistant", "content": null}), Value::Null))).await.is_err() {
+        if chat && tx.send(Ok(chunk(json!({"role": "assistant", "content": null}), Value::Null, None))).await.is_err() {
             return;
         }
         for (i, t) in tokens.iter().enumerate() {
-            if crash_mid && i == 2 {
+            if i == 2 && crash_mid {
                 eprintln!("error: simulated crash mid-stream");
                 std::process::exit(1);
+            }
+            if i == 2 && trig.stall {
+                eprintln!("stand-in: stalling mid-stream");
+                std::future::pending::<()>().await;
             }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(chunk(json!({"content": t}), Value::Null))).await.is_err() {
+            if tx.send(Ok(chunk(json!({"content": t}), Value::Null, None))).await.is_err() {
+                app.streams_dropped.fetch_add(1, Ordering::SeqCst);
                 eprintln!("srv  stop: cancel task, client disconnected after {i} tokens");
                 return;
             }
+            app.tokens_sent.fetch_add(1, Ordering::SeqCst);
         }
-        let _ = tx.send(Ok(chunk(json!({}), json!(finish)))).await;
+        let _ = tx.send(Ok(chunk(json!({}), json!(finish), Some(usage)))).await;
         let _ = tx.send(Ok("data: [DONE]\n\n".to_string())).await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -317,4 +440,77 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> 
         .header("cache-control", "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A deterministic 8-dimensional embedding of `text` (FNV-1a per dimension).
+fn embedding(text: &str) -> Vec<f32> {
+    (0..8u64)
+        .map(|d| {
+            let mut h: u64 = 0xcbf29ce484222325 ^ d;
+            for b in text.bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+            }
+            (h % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = admit(&app, &headers) {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'input' is required"),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embedding(s)}))
+        .collect();
+    let n: usize = inputs.iter().map(|s| s.len()).sum();
+    Json(json!({"object": "list", "model": model_id(&app), "data": data, "usage": {"prompt_tokens": n, "total_tokens": n}}))
+        .into_response()
+}
+
+/// Byte-level tokens: one token per byte.
+async fn tokenize(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = admit(&app, &headers) {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let content = body["content"].as_str().unwrap_or("");
+    Json(json!({"tokens": content.bytes().collect::<Vec<u8>>()})).into_response()
+}
+
+async fn detokenize(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = admit(&app, &headers) {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let bytes: Vec<u8> = body["tokens"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_u64()).map(|t| t as u8).collect())
+        .unwrap_or_default();
+    Json(json!({"content": String::from_utf8_lossy(&bytes)})).into_response()
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    Json(json!({
+        "tokens_sent": app.tokens_sent.load(Ordering::SeqCst),
+        "streams_dropped": app.streams_dropped.load(Ordering::SeqCst),
+        "requests": app.requests.load(Ordering::SeqCst),
+    }))
+    .into_response()
 }

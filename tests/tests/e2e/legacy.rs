@@ -72,7 +72,9 @@ fn unknown_actions_and_missing_backends_are_errors_with_message_id() {
     assert_eq!(r["message"], "Unknown action: levitate");
     assert_eq!(r["messageId"], 9);
     for action in ["generate", "pull_model"] {
-        let r = ask(&mut b, json!({"action": action, "messageId": action, "modelPath": "/x.gguf", "messages": []}));
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        let r =
+            ask(&mut b, json!({"action": action, "messageId": action, "modelPath": "/x.gguf", "messages": messages}));
         assert_eq!(r["status"], "error", "{action}: {r}");
         assert_eq!(r["code"], "not_available", "{action}: {r}");
         assert_eq!(r["messageId"], action);

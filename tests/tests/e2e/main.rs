@@ -3,6 +3,7 @@
 
 mod cli;
 mod hardware;
+mod infer;
 mod legacy;
 mod native;
 mod select;

@@ -22,7 +22,7 @@ pub fn fixture_model(name: &str) -> PathBuf {
 /// A home with a recorded AVX2 Linux x86_64 report (so selection does not
 /// depend on the CI machine) and the stand-in installed as the bitnet.cpp
 /// CPU build, failing with `faults`.
-fn home_with_server(faults: &[&str]) -> (tempfile::TempDir, String) {
+pub fn home_with_server(faults: &[&str]) -> (tempfile::TempDir, String) {
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(host_bin())
         .args(["hardware", "--json"])
@@ -41,8 +41,15 @@ fn home_with_server(faults: &[&str]) -> (tempfile::TempDir, String) {
     (home, file.to_str().unwrap().to_string())
 }
 
-fn host(faults: &[&str]) -> FakeBrowser {
+pub fn host(faults: &[&str]) -> FakeBrowser {
+    host_with_config(faults, "")
+}
+
+/// Same, with `config` as the host's config.toml.
+pub fn host_with_config(faults: &[&str], config: &str) -> FakeBrowser {
     let (home, report) = home_with_server(faults);
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    std::fs::write(home.path().join("config/config.toml"), config).unwrap();
     FakeBrowser::spawn_in_home(
         host_bin(),
         &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
@@ -51,13 +58,13 @@ fn host(faults: &[&str]) -> FakeBrowser {
     )
 }
 
-fn load(b: &mut FakeBrowser, id: &str, model: &Path) -> (Vec<Value>, Value) {
+pub fn load(b: &mut FakeBrowser, id: &str, model: &Path) -> (Vec<Value>, Value) {
     b.send(&json!({"id": id, "type": "load_model", "model": model}));
     let (events, reply) = b.collect("id", &json!(id), T);
     (events, reply.value)
 }
 
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,

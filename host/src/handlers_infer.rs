@@ -1,0 +1,360 @@
+//! Inference requests: `chat`, `complete`, `embed`, `tokenize`,
+//! `detokenize`, `models`. Each waits for the loaded model's server (sending
+//! `load` events meanwhile), takes a slot, and goes through the proxy. A
+//! streamed answer is one `delta` event per piece the server sends, as soon
+//! as it arrives; cancelling drops the upstream connection, which stops the
+//! server generating.
+
+use std::time::{Duration, Instant};
+
+use bitnet_supervisor::{Endpoint, Job, ProxyError};
+use serde_json::{json, Map, Value};
+
+use crate::protocol::{ErrorCode, ProtoError};
+use crate::session::Ctx;
+
+type Params = Map<String, Value>;
+type Outcome = Result<Value, ProtoError>;
+
+/// Sampling and limit fields passed through to the server as they are.
+const PASS_THROUGH: &[&str] = &[
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "max_tokens",
+];
+
+/// Non-streaming calls (embeddings, tokenize) get this long in all.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn proxy_error(e: ProxyError) -> ProtoError {
+    let code = match &e {
+        ProxyError::Unreachable(_) | ProxyError::Disconnected(_) => ErrorCode::BackendCrashed,
+        ProxyError::Stalled(_) => ErrorCode::Timeout,
+        ProxyError::BadResponse(_) => ErrorCode::BackendError,
+        ProxyError::Http { status, .. } => match status {
+            400 | 422 => ErrorCode::InvalidRequest,
+            401 | 403 => ErrorCode::Unauthorized,
+            404 => ErrorCode::NotFound,
+            429 | 503 => ErrorCode::Busy,
+            _ => ErrorCode::BackendError,
+        },
+    };
+    let details = match &e {
+        ProxyError::Http { status, message } => Some(json!({"status": status, "backend_message": message})),
+        _ => None,
+    };
+    let err = ProtoError::new(code, e.to_string());
+    match details {
+        Some(d) => err.with_details(d),
+        None => err,
+    }
+}
+
+/// The server for the loaded model, once ready; `load` events while it is
+/// starting or reloading.
+pub async fn ready_with_progress(ctx: &Ctx, job: &Job) -> Result<Endpoint, ProtoError> {
+    let mut states = job.subscribe();
+    let ready = job.ready();
+    tokio::pin!(ready);
+    let mut last_sent = String::new();
+    loop {
+        tokio::select! {
+            r = &mut ready => {
+                return r.map_err(|e| match e {
+                    bitnet_supervisor::JobError::GaveUp { error, attempts, tail } => {
+                        // A remote that refused our key is the user's to fix:
+                        // say so with its own code.
+                        let refused = attempts.last().is_some_and(|a| {
+                            matches!(a.failure, bitnet_supervisor::Failure::Remote { status: Some(401 | 403), .. })
+                        });
+                        let code = if refused { ErrorCode::Unauthorized } else { ErrorCode::BackendCrashed };
+                        ProtoError::new(code, error).with_details(json!({"attempts": attempts, "tail": tail}))
+                    }
+                    bitnet_supervisor::JobError::Stopped => {
+                        ProtoError::new(ErrorCode::Cancelled, "the model was unloaded before it was ready")
+                    }
+                });
+            }
+            changed = states.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let s = states.borrow_and_update().clone();
+                if s.name() == "ready" {
+                    continue;
+                }
+                let fields = match serde_json::to_value(&s) {
+                    Ok(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                let key = Value::Object(fields.clone()).to_string();
+                if key != last_sent {
+                    last_sent = key;
+                    ctx.event("load", fields).await;
+                }
+            }
+        }
+    }
+}
+
+async fn loaded(ctx: &Ctx) -> Result<(Job, Endpoint), ProtoError> {
+    let Some((job, _)) = ctx.app.backend.current().await else {
+        return Err(ProtoError::new(ErrorCode::NotAvailable, "no model is loaded: send `load_model` first"));
+    };
+    let ep = ready_with_progress(ctx, &job).await?;
+    Ok((job, ep))
+}
+
+fn validate_messages(params: &Params) -> Result<Value, ProtoError> {
+    let bad = |m: &str| ProtoError::new(ErrorCode::InvalidRequest, m.to_string());
+    let Some(Value::Array(msgs)) = params.get("messages") else {
+        return Err(bad("`messages` must be an array of {role, content}"));
+    };
+    if msgs.is_empty() {
+        return Err(bad("`messages` is empty"));
+    }
+    for m in msgs {
+        let role = m.get("role").and_then(Value::as_str);
+        if !matches!(role, Some("system" | "user" | "assistant" | "tool")) {
+            return Err(bad("each message needs `role`: system, user, assistant or tool"));
+        }
+        if !matches!(m.get("content"), Some(Value::String(_) | Value::Array(_))) {
+            return Err(bad("each message needs `content` (a string or content parts)"));
+        }
+    }
+    Ok(Value::Array(msgs.clone()))
+}
+
+/// The upstream body: the request's fields that the server understands.
+fn upstream_body(params: &Params, first: (&str, Value), stream: bool) -> Value {
+    let mut body = Map::new();
+    body.insert(first.0.into(), first.1);
+    for k in PASS_THROUGH {
+        if let Some(v) = params.get(*k) {
+            body.insert((*k).into(), v.clone());
+        }
+    }
+    body.insert("stream".into(), Value::Bool(stream));
+    if stream {
+        // Ask OpenAI-style servers for usage in the last chunk.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Value::Object(body)
+}
+
+fn idle_timeout(ctx: &Ctx, params: &Params) -> Result<Duration, ProtoError> {
+    match params.get("idle_timeout_ms") {
+        None => Ok(ctx.app.backend.settings().request_timeout),
+        Some(v) => match v.as_u64() {
+            Some(ms) if (1..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            _ => Err(ProtoError::new(ErrorCode::InvalidRequest, "`idle_timeout_ms` must be 1 to 3600000")),
+        },
+    }
+}
+
+pub async fn chat(ctx: &Ctx, params: &Params) -> Outcome {
+    let messages = validate_messages(params)?;
+    generate(ctx, params, "/v1/chat/completions", ("messages", messages)).await
+}
+
+pub async fn complete(ctx: &Ctx, params: &Params) -> Outcome {
+    let Some(prompt) = params.get("prompt").and_then(Value::as_str) else {
+        return Err(ProtoError::new(ErrorCode::InvalidRequest, "`prompt` must be a string"));
+    };
+    generate(ctx, params, "/v1/completions", ("prompt", Value::from(prompt))).await
+}
+
+/// The text piece of one streamed chunk (chat delta or completion text).
+fn piece(chunk: &Value) -> Option<&str> {
+    let c = &chunk["choices"][0];
+    c["delta"]["content"].as_str().or(c["text"].as_str()).filter(|s| !s.is_empty())
+}
+
+async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) -> Outcome {
+    let stream = params.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let idle = idle_timeout(ctx, params)?;
+    let (job, ep) = loaded(ctx).await?;
+    let _slot = ctx.app.backend.slot().await?;
+    job.touch();
+    let body = upstream_body(params, first, stream);
+    let proxy = &ctx.app.backend.proxy;
+    let started = Instant::now();
+    if !stream {
+        let r = proxy.post_json(&ep, path, &body, idle.max(CALL_TIMEOUT)).await.map_err(proxy_error)?;
+        job.touch();
+        let c = &r["choices"][0];
+        let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap_or("").to_string();
+        return Ok(json!({
+            "text": text,
+            "finish_reason": c["finish_reason"],
+            "usage": r["usage"],
+            "timings": {"total_ms": started.elapsed().as_secs_f64() * 1e3},
+            "backend": ep.candidate,
+        }));
+    }
+    let mut sse = proxy.post_sse(&ep, path, &body, idle).await.map_err(proxy_error)?;
+    let mut text = String::new();
+    let mut pieces: u64 = 0;
+    let mut first_at: Option<Instant> = None;
+    let mut finish = Value::Null;
+    let mut usage = Value::Null;
+    while let Some(chunk) = sse.next().await {
+        let chunk = chunk.map_err(proxy_error)?;
+        if let Some(p) = piece(&chunk) {
+            pieces += 1;
+            let first = *first_at.get_or_insert_with(Instant::now);
+            let secs = first.elapsed().as_secs_f64();
+            let tps = if pieces > 1 && secs > 0.0 { (pieces - 1) as f64 / secs } else { 0.0 };
+            text.push_str(p);
+            let mut f = Map::new();
+            f.insert("text".into(), Value::from(p));
+            f.insert("tokens".into(), Value::from(pieces));
+            f.insert("tps".into(), Value::from((tps * 10.0).round() / 10.0));
+            if !ctx.event("delta", f).await {
+                break;
+            }
+        }
+        if let Some(fr) = chunk["choices"][0].get("finish_reason").filter(|v| !v.is_null()) {
+            finish = fr.clone();
+        }
+        if chunk.get("usage").is_some_and(|u| !u.is_null()) {
+            usage = chunk["usage"].clone();
+        }
+    }
+    job.touch();
+    let total = started.elapsed();
+    let ttft = first_at.map(|t| (t - started).as_secs_f64() * 1e3);
+    let gen_secs = first_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    if usage.is_null() {
+        usage = json!({"completion_tokens": pieces});
+    }
+    Ok(json!({
+        "text": text,
+        "finish_reason": finish,
+        "usage": usage,
+        "timings": {
+            "ttft_ms": ttft,
+            "total_ms": total.as_secs_f64() * 1e3,
+            "tokens_per_s": if pieces > 1 && gen_secs > 0.0 { Some((pieces - 1) as f64 / gen_secs) } else { None },
+        },
+        "backend": ep.candidate,
+    }))
+}
+
+pub async fn embed(ctx: &Ctx, params: &Params) -> Outcome {
+    let input = match params.get("input") {
+        Some(v @ Value::String(_)) => v.clone(),
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => Value::Array(a.clone()),
+        _ => return Err(ProtoError::new(ErrorCode::InvalidRequest, "`input` must be a string or an array of strings")),
+    };
+    let (job, ep) = loaded(ctx).await?;
+    let _slot = ctx.app.backend.slot().await?;
+    job.touch();
+    let r = ctx
+        .app
+        .backend
+        .proxy
+        .post_json(&ep, "/v1/embeddings", &json!({"input": input}), CALL_TIMEOUT)
+        .await
+        .map_err(proxy_error)?;
+    let mut data: Vec<Value> = r["data"].as_array().cloned().unwrap_or_default();
+    data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
+    let embeddings: Vec<Value> = data.into_iter().map(|d| d["embedding"].clone()).collect();
+    Ok(json!({"embeddings": embeddings, "usage": r["usage"], "backend": ep.candidate}))
+}
+
+pub async fn tokenize(ctx: &Ctx, params: &Params) -> Outcome {
+    let Some(text) = params.get("text").and_then(Value::as_str) else {
+        return Err(ProtoError::new(ErrorCode::InvalidRequest, "`text` must be a string"));
+    };
+    let mut body = json!({"content": text});
+    if let Some(b) = params.get("add_special").and_then(Value::as_bool) {
+        body["add_special"] = Value::Bool(b);
+    }
+    let (_, ep) = loaded(ctx).await?;
+    let r = ctx.app.backend.proxy.post_json(&ep, "/tokenize", &body, CALL_TIMEOUT).await.map_err(proxy_error)?;
+    Ok(json!({"tokens": r["tokens"]}))
+}
+
+pub async fn detokenize(ctx: &Ctx, params: &Params) -> Outcome {
+    let tokens = match params.get("tokens") {
+        Some(Value::Array(a)) if a.iter().all(|t| t.as_u64().is_some()) => a.clone(),
+        _ => return Err(ProtoError::new(ErrorCode::InvalidRequest, "`tokens` must be an array of token ids")),
+    };
+    let (_, ep) = loaded(ctx).await?;
+    let r = ctx
+        .app
+        .backend
+        .proxy
+        .post_json(&ep, "/detokenize", &json!({"tokens": tokens}), CALL_TIMEOUT)
+        .await
+        .map_err(proxy_error)?;
+    Ok(json!({"text": r["content"]}))
+}
+
+/// Loaded and available models: the loaded one, and every .gguf under the
+/// data dir's `models/` (two levels deep), each with size, format and
+/// architecture read from its header.
+pub async fn models(ctx: &Ctx, params: &Params) -> Outcome {
+    let loaded_only = params.get("loaded_only").and_then(Value::as_bool).unwrap_or(false);
+    let current = ctx.app.backend.current().await;
+    let mut out = Vec::new();
+    if let Some((job, info)) = &current {
+        out.push(json!({
+            "path": info.path, "name": file_name(&info.path), "bytes": info.bytes, "format": info.format,
+            "architecture": info.architecture, "loaded": true, "state": job.state().name(),
+        }));
+    }
+    if !loaded_only {
+        if let Some(dirs) = ctx.app.dirs.as_ref() {
+            let root = dirs.data.join("models");
+            let loaded_path = current.as_ref().map(|(_, i)| i.path.clone());
+            let found = tokio::task::spawn_blocking(move || scan_models(&root)).await.unwrap_or_default();
+            for p in found {
+                if Some(&p) == loaded_path.as_ref() {
+                    continue;
+                }
+                let (format, arch, error) = match bitnet_ternary::Gguf::open(&p) {
+                    Ok(g) => (g.weight_format(), g.architecture().map(String::from), None),
+                    Err(e) => (None, None, Some(e.to_string())),
+                };
+                let bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                out.push(json!({
+                    "path": p, "name": file_name(&p), "bytes": bytes, "format": format,
+                    "architecture": arch, "loaded": false, "error": error,
+                }));
+            }
+        }
+    }
+    Ok(json!({"models": out}))
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn scan_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && depth < 2 {
+                dirs.push((p, depth + 1));
+            } else if ft.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
