@@ -84,3 +84,25 @@ pub fn spec(dir: &Path, candidates: Vec<Candidate>) -> JobSpec {
         run_dir: Some(dir.join("run")),
     }
 }
+
+/// A host home (for `BITNET_HOST_HOME`) with the stand-in installed as the
+/// bitnet.cpp CPU build (failing with `faults`) and a recorded AVX2 Linux
+/// x86_64 hardware report, so selection does not depend on the machine.
+/// Returns the home and the report's path (for `BITNET_HOST_HARDWARE`).
+pub fn host_home(host: &Path, standin: &Path, faults: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let home = tempfile::tempdir().expect("temp home");
+    let out = std::process::Command::new(host)
+        .args(["hardware", "--json"])
+        .env("BITNET_HOST_HOME", home.path())
+        .env_remove("BITNET_HOST_HARDWARE")
+        .output()
+        .expect("run hardware --json");
+    let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("hardware JSON");
+    report["os"]["family"] = serde_json::json!("linux");
+    report["cpu"]["arch"] = serde_json::json!("x86_64");
+    report["cpu"]["features"] = serde_json::json!(["sse4.2", "avx", "avx2", "fma", "f16c"]);
+    let file = home.path().join("report.json");
+    std::fs::write(&file, report.to_string()).expect("write report");
+    wrapper(standin, &home.path().join("data/binaries"), "cpu/linux/llama-server", faults);
+    (home, file)
+}

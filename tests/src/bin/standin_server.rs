@@ -23,7 +23,9 @@
 //! `[[tokens N]]` answer N tokens `t0 t1 ...`; `[[slow MS]]` MS between
 //! tokens; `[[stall]]` stop sending after two tokens, connection open;
 //! `[[crash]]` exit 1 after two tokens; `[[http NNN]]` answer that status
-//! with an OpenAI-style error body. `GET /standin/stats` counts tokens sent
+//! with an OpenAI-style error body; `[[clock]]` makes each token's text the
+//! wall-clock time it was sent, in microseconds since the epoch (for
+//! latency benchmarks through the host). `GET /standin/stats` counts tokens sent
 //! and streams the client dropped (to check that cancel reaches upstream).
 //!
 //! `--fault-times N` (`STANDIN_FAULT_TIMES`) with `--fault-state FILE`
@@ -274,6 +276,7 @@ struct Triggers {
     slow_ms: Option<u64>,
     stall: bool,
     crash: bool,
+    clock: bool,
     http: Option<u16>,
 }
 
@@ -288,6 +291,7 @@ fn triggers(text: &str) -> Triggers {
             (Some("http"), Some(n)) => t.http = Some(n as u16),
             (Some("stall"), _) => t.stall = true,
             (Some("crash"), _) => t.crash = true,
+            (Some("clock"), _) => t.clock = true,
             _ => {}
         }
     }
@@ -424,7 +428,14 @@ fn generate(app: Arc<App>, body: &Value, text: &str, chat: bool) -> Response {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(chunk(json!({"content": t}), Value::Null, None))).await.is_err() {
+            let text = if trig.clock {
+                let us =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+                format!("{}{us}", if i == 0 { "" } else { " " })
+            } else {
+                t.clone()
+            };
+            if tx.send(Ok(chunk(json!({"content": text}), Value::Null, None))).await.is_err() {
                 app.streams_dropped.fetch_add(1, Ordering::SeqCst);
                 eprintln!("srv  stop: cancel task, client disconnected after {i} tokens");
                 return;

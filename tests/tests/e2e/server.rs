@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bitnet_host_tests::browser::{chromium_args, FakeBrowser};
-use bitnet_host_tests::standin::wrapper;
+use bitnet_host_tests::standin::host_home;
 use serde_json::{json, Value};
 
 use crate::{host_bin, standin_bin};
@@ -19,26 +19,9 @@ pub fn fixture_model(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../backends/ternary/fixtures").join(name)
 }
 
-/// A home with a recorded AVX2 Linux x86_64 report (so selection does not
-/// depend on the CI machine) and the stand-in installed as the bitnet.cpp
-/// CPU build, failing with `faults`.
 pub fn home_with_server(faults: &[&str]) -> (tempfile::TempDir, String) {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(host_bin())
-        .args(["hardware", "--json"])
-        .env("BITNET_HOST_HOME", home.path())
-        .env_remove("BITNET_HOST_HARDWARE")
-        .output()
-        .unwrap();
-    let mut report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["os"]["family"] = json!("linux");
-    report["cpu"]["arch"] = json!("x86_64");
-    report["cpu"]["features"] = json!(["sse4.2", "avx", "avx2", "fma", "f16c"]);
-    let file = home.path().join("report.json");
-    std::fs::write(&file, report.to_string()).unwrap();
-    let bins = home.path().join("data/binaries");
-    wrapper(standin_bin(), &bins, "cpu/linux/llama-server", faults);
-    (home, file.to_str().unwrap().to_string())
+    let (home, report) = host_home(host_bin(), standin_bin(), faults);
+    (home, report.to_str().unwrap().to_string())
 }
 
 pub fn host(faults: &[&str]) -> FakeBrowser {
