@@ -2,5 +2,10 @@
 //! goes through (validation before any server sees the file).
 
 pub mod gguf;
+pub mod model;
+pub mod quant;
+
+#[cfg(test)]
+mod golden;
 
 pub use gguf::{Gguf, GgufError, TensorType};

@@ -1,0 +1,525 @@
+//! The BitNet graph: `bitnet` (SiLU-gated FFN), `bitnet-b1.58` / `bitnet-25`
+//! (2B4T: ReLU^2 FFN), and `llama` with ternary weights. RMSNorm, NEOX RoPE,
+//! grouped-query attention with an f32 KV cache, attention and FFN
+//! sub-norms when present, tied output matrix when there is no
+//! `output.weight`. One token at a time (prefill feeds the prompt through
+//! the same path; the math is causal, so the logits are those of a batch).
+
+use std::path::Path;
+
+use half::f16;
+
+use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
+use crate::quant::{self, ActScheme, QuantError, Ternary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("cannot map the model file: {0}")]
+    Map(std::io::Error),
+    #[error("architecture `{0}` is not supported (bitnet, bitnet-b1.58, bitnet-25, llama are)")]
+    Architecture(String),
+    #[error("metadata `{0}` is missing or has the wrong type")]
+    Metadata(String),
+    #[error("tensor `{0}` is missing")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {dims:?}, expected {want:?}")]
+    Shape { name: String, dims: Vec<u64>, want: Vec<u64> },
+    #[error("tensor `{name}`: {source}")]
+    Quant { name: String, source: QuantError },
+    #[error("{0}: TL1/TL2 files carry kernels generated for one model shape; convert the model to I2_S or TQ2_0")]
+    LookupTable(String),
+}
+
+/// The FFN activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Silu,
+    Relu2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hparams {
+    pub arch: String,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_layer: usize,
+    pub n_ctx: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    pub act: Act,
+}
+
+/// A weight matrix [rows = out][cols = in].
+#[derive(Debug)]
+pub enum Linear {
+    Ternary(Ternary),
+    Dense { w: Vec<f32>, rows: usize, cols: usize },
+}
+
+impl Linear {
+    fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
+        match self {
+            Linear::Ternary(t) => t.matvec(x, scheme, y),
+            Linear::Dense { w, cols, .. } => quant::matvec_f32(w, *cols, x, y),
+        }
+    }
+}
+
+/// The output (vocabulary) matrix, kept in its file precision.
+#[derive(Debug)]
+pub enum Dense16 {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Dense16 {
+    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
+        match self {
+            Dense16::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Dense16::F16(w) => {
+                for (o, v) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
+                    *o = v.to_f32();
+                }
+            }
+        }
+    }
+
+    fn matvec(&self, cols: usize, x: &[f32], y: &mut [f32]) {
+        match self {
+            Dense16::F32(w) => quant::matvec_f32(w, cols, x, y),
+            Dense16::F16(w) => {
+                for (out, row) in y.iter_mut().zip(w.chunks_exact(cols)) {
+                    *out = row.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    attn_sub_norm: Option<Vec<f32>>,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
+    w_gate: Linear,
+    w_up: Linear,
+    ffn_sub_norm: Option<Vec<f32>>,
+    w_down: Linear,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub hp: Hparams,
+    pub gguf: Gguf,
+    /// How activations are quantized for the ternary products.
+    pub scheme: ActScheme,
+    /// The file's ternary format (lower case), e.g. "i2_s".
+    pub format: String,
+    token_embd: Dense16,
+    output: Option<Dense16>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Keys and values of every layer, f32, for up to `n_ctx` positions.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    pub len: usize,
+    cap: usize,
+    kv_dim: usize,
+}
+
+impl KvCache {
+    pub fn new(hp: &Hparams, cap: usize) -> Self {
+        let kv_dim = hp.n_head_kv * hp.head_dim;
+        KvCache {
+            k: (0..hp.n_layer).map(|_| Vec::with_capacity(cap * kv_dim)).collect(),
+            v: (0..hp.n_layer).map(|_| Vec::with_capacity(cap * kv_dim)).collect(),
+            len: 0,
+            cap,
+            kv_dim,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Forget everything from position `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len);
+        for l in 0..self.k.len() {
+            self.k[l].truncate(n * self.kv_dim);
+            self.v[l].truncate(n * self.kv_dim);
+        }
+        self.len = n;
+    }
+}
+
+fn meta_u(g: &Gguf, key: &str) -> Result<usize, ModelError> {
+    g.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| ModelError::Metadata(key.into()))
+}
+
+fn meta_f(g: &Gguf, key: &str) -> Option<f32> {
+    g.get(key).and_then(Value::as_f64).map(|v| v as f32)
+}
+
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+/// NEOX RoPE in place on `heads` heads of `hd` each: pairs (i, i + hd/2).
+fn rope(x: &mut [f32], hd: usize, pos: usize, base: f32) {
+    let half = hd / 2;
+    for head in x.chunks_exact_mut(hd) {
+        for i in 0..half {
+            let theta = pos as f64 * f64::from(base).powf(-2.0 * i as f64 / hd as f64);
+            let (s, c) = (theta.sin() as f32, theta.cos() as f32);
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * c - b * s;
+            head[i + half] = a * s + b * c;
+        }
+    }
+}
+
+impl Model {
+    /// Load a GGUF model. `scheme` overrides the activation scheme the
+    /// format's reference uses.
+    pub fn load(path: &Path, scheme: Option<ActScheme>) -> Result<Self, ModelError> {
+        let gguf = Gguf::open(path)?;
+        let file = std::fs::File::open(path).map_err(ModelError::Map)?;
+        // SAFETY: the file is opened read-only; a concurrent writer could
+        // change bytes under us, which at worst gives wrong numbers (every
+        // range was bounds-checked against the length when parsing).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ModelError::Map)?;
+        Self::from_parts(gguf, &map, scheme)
+    }
+
+    fn from_parts(gguf: Gguf, file: &[u8], scheme: Option<ActScheme>) -> Result<Self, ModelError> {
+        let arch = gguf.architecture().unwrap_or("").to_string();
+        let act = match arch.as_str() {
+            "bitnet" | "llama" => Act::Silu,
+            "bitnet-b1.58" | "bitnet-25" => Act::Relu2,
+            _ => return Err(ModelError::Architecture(arch)),
+        };
+        let a = |k: &str| format!("{arch}.{k}");
+        let n_embd = meta_u(&gguf, &a("embedding_length"))?;
+        let n_head = meta_u(&gguf, &a("attention.head_count"))?;
+        let n_layer = meta_u(&gguf, &a("block_count"))?;
+        let emb = find(&gguf, "token_embd.weight")?;
+        let hp = Hparams {
+            n_vocab: meta_u(&gguf, &a("vocab_size")).unwrap_or(emb.dims.get(1).copied().unwrap_or(0) as usize),
+            n_embd,
+            n_ff: meta_u(&gguf, &a("feed_forward_length"))?,
+            n_head,
+            n_head_kv: meta_u(&gguf, &a("attention.head_count_kv")).unwrap_or(n_head),
+            n_layer,
+            n_ctx: meta_u(&gguf, &a("context_length")).unwrap_or(4096),
+            head_dim: meta_u(&gguf, &a("rope.dimension_count")).unwrap_or(n_embd / n_head.max(1)),
+            rms_eps: meta_f(&gguf, &a("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_base: meta_f(&gguf, &a("rope.freq_base")).unwrap_or(10000.0),
+            act,
+            arch: arch.clone(),
+        };
+        if hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0 || hp.head_dim * hp.n_head != n_embd {
+            return Err(ModelError::Metadata(format!("{arch}.attention.head_count(_kv)")));
+        }
+        let data = |t: &TensorInfo| -> &[u8] {
+            let start = (gguf.data_offset + t.offset) as usize;
+            let end = t.size.map(|s| start + s as usize).unwrap_or(file.len()).min(file.len());
+            &file[start.min(end)..end]
+        };
+        let quant_err = |name: &str| {
+            let name = name.to_string();
+            move |source| ModelError::Quant { name: name.clone(), source }
+        };
+        let vector = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
+            let t = find(&gguf, name)?;
+            if t.elements() != n as u64 {
+                return Err(ModelError::Shape { name: name.into(), dims: t.dims.clone(), want: vec![n as u64] });
+            }
+            quant::decode_float(t.ty, data(t), n).map_err(quant_err(name))
+        };
+        let dense16 = |name: &str, rows: usize, cols: usize| -> Result<Dense16, ModelError> {
+            let t = find(&gguf, name)?;
+            if t.dims != [cols as u64, rows as u64] {
+                return Err(ModelError::Shape {
+                    name: name.into(),
+                    dims: t.dims.clone(),
+                    want: vec![cols as u64, rows as u64],
+                });
+            }
+            let n = rows * cols;
+            match t.ty {
+                TensorType::F16 => Ok(Dense16::F16(
+                    data(t)[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect(),
+                )),
+                ty => Ok(Dense16::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
+            }
+        };
+        let mut formats = std::collections::BTreeMap::<String, usize>::new();
+        let mut linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            let t = find(&gguf, name)?;
+            if t.dims != [cols as u64, rows as u64] {
+                return Err(ModelError::Shape {
+                    name: name.into(),
+                    dims: t.dims.clone(),
+                    want: vec![cols as u64, rows as u64],
+                });
+            }
+            *formats.entry(t.ty.name()).or_default() += 1;
+            let d = data(t);
+            let e = quant_err(name);
+            Ok(match t.ty {
+                TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
+                TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
+                TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(d, rows, cols).map_err(e)?),
+                TensorType::Other(37 | 38) | TensorType::Other(39) if arch.starts_with("bitnet") => {
+                    return Err(ModelError::LookupTable(name.into()))
+                }
+                ty => {
+                    let w = quant::decode_float(ty, d, rows * cols).map_err(quant_err(name))?;
+                    match quant::ternarize_f32(&w, rows, cols) {
+                        Ok(t) => Linear::Ternary(t),
+                        Err(_) => Linear::Dense { w, rows, cols },
+                    }
+                }
+            })
+        };
+        let kv = hp.n_head_kv * hp.head_dim;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let optional = |s: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+                match gguf.tensors.iter().any(|t| t.name == n(s)) {
+                    true => vector(&n(s), len).map(Some),
+                    false => Ok(None),
+                }
+            };
+            layers.push(Layer {
+                attn_norm: vector(&n("attn_norm"), n_embd)?,
+                wq: linear(&n("attn_q"), n_embd, n_embd)?,
+                wk: linear(&n("attn_k"), kv, n_embd)?,
+                wv: linear(&n("attn_v"), kv, n_embd)?,
+                attn_sub_norm: optional("attn_sub_norm", n_embd)?,
+                wo: linear(&n("attn_output"), n_embd, n_embd)?,
+                ffn_norm: vector(&n("ffn_norm"), n_embd)?,
+                w_gate: linear(&n("ffn_gate"), hp.n_ff, n_embd)?,
+                w_up: linear(&n("ffn_up"), hp.n_ff, n_embd)?,
+                ffn_sub_norm: optional("ffn_sub_norm", hp.n_ff)?,
+                w_down: linear(&n("ffn_down"), n_embd, hp.n_ff)?,
+            });
+        }
+        let format = formats.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k).unwrap_or_default();
+        let file_scheme = match format.as_str() {
+            "i2_s" => ActScheme::I8Tok,
+            "tq1_0" | "tq2_0" => ActScheme::Q8K,
+            _ => ActScheme::Float,
+        };
+        let token_embd = dense16("token_embd.weight", hp.n_vocab, n_embd)?;
+        let output = match gguf.tensors.iter().any(|t| t.name == "output.weight") {
+            true => Some(dense16("output.weight", hp.n_vocab, n_embd)?),
+            false => None,
+        };
+        let output_norm = vector("output_norm.weight", n_embd)?;
+        Ok(Model { hp, scheme: scheme.unwrap_or(file_scheme), format, token_embd, output, output_norm, layers, gguf })
+    }
+
+    pub fn new_cache(&self, cap: usize) -> KvCache {
+        KvCache::new(&self.hp, cap.min(self.hp.n_ctx).max(1))
+    }
+
+    /// Feed one token at the cache's next position; the logits it gives.
+    pub fn forward(&self, token: u32, cache: &mut KvCache) -> Vec<f32> {
+        let hp = &self.hp;
+        let (d, hd, pos) = (hp.n_embd, hp.head_dim, cache.len);
+        assert!(pos < cache.cap, "KV cache full");
+        let kv = hp.n_head_kv * hd;
+        let group = hp.n_head / hp.n_head_kv;
+        let mut x = vec![0f32; d];
+        self.token_embd.row_into((token as usize).min(hp.n_vocab - 1), d, &mut x);
+        let (mut h, mut q, mut k, mut v) = (vec![0f32; d], vec![0f32; d], vec![0f32; kv], vec![0f32; kv]);
+        let (mut att, mut o) = (vec![0f32; d], vec![0f32; d]);
+        let (mut g, mut u) = (vec![0f32; hp.n_ff], vec![0f32; hp.n_ff]);
+        let mut scores = vec![0f32; pos + 1];
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, hp.rms_eps, &mut h);
+            layer.wq.matvec(&h, self.scheme, &mut q);
+            layer.wk.matvec(&h, self.scheme, &mut k);
+            layer.wv.matvec(&h, self.scheme, &mut v);
+            rope(&mut q, hd, pos, hp.rope_base);
+            rope(&mut k, hd, pos, hp.rope_base);
+            cache.k[l].extend_from_slice(&k);
+            cache.v[l].extend_from_slice(&v);
+            let (ks, vs) = (&cache.k[l], &cache.v[l]);
+            for head in 0..hp.n_head {
+                let kh = head / group;
+                let qh = &q[head * hd..(head + 1) * hd];
+                for (t, s) in scores.iter_mut().enumerate() {
+                    let kt = &ks[t * kv + kh * hd..t * kv + (kh + 1) * hd];
+                    *s = qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
+                let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - m).exp();
+                    sum += *s;
+                }
+                let out = &mut att[head * hd..(head + 1) * hd];
+                out.fill(0.0);
+                for (t, s) in scores.iter().enumerate() {
+                    let p = s / sum;
+                    let vt = &vs[t * kv + kh * hd..t * kv + (kh + 1) * hd];
+                    for (o, vv) in out.iter_mut().zip(vt) {
+                        *o += p * vv;
+                    }
+                }
+            }
+            let attn_in: &[f32] = match &layer.attn_sub_norm {
+                Some(w) => {
+                    rms_norm(&att, w, hp.rms_eps, &mut h);
+                    &h
+                }
+                None => &att,
+            };
+            layer.wo.matvec(attn_in, self.scheme, &mut o);
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            rms_norm(&x, &layer.ffn_norm, hp.rms_eps, &mut h);
+            layer.w_gate.matvec(&h, self.scheme, &mut g);
+            layer.w_up.matvec(&h, self.scheme, &mut u);
+            for (gv, uv) in g.iter_mut().zip(&u) {
+                let a = match hp.act {
+                    Act::Silu => *gv / (1.0 + (-*gv).exp()),
+                    Act::Relu2 => gv.max(0.0) * gv.max(0.0),
+                };
+                *gv = a * uv;
+            }
+            if let Some(w) = &layer.ffn_sub_norm {
+                let mut normed = vec![0f32; hp.n_ff];
+                rms_norm(&g, w, hp.rms_eps, &mut normed);
+                g = normed;
+            }
+            layer.w_down.matvec(&g, self.scheme, &mut o);
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+        }
+        cache.len += 1;
+        rms_norm(&x, &self.output_norm, hp.rms_eps, &mut h);
+        let mut logits = vec![0f32; hp.n_vocab];
+        self.output.as_ref().unwrap_or(&self.token_embd).matvec(d, &h, &mut logits);
+        logits
+    }
+}
+
+fn find<'a>(g: &'a Gguf, name: &str) -> Result<&'a TensorInfo, ModelError> {
+    g.tensors.iter().find(|t| t.name == name).ok_or_else(|| ModelError::MissingTensor(name.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{fixture, Golden};
+
+    fn rel(a: &[f32], b: &[f32]) -> f32 {
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let s = b.iter().fold(0f32, |m, y| m.max(y.abs()));
+        d / s
+    }
+
+    fn argmax(v: &[f32]) -> usize {
+        v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+    }
+
+    /// Logits at every prompt position, and 16 greedy tokens after it.
+    fn run(m: &Model, prompt: &[u32]) -> (Vec<Vec<f32>>, Vec<u32>) {
+        let mut cache = m.new_cache(256);
+        let rows: Vec<Vec<f32>> = prompt.iter().map(|&t| m.forward(t, &mut cache)).collect();
+        let mut last = rows.last().unwrap().clone();
+        let mut greedy = Vec::new();
+        for _ in 0..16 {
+            let t = argmax(&last) as u32;
+            greedy.push(t);
+            last = m.forward(t, &mut cache);
+        }
+        (rows, greedy)
+    }
+
+    fn check(stem: &str, scheme: ActScheme, src: &str) {
+        let g = Golden::open(stem);
+        let m = Model::load(&fixture(&format!("{stem}.gguf")), Some(scheme)).unwrap();
+        let v = m.hp.n_vocab;
+        for p in g.meta["prompts"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let prompt: Vec<u32> = p["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+            let want = g.f32(&format!("{name}.logits.{src}"));
+            let (rows, greedy) = run(&m, &prompt);
+            let r0 = rel(&rows[0], &want[..v]);
+            let mut worst = 0f32;
+            let mut top1 = 0;
+            for (i, row) in rows.iter().enumerate() {
+                let w = &want[i * v..(i + 1) * v];
+                worst = worst.max(rel(row, w));
+                top1 += usize::from(argmax(row) == argmax(w));
+            }
+            let share = top1 as f32 / rows.len() as f32;
+            let (tol0, tol, min_top1) = match scheme {
+                ActScheme::Float => (1e-5, 1e-5, 1.0),
+                _ => (1e-3, 5e-2, 0.9),
+            };
+            assert!(r0 <= tol0, "{stem} {src} {name}: position 0 rel {r0}");
+            assert!(worst <= tol, "{stem} {src} {name}: rel {worst}");
+            assert!(share >= min_top1, "{stem} {src} {name}: top1 {share}");
+            let want_greedy: Vec<u32> =
+                g.meta["greedy"][name][src].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+            assert_eq!(greedy, want_greedy, "{stem} {src} {name}: greedy");
+        }
+    }
+
+    #[test]
+    fn b158_i2s_matches_float_i8tok_and_q8k_references() {
+        check("bitnet-b1.58-i2_s", ActScheme::Float, "ref_float");
+        check("bitnet-b1.58-i2_s", ActScheme::I8Tok, "ref_i8tok");
+        check("bitnet-b1.58-i2_s", ActScheme::Q8K, "ref_q8k");
+    }
+
+    #[test]
+    fn bitnet_tq2_matches_float_i8tok_and_q8k_references() {
+        check("bitnet-tq2_0", ActScheme::Float, "ref_float");
+        check("bitnet-tq2_0", ActScheme::I8Tok, "ref_i8tok");
+        check("bitnet-tq2_0", ActScheme::Q8K, "ref_q8k");
+    }
+
+    #[test]
+    fn each_format_picks_its_references_scheme_and_tq1_equals_tq2() {
+        let i2 = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
+        assert_eq!((i2.scheme, i2.format.as_str(), i2.hp.act), (ActScheme::I8Tok, "i2_s", Act::Relu2));
+        let tq2 = Model::load(&fixture("bitnet-tq2_0.gguf"), None).unwrap();
+        let tq1 = Model::load(&fixture("bitnet-tq1_0.gguf"), None).unwrap();
+        assert_eq!((tq2.scheme, tq2.hp.act), (ActScheme::Q8K, Act::Silu));
+        let mut c1 = tq1.new_cache(8);
+        let mut c2 = tq2.new_cache(8);
+        for t in [366u32, 72, 101] {
+            assert_eq!(tq1.forward(t, &mut c1), tq2.forward(t, &mut c2));
+        }
+    }
+}

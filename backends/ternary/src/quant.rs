@@ -1,0 +1,382 @@
+//! Tensor formats and the scalar reference kernels.
+//!
+//! Ternary weights of every format (I2_S, TQ2_0, TQ1_0, or F32 holding
+//! ternary values) decode to one layout: `codes` in {-1, 0, +1}, row-major
+//! [rows][cols], and one scale per 256-element block of a row (I2_S has a
+//! single scale; the decode repeats it). Activations are quantized as each
+//! reference does it:
+//! - `I8Tok` (bitnet.cpp, I2_S): one int8 scale per token, absmax;
+//! - `Q8K` (llama.cpp, TQ1_0/TQ2_0): one scale per 256-element block, signed max;
+//! - `Float`: no quantization (F32 files, and the float reference).
+
+use half::f16;
+
+use crate::gguf::TensorType;
+
+/// Elements per TQ block and per scale of the common layout.
+pub const QK: usize = 256;
+
+/// How activations are quantized before a ternary product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActScheme {
+    Float,
+    I8Tok,
+    Q8K,
+}
+
+impl ActScheme {
+    /// The scheme the format's reference implementation uses.
+    pub fn for_format(ty: TensorType) -> Self {
+        match ty {
+            TensorType::I2S => ActScheme::I8Tok,
+            TensorType::TQ1_0 | TensorType::TQ2_0 => ActScheme::Q8K,
+            _ => ActScheme::Float,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QuantError {
+    #[error("{ty} tensor of {n} elements needs {want} bytes, has {have}")]
+    Size { ty: String, n: usize, want: usize, have: usize },
+    #[error("row length {0} is not a multiple of {QK}")]
+    RowLength(usize),
+    #[error("{0} holds a value that is not -1, 0 or +1 times the block scale")]
+    NotTernary(String),
+    #[error("tensor type {0} is not supported by the built-in engine")]
+    Unsupported(String),
+}
+
+/// A ternary matrix in the common layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ternary {
+    pub rows: usize,
+    pub cols: usize,
+    /// [rows][cols], values -1, 0, 1.
+    pub codes: Vec<i8>,
+    /// [rows][cols / QK].
+    pub scales: Vec<f32>,
+}
+
+fn check(ty: &str, n: usize, want: usize, have: usize) -> Result<(), QuantError> {
+    if have < want {
+        return Err(QuantError::Size { ty: ty.into(), n, want, have });
+    }
+    Ok(())
+}
+
+/// I2_S: 128-element blocks of 32 bytes, byte j = e[j]<<6 | e[32+j]<<4 |
+/// e[64+j]<<2 | e[96+j], code 0/1/2 = -1/0/+1; one f32 scale after the codes.
+pub fn decode_i2s(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
+    let n = rows * cols;
+    check("i2_s", n, n / 4 + 4, data.len())?;
+    if cols % QK != 0 {
+        return Err(QuantError::RowLength(cols));
+    }
+    let scale = f32::from_le_bytes(data[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
+    let mut codes = vec![0i8; n];
+    for (b, block) in data[..n / 4].chunks_exact(32).enumerate() {
+        let out = &mut codes[b * 128..b * 128 + 128];
+        for (j, &byte) in block.iter().enumerate() {
+            for (k, shift) in [6u32, 4, 2, 0].iter().enumerate() {
+                out[k * 32 + j] = ((byte >> shift) & 3) as i8 - 1;
+            }
+        }
+    }
+    if codes.iter().any(|&c| c > 1) {
+        return Err(QuantError::NotTernary("i2_s (code 3)".into()));
+    }
+    Ok(Ternary { rows, cols, codes, scales: vec![scale; n / QK] })
+}
+
+/// TQ2_0: 256-element blocks: 64 bytes of 2-bit codes then an f16 scale.
+pub fn decode_tq2_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
+    let n = rows * cols;
+    if cols % QK != 0 {
+        return Err(QuantError::RowLength(cols));
+    }
+    check("tq2_0", n, n / QK * 66, data.len())?;
+    let mut codes = vec![0i8; n];
+    let mut scales = Vec::with_capacity(n / QK);
+    for (b, block) in data[..n / QK * 66].chunks_exact(66).enumerate() {
+        let (qs, d) = block.split_at(64);
+        scales.push(f16::from_le_bytes([d[0], d[1]]).to_f32());
+        let out = &mut codes[b * QK..(b + 1) * QK];
+        for j in (0..64).step_by(32) {
+            for l in 0..4 {
+                for m in 0..32 {
+                    out[j * 4 + l * 32 + m] = ((qs[j + m] >> (l * 2)) & 3) as i8 - 1;
+                }
+            }
+        }
+    }
+    Ok(Ternary { rows, cols, codes, scales })
+}
+
+/// TQ1_0: 256-element blocks: 48 bytes of base-3 pentads, 4 bytes of
+/// base-3 tetrads, an f16 scale (54 bytes).
+pub fn decode_tq1_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
+    const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
+    let trit = |q: u8, n: usize| -> i8 { ((u16::from(q.wrapping_mul(POW3[n])) * 3) >> 8) as i8 - 1 };
+    let n = rows * cols;
+    if cols % QK != 0 {
+        return Err(QuantError::RowLength(cols));
+    }
+    check("tq1_0", n, n / QK * 54, data.len())?;
+    let mut codes = Vec::with_capacity(n);
+    let mut scales = Vec::with_capacity(n / QK);
+    for block in data[..n / QK * 54].chunks_exact(54) {
+        let (qs, rest) = block.split_at(48);
+        let (qh, d) = rest.split_at(4);
+        scales.push(f16::from_le_bytes([d[0], d[1]]).to_f32());
+        for n5 in 0..5 {
+            codes.extend(qs[..32].iter().map(|&q| trit(q, n5)));
+        }
+        for n5 in 0..5 {
+            codes.extend(qs[32..].iter().map(|&q| trit(q, n5)));
+        }
+        for n4 in 0..4 {
+            for &q in qh {
+                codes.push(trit(q, n4));
+            }
+        }
+    }
+    Ok(Ternary { rows, cols, codes, scales })
+}
+
+/// An F32 matrix whose values are ternary times one scale per block (how
+/// the fixtures' F32 files store BitNet weights): back to codes.
+pub fn ternarize_f32(w: &[f32], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
+    if cols % QK != 0 {
+        return Err(QuantError::RowLength(cols));
+    }
+    let mut codes = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len() / QK);
+    for block in w.chunks_exact(QK) {
+        let s = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+        scales.push(s);
+        for &x in block {
+            let c = if s == 0.0 { 0.0 } else { x / s };
+            if c != 0.0 && c != 1.0 && c != -1.0 {
+                return Err(QuantError::NotTernary("f32".into()));
+            }
+            codes.push(c as i8);
+        }
+    }
+    Ok(Ternary { rows, cols, codes, scales })
+}
+
+/// Dense floats from F32, F16 or BF16 data.
+pub fn decode_float(ty: TensorType, data: &[u8], n: usize) -> Result<Vec<f32>, QuantError> {
+    match ty {
+        TensorType::F32 => {
+            check("f32", n, n * 4, data.len())?;
+            Ok(data[..n * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        TensorType::F16 => {
+            check("f16", n, n * 2, data.len())?;
+            Ok(data[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+        }
+        TensorType::BF16 => {
+            check("bf16", n, n * 2, data.len())?;
+            Ok(data[..n * 2].chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+        }
+        other => Err(QuantError::Unsupported(other.name())),
+    }
+}
+
+/// Per-token int8 activations (bitnet.cpp): s = 127 / max(max|x|, 1e-5)
+/// (division in f64, stored f32), q = clamp(round_half_even(x s), -128, 127).
+#[derive(Debug, Clone, PartialEq)]
+pub struct I8Tok {
+    pub q: Vec<i8>,
+    pub scale: f32,
+    pub sum: i32,
+}
+
+pub fn quantize_i8tok(x: &[f32]) -> I8Tok {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = (127.0f64 / f64::from(amax.max(1e-5))) as f32;
+    let q: Vec<i8> = x.iter().map(|&v| (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8).collect();
+    let sum = q.iter().map(|&v| i32::from(v)).sum();
+    I8Tok { q, scale, sum }
+}
+
+/// Q8_K activations (llama.cpp): per 256 block, m = first element of the
+/// largest magnitude, iscale = -127/m, q = min(127, round_half_even(iscale x)),
+/// d = 1/iscale; an all-zero block has d = 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8K {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+}
+
+pub fn quantize_q8k(x: &[f32]) -> Q8K {
+    let mut q = Vec::with_capacity(x.len());
+    let mut d = Vec::with_capacity(x.len() / QK);
+    for block in x.chunks(QK) {
+        let mut m = 0f32;
+        let mut amax = 0f32;
+        for &v in block {
+            if v.abs() > amax {
+                amax = v.abs();
+                m = v;
+            }
+        }
+        if amax == 0.0 {
+            d.push(0.0);
+            q.extend(std::iter::repeat_n(0i8, block.len()));
+            continue;
+        }
+        let iscale = -127.0f32 / m;
+        for &v in block {
+            q.push((iscale * v).round_ties_even().min(127.0) as i8);
+        }
+        d.push(1.0 / iscale);
+    }
+    Q8K { q, d }
+}
+
+/// sum code * q over one row (the scalar reference every SIMD kernel must
+/// equal).
+pub fn dot_codes(codes: &[i8], q: &[i8]) -> i32 {
+    codes.iter().zip(q).map(|(&c, &v)| i32::from(c) * i32::from(v)).sum()
+}
+
+impl Ternary {
+    fn row(&self, r: usize) -> &[i8] {
+        &self.codes[r * self.cols..(r + 1) * self.cols]
+    }
+
+    fn row_scales(&self, r: usize) -> &[f32] {
+        let per = self.cols / QK;
+        &self.scales[r * per..(r + 1) * per]
+    }
+
+    /// Whether every block of the matrix has the same scale (I2_S always;
+    /// TQ files written from one per-tensor scale too).
+    pub fn single_scale(&self) -> Option<f32> {
+        let first = *self.scales.first()?;
+        self.scales.iter().all(|&s| s == first).then_some(first)
+    }
+
+    /// y = W x with the given activation scheme.
+    pub fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
+        debug_assert_eq!(x.len(), self.cols);
+        debug_assert_eq!(y.len(), self.rows);
+        match scheme {
+            ActScheme::Float => {
+                for (r, out) in y.iter_mut().enumerate() {
+                    let mut acc = 0f32;
+                    for ((cb, xb), s) in self.row(r).chunks(QK).zip(x.chunks(QK)).zip(self.row_scales(r)) {
+                        let part: f32 = cb.iter().zip(xb).map(|(&c, &v)| f32::from(c) * v).sum();
+                        acc += part * s;
+                    }
+                    *out = acc;
+                }
+            }
+            ActScheme::I8Tok => {
+                let a = quantize_i8tok(x);
+                match self.single_scale() {
+                    // bitnet.cpp: y = f32(f32(dot - sum) / s) * w_scale,
+                    // with dot over codes + 1; dot - sum = sum code*q.
+                    Some(ws) => {
+                        for (r, out) in y.iter_mut().enumerate() {
+                            let d = dot_codes(self.row(r), &a.q);
+                            *out = (d as f32 / a.scale) * ws;
+                        }
+                    }
+                    None => {
+                        for (r, out) in y.iter_mut().enumerate() {
+                            let mut acc = 0f32;
+                            for ((cb, qb), s) in self.row(r).chunks(QK).zip(a.q.chunks(QK)).zip(self.row_scales(r)) {
+                                acc += dot_codes(cb, qb) as f32 * s;
+                            }
+                            *out = acc / a.scale;
+                        }
+                    }
+                }
+            }
+            ActScheme::Q8K => {
+                let a = quantize_q8k(x);
+                for (r, out) in y.iter_mut().enumerate() {
+                    let mut acc = 0f32;
+                    for (((cb, qb), s), d) in
+                        self.row(r).chunks(QK).zip(a.q.chunks(QK)).zip(self.row_scales(r)).zip(&a.d)
+                    {
+                        acc += dot_codes(cb, qb) as f32 * (s * d);
+                    }
+                    *out = acc;
+                }
+            }
+        }
+    }
+}
+
+/// y = W x for a dense row-major [rows][cols] matrix.
+pub fn matvec_f32(w: &[f32], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (out, row) in y.iter_mut().zip(w.chunks_exact(cols)) {
+        *out = row.iter().zip(x).map(|(a, b)| a * b).sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::Golden;
+
+    #[test]
+    fn every_format_decodes_the_kernel_fixture_to_the_same_ternary_matrix() {
+        let g = Golden::open("ternary-matmul");
+        let want = g.i8("w.ternary");
+        let scale = g.f32("w.scale")[0];
+        let i2s = decode_i2s(&g.u8("w.i2_s"), 64, 768).unwrap();
+        let tq2 = decode_tq2_0(&g.u8("w.tq2_0"), 64, 768).unwrap();
+        let tq1 = decode_tq1_0(&g.u8("w.tq1_0"), 64, 768).unwrap();
+        for t in [&i2s, &tq2, &tq1] {
+            assert_eq!(t.codes, want);
+            assert!(t.scales.iter().all(|&s| s == scale));
+        }
+        assert!(matches!(decode_tq2_0(&g.u8("w.tq2_0")[..100], 64, 768), Err(QuantError::Size { .. })));
+    }
+
+    #[test]
+    fn activation_quantization_and_products_match_the_fixture_bit_for_bit() {
+        let g = Golden::open("ternary-matmul");
+        let x = g.f32("x");
+        let (want_q, want_s, want_sum) = (g.i8("act.i8tok.q"), g.f32("act.i8tok.scale"), g.i32("act.i8tok.sum"));
+        let (want_q8, want_d) = (g.i8("act.q8k.q"), g.f32("act.q8k.d"));
+        let dots = g.i32("dot.i2s_codes");
+        let (y_i8, y_q8k, y_float) = (g.f32("y.i8tok"), g.f32("y.q8k"), g.f32("y.float"));
+        let w = decode_i2s(&g.u8("w.i2_s"), 64, 768).unwrap();
+        let mut y = vec![0f32; 64];
+        for r in 0..6 {
+            let xr = &x[r * 768..(r + 1) * 768];
+            let a = quantize_i8tok(xr);
+            assert_eq!(a.q, want_q[r * 768..(r + 1) * 768], "row {r}");
+            assert_eq!(a.scale.to_bits(), want_s[r].to_bits(), "row {r}");
+            assert_eq!(a.sum, want_sum[r]);
+            for o in 0..64 {
+                // The fixture's dot is over codes 0/1/2: ours + sum.
+                assert_eq!(dot_codes(w.row(o), &a.q) + a.sum, dots[r * 64 + o]);
+            }
+            w.matvec(xr, ActScheme::I8Tok, &mut y);
+            for o in 0..64 {
+                assert_eq!(y[o].to_bits(), y_i8[r * 64 + o].to_bits(), "i8tok row {r} out {o}");
+            }
+            let b = quantize_q8k(xr);
+            assert_eq!(b.q, want_q8[r * 768..(r + 1) * 768], "q8k row {r}");
+            assert_eq!(b.d, want_d[r * 3..(r + 1) * 3]);
+            w.matvec(xr, ActScheme::Q8K, &mut y);
+            for o in 0..64 {
+                let want = y_q8k[r * 64 + o];
+                assert!((y[o] - want).abs() <= 1e-5 * want.abs().max(1e-3), "q8k {r} {o}: {} vs {want}", y[o]);
+            }
+            w.matvec(xr, ActScheme::Float, &mut y);
+            for o in 0..64 {
+                let want = y_float[r * 64 + o];
+                assert!((y[o] - want).abs() <= 1e-5 * want.abs().max(1.0), "float {r} {o}: {} vs {want}", y[o]);
+            }
+        }
+    }
+}
