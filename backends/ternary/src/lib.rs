@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod tokenizer;
 
 #[cfg(test)]
 mod golden;
