@@ -1,9 +1,11 @@
 //! The built-in BitNet engine. So far: the GGUF reader that every model path
 //! goes through (validation before any server sees the file).
 
+pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod sampler;
 pub mod tokenizer;
 
 #[cfg(test)]
