@@ -61,18 +61,36 @@ enum Command {
         lines: usize,
     },
     /// Run the built-in engine as a llama-server-compatible HTTP server
-    /// (started by the supervisor)
-    Runner {
-        /// llama-server's arguments (--model, --host, --port, ...)
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// (the supervisor starts it like any bundled build)
+    Runner(RunnerArgs),
     /// Internal: the short-lived child that loads vendor libraries
     #[command(hide = true)]
     Probe {
         #[arg(long)]
         child: bool,
     },
+}
+
+/// llama-server's flags, as the supervisor passes them.
+#[derive(Debug, clap::Args)]
+struct RunnerArgs {
+    #[arg(long, short = 'm')]
+    model: std::path::PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    #[arg(long = "ctx-size", short = 'c', default_value_t = 4096)]
+    ctx_size: usize,
+    #[arg(long, short = 'p', alias = "np", default_value_t = 4)]
+    parallel: usize,
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// Accepted for compatibility; the engine runs on the CPU.
+    #[arg(long = "n-gpu-layers", alias = "ngl")]
+    n_gpu_layers: Option<u32>,
 }
 
 /// Writes the CLI's own output. Only reachable from subcommands that are not
@@ -114,7 +132,7 @@ pub fn main() -> ExitCode {
         Command::Probe { child } => probe_child(child),
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
-        Command::Runner { args } => runner(&args),
+        Command::Runner(args) => runner(args),
     })
 }
 
@@ -201,12 +219,28 @@ fn logs(lines: usize) -> anyhow::Result<()> {
     }
 }
 
-/// The built-in engine's server. It arrives with the ternary engine (its
-/// kernels, tokenizer and model); until then it says so and exits, and the
-/// supervisor reports it as a failed candidate.
-fn runner(args: &[String]) -> anyhow::Result<()> {
-    let model = args.windows(2).find(|w| w[0] == "--model" || w[0] == "-m").map(|w| w[1].as_str()).unwrap_or("?");
-    anyhow::bail!("the built-in engine cannot serve {model} in this build: its inference code is not here yet")
+/// The built-in engine's server (llama-server's HTTP subset).
+fn runner(a: RunnerArgs) -> anyhow::Result<()> {
+    if a.host != "127.0.0.1" && a.host != "localhost" && a.host != "::1" {
+        eprintln!("warning: listening on {} exposes the engine beyond this machine", a.host);
+    }
+    let threads = a.threads.unwrap_or(2).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(threads.max(a.parallel))
+        .enable_all()
+        .build()?;
+    let opts = bitnet_ternary::server::ServerOptions {
+        model: a.model,
+        host: if a.host == "localhost" { "127.0.0.1".into() } else { a.host },
+        port: a.port,
+        api_key: a.api_key,
+        ctx_size: a.ctx_size,
+        parallel: a.parallel,
+    };
+    let _ = a.n_gpu_layers;
+    rt.block_on(bitnet_ternary::server::serve(opts))?;
+    Ok(())
 }
 
 fn paths() -> anyhow::Result<()> {

@@ -6,7 +6,9 @@ pub mod gguf;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+pub mod server;
 pub mod tokenizer;
+pub mod writer;
 
 #[cfg(test)]
 mod golden;

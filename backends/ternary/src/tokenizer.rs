@@ -55,7 +55,12 @@ pub struct Tokenizer {
     pub add_bos: bool,
 }
 
-/// GPT-2's byte <-> printable char map.
+/// GPT-2's byte -> printable char map (a byte-level vocabulary spells byte
+/// b as `byte_encoder_chars()[b]`).
+pub fn byte_encoder_chars() -> Vec<char> {
+    byte_encoder()
+}
+
 fn byte_encoder() -> Vec<char> {
     let mut bs: Vec<u32> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).map(u32::from).collect();
     let mut cs = bs.clone();

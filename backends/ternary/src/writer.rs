@@ -1,0 +1,295 @@
+//! Writing GGUF files, and generating BitNet models of any shape with random
+//! ternary weights from a seed: the host's default model (so the machinery
+//! can be tried before a real model is downloaded), and the test and
+//! benchmark models.
+
+use std::io::Write;
+use std::path::Path;
+
+use half::f16;
+
+use crate::gguf::Value;
+use crate::sampler::Rng;
+
+/// A tensor to write: name, dims (ne0 first), GGUF type id, bytes.
+pub struct TensorData {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: u32,
+    pub data: Vec<u8>,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn value_type(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::Str(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend(x.to_le_bytes()),
+        Value::I16(x) => out.extend(x.to_le_bytes()),
+        Value::U32(x) => out.extend(x.to_le_bytes()),
+        Value::I32(x) => out.extend(x.to_le_bytes()),
+        Value::F32(x) => out.extend(x.to_le_bytes()),
+        Value::Bool(x) => out.push(u8::from(*x)),
+        Value::Str(s) => put_str(out, s),
+        Value::Array(a) => {
+            // An empty array's element type is irrelevant; say string.
+            out.extend(a.first().map(value_type).unwrap_or(8).to_le_bytes());
+            out.extend((a.len() as u64).to_le_bytes());
+            for x in a {
+                put_value(out, x);
+            }
+        }
+        Value::U64(x) => out.extend(x.to_le_bytes()),
+        Value::I64(x) => out.extend(x.to_le_bytes()),
+        Value::F64(x) => out.extend(x.to_le_bytes()),
+    }
+}
+
+/// Serialize a GGUF v3 file (alignment 32).
+pub fn gguf_bytes(metadata: &[(&str, Value)], tensors: &[TensorData]) -> Vec<u8> {
+    const ALIGN: usize = 32;
+    let mut out = Vec::new();
+    out.extend(b"GGUF");
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut out, k);
+        out.extend(value_type(v).to_le_bytes());
+        put_value(&mut out, v);
+    }
+    let mut offset = 0usize;
+    let mut offsets = Vec::new();
+    for t in tensors {
+        put_str(&mut out, &t.name);
+        out.extend((t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(t.ty.to_le_bytes());
+        out.extend((offset as u64).to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + t.data.len()).div_ceil(ALIGN) * ALIGN;
+    }
+    out.resize(out.len().div_ceil(ALIGN) * ALIGN, 0);
+    let base = out.len();
+    for (t, off) in tensors.iter().zip(offsets) {
+        out.resize(base + off, 0);
+        out.extend(&t.data);
+    }
+    out.resize(out.len().div_ceil(ALIGN) * ALIGN, 0);
+    out
+}
+
+/// The shape of a generated model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub arch: String,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_ff: usize,
+    pub n_ctx: usize,
+    pub rope_base: f32,
+}
+
+impl Shape {
+    /// The built-in default: small and quick, BitNet b1.58 2B4T's graph.
+    pub fn default_model() -> Self {
+        Shape {
+            arch: "bitnet-b1.58".into(),
+            n_embd: 256,
+            n_layer: 4,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 768,
+            n_ctx: 2048,
+            rope_base: 500000.0,
+        }
+    }
+
+    /// BitNet b1.58 2B4T's shape (for benchmarks).
+    pub fn b158_2b4t() -> Self {
+        Shape {
+            arch: "bitnet-b1.58".into(),
+            n_embd: 2560,
+            n_layer: 30,
+            n_head: 20,
+            n_head_kv: 5,
+            n_ff: 6912,
+            n_ctx: 4096,
+            rope_base: 500000.0,
+        }
+    }
+}
+
+/// Special tokens after the 256 byte tokens.
+const SPECIALS: &[&str] =
+    &["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"];
+
+/// I2_S bytes of a ternary matrix (codes row-major, -1/0/+1) with one scale.
+pub fn i2s_bytes(codes: &[i8], scale: f32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(codes.len() / 4 + 32);
+    for block in codes.chunks(128) {
+        for j in 0..32 {
+            let e = |k: usize| ((block[k * 32 + j] + 1) as u8) & 3;
+            out.push(e(0) << 6 | e(1) << 4 | e(2) << 2 | e(3));
+        }
+    }
+    out.extend(scale.to_le_bytes());
+    out.extend([0u8; 28]);
+    out
+}
+
+/// A BitNet model of `shape` with a byte-level vocabulary (256 bytes + the
+/// Llama 3 control tokens) and random ternary I2_S weights from `seed`.
+pub fn random_model(shape: &Shape, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let enc = crate::tokenizer::byte_encoder_chars();
+    let mut tokens: Vec<Value> = enc.iter().map(|c| Value::Str(c.to_string())).collect();
+    tokens.extend(SPECIALS.iter().map(|s| Value::Str(s.to_string())));
+    let n_vocab = tokens.len();
+    let mut types: Vec<Value> = vec![Value::I32(1); 256];
+    types.extend(SPECIALS.iter().map(|_| Value::I32(3)));
+    let a = |k: &str| format!("{}.{k}", shape.arch);
+    let keys: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::Str(shape.arch.clone())),
+        ("general.name".into(), Value::Str(format!("random ternary {} (seed {seed})", shape.arch))),
+        (a("vocab_size"), Value::U32(n_vocab as u32)),
+        (a("context_length"), Value::U32(shape.n_ctx as u32)),
+        (a("embedding_length"), Value::U32(shape.n_embd as u32)),
+        (a("block_count"), Value::U32(shape.n_layer as u32)),
+        (a("feed_forward_length"), Value::U32(shape.n_ff as u32)),
+        (a("rope.dimension_count"), Value::U32((shape.n_embd / shape.n_head) as u32)),
+        (a("attention.head_count"), Value::U32(shape.n_head as u32)),
+        (a("attention.head_count_kv"), Value::U32(shape.n_head_kv as u32)),
+        (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (a("rope.freq_base"), Value::F32(shape.rope_base)),
+        ("general.file_type".into(), Value::U32(40)),
+        ("tokenizer.ggml.model".into(), Value::Str("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::Str("llama-bpe".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(256)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(257)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+    ];
+    let d = shape.n_embd;
+    let kv = shape.n_head_kv * (d / shape.n_head);
+    let mut tensors = Vec::new();
+    let f16s = |rng: &mut Rng, n: usize, amp: f32| -> Vec<u8> {
+        (0..n).flat_map(|_| f16::from_f32((rng.next_f32() * 2.0 - 1.0) * amp).to_le_bytes()).collect()
+    };
+    tensors.push(TensorData {
+        name: "token_embd.weight".into(),
+        dims: vec![d as u64, n_vocab as u64],
+        ty: 1,
+        data: f16s(&mut rng, d * n_vocab, 0.17),
+    });
+    let ones = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect() };
+    tensors.push(TensorData { name: "output_norm.weight".into(), dims: vec![d as u64], ty: 0, data: ones(d) });
+    let ternary = |rng: &mut Rng, rows: usize, cols: usize| -> Vec<u8> {
+        let codes: Vec<i8> = (0..rows * cols).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
+        i2s_bytes(&codes, 0.05)
+    };
+    for l in 0..shape.n_layer {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        let lin = |name: &str, rows: usize, cols: usize, rng: &mut Rng| TensorData {
+            name: n(name),
+            dims: vec![cols as u64, rows as u64],
+            ty: 36,
+            data: ternary(rng, rows, cols),
+        };
+        let layer = [
+            TensorData { name: n("attn_norm"), dims: vec![d as u64], ty: 0, data: ones(d) },
+            lin("attn_q", d, d, &mut rng),
+            lin("attn_k", kv, d, &mut rng),
+            lin("attn_v", kv, d, &mut rng),
+            TensorData { name: n("attn_sub_norm"), dims: vec![d as u64], ty: 0, data: ones(d) },
+            lin("attn_output", d, d, &mut rng),
+            TensorData { name: n("ffn_norm"), dims: vec![d as u64], ty: 0, data: ones(d) },
+            lin("ffn_gate", shape.n_ff, d, &mut rng),
+            lin("ffn_up", shape.n_ff, d, &mut rng),
+            TensorData { name: n("ffn_sub_norm"), dims: vec![shape.n_ff as u64], ty: 0, data: ones(shape.n_ff) },
+            lin("ffn_down", d, shape.n_ff, &mut rng),
+        ];
+        tensors.extend(layer);
+    }
+    let meta: Vec<(&str, Value)> = keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    gguf_bytes(&meta, &tensors)
+}
+
+/// Write `bytes` to `path` atomically (temp file + rename): a crash never
+/// leaves half a model behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, Generate, Message};
+    use crate::gguf::Gguf;
+    use crate::quant::decode_i2s;
+
+    #[test]
+    fn i2s_bytes_round_trip_through_the_decoder() {
+        let mut rng = Rng::new(3);
+        let codes: Vec<i8> = (0..256 * 3).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
+        let t = decode_i2s(&i2s_bytes(&codes, 0.25), 3, 256).unwrap();
+        assert_eq!(t.codes, codes);
+        assert_eq!(t.single_scale(), Some(0.25));
+    }
+
+    #[test]
+    fn a_generated_model_is_deterministic_loads_and_chats() {
+        let a = random_model(&Shape::default_model(), 1);
+        assert_eq!(a, random_model(&Shape::default_model(), 1));
+        assert_ne!(a, random_model(&Shape::default_model(), 2));
+        let dir = std::env::temp_dir().join(format!("bitnet-writer-{}", std::process::id()));
+        let path = dir.join("m.gguf");
+        write_atomic(&path, &a).unwrap();
+        let g = Gguf::open(&path).unwrap();
+        assert_eq!(g.weight_format().as_deref(), Some("i2_s"));
+        let e = Engine::load(&path, 512).unwrap();
+        assert_eq!(e.model.hp.n_layer, 4);
+        let prompt = e.chat_tokens(&[Message { role: "user".into(), content: "Hello".into() }]);
+        assert_eq!(e.tokenizer.decode(&prompt, true), "<|begin_of_text|>User: Hello<|eot_id|>Assistant: ");
+        let req = Generate { prompt, max_tokens: 5, sampler: Default::default(), stop: vec![] };
+        let o = e.generate(&req, |_, _| true).unwrap();
+        assert!(!o.tokens.is_empty() || o.finish == crate::engine::Finish::Stop);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
