@@ -54,6 +54,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Chat with a model: one answer to PROMPT, or a conversation when no
+    /// prompt is given (the same path as an extension: probe, select,
+    /// launch, stream)
+    Chat {
+        /// What to say; omit for an interactive conversation
+        prompt: Option<String>,
+        /// A GGUF model file (default: the installed default, or a generated
+        /// random-weight model)
+        #[arg(long, short = 'm')]
+        model: Option<std::path::PathBuf>,
+        /// Most tokens in an answer
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        /// 0 = greedy
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Show the last lines the model servers wrote (the supervisor's log)
     Logs {
         /// How many lines
@@ -95,7 +114,7 @@ struct RunnerArgs {
 
 /// Writes the CLI's own output. Only reachable from subcommands that are not
 /// the browser-facing mode.
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     use std::io::Write;
     #[allow(clippy::disallowed_methods)] // CLI output, never in native mode
     let mut stdout = std::io::stdout().lock();
@@ -132,6 +151,9 @@ pub fn main() -> ExitCode {
         Command::Probe { child } => probe_child(child),
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
+        Command::Chat { prompt, model, max_tokens, temperature, seed } => {
+            crate::chat::run(crate::chat::ChatArgs { prompt, model, max_tokens, temperature, seed })
+        }
         Command::Runner(args) => runner(args),
     })
 }

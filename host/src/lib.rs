@@ -2,6 +2,7 @@
 //! browser extensions. See ARCHITECTURE.md for the code map.
 
 pub mod backend;
+pub mod chat;
 pub mod cli;
 pub mod dirs;
 pub mod handlers;

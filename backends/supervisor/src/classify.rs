@@ -67,6 +67,9 @@ pub enum Failure {
     OutOfMemory { exit: Option<Exit>, line: Option<String> },
     /// The GPU runtime failed (no device, driver error, device lost).
     GpuError { line: String },
+    /// The server could not load the model (format, architecture): no
+    /// restart will change that.
+    ModelLoad { line: String },
     /// Someone took the port between our check and its bind.
     PortInUse,
     /// It never became healthy before the load deadline.
@@ -98,6 +101,7 @@ impl Failure {
             Failure::IllegalInstruction { .. }
             | Failure::OutOfMemory { .. }
             | Failure::GpuError { .. }
+            | Failure::ModelLoad { .. }
             | Failure::LoadTimeout { .. }
             | Failure::SpawnFailed { .. }
             | Failure::Remote { .. } => Step::NextCandidate,
@@ -115,6 +119,7 @@ impl std::fmt::Display for Failure {
             Failure::OutOfMemory { exit: Some(e), .. } => write!(f, "out of memory ({e})"),
             Failure::OutOfMemory { .. } => write!(f, "out of memory"),
             Failure::GpuError { line } => write!(f, "GPU error: {line}"),
+            Failure::ModelLoad { line } => write!(f, "cannot load the model: {line}"),
             Failure::PortInUse => write!(f, "its port was taken before it could listen"),
             Failure::LoadTimeout { waited_ms } => {
                 write!(f, "not healthy after {:.1} s and its log stopped moving", *waited_ms as f64 / 1000.0)
@@ -151,6 +156,9 @@ const OOM_MARKERS: &[&str] = &[
     "unable to allocate",
 ];
 
+/// Lines that mean the model itself could not be loaded (llama.cpp's words).
+const MODEL_MARKERS: &[&str] = &["error loading model", "failed to load model", "unknown model architecture"];
+
 /// Lines that mean the listening socket could not be bound.
 const BIND_MARKERS: &[&str] = &["couldn't bind http server socket", "address already in use"];
 
@@ -177,6 +185,9 @@ pub fn classify_exit(exit: Exit, tail: &[String]) -> Failure {
     }
     if let Some(line) = find(tail, GPU_MARKERS) {
         return Failure::GpuError { line: line.clone() };
+    }
+    if let Some(line) = find(tail, MODEL_MARKERS) {
+        return Failure::ModelLoad { line: line.clone() };
     }
     // SIGKILL we did not send is, on Linux, almost always the OOM killer.
     if exit.signal == Some(SIGKILL) || exit.code == Some(STATUS_NO_MEMORY) {
@@ -225,6 +236,11 @@ mod tests {
         assert_eq!(f.step(), Step::NextCandidate);
 
         assert!(matches!(classify_exit(sig(9), &[]), Failure::OutOfMemory { line: None, .. }));
+
+        let t = lines(&["llama_model_load: error loading model: unknown model architecture: 'xyz'"]);
+        let f = classify_exit(code(1), &t);
+        assert!(matches!(f, Failure::ModelLoad { .. }), "{f:?}");
+        assert_eq!(f.step(), Step::NextCandidate);
 
         let f = classify_exit(sig(11), &lines(&["llama_model_load: loaded"]));
         assert_eq!(f, Failure::Crashed { exit: sig(11) });

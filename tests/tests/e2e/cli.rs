@@ -33,3 +33,31 @@ fn an_unknown_subcommand_fails_with_usage_on_stderr_only() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
 }
+
+#[test]
+fn chat_hello_works_on_a_fresh_home_with_the_generated_default_model() {
+    let home = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(host_bin())
+            .args(["chat", "Hello", "--temperature", "0", "--max-tokens", "12"])
+            .env("BITNET_HOST_HOME", home.path())
+            .env_remove("BITNET_HOST_HARDWARE")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert!(err.contains("RANDOM weights"), "the default model must say what it is: {err}");
+    assert!(err.contains("on builtin"), "nothing is installed, so the built-in engine serves: {err}");
+    let text = String::from_utf8(first.stdout.clone()).unwrap();
+    assert!(text.ends_with('\n') && text.trim_end().chars().count() > 0, "{text:?}");
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{text:?}");
+    let model = home.path().join("data/models/default/bitnet-b1.58-random-tiny.gguf");
+    assert!(model.is_file());
+    // Second run: same model file, greedy, so the same answer; no servers left.
+    let second = run();
+    assert!(second.status.success());
+    assert_eq!(second.stdout, first.stdout);
+    assert_eq!(std::fs::read_dir(home.path().join("state/run")).unwrap().count(), 0);
+}

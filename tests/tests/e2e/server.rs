@@ -147,20 +147,54 @@ fn models_that_are_not_gguf_or_not_there_are_refused_before_any_server_starts() 
 }
 
 #[test]
-fn a_build_that_dies_of_sigill_falls_back_to_the_builtin_engine_and_the_error_says_why() {
+fn a_build_that_dies_of_sigill_falls_back_to_the_builtin_engine_which_serves() {
     let mut b = host(&["sigill"]);
     let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
-    // The built-in engine cannot serve yet (its inference code is issue 7),
-    // so every candidate fails, and the reply carries each attempt.
+    assert_eq!(r["result"]["backend"], "builtin", "{r}");
+    let st = b.request(&json!({"id": "st", "type": "status"}));
+    let failures = st["result"]["server"]["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{st}");
+    assert_eq!(failures[0]["candidate"], "bitnet-cpu-linux-x86_64");
+    assert_eq!(failures[0]["failure"]["kind"], "illegal_instruction");
+    // The built-in engine answers through the same request path.
+    let r = b.request(&json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "Hi"}],
+                             "max_tokens": 4, "temperature": 0}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["backend"], "builtin");
+    assert_eq!(r["result"]["usage"]["completion_tokens"], 4, "{r}");
+}
+
+#[test]
+fn when_every_candidate_fails_the_error_carries_each_attempt_and_the_last_output() {
+    // A file that parses as GGUF but is no model the engine can run: the
+    // installed build dies of SIGILL, the built-in engine refuses the file.
+    let mut b = host(&["sigill"]);
+    let vocab_only = b.home().join("vocab-only.gguf");
+    std::fs::write(&vocab_only, bitnet_ternary_vocab_only()).unwrap();
+    let (_, r) = load(&mut b, "load", &vocab_only);
     assert_eq!(r["error"]["code"], "backend_crashed", "{r}");
     let attempts = r["error"]["details"]["attempts"].as_array().unwrap();
-    assert_eq!(attempts[0]["candidate"], "bitnet-cpu-linux-x86_64");
-    assert_eq!(attempts[0]["failure"]["kind"], "illegal_instruction");
+    assert_eq!(attempts.first().unwrap()["failure"]["kind"], "illegal_instruction", "{r}");
     assert_eq!(attempts.last().unwrap()["candidate"], "builtin");
+    assert_eq!(attempts.last().unwrap()["failure"]["kind"], "model_load", "not restarted: {r}");
+    assert_eq!(attempts.len(), 2, "{r}");
     let tail = r["error"]["details"]["tail"].to_string();
-    assert!(tail.contains("built-in engine cannot serve"), "{tail}");
-    let st = b.request(&json!({"id": "st", "type": "status"}));
-    assert_eq!(st["result"]["server"]["state"], "gave_up", "{st}");
+    assert!(tail.contains("error loading model"), "{tail}");
+}
+
+/// A GGUF with an architecture and no tensors.
+fn bitnet_ternary_vocab_only() -> Vec<u8> {
+    let mut v = b"GGUF".to_vec();
+    v.extend(3u32.to_le_bytes());
+    v.extend(0u64.to_le_bytes());
+    v.extend(1u64.to_le_bytes());
+    let key = "general.architecture";
+    v.extend((key.len() as u64).to_le_bytes());
+    v.extend(key.as_bytes());
+    v.extend(8u32.to_le_bytes());
+    v.extend(6u64.to_le_bytes());
+    v.extend(b"bitnet");
+    v
 }
 
 #[test]

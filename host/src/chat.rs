@@ -1,0 +1,151 @@
+//! `bitnet-host chat`: the README's main job. It takes the extension's path
+//! through the host (hardware probe, selection, supervisor, proxy) and
+//! prints the answer as it streams. Without a model it generates the
+//! built-in default: random weights, said plainly, for trying the machinery.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::cli::out;
+use crate::dirs::HostDirs;
+use crate::App;
+
+pub struct ChatArgs {
+    pub prompt: Option<String>,
+    pub model: Option<PathBuf>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+/// Where the generated default model lives.
+pub fn default_model_path(dirs: &HostDirs) -> PathBuf {
+    dirs.data.join("models").join("default").join("bitnet-b1.58-random-tiny.gguf")
+}
+
+/// The seed of the default model: fixed, so every install has the same one.
+const DEFAULT_SEED: u64 = 0xB17E7;
+
+/// The model to use: the one named, else the generated default (made on
+/// first use, atomically).
+fn resolve_model(dirs: &HostDirs, named: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(m) = named {
+        return std::path::absolute(&m).with_context(|| format!("{}", m.display()));
+    }
+    let path = default_model_path(dirs);
+    if !path.is_file() {
+        eprintln!(
+            "No model given: using the built-in default, a small BitNet b1.58 model with RANDOM weights\n\
+             generated on this machine ({}). It exercises the whole machinery but writes gibberish.\n\
+             For real answers pass --model <file.gguf> (e.g. BitNet b1.58 2B4T in I2_S or TQ2_0 format).",
+            path.display()
+        );
+        let bytes = bitnet_ternary::writer::random_model(&bitnet_ternary::writer::Shape::default_model(), DEFAULT_SEED);
+        bitnet_ternary::writer::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    } else {
+        eprintln!("Using the built-in random-weight default model (gibberish by design); pass --model for a real one.");
+    }
+    Ok(path)
+}
+
+pub fn run(args: ChatArgs) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let _guard = crate::logging::init(Some(&dirs), "warn");
+    let model = resolve_model(&dirs, args.model.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let app = Arc::new(App::new(Some(dirs)));
+    let result = rt.block_on(session(&app, &model, &args));
+    // Stop the server before the runtime goes.
+    rt.block_on(async {
+        app.backend.unload().await;
+    });
+    result
+}
+
+async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow::Result<()> {
+    let info = crate::backend::inspect_model(model).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let report = app.hardware().await.map_err(|e| anyhow::anyhow!(e))?;
+    let job = app.backend.load(&report, info).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let ep = match job.ready().await {
+        Ok(ep) => ep,
+        Err(e) => {
+            let tail = job.logs(12).join("\n  ");
+            anyhow::bail!("{e}\n  last server output:\n  {tail}");
+        }
+    };
+    eprintln!("[{} on {}]", model.file_name().map(|s| s.to_string_lossy()).unwrap_or_default(), ep.candidate);
+    let mut history: Vec<Value> = Vec::new();
+    let ask = async |history: &mut Vec<Value>, text: String| -> anyhow::Result<()> {
+        history.push(json!({"role": "user", "content": text}));
+        let mut body = json!({"messages": history, "max_tokens": args.max_tokens, "stream": true});
+        if let Some(t) = args.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(s) = args.seed {
+            body["seed"] = json!(s);
+        }
+        let started = std::time::Instant::now();
+        let mut sse = app
+            .backend
+            .proxy
+            .post_sse(&ep, "/v1/chat/completions", &body, app.backend.settings().request_timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut answer = String::new();
+        let mut pieces = 0u32;
+        while let Some(chunk) = sse.next().await {
+            let chunk = chunk.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(p) = chunk["choices"][0]["delta"]["content"].as_str() {
+                answer.push_str(p);
+                pieces += 1;
+                out(&printable(p));
+            }
+        }
+        out("\n");
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("[{pieces} pieces in {secs:.2} s, {:.1}/s]", f64::from(pieces) / secs.max(1e-9));
+        history.push(json!({"role": "assistant", "content": answer}));
+        job.touch();
+        Ok(())
+    };
+    match &args.prompt {
+        Some(p) => ask(&mut history, p.clone()).await,
+        None => {
+            let stdin = std::io::stdin();
+            loop {
+                eprint!("> ");
+                let _ = std::io::stderr().flush();
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                let line = line.trim().to_string();
+                if line.is_empty() {
+                    continue;
+                }
+                if line == "/exit" || line == "/quit" {
+                    return Ok(());
+                }
+                ask(&mut history, line).await?;
+            }
+        }
+    }
+}
+
+/// Model text for a terminal: control characters (escape sequences could
+/// rewrite the screen) become U+FFFD; newlines and tabs stay.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{FFFD}' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(super::printable("a\x1b[2Jb\n\tc\x07"), "a\u{FFFD}[2Jb\n\tc\u{FFFD}");
+    }
+}
