@@ -33,6 +33,8 @@ pub struct Generate {
     pub max_tokens: usize,
     pub sampler: SamplerConfig,
     pub stop: Vec<String>,
+    /// Record the n most likely tokens (with probabilities) at each step.
+    pub n_probs: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,21 @@ pub struct Outcome {
     pub finish: Finish,
     pub prompt_tokens: usize,
     pub tokens: Vec<u32>,
+    /// Per generated token (when `n_probs` > 0): the top candidates and
+    /// their probabilities before sampling (softmax of the raw logits).
+    pub probs: Vec<Vec<(u32, f32)>>,
+}
+
+/// The `n` most likely tokens of `logits`, with softmax probabilities.
+pub fn top_probs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(idx.len());
+    idx.select_nth_unstable_by(n.saturating_sub(1), |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+    let mut top: Vec<(u32, f32)> = idx[..n].iter().map(|&i| (i, (logits[i as usize] - max).exp() / sum)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top
 }
 
 /// One chat message.
@@ -67,6 +84,25 @@ pub struct Outcome {
 pub struct Message {
     pub role: String,
     pub content: String,
+}
+
+/// Render a Hugging Face style chat template (`messages`, `bos_token`,
+/// `eos_token`, `add_generation_prompt`).
+pub fn render_template(tpl: &str, messages: &[Message], bos: &str, eos: &str) -> Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", tpl).map_err(|e| e.to_string())?;
+    let msgs: Vec<minijinja::Value> =
+        messages.iter().map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() }).collect();
+    env.get_template("chat")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                messages => msgs, bos_token => bos, eos_token => eos, add_generation_prompt => true,
+            })
+        })
+        .map_err(|e| e.to_string())
 }
 
 impl Engine {
@@ -79,13 +115,25 @@ impl Engine {
 
     /// The chat prompt. BitNet b1.58 2B4T's embedded template is wrong; its
     /// working format is `<|begin_of_text|>User: ...<|eot_id|>Assistant: `.
-    /// Llama 3 vocabularies get their header format; others plain turns.
+    /// Other models use their `tokenizer.chat_template` (Jinja) when it
+    /// renders; else Llama 3 vocabularies get their header format, others
+    /// plain turns.
     pub fn chat_prompt(&self, messages: &[Message]) -> String {
         let t = &self.tokenizer;
-        let bos = t.bos.and_then(|b| String::from_utf8(t.piece(b, true)).ok()).unwrap_or_default();
+        let special = |id: Option<u32>| id.and_then(|b| String::from_utf8(t.piece(b, true)).ok()).unwrap_or_default();
+        let bos = special(t.bos);
         let arch = self.model.hp.arch.as_str();
+        let b158 = matches!(arch, "bitnet-b1.58" | "bitnet-25") && t.token_id("<|eot_id|>").is_some();
+        if !b158 {
+            if let Some(tpl) = self.model.gguf.get("tokenizer.chat_template").and_then(crate::gguf::Value::as_str) {
+                match render_template(tpl, messages, &bos, &special(t.eos)) {
+                    Ok(s) => return s,
+                    Err(e) => eprintln!("chat template failed ({e}); using a built-in format"),
+                }
+            }
+        }
         let mut s = bos;
-        if matches!(arch, "bitnet-b1.58" | "bitnet-25") && t.token_id("<|eot_id|>").is_some() {
+        if b158 {
             for m in messages {
                 let role = match m.role.as_str() {
                     "system" => "System",
@@ -109,7 +157,8 @@ impl Engine {
         s
     }
 
-    /// Tokens of a chat prompt (special tokens parsed, BOS already in the text).
+    /// Tokens of a chat prompt (special tokens parsed; a template that
+    /// writes the BOS text gives the BOS token once). (special tokens parsed, BOS already in the text).
     pub fn chat_tokens(&self, messages: &[Message]) -> Vec<u32> {
         self.tokenizer.encode(&self.chat_prompt(messages), false, true)
     }
@@ -140,9 +189,13 @@ impl Engine {
         let mut utf8 = Utf8Stream::default();
         let mut held = String::new();
         let max_stop = req.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut probs = Vec::new();
         let finish = loop {
             if out.len() >= req.max_tokens || cache.len >= cache.capacity() {
                 break Finish::Length;
+            }
+            if req.n_probs > 0 {
+                probs.push(top_probs(&logits, req.n_probs));
             }
             let t = sampler.sample(&mut logits, &history);
             if self.is_end(t) {
@@ -182,7 +235,8 @@ impl Engine {
                 on_text(&held, *out.last().unwrap_or(&0));
             }
         }
-        Ok(Outcome { finish, prompt_tokens: n_prompt, tokens: out })
+        probs.truncate(out.len());
+        Ok(Outcome { finish, prompt_tokens: n_prompt, tokens: out, probs })
     }
 }
 
@@ -201,6 +255,7 @@ mod tests {
             max_tokens: max,
             sampler: SamplerConfig { temperature: 0.0, ..Default::default() },
             stop: stop.iter().map(|s| s.to_string()).collect(),
+            n_probs: 3,
         }
     }
 
@@ -227,6 +282,12 @@ mod tests {
         // up to our stop.
         assert_eq!(o.tokens[..], want[..o.tokens.len()]);
         assert_eq!(text, e.tokenizer.decode(&o.tokens, false));
+        // Greedy picks the most likely token each step.
+        assert_eq!(o.probs.len(), o.tokens.len());
+        for (p, t) in o.probs.iter().zip(&o.tokens) {
+            assert_eq!(p[0].0, *t);
+            assert!(p[0].1 >= p[1].1 && p[1].1 >= p[2].1 && p[0].1 <= 1.0);
+        }
         assert_eq!(o.prompt_tokens, p.len());
     }
 
@@ -271,6 +332,24 @@ mod tests {
             Err(EngineError::PromptTooLong(300, _))
         ));
         assert!(matches!(e.generate(&greedy(1, &[], vec![100_000]), |_, _| true), Err(EngineError::BadToken(100_000))));
+    }
+
+    #[test]
+    fn jinja_chat_templates_render_and_bad_ones_are_errors() {
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let m = [
+            Message { role: "system".into(), content: "Be brief.".into() },
+            Message { role: "user".into(), content: "Hi".into() },
+        ];
+        assert_eq!(
+            render_template(chatml, &m, "<s>", "</s>").unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let strict =
+            "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ bos_token }}";
+        assert!(render_template(strict, &m, "<s>", "").unwrap_err().contains("first must be user"));
+        assert!(render_template("{% for %}", &m, "", "").is_err());
     }
 
     #[test]

@@ -536,9 +536,51 @@ mod tests {
         let good = std::fs::read(fixture("bitnet-b1.58-i2_s.gguf")).unwrap();
         let g = Gguf::parse(&good[..], good.len() as u64).unwrap();
         // Every cut inside the header (sampled) is an error, never a panic.
-        for cut in (0..g.data_offset as usize).step_by(97) {
+        for cut in 0..g.data_offset as usize {
             assert!(Gguf::parse(&good[..cut], cut as u64).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn alignment_and_type_problems_are_typed_errors() {
+        use crate::writer::{gguf_bytes, TensorData};
+        let t = |ty: u32, bytes: usize| TensorData { name: "w".into(), dims: vec![256], ty, data: vec![0; bytes] };
+        let parse = |b: Vec<u8>| Gguf::parse(&b[..], b.len() as u64);
+        // A non-power-of-two alignment.
+        let bad = gguf_bytes(&[("general.alignment", Value::U32(3))], &[t(0, 1024)]);
+        assert!(matches!(parse(bad), Err(GgufError::Metadata { .. })));
+        // A tensor offset that is not aligned: patch the written offset.
+        let mut b = gguf_bytes(&[], &[t(0, 1024)]);
+        let at = b.windows(8).position(|w| w == 0u64.to_le_bytes()).unwrap();
+        let header = b"GGUF".len() + 4 + 8 + 8; // magic, version, counts
+        let off_pos = header + 8 + 1 + 4 + 8 + 4; // name len + "w" + n_dims + dim + type
+        assert!(at <= off_pos);
+        b[off_pos..off_pos + 8].copy_from_slice(&5u64.to_le_bytes());
+        assert!(matches!(parse(b), Err(GgufError::Tensor { .. })));
+        // Zero or five dimensions.
+        let mut z = t(0, 1024);
+        z.dims = vec![];
+        assert!(matches!(parse(gguf_bytes(&[], &[z])), Err(GgufError::Tensor { .. })));
+        let mut five = t(0, 1024);
+        five.dims = vec![1, 1, 1, 1, 256];
+        assert!(matches!(parse(gguf_bytes(&[], &[five])), Err(GgufError::Tensor { .. })));
+        // An unknown type id parses (someone may load it) but has no size...
+        let g = parse(gguf_bytes(&[], &[t(99, 64)])).unwrap();
+        assert_eq!(g.tensors[0].ty, TensorType::Other(99));
+        assert_eq!(g.tensors[0].size, None);
+        // ...and an unknown metadata value type is an error.
+        let mut b = gguf_bytes(&[("k", Value::U8(1))], &[]);
+        let ty_pos = 24 + 8 + 1;
+        b[ty_pos..ty_pos + 4].copy_from_slice(&77u32.to_le_bytes());
+        assert!(matches!(parse(b), Err(GgufError::ValueType(77))));
+        // A tensor that overlaps the next one.
+        let mut b = gguf_bytes(
+            &[],
+            &[t(0, 1024), TensorData { name: "x".into(), dims: vec![256], ty: 0, data: vec![0; 1024] }],
+        );
+        let second_off = b.windows(8).rposition(|w| w == 1024u64.to_le_bytes()).unwrap();
+        b[second_off..second_off + 8].copy_from_slice(&512u64.to_le_bytes());
+        assert!(parse(b).unwrap_err().to_string().contains("overlap"));
     }
 
     #[test]

@@ -181,8 +181,52 @@ pub fn decode_float(ty: TensorType, data: &[u8], n: usize) -> Result<Vec<f32>, Q
             check("bf16", n, n * 2, data.len())?;
             Ok(data[..n * 2].chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
         }
+        TensorType::Q8_0 => {
+            // 32-element blocks: f16 scale, 32 int8.
+            check("q8_0", n, n / 32 * 34, data.len())?;
+            let mut out = Vec::with_capacity(n);
+            for b in data[..n / 32 * 34].chunks_exact(34) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                out.extend(b[2..].iter().map(|&q| f32::from(q as i8) * d));
+            }
+            Ok(out)
+        }
+        TensorType::Q6K => {
+            check("q6_k", n, n / QK * 210, data.len())?;
+            let mut out = Vec::with_capacity(n);
+            for b in data[..n / QK * 210].chunks_exact(210) {
+                decode_q6k_block(b, &mut out);
+            }
+            Ok(out)
+        }
         other => Err(QuantError::Unsupported(other.name())),
     }
+}
+
+/// One Q6_K block (llama.cpp): 128 bytes of low 4 bits, 64 of high 2 bits,
+/// 16 int8 sub-block scales, an f16 super-scale; 256 values.
+fn decode_q6k_block(b: &[u8], out: &mut Vec<f32>) {
+    let (ql, rest) = b.split_at(128);
+    let (qh, rest) = rest.split_at(64);
+    let (sc, d) = rest.split_at(16);
+    let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
+    let mut y = [0f32; QK];
+    for half in 0..2 {
+        let (ql, qh, sc) = (&ql[half * 64..], &qh[half * 32..], &sc[half * 8..]);
+        let y = &mut y[half * 128..];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            y[l] = d * f32::from(sc[is] as i8) * q1 as f32;
+            y[l + 32] = d * f32::from(sc[is + 2] as i8) * q2 as f32;
+            y[l + 64] = d * f32::from(sc[is + 4] as i8) * q3 as f32;
+            y[l + 96] = d * f32::from(sc[is + 6] as i8) * q4 as f32;
+        }
+    }
+    out.extend_from_slice(&y);
 }
 
 /// Per-token int8 activations (bitnet.cpp): s = 127 / max(max|x|, 1e-5)
@@ -324,6 +368,39 @@ pub fn matvec_f32(w: &[f32], cols: usize, x: &[f32], y: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::golden::Golden;
+
+    #[test]
+    fn q8_0_and_q6_k_decode_hand_built_blocks() {
+        // Q8_0: scale 0.5, values -3..=28.
+        let mut b = f16::from_f32(0.5).to_le_bytes().to_vec();
+        b.extend((0..32).map(|i| (i as i8 - 3) as u8));
+        let y = decode_float(TensorType::Q8_0, &b, 32).unwrap();
+        assert_eq!(y[0], -1.5);
+        assert_eq!(y[31], 14.0);
+        // Q6_K: element e of each 128-half has 6-bit code (e % 64); the
+        // low nibble and high bits are spread as llama.cpp lays them out.
+        let mut block = vec![0u8; 210];
+        let code = |e: usize| (e % 64) as u8;
+        for half in 0..2 {
+            for l in 0..32 {
+                let (c1, c2, c3, c4) = (code(l), code(l + 32), code(l + 64), code(l + 96));
+                block[half * 64 + l] = (c1 & 0xF) | ((c3 & 0xF) << 4);
+                block[half * 64 + l + 32] = (c2 & 0xF) | ((c4 & 0xF) << 4);
+                block[128 + half * 32 + l] = (c1 >> 4) | ((c2 >> 4) << 2) | ((c3 >> 4) << 4) | ((c4 >> 4) << 6);
+            }
+        }
+        for (i, s) in block[192..208].iter_mut().enumerate() {
+            *s = (i as i8 - 8) as u8; // sub-block scales -8..7
+        }
+        block[208..210].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
+        let y = decode_float(TensorType::Q6K, &block, 256).unwrap();
+        for (i, v) in y.iter().enumerate() {
+            let e = i % 128;
+            let sub = (i / 128) * 8 + (e / 32) * 2 + (e % 32) / 16;
+            let want = 0.25 * (sub as f32 - 8.0) * (code(e) as f32 - 32.0);
+            assert_eq!(*v, want, "element {i}");
+        }
+    }
 
     #[test]
     fn every_format_decodes_the_kernel_fixture_to_the_same_ternary_matrix() {

@@ -237,9 +237,11 @@ async fn completion(State(app): State<Shared>, headers: HeaderMap, body: String)
 
 /// One generation: streamed as SSE when `stream` is true, else one JSON.
 async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, shape: Shape) -> Response {
-    let req = Generate { prompt, max_tokens: max_tokens(body, &engine), sampler: sampler(body), stop: stops(body) };
+    let n_probs =
+        if shape == Shape::LlamaCompletion { body["n_probs"].as_u64().unwrap_or(0).min(100) as usize } else { 0 };
+    let req =
+        Generate { prompt, max_tokens: max_tokens(body, &engine), sampler: sampler(body), stop: stops(body), n_probs };
     let stream = body["stream"] == true;
-    let n_probs = body["n_probs"].as_u64().unwrap_or(0) as usize;
     let return_tokens = body["return_tokens"] == true;
     let model = model_id(&app);
     let Ok(permit) = app.slots.clone().acquire_owned().await else {
@@ -345,9 +347,19 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
                 v["tokens"] = json!(o.tokens);
             }
             if n_probs > 0 {
-                // Per-token probabilities need the logits kept per step;
-                // not recorded by this engine yet.
-                v["completion_probabilities"] = json!([]);
+                let tok = &engine.tokenizer;
+                let piece = |t: u32| String::from_utf8_lossy(&tok.piece(t, true)).into_owned();
+                let probs: Vec<Value> = o
+                    .tokens
+                    .iter()
+                    .zip(&o.probs)
+                    .map(|(t, top)| {
+                        let list: Vec<Value> =
+                            top.iter().map(|(id, p)| json!({"id": id, "tok_str": piece(*id), "prob": p})).collect();
+                        json!({"id": t, "content": piece(*t), "probs": list})
+                    })
+                    .collect();
+                v["completion_probabilities"] = json!(probs);
             }
             v
         }

@@ -6,6 +6,7 @@ mod hardware;
 mod infer;
 mod legacy;
 mod native;
+mod runner;
 mod select;
 mod server;
 mod supervisor;

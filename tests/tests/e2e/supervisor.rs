@@ -259,6 +259,10 @@ async fn an_idle_server_is_unloaded_after_keep_alive_and_reloaded_on_next_use() 
     }
     assert_eq!(job.state().name(), "ready");
     assert!(wait_gone(first.pid.unwrap(), Duration::from_secs(3)).await);
+    // The process goes first; the state follows once the job has reaped it.
+    let mut rx = job.subscribe();
+    let stopped = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|s| s.name() == "stopped")).await;
+    assert!(stopped.is_ok(), "{:?}", job.state());
     assert!(matches!(job.state(), JobState::Stopped { reason } if reason.contains("keep-alive")));
     let second = job.ready().await.unwrap();
     assert_ne!(second.pid, first.pid);

@@ -1,0 +1,143 @@
+//! `bitnet-host runner`, the built-in engine's server, held to the same
+//! llama-server contract as the stand-in: health while loading, the key,
+//! chat streamed and not, /completion with token ids, tokenize round trip.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bitnet_supervisor::proxy::SseParser;
+use serde_json::{json, Value};
+
+use crate::host_bin;
+use crate::server::fixture_model;
+
+struct Runner {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Runner {
+    fn start(model: &str) -> Runner {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(host_bin())
+            .args(["runner", "--model", fixture_model(model).to_str().unwrap(), "--port", &port.to_string()])
+            .args(["--api-key", "k", "--ctx-size", "256", "--threads", "1"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = Runner { child, url: format!("http://127.0.0.1:{port}"), http, rt };
+        let t = Instant::now();
+        loop {
+            if r.get("/health", false).0 == 200 {
+                return r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "runner never healthy");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn get(&self, path: &str, key: bool) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut r = self.http.get(format!("{}{path}", self.url));
+            if key {
+                r = r.bearer_auth("k");
+            }
+            match r.send().await {
+                Ok(resp) => (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null)),
+                Err(_) => (0, Value::Null),
+            }
+        })
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, String) {
+        self.rt.block_on(async {
+            let resp = self.http.post(format!("{}{path}", self.url)).bearer_auth("k").json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    }
+}
+
+#[test]
+fn the_runner_speaks_the_llama_server_subset_with_the_engines_answers() {
+    let r = Runner::start("bitnet-b1.58-i2_s.gguf");
+    assert_eq!(r.get("/v1/models", false).0, 401);
+    let (s, models) = r.get("/v1/models", true);
+    assert_eq!(s, 200);
+    assert_eq!(models["data"][0]["id"], "bitnet-b1.58-i2_s.gguf");
+
+    // /completion with the fixture's prompt ids: greedy = the reference.
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(fixture_model("bitnet-b1.58-i2_s.golden.json")).unwrap()).unwrap();
+    let prompt = golden["prompts"][0]["tokens"].clone();
+    let want: Vec<u64> =
+        golden["greedy"]["p0"]["ref_i8tok"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let (s, body) = r.post(
+        "/completion",
+        json!({"prompt": prompt, "n_predict": 4, "temperature": 0, "return_tokens": true, "n_probs": 2}),
+    );
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let got: Vec<u64> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    assert_eq!(got[..], want[..got.len()], "{v}");
+    assert_eq!(v["completion_probabilities"][0]["probs"][0]["id"], want[0], "{v}");
+
+    // Chat, not streamed and streamed, give the same greedy text.
+    let msgs = json!([{"role": "user", "content": "Hello"}]);
+    let (s, body) = r.post("/v1/chat/completions", json!({"messages": msgs, "max_tokens": 6, "temperature": 0}));
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    let (s, body) =
+        r.post("/v1/chat/completions", json!({"messages": msgs, "max_tokens": 6, "temperature": 0, "stream": true}));
+    assert_eq!(s, 200);
+    let mut p = SseParser::default();
+    p.feed(body.as_bytes());
+    let mut streamed = String::new();
+    let mut events = Vec::new();
+    while let Some(d) = p.pop() {
+        events.push(d.clone());
+        if d != "[DONE]" {
+            let c: Value = serde_json::from_str(&d).unwrap();
+            streamed.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(streamed, text);
+
+    // Tokenize / detokenize round trip, special tokens parsed.
+    let (_, body) = r.post("/tokenize", json!({"content": "<|eot_id|>Hi there"}));
+    let toks: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(toks["tokens"][0], 370);
+    let (_, body) = r.post("/detokenize", json!({"tokens": toks["tokens"]}));
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["content"], "<|eot_id|>Hi there");
+
+    // Bad requests are 400s with a message; the server keeps serving.
+    let (s, body) = r.post("/v1/chat/completions", json!({"messages": "nope"}));
+    assert_eq!(s, 400, "{body}");
+    let (s, _) = r.post("/completion", json!({"prompt": [999_999], "n_predict": 1}));
+    assert_eq!(s, 400);
+    assert_eq!(r.get("/health", false).0, 200);
+}
+
+#[test]
+fn a_runner_given_a_file_it_cannot_load_exits_with_llama_servers_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\0\0\0").unwrap();
+    let out =
+        Command::new(host_bin()).args(["runner", "--model", bad.to_str().unwrap(), "--port", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error loading model"));
+}
