@@ -71,6 +71,11 @@ async fn a_slow_loading_server_goes_loading_then_ready_and_answers_with_its_key(
     let port: u16 = ep.url.rsplit(':').next().unwrap().parse().unwrap();
     assert!((20000..49152).contains(&port));
 
+    // The recorder task may still be catching up with the last change.
+    let t = Instant::now();
+    while seen.lock().unwrap().last().map(JobState::name) != Some("ready") && t.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let states = seen.lock().unwrap().clone();
     let names: Vec<&str> = states.iter().map(JobState::name).collect();
     // (starting lasts microseconds and may be replaced before the recorder
@@ -261,8 +266,11 @@ async fn an_idle_server_is_unloaded_after_keep_alive_and_reloaded_on_next_use() 
     assert!(wait_gone(first.pid.unwrap(), Duration::from_secs(3)).await);
     // The process goes first; the state follows once the job has reaped it.
     let mut rx = job.subscribe();
-    let stopped = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|s| s.name() == "stopped")).await;
-    assert!(stopped.is_ok(), "{:?}", job.state());
+    // (The guard wait_for returns holds the channel's lock: drop it at once.)
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(3), async { rx.wait_for(|s| s.name() == "stopped").await.is_ok() })
+            .await;
+    assert_eq!(stopped, Ok(true), "{:?}", job.state());
     assert!(matches!(job.state(), JobState::Stopped { reason } if reason.contains("keep-alive")));
     let second = job.ready().await.unwrap();
     assert_ne!(second.pid, first.pid);
