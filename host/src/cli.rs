@@ -73,6 +73,18 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Register the host with the browsers on this machine (native-messaging manifests)
+    Install(crate::setup::InstallArgs),
+    /// Remove exactly what `install` wrote
+    Uninstall {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the installation, the hardware, the backend and the models; say how to fix each problem
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the last lines the model servers wrote (the supervisor's log)
     Logs {
         /// How many lines
@@ -151,6 +163,9 @@ pub fn main() -> ExitCode {
         Command::Probe { child } => probe_child(child),
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
+        Command::Install(a) => crate::setup::install(a),
+        Command::Uninstall { json } => crate::setup::uninstall(json),
+        Command::Doctor { json } => crate::setup::doctor(json),
         Command::Chat { prompt, model, max_tokens, temperature, seed } => {
             crate::chat::run(crate::chat::ChatArgs { prompt, model, max_tokens, temperature, seed })
         }

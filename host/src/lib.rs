@@ -12,6 +12,7 @@ pub mod logging;
 pub mod native;
 pub mod protocol;
 pub mod session;
+pub mod setup;
 
 pub mod hardware;
 

@@ -5,8 +5,14 @@
 //! Chromium-family `allowed_origins` entries are `chrome-extension://ID/`
 //! (trailing slash required), and Firefox-family manifests carry
 //! `allowed_extensions` instead (Firefox rejects `allowed_origins`).
-//! Where each browser looks for them (the location table) and writing them
-//! transactionally come with the installer command.
+//! `locations` is the table of where each browser looks; `install` writes
+//! transactionally and keeps a record for `uninstall`; `check` is what
+//! `doctor` asks of a manifest.
+
+pub mod check;
+pub mod install;
+pub mod locations;
+mod registry;
 
 use std::path::Path;
 

@@ -4,6 +4,7 @@
 mod cli;
 mod hardware;
 mod infer;
+mod install;
 mod legacy;
 mod native;
 mod runner;

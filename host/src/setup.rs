@@ -1,0 +1,329 @@
+//! `install`, `uninstall` and `doctor`: the thin edge over
+//! bitnet-installer's table, transaction and checks.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use bitnet_installer::install::{install as do_install, uninstall as do_uninstall, InstallOptions};
+use bitnet_installer::locations::{target, Browser, Os, Roots, Scope, Target, ALL_BROWSERS};
+use bitnet_installer::{DEFAULT_NAME, TABAGENT_EXTENSION_ID, TABAGENT_NAME};
+use serde_json::{json, Value};
+
+use crate::cli::out;
+use crate::dirs::HostDirs;
+
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Browsers to configure: all (those found here), or a list of chrome, chromium, edge,
+    /// brave, vivaldi, opera, firefox, librewolf, waterfox
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    browser: Vec<String>,
+    /// user (your profile only) or system (every user; needs admin rights)
+    #[arg(long, default_value = "user")]
+    scope: String,
+    /// An extension allowed to connect: a Chromium id (32 letters a-p) or a Firefox add-on id
+    #[arg(long = "extension-id")]
+    extension_ids: Vec<String>,
+    /// The host name extensions pass to connectNative
+    #[arg(long)]
+    name: Option<String>,
+    /// Register as TabAgent's host (com.tabagent.host, TabAgent's extension id): a drop-in
+    #[arg(long)]
+    tabagent: bool,
+    /// Register this binary where it is instead of copying it to the data folder
+    #[arg(long)]
+    in_place: bool,
+    /// Show what would be written, write nothing
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn roots(dirs: &HostDirs) -> anyhow::Result<Roots> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()))
+        .context("no home directory")?;
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or(home.join(".config"));
+    Ok(Roots { home, config_home, manifest_dir: dirs.data.join("manifests") })
+}
+
+fn record_path(dirs: &HostDirs) -> PathBuf {
+    dirs.state.join("install-record.json")
+}
+
+pub fn install(a: InstallArgs) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().context("no home directory for the host's folders")?;
+    let browsers: Vec<Browser> = if a.browser.iter().any(|b| b == "all") {
+        Vec::new()
+    } else {
+        a.browser
+            .iter()
+            .map(|b| Browser::parse(b).with_context(|| format!("unknown browser `{b}`")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let scope = match a.scope.as_str() {
+        "user" => Scope::User,
+        "system" => Scope::System,
+        other => anyhow::bail!("--scope must be user or system, not `{other}`"),
+    };
+    let mut ids = a.extension_ids.clone();
+    if a.tabagent {
+        ids.push(TABAGENT_EXTENSION_ID.into());
+    }
+    if ids.is_empty() {
+        anyhow::bail!("name the extension that will connect: --extension-id <id> (or --tabagent)");
+    }
+    let is_chromium = |id: &str| id.len() == 32 && id.bytes().all(|b| (b'a'..=b'p').contains(&b));
+    let (chromium_ids, firefox_ids): (Vec<String>, Vec<String>) = ids.into_iter().partition(|i| is_chromium(i));
+    let name = a.name.clone().unwrap_or_else(|| if a.tabagent { TABAGENT_NAME } else { DEFAULT_NAME }.to_string());
+    let opts = InstallOptions {
+        os: Os::current(),
+        browsers,
+        scope,
+        name,
+        chromium_ids,
+        firefox_ids,
+        host_source: std::env::current_exe()?,
+        in_place: a.in_place,
+        roots: roots(&dirs)?,
+        bin_dir: dirs.data.join("bin"),
+        record_path: record_path(&dirs),
+        dry_run: a.dry_run,
+        fail_after: std::env::var("BITNET_INSTALL_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
+    };
+    let report = do_install(&opts)?;
+    if a.json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+        return Ok(());
+    }
+    let mut text = format!(
+        "{}host: {}\n",
+        if report.dry_run { "(dry run: nothing written)\n" } else { "" },
+        report.host_path.display()
+    );
+    for c in &report.configured {
+        let where_ = match &c.target {
+            Target::File { path } => path.display().to_string(),
+            Target::Registry { hive, key, .. } => format!(r"{hive}\{key}"),
+        };
+        text.push_str(&format!(
+            "  {:<10} {:<9} {where_}\n",
+            c.browser.name(),
+            format!("{:?}", c.change).to_lowercase()
+        ));
+    }
+    for s in &report.skipped {
+        text.push_str(&format!("  {:<10} skipped   {}\n", s.browser.name(), s.reason));
+    }
+    out(&text);
+    Ok(())
+}
+
+pub fn uninstall(json: bool) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().context("no home directory for the host's folders")?;
+    let r = do_uninstall(&record_path(&dirs));
+    if json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
+    } else if r.removed.is_empty() && r.registry_removed.is_empty() {
+        out("nothing to remove: no install record\n");
+    } else {
+        let mut t = String::new();
+        for f in &r.removed {
+            t.push_str(&format!("removed {}\n", f.display()));
+        }
+        for k in &r.registry_removed {
+            t.push_str(&format!("removed {k}\n"));
+        }
+        out(&t);
+    }
+    Ok(())
+}
+
+/// Start `host` as Chromium would and ask `hello`; the reply or why not.
+fn handshake(host: &Path) -> Result<Value, String> {
+    let mut child = Command::new(host)
+        .arg(format!("chrome-extension://{TABAGENT_EXTENSION_ID}/"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", host.display()))?;
+    let msg = json!({"id": "doctor", "type": "hello"}).to_string();
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut frame = (msg.len() as u32).to_ne_bytes().to_vec();
+    frame.extend(msg.as_bytes());
+    stdin.write_all(&frame).map_err(|e| e.to_string())?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut len = [0u8; 4];
+        let r = stdout.read_exact(&mut len).map_err(|e| e.to_string()).and_then(|_| {
+            let mut body = vec![0u8; u32::from_ne_bytes(len) as usize];
+            stdout.read_exact(&mut body).map_err(|e| e.to_string())?;
+            serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
+        });
+        let _ = tx.send(r);
+    });
+    let r = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| Err("no answer within 10 s".into()));
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    r
+}
+
+pub fn doctor(json_out: bool) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().context("no home directory for the host's folders")?;
+    let _guard = crate::logging::init(Some(&dirs), "warn");
+    let roots = roots(&dirs)?;
+    let mut problems: Vec<Value> = Vec::new();
+    let mut manifests: Vec<Value> = Vec::new();
+    for name in [DEFAULT_NAME, TABAGENT_NAME] {
+        for b in ALL_BROWSERS {
+            let Some(t) = target(Os::current(), b, Scope::User, &roots, name) else { continue };
+            let path = match &t {
+                Target::File { path } | Target::Registry { manifest: path, .. } => path.clone(),
+            };
+            if !path.exists() {
+                continue;
+            }
+            let found = bitnet_installer::check::check_manifest(&path, b.family());
+            let mut entry = json!({"browser": b.name(), "name": name, "manifest": path, "problems": found});
+            if found.is_empty() {
+                let host = std::fs::read(&path)
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+                    .and_then(|v| v["path"].as_str().map(PathBuf::from));
+                if let Some(host) = host {
+                    match handshake(&host) {
+                        Ok(v) if v["ok"] == true => entry["handshake"] = json!("ok"),
+                        Ok(v) => problems.push(json!({"problem": format!("{}: the host answered hello with {v}", path.display()), "fix": "run `bitnet-host install` again"})),
+                        Err(e) => problems.push(json!({"problem": format!("{}: the host does not answer: {e}", path.display()), "fix": "run `bitnet-host install` again"})),
+                    }
+                }
+            }
+            for p in &found {
+                problems.push(
+                    json!({"problem": format!("{} ({}): {}", path.display(), b.name(), p.problem), "fix": p.fix}),
+                );
+            }
+            manifests.push(entry);
+        }
+    }
+    if manifests.is_empty() {
+        problems.push(json!({"problem": "no browser has a manifest for this host", "fix": "bitnet-host install --extension-id <your extension id>"}));
+    }
+    let (config, config_error) = crate::backend::load_config(Some(&dirs));
+    if let Some(e) = &config_error {
+        problems.push(
+            json!({"problem": e, "fix": format!("fix or remove {}", crate::backend::config_path(&dirs).display())}),
+        );
+    }
+    let report = crate::hardware::prober(Some(&dirs)).report(false);
+    let (hardware, selection) = match &report {
+        Ok(r) => {
+            let sel = crate::backend::selection(Some(&dirs), &config, r, None);
+            (
+                json!({"os": r.os.family, "cpu": r.cpu.brand, "features": r.cpu.features.len(), "memory_bytes": r.memory.total_bytes}),
+                json!({"candidates": sel.candidates.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+                       "skipped": sel.skipped.iter().map(|s| format!("{}: {}", s.id, s.reason)).collect::<Vec<_>>()}),
+            )
+        }
+        Err(e) => {
+            problems.push(
+                json!({"problem": format!("hardware probe failed: {e}"), "fix": "bitnet-host hardware --refresh"}),
+            );
+            (Value::Null, Value::Null)
+        }
+    };
+    let models: Vec<Value> = std::fs::read_dir(dirs.data.join("models"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten().map(|f| f.path()).chain([e.path()]))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .map(|p| {
+            let fmt = bitnet_ternary::Gguf::open(&p).map(|g| g.weight_format()).map_err(|e| e.to_string());
+            json!({"path": p, "format": fmt.as_ref().ok().cloned().flatten(), "error": fmt.err()})
+        })
+        .collect();
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    let free = disks
+        .list()
+        .iter()
+        .filter(|d| dirs.data.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.available_space());
+    if free.is_some_and(|f| f < 2 << 30) {
+        problems.push(json!({"problem": format!("only {} MiB free where models live", free.unwrap_or(0) >> 20), "fix": "free disk space before downloading a model"}));
+    }
+    let errors = last_errors(&dirs.logs(), 5);
+    let doc = json!({
+        "ok": problems.is_empty(),
+        "problems": problems,
+        "manifests": manifests,
+        "hardware": hardware,
+        "selection": selection,
+        "models": models,
+        "disk_free_bytes": free,
+        "daemon": "not part of this build yet",
+        "recent_errors": errors,
+    });
+    if json_out {
+        out(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    } else {
+        let mut t = String::new();
+        for m in &manifests {
+            let status = if m["problems"].as_array().is_some_and(|p| p.is_empty()) { "ok" } else { "PROBLEM" };
+            t.push_str(&format!(
+                "manifest  {:<10} {:<8} {}\n",
+                m["browser"].as_str().unwrap_or(""),
+                status,
+                m["manifest"].as_str().unwrap_or("")
+            ));
+        }
+        t.push_str(&format!("hardware  {}\n", doc["hardware"]));
+        t.push_str(&format!("backends  {}\n", doc["selection"]["candidates"]));
+        t.push_str(&format!("models    {} found\n", models.len()));
+        for e in &errors {
+            t.push_str(&format!("log error {e}\n"));
+        }
+        for p in doc["problems"].as_array().into_iter().flatten() {
+            t.push_str(&format!(
+                "PROBLEM   {}\n  fix:    {}\n",
+                p["problem"].as_str().unwrap_or(""),
+                p["fix"].as_str().unwrap_or("")
+            ));
+        }
+        if doc["ok"] == true {
+            t.push_str("no problems found\n");
+        }
+        out(&t);
+    }
+    if doc["ok"] != true {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The last `n` ERROR lines of the newest host log.
+fn last_errors(dir: &Path, n: usize) -> Vec<String> {
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("bitnet-host")))
+        .max();
+    let Some(p) = newest else { return Vec::new() };
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    let errs: Vec<String> = text.lines().filter(|l| l.contains("ERROR")).map(String::from).collect();
+    errs[errs.len().saturating_sub(n)..].to_vec()
+}

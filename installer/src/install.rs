@@ -1,0 +1,291 @@
+//! Installing: place the host binary, write one manifest per browser where
+//! the table says, remember what was written. All or nothing: a failure
+//! half-way puts back every file as it was. Installing again with the same
+//! inputs changes nothing. Uninstalling removes exactly what the record lists.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::locations::{detect_linux, target, Browser, Os, Presence, Roots, Scope, Target, ALL_BROWSERS};
+use crate::{render, Family, InstallerError};
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub os: Os,
+    /// Empty: every browser found on this machine.
+    pub browsers: Vec<Browser>,
+    pub scope: Scope,
+    pub name: String,
+    pub chromium_ids: Vec<String>,
+    pub firefox_ids: Vec<String>,
+    /// The binary to register (the running one).
+    pub host_source: PathBuf,
+    /// Register `host_source` where it is instead of copying it.
+    pub in_place: bool,
+    pub roots: Roots,
+    /// Where a copied binary goes (`<data>/bin`).
+    pub bin_dir: PathBuf,
+    /// Where the record of what was written lives.
+    pub record_path: PathBuf,
+    pub dry_run: bool,
+    /// Fault injection for tests: fail after this many writes.
+    pub fail_after: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Configured {
+    pub browser: Browser,
+    pub target: Target,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Skipped {
+    pub browser: Browser,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstallReport {
+    pub host_path: PathBuf,
+    pub configured: Vec<Configured>,
+    pub skipped: Vec<Skipped>,
+    pub dry_run: bool,
+}
+
+/// What install wrote, so uninstall can remove exactly that.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub files: Vec<PathBuf>,
+    pub registry: Vec<(String, String)>,
+    /// A binary we copied (not an in-place one).
+    pub binary: Option<PathBuf>,
+}
+
+impl Record {
+    pub fn load(path: &Path) -> Record {
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Manifest(#[from] InstallerError),
+    #[error("cannot write {path}: {source} (nothing was changed)")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("no browser to configure: {0}")]
+    Nothing(String),
+    #[error("registry keys can only be written on Windows")]
+    NotWindows,
+}
+
+/// One write of the plan, and what was there before.
+struct Done {
+    path: PathBuf,
+    before: Option<Vec<u8>>,
+}
+
+struct Tx {
+    done: Vec<Done>,
+    writes: usize,
+    fail_after: Option<usize>,
+}
+
+impl Tx {
+    /// Write `bytes` to `path` (temp file + rename), remembering what was there.
+    fn write(&mut self, path: &Path, bytes: &[u8], executable: bool) -> Result<Change, InstallError> {
+        let before = std::fs::read(path).ok();
+        if before.as_deref() == Some(bytes) {
+            return Ok(Change::Unchanged);
+        }
+        if self.fail_after.is_some_and(|n| self.writes >= n) {
+            return Err(InstallError::Write { path: path.into(), source: std::io::Error::other("injected failure") });
+        }
+        let err = |source| InstallError::Write { path: path.into(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension(format!("bitnet-tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(err)?;
+        #[cfg(unix)]
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+        }
+        #[cfg(not(unix))]
+        let _ = executable;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        self.writes += 1;
+        let change = if before.is_some() { Change::Updated } else { Change::Created };
+        self.done.push(Done { path: path.into(), before });
+        Ok(change)
+    }
+
+    /// Put everything back as it was.
+    fn rollback(self) {
+        for d in self.done.into_iter().rev() {
+            match d.before {
+                Some(b) => {
+                    let _ = std::fs::write(&d.path, b);
+                }
+                None => {
+                    let _ = std::fs::remove_file(&d.path);
+                }
+            }
+        }
+    }
+}
+
+/// Which browsers to configure, and why the others are skipped.
+fn choose(opts: &InstallOptions) -> (Vec<Browser>, Vec<Skipped>) {
+    let explicit = !opts.browsers.is_empty();
+    let wanted: Vec<Browser> = if explicit { opts.browsers.clone() } else { ALL_BROWSERS.to_vec() };
+    let mut chosen = Vec::new();
+    let mut skipped = Vec::new();
+    for b in wanted {
+        let ids_missing = match b.family() {
+            Family::Chromium => opts.chromium_ids.is_empty(),
+            Family::Firefox => opts.firefox_ids.is_empty(),
+        };
+        if ids_missing {
+            let what = if b.family() == Family::Chromium { "Chromium extension id" } else { "Firefox add-on id" };
+            skipped.push(Skipped { browser: b, reason: format!("no {what} given (--extension-id)") });
+            continue;
+        }
+        if opts.os == Os::Linux && opts.scope == Scope::User {
+            match detect_linux(b, &opts.roots, &|p| p.exists()) {
+                Presence::Sandboxed { evidence, advice } => {
+                    skipped.push(Skipped { browser: b, reason: format!("{evidence}: {advice}") });
+                    continue;
+                }
+                Presence::Absent if !explicit => {
+                    skipped.push(Skipped { browser: b, reason: "not found on this machine".into() });
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        chosen.push(b);
+    }
+    (chosen, skipped)
+}
+
+pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
+    let (browsers, skipped) = choose(opts);
+    if browsers.is_empty() {
+        let why: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.browser.name(), s.reason)).collect();
+        return Err(InstallError::Nothing(why.join("; ")));
+    }
+    let host_path = if opts.in_place {
+        opts.host_source.clone()
+    } else {
+        opts.bin_dir.join(opts.host_source.file_name().unwrap_or_else(|| "bitnet-host".as_ref()))
+    };
+    let chromium: Vec<&str> = opts.chromium_ids.iter().map(String::as_str).collect();
+    let firefox: Vec<&str> = opts.firefox_ids.iter().map(String::as_str).collect();
+    let mut plan = Vec::new();
+    for b in &browsers {
+        let Some(t) = target(opts.os, *b, opts.scope, &opts.roots, &opts.name) else { continue };
+        let ids = if b.family() == Family::Chromium { &chromium } else { &firefox };
+        let text = render(b.family(), &opts.name, &host_path, ids)?;
+        plan.push((*b, t, text));
+    }
+    if opts.dry_run {
+        let configured = plan
+            .into_iter()
+            .map(|(browser, target, text)| {
+                let path = match &target {
+                    Target::File { path } | Target::Registry { manifest: path, .. } => path,
+                };
+                let change = match std::fs::read(path) {
+                    Ok(b) if b == text.as_bytes() => Change::Unchanged,
+                    Ok(_) => Change::Updated,
+                    Err(_) => Change::Created,
+                };
+                Configured { browser, target, change }
+            })
+            .collect();
+        return Ok(InstallReport { host_path, configured, skipped, dry_run: true });
+    }
+    let mut tx = Tx { done: Vec::new(), writes: 0, fail_after: opts.fail_after };
+    let result = (|| -> Result<(Vec<Configured>, Record), InstallError> {
+        let mut record = Record::load(&opts.record_path);
+        if !opts.in_place && host_path != opts.host_source {
+            let bytes = std::fs::read(&opts.host_source)
+                .map_err(|source| InstallError::Write { path: opts.host_source.clone(), source })?;
+            tx.write(&host_path, &bytes, true)?;
+            record.binary = Some(host_path.clone());
+        }
+        let mut configured = Vec::new();
+        for (browser, t, text) in plan {
+            let change = match &t {
+                Target::File { path } => {
+                    let c = tx.write(path, text.as_bytes(), false)?;
+                    if !record.files.contains(path) {
+                        record.files.push(path.clone());
+                    }
+                    c
+                }
+                Target::Registry { hive, key, manifest } => {
+                    let c = tx.write(manifest, text.as_bytes(), false)?;
+                    crate::registry::set_default(hive, key, manifest)?;
+                    if !record.files.contains(manifest) {
+                        record.files.push(manifest.clone());
+                    }
+                    let entry = (hive.clone(), key.clone());
+                    if !record.registry.contains(&entry) {
+                        record.registry.push(entry);
+                    }
+                    c
+                }
+            };
+            configured.push(Configured { browser, target: t, change });
+        }
+        let rec = serde_json::to_vec_pretty(&record)
+            .map_err(|e| InstallError::Write { path: opts.record_path.clone(), source: std::io::Error::other(e) })?;
+        tx.write(&opts.record_path, &rec, false)?;
+        Ok((configured, record))
+    })();
+    match result {
+        Ok((configured, _)) => Ok(InstallReport { host_path, configured, skipped, dry_run: false }),
+        Err(e) => {
+            tx.rollback();
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UninstallReport {
+    pub removed: Vec<PathBuf>,
+    pub registry_removed: Vec<String>,
+}
+
+/// Remove what the record lists, then the record.
+pub fn uninstall(record_path: &Path) -> UninstallReport {
+    let record = Record::load(record_path);
+    let mut removed = Vec::new();
+    for f in record.files.iter().chain(record.binary.iter()) {
+        if std::fs::remove_file(f).is_ok() {
+            removed.push(f.clone());
+        }
+    }
+    let mut registry_removed = Vec::new();
+    for (hive, key) in &record.registry {
+        if crate::registry::delete(hive, key).is_ok() {
+            registry_removed.push(format!(r"{hive}\{key}"));
+        }
+    }
+    let _ = std::fs::remove_file(record_path);
+    UninstallReport { removed, registry_removed }
+}

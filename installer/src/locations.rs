@@ -1,0 +1,361 @@
+//! Where each browser looks for native-messaging manifests, per OS and
+//! scope: a pure table, tested on Linux for every OS. On Linux and macOS a
+//! browser reads `<dir>/<name>.json`; on Windows it reads a registry key
+//! whose default value is the manifest's path (the file can live anywhere;
+//! we keep it in the host's data dir).
+
+use std::path::{Path, PathBuf};
+
+use crate::Family;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Browser {
+    Chrome,
+    Chromium,
+    Edge,
+    Brave,
+    Vivaldi,
+    Opera,
+    Firefox,
+    Librewolf,
+    Waterfox,
+}
+
+pub const ALL_BROWSERS: [Browser; 9] = [
+    Browser::Chrome,
+    Browser::Chromium,
+    Browser::Edge,
+    Browser::Brave,
+    Browser::Vivaldi,
+    Browser::Opera,
+    Browser::Firefox,
+    Browser::Librewolf,
+    Browser::Waterfox,
+];
+
+impl Browser {
+    pub fn family(self) -> Family {
+        match self {
+            Browser::Firefox | Browser::Librewolf | Browser::Waterfox => Family::Firefox,
+            _ => Family::Chromium,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Browser::Chrome => "chrome",
+            Browser::Chromium => "chromium",
+            Browser::Edge => "edge",
+            Browser::Brave => "brave",
+            Browser::Vivaldi => "vivaldi",
+            Browser::Opera => "opera",
+            Browser::Firefox => "firefox",
+            Browser::Librewolf => "librewolf",
+            Browser::Waterfox => "waterfox",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Browser> {
+        ALL_BROWSERS.into_iter().find(|b| b.name() == s.to_ascii_lowercase())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Os {
+    Linux,
+    Macos,
+    Windows,
+}
+
+impl Os {
+    pub fn current() -> Os {
+        match std::env::consts::OS {
+            "macos" => Os::Macos,
+            "windows" => Os::Windows,
+            _ => Os::Linux,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    User,
+    System,
+}
+
+/// What a browser reads to find a host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Target {
+    /// The manifest file itself, at this path.
+    File { path: PathBuf },
+    /// A registry key (`hive\key`, default value = manifest path) and where
+    /// the manifest file goes.
+    Registry { hive: String, key: String, manifest: PathBuf },
+}
+
+/// The folders the table is relative to (from the environment; tests point
+/// them into a temp dir).
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub home: PathBuf,
+    /// Linux: $XDG_CONFIG_HOME or ~/.config (Chromium-family browsers follow it).
+    pub config_home: PathBuf,
+    /// Windows: where our manifest files live (the host's data dir).
+    pub manifest_dir: PathBuf,
+}
+
+/// Where `browser` on `os` reads the manifest of host `name`, for `scope`;
+/// None where that browser has no such location.
+pub fn target(os: Os, browser: Browser, scope: Scope, roots: &Roots, name: &str) -> Option<Target> {
+    let file = format!("{name}.json");
+    let in_dir = |d: PathBuf| Some(Target::File { path: d.join(&file) });
+    use Browser::*;
+    match (os, scope) {
+        (Os::Linux, Scope::User) => {
+            let c = &roots.config_home;
+            let h = &roots.home;
+            in_dir(match browser {
+                Chrome => c.join("google-chrome/NativeMessagingHosts"),
+                Chromium => c.join("chromium/NativeMessagingHosts"),
+                Edge => c.join("microsoft-edge/NativeMessagingHosts"),
+                Brave => c.join("BraveSoftware/Brave-Browser/NativeMessagingHosts"),
+                Vivaldi => c.join("vivaldi/NativeMessagingHosts"),
+                Opera => c.join("opera/NativeMessagingHosts"),
+                Firefox => h.join(".mozilla/native-messaging-hosts"),
+                Librewolf => h.join(".librewolf/native-messaging-hosts"),
+                Waterfox => h.join(".waterfox/native-messaging-hosts"),
+            })
+        }
+        (Os::Linux, Scope::System) => in_dir(PathBuf::from(match browser {
+            Chrome => "/etc/opt/chrome/native-messaging-hosts",
+            Chromium => "/etc/chromium/native-messaging-hosts",
+            Edge => "/etc/opt/edge/native-messaging-hosts",
+            Brave => "/etc/opt/chrome/native-messaging-hosts",
+            Vivaldi => "/etc/opt/vivaldi/native-messaging-hosts",
+            Opera => "/etc/opt/chrome/native-messaging-hosts",
+            Firefox => "/usr/lib/mozilla/native-messaging-hosts",
+            Librewolf => "/usr/lib/librewolf/native-messaging-hosts",
+            Waterfox => "/usr/lib/waterfox/native-messaging-hosts",
+        })),
+        (Os::Macos, Scope::User) => {
+            let a = roots.home.join("Library/Application Support");
+            in_dir(match browser {
+                Chrome => a.join("Google/Chrome/NativeMessagingHosts"),
+                Chromium => a.join("Chromium/NativeMessagingHosts"),
+                Edge => a.join("Microsoft Edge/NativeMessagingHosts"),
+                Brave => a.join("BraveSoftware/Brave-Browser/NativeMessagingHosts"),
+                Vivaldi => a.join("Vivaldi/NativeMessagingHosts"),
+                Opera => a.join("com.operasoftware.Opera/NativeMessagingHosts"),
+                Firefox => a.join("Mozilla/NativeMessagingHosts"),
+                Librewolf => a.join("LibreWolf/NativeMessagingHosts"),
+                Waterfox => a.join("Waterfox/NativeMessagingHosts"),
+            })
+        }
+        (Os::Macos, Scope::System) => in_dir(PathBuf::from(match browser {
+            Chrome => "/Library/Google/Chrome/NativeMessagingHosts",
+            Chromium => "/Library/Application Support/Chromium/NativeMessagingHosts",
+            Edge => "/Library/Microsoft/Edge/NativeMessagingHosts",
+            Brave => "/Library/Application Support/BraveSoftware/Brave-Browser/NativeMessagingHosts",
+            Vivaldi => "/Library/Application Support/Vivaldi/NativeMessagingHosts",
+            Opera => "/Library/Google/Chrome/NativeMessagingHosts",
+            Firefox => "/Library/Application Support/Mozilla/NativeMessagingHosts",
+            Librewolf => "/Library/Application Support/LibreWolf/NativeMessagingHosts",
+            Waterfox => "/Library/Application Support/Waterfox/NativeMessagingHosts",
+        })),
+        (Os::Windows, scope) => {
+            let hive = if scope == Scope::User { "HKCU" } else { "HKLM" };
+            let vendor = match browser {
+                Chrome => r"Software\Google\Chrome",
+                Chromium => r"Software\Chromium",
+                Edge => r"Software\Microsoft\Edge",
+                Brave => r"Software\BraveSoftware\Brave-Browser",
+                Vivaldi => r"Software\Vivaldi",
+                // Opera reads Chrome's key.
+                Opera => r"Software\Google\Chrome",
+                Firefox => r"Software\Mozilla",
+                Librewolf => r"Software\LibreWolf",
+                Waterfox => r"Software\Waterfox",
+            };
+            // One manifest file per family is enough: the registry points at it.
+            let family = if browser.family() == Family::Firefox { "firefox" } else { "chromium" };
+            Some(Target::Registry {
+                hive: hive.into(),
+                key: format!(r"{vendor}\NativeMessagingHosts\{name}"),
+                manifest: roots.manifest_dir.join(family).join(&file),
+            })
+        }
+    }
+}
+
+/// How a browser is present on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Presence {
+    Installed {
+        evidence: String,
+    },
+    /// Installed as a Snap or Flatpak: the sandbox needs more than a manifest.
+    Sandboxed {
+        evidence: String,
+        advice: String,
+    },
+    Absent,
+}
+
+/// Evidence of `browser` on Linux: its profile folder, or a Snap / Flatpak
+/// install. `exists` is the filesystem query (injected for tests).
+pub fn detect_linux(browser: Browser, roots: &Roots, exists: &dyn Fn(&Path) -> bool) -> Presence {
+    use Browser::*;
+    let (snap, flatpak) = match browser {
+        Chromium => (Some("chromium"), Some("org.chromium.Chromium")),
+        Firefox => (Some("firefox"), Some("org.mozilla.firefox")),
+        Brave => (Some("brave"), Some("com.brave.Browser")),
+        Chrome => (None, Some("com.google.Chrome")),
+        Edge => (None, Some("com.microsoft.Edge")),
+        Librewolf => (None, Some("io.gitlab.librewolf-community")),
+        _ => (None, None),
+    };
+    if let Some(Target::File { path }) = target(Os::Linux, browser, Scope::User, roots, "x") {
+        // The profile folder is the parent of NativeMessagingHosts.
+        if let Some(profile) = path.parent().and_then(Path::parent) {
+            if exists(profile) {
+                return Presence::Installed { evidence: profile.display().to_string() };
+            }
+        }
+    }
+    if let Some(s) = snap {
+        let p = roots.home.join("snap").join(s);
+        if exists(&p) || exists(&Path::new("/snap").join(s)) {
+            return Presence::Sandboxed {
+                evidence: format!("Snap package `{s}`"),
+                advice: format!(
+                    "the {s} Snap cannot start programs outside its sandbox; install the browser from a .deb/.rpm or its vendor, or use the Flatpak with the native-messaging portal"
+                ),
+            };
+        }
+    }
+    if let Some(f) = flatpak {
+        let p = roots.home.join(".var/app").join(f);
+        if exists(&p) {
+            return Presence::Sandboxed {
+                evidence: format!("Flatpak `{f}`"),
+                advice: format!(
+                    "Flatpak browsers need the host exposed to the sandbox: `flatpak override --user --talk-name=org.freedesktop.Flatpak {f}` and a wrapper that runs it with flatpak-spawn --host"
+                ),
+            };
+        }
+    }
+    Presence::Absent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots() -> Roots {
+        Roots {
+            home: "/h".into(),
+            config_home: "/h/.config".into(),
+            manifest_dir: r"C:\Users\u\AppData\Roaming\bitnet\manifests".into(),
+        }
+    }
+
+    fn file(os: Os, b: Browser, s: Scope) -> String {
+        match target(os, b, s, &roots(), "com.bitnet.host").unwrap() {
+            Target::File { path } => path.display().to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn linux_locations_follow_xdg_for_chromium_and_dot_dirs_for_firefox() {
+        assert_eq!(
+            file(Os::Linux, Browser::Chrome, Scope::User),
+            "/h/.config/google-chrome/NativeMessagingHosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Linux, Browser::Chromium, Scope::User),
+            "/h/.config/chromium/NativeMessagingHosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Linux, Browser::Brave, Scope::User),
+            "/h/.config/BraveSoftware/Brave-Browser/NativeMessagingHosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Linux, Browser::Firefox, Scope::User),
+            "/h/.mozilla/native-messaging-hosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Linux, Browser::Chrome, Scope::System),
+            "/etc/opt/chrome/native-messaging-hosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Linux, Browser::Firefox, Scope::System),
+            "/usr/lib/mozilla/native-messaging-hosts/com.bitnet.host.json"
+        );
+    }
+
+    #[test]
+    fn macos_locations_live_under_application_support() {
+        assert_eq!(
+            file(Os::Macos, Browser::Chrome, Scope::User),
+            "/h/Library/Application Support/Google/Chrome/NativeMessagingHosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Macos, Browser::Edge, Scope::User),
+            "/h/Library/Application Support/Microsoft Edge/NativeMessagingHosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Macos, Browser::Firefox, Scope::User),
+            "/h/Library/Application Support/Mozilla/NativeMessagingHosts/com.bitnet.host.json"
+        );
+        assert_eq!(
+            file(Os::Macos, Browser::Chrome, Scope::System),
+            "/Library/Google/Chrome/NativeMessagingHosts/com.bitnet.host.json"
+        );
+    }
+
+    #[test]
+    fn windows_uses_registry_keys_per_vendor_and_one_manifest_per_family() {
+        let t = target(Os::Windows, Browser::Edge, Scope::User, &roots(), "com.bitnet.host").unwrap();
+        let Target::Registry { hive, key, manifest } = t else { panic!() };
+        assert_eq!(hive, "HKCU");
+        assert_eq!(key, r"Software\Microsoft\Edge\NativeMessagingHosts\com.bitnet.host");
+        assert!(manifest.ends_with("chromium/com.bitnet.host.json"));
+        let t = target(Os::Windows, Browser::Firefox, Scope::System, &roots(), "com.bitnet.host").unwrap();
+        let Target::Registry { hive, key, manifest } = t else { panic!() };
+        assert_eq!((hive.as_str(), key.as_str()), ("HKLM", r"Software\Mozilla\NativeMessagingHosts\com.bitnet.host"));
+        assert!(manifest.ends_with("firefox/com.bitnet.host.json"));
+    }
+
+    #[test]
+    fn every_browser_has_a_location_on_every_os_and_scope() {
+        for os in [Os::Linux, Os::Macos, Os::Windows] {
+            for s in [Scope::User, Scope::System] {
+                for b in ALL_BROWSERS {
+                    assert!(target(os, b, s, &roots(), "a.b").is_some(), "{os:?} {b:?} {s:?}");
+                }
+            }
+        }
+        assert_eq!(Browser::parse("LibreWolf"), Some(Browser::Librewolf));
+        assert_eq!(Browser::parse("netscape"), None);
+    }
+
+    #[test]
+    fn detection_finds_profiles_and_names_snap_and_flatpak_problems() {
+        let have = |paths: &'static [&'static str]| move |p: &Path| paths.iter().any(|x| Path::new(x) == p);
+        let r = roots();
+        assert!(matches!(
+            detect_linux(Browser::Chromium, &r, &have(&["/h/.config/chromium"])),
+            Presence::Installed { .. }
+        ));
+        assert!(matches!(detect_linux(Browser::Chromium, &r, &have(&["/snap/chromium"])), Presence::Sandboxed { .. }));
+        let f = detect_linux(Browser::Firefox, &r, &have(&["/h/.var/app/org.mozilla.firefox"]));
+        assert!(matches!(&f, Presence::Sandboxed { advice, .. } if advice.contains("flatpak")), "{f:?}");
+        assert_eq!(detect_linux(Browser::Vivaldi, &r, &have(&[])), Presence::Absent);
+    }
+}

@@ -1,0 +1,35 @@
+//! Windows registry writes, the only platform-specific part of installing:
+//! the key's default value is the manifest path. Thin on purpose (it cannot
+//! be compiled on this project's Linux CI); elsewhere it refuses.
+
+use std::path::Path;
+
+use crate::install::InstallError;
+
+#[cfg(windows)]
+pub fn set_default(hive: &str, key: &str, manifest: &Path) -> Result<(), InstallError> {
+    use winreg::enums::{HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE};
+    let root = winreg::RegKey::predef(if hive == "HKLM" { HKEY_LOCAL_MACHINE } else { HKEY_CURRENT_USER });
+    let (k, _) = root
+        .create_subkey(key)
+        .map_err(|source| InstallError::Write { path: format!(r"{hive}\{key}").into(), source })?;
+    k.set_value("", &manifest.as_os_str())
+        .map_err(|source| InstallError::Write { path: format!(r"{hive}\{key}").into(), source })
+}
+
+#[cfg(windows)]
+pub fn delete(hive: &str, key: &str) -> std::io::Result<()> {
+    use winreg::enums::{HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE};
+    let root = winreg::RegKey::predef(if hive == "HKLM" { HKEY_LOCAL_MACHINE } else { HKEY_CURRENT_USER });
+    root.delete_subkey(key)
+}
+
+#[cfg(not(windows))]
+pub fn set_default(_hive: &str, _key: &str, _manifest: &Path) -> Result<(), InstallError> {
+    Err(InstallError::NotWindows)
+}
+
+#[cfg(not(windows))]
+pub fn delete(_hive: &str, _key: &str) -> std::io::Result<()> {
+    Err(std::io::Error::other("registry keys exist only on Windows"))
+}

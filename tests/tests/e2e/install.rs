@@ -1,0 +1,209 @@
+//! `install`, `uninstall` and `doctor` in a fake home: HOME, XDG_*,
+//! APPDATA, LOCALAPPDATA and BITNET_HOST_HOME all point into a temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bitnet_installer::{render, Family};
+use serde_json::Value;
+
+use crate::host_bin;
+
+const CHROMIUM_ID: &str = "abcdefghijklmnopabcdefghijklmnop";
+const FIREFOX_ID: &str = "bitnet@example.org";
+
+struct FakeHome {
+    dir: tempfile::TempDir,
+}
+
+impl FakeHome {
+    fn new() -> Self {
+        FakeHome { dir: tempfile::tempdir().unwrap() }
+    }
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let h = self.home();
+        Command::new(host_bin())
+            .args(args)
+            .env("HOME", h)
+            .env("XDG_CONFIG_HOME", h.join(".config"))
+            .env("XDG_DATA_HOME", h.join(".local/share"))
+            .env("XDG_STATE_HOME", h.join(".local/state"))
+            .env("XDG_CACHE_HOME", h.join(".cache"))
+            .env("APPDATA", h.join("AppData/Roaming"))
+            .env("LOCALAPPDATA", h.join("AppData/Local"))
+            .env("BITNET_HOST_HOME", h.join("bitnet"))
+            .env_remove("BITNET_HOST_HARDWARE")
+            .env_remove("BITNET_INSTALL_FAIL_AFTER")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        let o = self.run(args, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+    /// Every file under the home, except the host's own folders.
+    fn files_outside_host_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.home().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.starts_with(self.home().join("bitnet")) {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn all_browsers() -> &'static str {
+    "chrome,chromium,edge,brave,vivaldi,opera,firefox,librewolf,waterfox"
+}
+
+#[test]
+fn install_for_every_browser_writes_the_tables_manifests_and_uninstall_removes_them() {
+    let h = FakeHome::new();
+    let args =
+        ["install", "--browser", all_browsers(), "--extension-id", CHROMIUM_ID, "--extension-id", FIREFOX_ID, "--json"];
+    let r = h.json(&args);
+    let host = PathBuf::from(r["host_path"].as_str().unwrap());
+    assert!(host.starts_with(h.home().join("bitnet/data/bin")), "{host:?}");
+    assert_eq!(std::fs::read(&host).unwrap(), std::fs::read(host_bin()).unwrap());
+    let configured = r["configured"].as_array().unwrap();
+    assert_eq!(configured.len(), 9, "{r}");
+    let cfg = h.home().join(".config");
+    let expect = [
+        (cfg.join("google-chrome/NativeMessagingHosts"), Family::Chromium),
+        (cfg.join("chromium/NativeMessagingHosts"), Family::Chromium),
+        (cfg.join("microsoft-edge/NativeMessagingHosts"), Family::Chromium),
+        (cfg.join("BraveSoftware/Brave-Browser/NativeMessagingHosts"), Family::Chromium),
+        (cfg.join("vivaldi/NativeMessagingHosts"), Family::Chromium),
+        (cfg.join("opera/NativeMessagingHosts"), Family::Chromium),
+        (h.home().join(".mozilla/native-messaging-hosts"), Family::Firefox),
+        (h.home().join(".librewolf/native-messaging-hosts"), Family::Firefox),
+        (h.home().join(".waterfox/native-messaging-hosts"), Family::Firefox),
+    ];
+    for (dir, family) in &expect {
+        let file = dir.join("com.bitnet.host.json");
+        let ids: &[&str] = if *family == Family::Chromium { &[CHROMIUM_ID] } else { &[FIREFOX_ID] };
+        let want = render(*family, "com.bitnet.host", &host, ids).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), want, "{file:?}");
+    }
+    assert!(configured.iter().all(|c| c["change"] == "created"));
+
+    // Again: nothing changes.
+    let again = h.json(&args);
+    assert!(again["configured"].as_array().unwrap().iter().all(|c| c["change"] == "unchanged"), "{again}");
+
+    // The installed host answers a browser's handshake: doctor says so.
+    let o = h.run(&["doctor", "--json"], &[]);
+    let d: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.status.success(), "{d}");
+    assert_eq!(d["manifests"].as_array().unwrap().len(), 9);
+    assert!(d["manifests"].as_array().unwrap().iter().all(|m| m["handshake"] == "ok"), "{d}");
+
+    let u = h.json(&["uninstall", "--json"]);
+    assert_eq!(u["removed"].as_array().unwrap().len(), 10, "{u}");
+    assert_eq!(h.files_outside_host_dirs(), Vec::<PathBuf>::new());
+    assert!(!host.exists());
+}
+
+#[test]
+fn an_injected_failure_half_way_leaves_the_previous_state() {
+    let h = FakeHome::new();
+    // A previous install for chromium with one id.
+    h.json(&["install", "--browser", "chromium", "--extension-id", CHROMIUM_ID, "--json"]);
+    let file = h.home().join(".config/chromium/NativeMessagingHosts/com.bitnet.host.json");
+    let before = std::fs::read(&file).unwrap();
+    let before_files = h.files_outside_host_dirs();
+    // Now a bigger install that fails after two writes.
+    let other = "ponmlkjihgfedcbaponmlkjihgfedcba";
+    let o = h.run(
+        &["install", "--browser", all_browsers(), "--extension-id", other, "--extension-id", FIREFOX_ID],
+        &[("BITNET_INSTALL_FAIL_AFTER", "2")],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("injected failure"));
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the old manifest is back");
+    assert_eq!(h.files_outside_host_dirs(), before_files, "nothing new is left behind");
+}
+
+#[test]
+fn all_means_the_browsers_found_here_and_sandboxed_ones_are_explained() {
+    let h = FakeHome::new();
+    std::fs::create_dir_all(h.home().join(".config/chromium")).unwrap();
+    std::fs::create_dir_all(h.home().join(".var/app/org.mozilla.firefox")).unwrap();
+    let r = h.json(&["install", "--extension-id", CHROMIUM_ID, "--extension-id", FIREFOX_ID, "--json"]);
+    let configured: Vec<&str> =
+        r["configured"].as_array().unwrap().iter().map(|c| c["browser"].as_str().unwrap()).collect();
+    assert_eq!(configured, ["chromium"]);
+    let skipped = r["skipped"].as_array().unwrap();
+    let firefox = skipped.iter().find(|s| s["browser"] == "firefox").unwrap();
+    assert!(firefox["reason"].as_str().unwrap().contains("Flatpak"), "{firefox}");
+    let vivaldi = skipped.iter().find(|s| s["browser"] == "vivaldi").unwrap();
+    assert_eq!(vivaldi["reason"], "not found on this machine");
+    // Dry run writes nothing.
+    let h2 = FakeHome::new();
+    let r = h2.json(&["install", "--browser", "firefox", "--extension-id", FIREFOX_ID, "--dry-run", "--json"]);
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["configured"][0]["change"], "created");
+    assert_eq!(h2.files_outside_host_dirs(), Vec::<PathBuf>::new());
+    // TabAgent drop-in: its name and id.
+    let r = h2.json(&["install", "--browser", "chrome", "--tabagent", "--json"]);
+    let path = r["configured"][0]["target"]["path"].as_str().unwrap();
+    assert!(path.ends_with("google-chrome/NativeMessagingHosts/com.tabagent.host.json"), "{path}");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(m["allowed_origins"][0], "chrome-extension://fkkeoobeahalebjpbockfedlncckobjb/");
+}
+
+#[test]
+fn doctor_names_each_problem_of_a_broken_install_with_its_fix() {
+    let h = FakeHome::new();
+    let r = h.json(&[
+        "install",
+        "--browser",
+        "chromium,firefox",
+        "--extension-id",
+        CHROMIUM_ID,
+        "--extension-id",
+        FIREFOX_ID,
+        "--json",
+    ]);
+    let host = PathBuf::from(r["host_path"].as_str().unwrap());
+    // Break it three ways.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let chromium = h.home().join(".config/chromium/NativeMessagingHosts/com.bitnet.host.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&chromium).unwrap()).unwrap();
+    m["name"] = "com.other.host".into();
+    std::fs::write(&chromium, m.to_string()).unwrap();
+    let firefox = h.home().join(".mozilla/native-messaging-hosts/com.bitnet.host.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&firefox).unwrap()).unwrap();
+    m["path"] = "bin/bitnet-host".into();
+    std::fs::write(&firefox, m.to_string()).unwrap();
+
+    let o = h.run(&["doctor", "--json"], &[]);
+    assert!(!o.status.success());
+    let d: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = d["problems"].to_string();
+    assert!(problems.contains("is not executable") && problems.contains("chmod +x"), "{problems}");
+    assert!(problems.contains("browsers look the host up by file name"), "{problems}");
+    assert!(problems.contains("is relative"), "{problems}");
+    // The text form says the same, one fix per problem.
+    let o = h.run(&["doctor"], &[]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("PROBLEM   ").count(), text.matches("  fix:    ").count());
+    assert!(text.matches("PROBLEM   ").count() >= 3, "{text}");
+}
