@@ -85,6 +85,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the built-in engine on a model: prompt and generation tokens/s (like llama-bench)
+    Bench {
+        #[arg(long, short = 'm')]
+        model: std::path::PathBuf,
+        /// Prompt tokens
+        #[arg(short = 'p', default_value_t = 128)]
+        prompt: usize,
+        /// Generated tokens
+        #[arg(short = 'n', default_value_t = 128)]
+        generate: usize,
+        /// Threads (default: physical cores); give several to compare, e.g. -t 1,2
+        #[arg(short = 't', value_delimiter = ',')]
+        threads: Vec<usize>,
+    },
     /// Show the last lines the model servers wrote (the supervisor's log)
     Logs {
         /// How many lines
@@ -163,6 +177,7 @@ pub fn main() -> ExitCode {
         Command::Probe { child } => probe_child(child),
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
+        Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
         Command::Install(a) => crate::setup::install(a),
         Command::Uninstall { json } => crate::setup::uninstall(json),
         Command::Doctor { json } => crate::setup::doctor(json),
@@ -238,6 +253,34 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
     anyhow::ensure!(child, "`probe` is internal; use `bitnet-host hardware`");
     let sections = bitnet_probe::child::probe_vendors_here();
     out(&serde_json::to_string(&sections)?);
+    Ok(())
+}
+
+fn bench(model: &std::path::Path, p: usize, n: usize, threads: Vec<usize>) -> anyhow::Result<()> {
+    let m = bitnet_ternary::model::Model::load(model, None)?;
+    let threads =
+        if threads.is_empty() { vec![sysinfo::System::physical_core_count().unwrap_or(1).max(1)] } else { threads };
+    let bytes = m.bytes_per_token();
+    out(&format!(
+        "model {}: {} {} layers, {} weights, {:.0} MB read per token, kernels {:?}\n",
+        model.display(),
+        m.hp.arch,
+        m.hp.n_layer,
+        m.format,
+        bytes as f64 / 1e6,
+        bitnet_ternary::kernels::isa()
+    ));
+    out("threads   pp tok/s   tg tok/s   tg GB/s\n");
+    for t in threads {
+        let s = bitnet_ternary::bench::speed(&m, p, n, t.max(1));
+        out(&format!(
+            "{:>7} {:>10.2} {:>10.2} {:>9.2}\n",
+            s.threads,
+            s.pp_tokens_per_s,
+            s.tg_tokens_per_s,
+            s.tg_tokens_per_s * bytes as f64 / 1e9
+        ));
+    }
     Ok(())
 }
 

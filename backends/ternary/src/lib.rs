@@ -1,8 +1,10 @@
 //! The built-in BitNet engine. So far: the GGUF reader that every model path
 //! goes through (validation before any server sees the file).
 
+pub mod bench;
 pub mod engine;
 pub mod gguf;
+pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod sampler;

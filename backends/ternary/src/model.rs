@@ -58,13 +58,38 @@ pub struct Hparams {
 /// A weight matrix [rows = out][cols = in].
 #[derive(Debug)]
 pub enum Linear {
+    /// I2_S kept packed (2 bits per weight), for the per-token int8 scheme:
+    /// the fast path.
+    I2S {
+        bytes: Vec<u8>,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    },
     Ternary(Ternary),
-    Dense { w: Vec<f32>, rows: usize, cols: usize },
+    Dense {
+        w: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
 }
+
+/// Rows per parallel task: enough work to be worth a thread hop.
+const MIN_ROWS: usize = 32;
 
 impl Linear {
     fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
+        use rayon::prelude::*;
         match self {
+            Linear::I2S { bytes, cols, scale, .. } => {
+                let a = quant::quantize_i8tok(x);
+                let row_bytes = cols / 4;
+                y.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(r, out)| {
+                    let d = crate::kernels::dot_i2s(&bytes[r * row_bytes..(r + 1) * row_bytes], &a.q) - a.sum;
+                    // bitnet.cpp's order of operations, as the reference.
+                    *out = (d as f32 / a.scale) * scale;
+                });
+            }
             Linear::Ternary(t) => t.matvec(x, scheme, y),
             Linear::Dense { w, cols, .. } => quant::matvec_f32(w, *cols, x, y),
         }
@@ -94,9 +119,10 @@ impl Dense16 {
         match self {
             Dense16::F32(w) => quant::matvec_f32(w, cols, x, y),
             Dense16::F16(w) => {
-                for (out, row) in y.iter_mut().zip(w.chunks_exact(cols)) {
-                    *out = row.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum();
-                }
+                use rayon::prelude::*;
+                y.par_iter_mut().with_min_len(MIN_ROWS * 8).zip(w.par_chunks_exact(cols)).for_each(|(out, row)| {
+                    *out = crate::kernels::dot_f16(row, x);
+                });
             }
         }
     }
@@ -274,6 +300,8 @@ impl Model {
             }
         };
         let mut formats = std::collections::BTreeMap::<String, usize>::new();
+        // I2_S files use bitnet.cpp's per-token scheme unless told otherwise.
+        let packed_i2s = scheme.is_none_or(|s| s == ActScheme::I8Tok);
         let mut linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             let t = find(&gguf, name)?;
             if t.dims != [cols as u64, rows as u64] {
@@ -287,6 +315,17 @@ impl Model {
             let d = data(t);
             let e = quant_err(name);
             Ok(match t.ty {
+                TensorType::I2S if packed_i2s => {
+                    let n = rows * cols;
+                    if d.len() < n / 4 + 4 || cols % 128 != 0 {
+                        return Err(ModelError::Quant {
+                            name: name.into(),
+                            source: QuantError::Size { ty: "i2_s".into(), n, want: n / 4 + 4, have: d.len() },
+                        });
+                    }
+                    let scale = f32::from_le_bytes(d[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
+                    Linear::I2S { bytes: d[..n / 4].to_vec(), rows, cols, scale }
+                }
                 TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
                 TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
                 TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(d, rows, cols).map_err(e)?),
@@ -339,6 +378,30 @@ impl Model {
         };
         let output_norm = vector("output_norm.weight", n_embd)?;
         Ok(Model { hp, scheme: scheme.unwrap_or(file_scheme), format, token_embd, output, output_norm, layers, gguf })
+    }
+
+    /// Bytes one decoded token reads: every weight matrix, the output
+    /// matrix, the norms (the KV cache comes on top, small at short context).
+    pub fn bytes_per_token(&self) -> u64 {
+        let lin = |l: &Linear| -> u64 {
+            match l {
+                Linear::I2S { bytes, .. } => bytes.len() as u64,
+                Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
+                Linear::Dense { w, .. } => 4 * w.len() as u64,
+            }
+        };
+        let dense = |d: &Dense16| -> u64 {
+            match d {
+                Dense16::F32(w) => 4 * w.len() as u64,
+                Dense16::F16(w) => 2 * w.len() as u64,
+            }
+        };
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter().map(lin).sum::<u64>())
+            .sum();
+        layers + dense(self.output.as_ref().unwrap_or(&self.token_embd))
     }
 
     pub fn new_cache(&self, cap: usize) -> KvCache {

@@ -304,13 +304,26 @@ impl Ternary {
         self.scales.iter().all(|&s| s == first).then_some(first)
     }
 
-    /// y = W x with the given activation scheme.
+    /// y = W x with the given activation scheme (rows in parallel).
     pub fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
         debug_assert_eq!(x.len(), self.cols);
         debug_assert_eq!(y.len(), self.rows);
+        use rayon::prelude::*;
+        if self.rows >= 64 {
+            // Split the rows; each part is the same computation on fewer rows.
+            let per = self.rows.div_ceil(rayon::current_num_threads().max(1)).max(32);
+            let parts: Vec<(usize, &mut [f32])> = y.chunks_mut(per).enumerate().collect();
+            parts.into_par_iter().for_each(|(i, ys)| self.matvec_rows(i * per, x, scheme, ys));
+            return;
+        }
+        self.matvec_rows(0, x, scheme, y);
+    }
+
+    fn matvec_rows(&self, first: usize, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
         match scheme {
             ActScheme::Float => {
                 for (r, out) in y.iter_mut().enumerate() {
+                    let r = r + first;
                     let mut acc = 0f32;
                     for ((cb, xb), s) in self.row(r).chunks(QK).zip(x.chunks(QK)).zip(self.row_scales(r)) {
                         let part: f32 = cb.iter().zip(xb).map(|(&c, &v)| f32::from(c) * v).sum();
@@ -326,12 +339,13 @@ impl Ternary {
                     // with dot over codes + 1; dot - sum = sum code*q.
                     Some(ws) => {
                         for (r, out) in y.iter_mut().enumerate() {
-                            let d = dot_codes(self.row(r), &a.q);
+                            let d = dot_codes(self.row(r + first), &a.q);
                             *out = (d as f32 / a.scale) * ws;
                         }
                     }
                     None => {
                         for (r, out) in y.iter_mut().enumerate() {
+                            let r = r + first;
                             let mut acc = 0f32;
                             for ((cb, qb), s) in self.row(r).chunks(QK).zip(a.q.chunks(QK)).zip(self.row_scales(r)) {
                                 acc += dot_codes(cb, qb) as f32 * s;
@@ -344,6 +358,7 @@ impl Ternary {
             ActScheme::Q8K => {
                 let a = quantize_q8k(x);
                 for (r, out) in y.iter_mut().enumerate() {
+                    let r = r + first;
                     let mut acc = 0f32;
                     for (((cb, qb), s), d) in
                         self.row(r).chunks(QK).zip(a.q.chunks(QK)).zip(self.row_scales(r)).zip(&a.d)

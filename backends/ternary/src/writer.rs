@@ -114,6 +114,9 @@ pub struct Shape {
     pub n_ff: usize,
     pub n_ctx: usize,
     pub rope_base: f32,
+    /// Vocabulary size: the byte-level tokens and specials, padded with
+    /// reserved control tokens up to this (None: no padding).
+    pub n_vocab: Option<usize>,
 }
 
 impl Shape {
@@ -128,6 +131,7 @@ impl Shape {
             n_ff: 768,
             n_ctx: 2048,
             rope_base: 500000.0,
+            n_vocab: None,
         }
     }
 
@@ -142,6 +146,7 @@ impl Shape {
             n_ff: 6912,
             n_ctx: 4096,
             rope_base: 500000.0,
+            n_vocab: Some(128256),
         }
     }
 }
@@ -171,9 +176,11 @@ pub fn random_model(shape: &Shape, seed: u64) -> Vec<u8> {
     let enc = crate::tokenizer::byte_encoder_chars();
     let mut tokens: Vec<Value> = enc.iter().map(|c| Value::Str(c.to_string())).collect();
     tokens.extend(SPECIALS.iter().map(|s| Value::Str(s.to_string())));
-    let n_vocab = tokens.len();
+    let base = tokens.len();
+    let n_vocab = shape.n_vocab.unwrap_or(base).max(base);
+    tokens.extend((base..n_vocab).map(|i| Value::Str(format!("<|reserved_{i}|>"))));
     let mut types: Vec<Value> = vec![Value::I32(1); 256];
-    types.extend(SPECIALS.iter().map(|_| Value::I32(3)));
+    types.extend((256..n_vocab).map(|_| Value::I32(3)));
     let a = |k: &str| format!("{}.{k}", shape.arch);
     let keys: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::Str(shape.arch.clone())),

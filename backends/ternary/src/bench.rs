@@ -1,0 +1,56 @@
+//! Engine speed, measured the way llama-bench does (prompt tokens/s over
+//! `p` tokens, generated tokens/s over `n`), with the machine's read
+//! bandwidth and the bytes a decoded token reads, so a run can say how
+//! close decoding gets to the memory-bandwidth ceiling.
+
+use std::time::Instant;
+
+use crate::model::Model;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speed {
+    pub threads: usize,
+    pub pp_tokens_per_s: f64,
+    pub tg_tokens_per_s: f64,
+}
+
+/// Prompt then generation speed with `threads` threads (a pool of that
+/// size, made for the run). Tokens are fixed ids, as llama-bench's are.
+pub fn speed(model: &Model, p: usize, n: usize, threads: usize) -> Speed {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    pool.install(|| {
+        let mut cache = model.new_cache(p + n + 1);
+        let vocab = model.hp.n_vocab as u32;
+        let t = Instant::now();
+        for i in 0..p {
+            model.forward((i as u32 * 7919) % vocab, &mut cache);
+        }
+        let pp = p as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut tok = 1;
+        for _ in 0..n {
+            let logits = model.forward(tok, &mut cache);
+            tok = crate::sampler::argmax(&logits) as u32;
+        }
+        let tg = n as f64 / t.elapsed().as_secs_f64();
+        Speed { threads, pp_tokens_per_s: pp, tg_tokens_per_s: tg }
+    })
+}
+
+/// Read bandwidth in bytes/s: a sum over `bytes` of memory (larger than
+/// the caches) split over `threads`, best of `reps`.
+pub fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let mut best = 0f64;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let s: u64 = pool.install(|| {
+            buf.par_chunks(buf.len().div_ceil(threads)).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum()
+        });
+        std::hint::black_box(s);
+        best = best.max(bytes as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}

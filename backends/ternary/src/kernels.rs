@@ -1,0 +1,203 @@
+//! Hot loops, each with a scalar reference and SIMD versions chosen once at
+//! run time from the CPU (never from compile-time target flags), so one
+//! binary runs everywhere. `BITNET_KERNEL=scalar` forces the reference.
+//!
+//! - `dot_i2s`: one I2_S row (2-bit codes 0/1/2 packed four to a byte, as
+//!   bitnet.cpp stores them) against int8 activations: sum code * q (the
+//!   caller subtracts sum q once per token for the -1 offset).
+//!   The weights stay in the file's layout in memory: a token reads 2 bits
+//!   per weight.
+//! - `dot_f16`: an f16 row (the output matrix) against f32 activations.
+
+use std::sync::OnceLock;
+
+use half::f16;
+
+/// Which implementation the dispatcher picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+}
+
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var("BITNET_KERNEL").is_ok_and(|v| v == "scalar") {
+            return Isa::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    })
+}
+
+/// Reference: sum over the row of code * q, code in 0..=2. `row` holds
+/// `q.len() / 4` bytes in 128-element blocks of 32 bytes, byte j =
+/// e[j]<<6 | e[32+j]<<4 | e[64+j]<<2 | e[96+j].
+pub fn dot_i2s_scalar(row: &[u8], q: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for (block, qb) in row.chunks_exact(32).zip(q.chunks_exact(128)) {
+        for (j, &byte) in block.iter().enumerate() {
+            for (k, shift) in [6u32, 4, 2, 0].into_iter().enumerate() {
+                let code = i32::from((byte >> shift) & 3);
+                acc += code * i32::from(qb[k * 32 + j]);
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    for (block, qb) in row.chunks_exact(32).zip(q.chunks_exact(128)) {
+        // SAFETY (all loads): block has 32 bytes, qb 128.
+        let w = _mm256_loadu_si256(block.as_ptr().cast());
+        let planes = [
+            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+            _mm256_and_si256(w, mask),
+        ];
+        for (k, codes) in planes.into_iter().enumerate() {
+            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
+            // codes (u8, 0..2) x q (i8): pairs summed into i16, |sum| <= 512.
+            let p = _mm256_maddubs_epi16(codes, a);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        }
+    }
+    hsum_i32(acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// sum code * q over an I2_S row, with the best kernel here.
+#[inline]
+pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
+    debug_assert_eq!(row.len() * 4, q.len());
+    debug_assert_eq!(q.len() % 128, 0);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked the CPU has AVX2.
+        Isa::Avx2 => unsafe { dot_i2s_avx2(row, q) },
+        _ => dot_i2s_scalar(row, q),
+    }
+}
+
+pub fn dot_f16_scalar(row: &[f16], x: &[f32]) -> f32 {
+    row.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 16 * 16;
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 16 <= n <= row.len() == x.len().
+        let h0 = _mm_loadu_si128(row.as_ptr().add(i).cast());
+        let h1 = _mm_loadu_si128(row.as_ptr().add(i + 8).cast());
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+        i += 16;
+    }
+    let s = _mm256_add_ps(a0, a1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s) + dot_f16_scalar(&row[n..], &x[n..])
+}
+
+/// An f16 row times f32 activations.
+#[inline]
+pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
+    debug_assert_eq!(row.len(), x.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2, FMA and F16C.
+        Isa::Avx2 => unsafe { dot_f16_avx2(row, x) },
+        _ => dot_f16_scalar(row, x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{decode_i2s, dot_codes};
+    use crate::sampler::Rng;
+
+    #[test]
+    fn every_i2s_kernel_equals_the_scalar_reference_and_the_decoded_product() {
+        let mut rng = Rng::new(9);
+        for blocks in [1usize, 2, 3, 7, 20, 54] {
+            let n = blocks * 128;
+            let row: Vec<u8> = (0..n / 4)
+                .map(|_| {
+                    // Only codes 0..2 occur in real files.
+                    (0..4).fold(0u8, |b, _| b << 2 | (rng.next_u64() % 3) as u8)
+                })
+                .collect();
+            // Extremes included: -128 and 127.
+            let q: Vec<i8> =
+                (0..n).map(|i| if i % 97 == 0 { -128 } else { (rng.next_u64() % 256) as u8 as i8 }).collect();
+            let want = dot_i2s_scalar(&row, &q);
+            let mut with_scale = row.clone();
+            with_scale.extend([0u8; 32]);
+            let decoded = decode_i2s(&with_scale, 1, n.max(256)).ok();
+            if n % 256 == 0 {
+                let qsum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+                assert_eq!(dot_codes(&decoded.unwrap().codes, &q) + qsum, want, "n={n}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: checked just above.
+                assert_eq!(unsafe { dot_i2s_avx2(&row, &q) }, want, "avx2 n={n}");
+            }
+            assert_eq!(dot_i2s(&row, &q), want);
+        }
+    }
+
+    #[test]
+    fn the_i2s_kernel_reproduces_the_kernel_fixtures_integer_dots() {
+        let g = crate::golden::Golden::open("ternary-matmul");
+        let w = g.u8("w.i2_s");
+        let q = g.i8("act.i8tok.q");
+        let dots = g.i32("dot.i2s_codes");
+        for r in 0..6 {
+            for o in 0..64 {
+                let row = &w[o * 192..(o + 1) * 192];
+                assert_eq!(dot_i2s(row, &q[r * 768..(r + 1) * 768]), dots[r * 64 + o]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_f16_kernel_matches_the_reference() {
+        let mut rng = Rng::new(4);
+        for n in [1usize, 15, 16, 17, 100, 2560] {
+            let row: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.next_f32() * 2.0 - 1.0)).collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let want = dot_f16_scalar(&row, &x);
+            let got = dot_f16(&row, &x);
+            assert!((got - want).abs() <= 1e-4 * (n as f32).sqrt(), "n={n}: {got} vs {want}");
+        }
+    }
+}

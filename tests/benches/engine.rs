@@ -1,0 +1,58 @@
+#![allow(clippy::print_stdout)] // a benchmark prints its figures
+//! The built-in engine on a generated model with BitNet b1.58 2B4T's shape
+//! (hidden 2560, 30 layers, 20/5 heads, FFN 6912, vocab 128256, I2_S
+//! weights, F16 output matrix), in one run: this machine's read bandwidth,
+//! pp/tg tokens/s at 1 thread and at all cores, bytes read per token, and
+//! the fraction of the bandwidth ceiling decoding reaches.
+//!
+//! cargo bench -p bitnet-host-tests --bench engine -- --bench
+//! (quick run on a small shape without --bench; the 2B4T-shaped file, about
+//! 1.2 GB, is generated once under target/bench-models/)
+
+use std::path::PathBuf;
+
+use bitnet_ternary::bench::{read_bandwidth, speed};
+use bitnet_ternary::model::Model;
+use bitnet_ternary::writer::{random_model, write_atomic, Shape};
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (shape, name, p, n) = if full {
+        (Shape::b158_2b4t(), "b158-2b4t-shape-i2s.gguf", 128, 128)
+    } else {
+        (Shape::default_model(), "b158-small-i2s.gguf", 16, 16)
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
+    let path = dir.join(name);
+    if !path.exists() {
+        println!("generating {} ...", path.display());
+        write_atomic(&path, &random_model(&shape, 42)).unwrap();
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let bw_bytes = if full { 2 << 30 } else { 256 << 20 };
+    let bw1 = read_bandwidth(bw_bytes, 1, 3);
+    let bwn = read_bandwidth(bw_bytes, cores, 3);
+    println!("read bandwidth: {:.1} GB/s on 1 thread, {:.1} GB/s on {cores}", bw1 / 1e9, bwn / 1e9);
+    let m = Model::load(&path, None).unwrap();
+    let bytes = m.bytes_per_token() as f64;
+    println!(
+        "model: {} layers x {} hidden, {} weights + F16 output matrix: {:.0} MB read per token; kernels {:?}",
+        m.hp.n_layer,
+        m.hp.n_embd,
+        m.format,
+        bytes / 1e6,
+        bitnet_ternary::kernels::isa()
+    );
+    println!("threads  pp{p} tok/s  tg{n} tok/s  ceiling tok/s  of ceiling");
+    for (t, bw) in [(1, bw1), (cores, bwn)] {
+        let s = speed(&m, p, n, t);
+        let ceiling = bw / bytes;
+        println!(
+            "{t:>7} {:>12.2} {:>12.2} {:>14.2} {:>10.0}%",
+            s.pp_tokens_per_s,
+            s.tg_tokens_per_s,
+            ceiling,
+            100.0 * s.tg_tokens_per_s / ceiling
+        );
+    }
+}
