@@ -6,6 +6,7 @@
 //! the same path; the math is causal, so the logits are those of a batch).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use half::f16;
 
@@ -55,13 +56,40 @@ pub struct Hparams {
     pub act: Act,
 }
 
+/// Tensor bytes read in place from the memory-mapped file: no second copy,
+/// and the kernel pages them in as it reads.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl Mapped {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    /// The bytes as f16 values; None if they are not 2-byte aligned.
+    fn f16s(&self) -> Option<&[f16]> {
+        let b = self.bytes();
+        if b.as_ptr() as usize % std::mem::align_of::<f16>() != 0 {
+            return None;
+        }
+        // SAFETY: aligned (checked), f16 is plain 2 bytes with no invalid
+        // bit patterns, the length is whole values, and the map lives as
+        // long as self.
+        Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f16>(), b.len() / 2) })
+    }
+}
+
 /// A weight matrix [rows = out][cols = in].
 #[derive(Debug)]
 pub enum Linear {
-    /// I2_S kept packed (2 bits per weight), for the per-token int8 scheme:
-    /// the fast path.
+    /// I2_S kept packed (2 bits per weight) in the mapped file, for the
+    /// per-token int8 scheme: the fast path.
     I2S {
-        bytes: Vec<u8>,
+        bytes: Mapped,
         rows: usize,
         cols: usize,
         scale: f32,
@@ -82,6 +110,7 @@ impl Linear {
         use rayon::prelude::*;
         match self {
             Linear::I2S { bytes, cols, scale, .. } => {
+                let bytes = bytes.bytes();
                 let a = quant::quantize_i8tok(x);
                 let row_bytes = cols / 4;
                 y.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(r, out)| {
@@ -101,6 +130,8 @@ impl Linear {
 pub enum Dense16 {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// F16 read in place from the mapped file.
+    F16Mapped(Mapped),
 }
 
 impl Dense16 {
@@ -112,20 +143,29 @@ impl Dense16 {
                     *o = v.to_f32();
                 }
             }
+            Dense16::F16Mapped(m) => {
+                let w = m.f16s().expect("checked at load");
+                for (o, v) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
+                    *o = v.to_f32();
+                }
+            }
         }
     }
 
     fn matvec(&self, cols: usize, x: &[f32], y: &mut [f32]) {
         match self {
             Dense16::F32(w) => quant::matvec_f32(w, cols, x, y),
-            Dense16::F16(w) => {
-                use rayon::prelude::*;
-                y.par_iter_mut().with_min_len(MIN_ROWS * 8).zip(w.par_chunks_exact(cols)).for_each(|(out, row)| {
-                    *out = crate::kernels::dot_f16(row, x);
-                });
-            }
+            Dense16::F16(w) => matvec_f16(w, cols, x, y),
+            Dense16::F16Mapped(m) => matvec_f16(m.f16s().expect("checked at load"), cols, x, y),
         }
     }
+}
+
+fn matvec_f16(w: &[f16], cols: usize, x: &[f32], y: &mut [f32]) {
+    use rayon::prelude::*;
+    y.par_iter_mut().with_min_len(MIN_ROWS * 8).zip(w.par_chunks_exact(cols)).for_each(|(out, row)| {
+        *out = crate::kernels::dot_f16(row, x);
+    });
 }
 
 #[derive(Debug)]
@@ -233,11 +273,13 @@ impl Model {
         // SAFETY: the file is opened read-only; a concurrent writer could
         // change bytes under us, which at worst gives wrong numbers (every
         // range was bounds-checked against the length when parsing).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ModelError::Map)?;
-        Self::from_parts(gguf, &map, scheme)
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(ModelError::Map)?);
+        Self::from_parts(gguf, map, scheme)
     }
 
-    fn from_parts(gguf: Gguf, file: &[u8], scheme: Option<ActScheme>) -> Result<Self, ModelError> {
+    fn from_parts(gguf: Gguf, map: Arc<memmap2::Mmap>, scheme: Option<ActScheme>) -> Result<Self, ModelError> {
+        let file: &[u8] = &map;
+        let mapped = |start: usize, len: usize| Mapped { map: map.clone(), start, len };
         let arch = gguf.architecture().unwrap_or("").to_string();
         let act = match arch.as_str() {
             "bitnet" | "llama" => Act::Silu,
@@ -293,9 +335,22 @@ impl Model {
             }
             let n = rows * cols;
             match t.ty {
-                TensorType::F16 => Ok(Dense16::F16(
-                    data(t)[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect(),
-                )),
+                TensorType::F16 => {
+                    let d = data(t);
+                    if d.len() < n * 2 {
+                        return Err(ModelError::Shape {
+                            name: name.into(),
+                            dims: t.dims.clone(),
+                            want: vec![cols as u64, rows as u64],
+                        });
+                    }
+                    let m = mapped((gguf.data_offset + t.offset) as usize, n * 2);
+                    // Little-endian hosts read the file's f16 in place.
+                    if cfg!(target_endian = "little") && m.f16s().is_some() {
+                        return Ok(Dense16::F16Mapped(m));
+                    }
+                    Ok(Dense16::F16(d[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()))
+                }
                 ty => Ok(Dense16::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
             }
         };
@@ -324,7 +379,7 @@ impl Model {
                         });
                     }
                     let scale = f32::from_le_bytes(d[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
-                    Linear::I2S { bytes: d[..n / 4].to_vec(), rows, cols, scale }
+                    Linear::I2S { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 4), rows, cols, scale }
                 }
                 TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
                 TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
@@ -385,7 +440,7 @@ impl Model {
     pub fn bytes_per_token(&self) -> u64 {
         let lin = |l: &Linear| -> u64 {
             match l {
-                Linear::I2S { bytes, .. } => bytes.len() as u64,
+                Linear::I2S { bytes, .. } => bytes.len as u64,
                 Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
                 Linear::Dense { w, .. } => 4 * w.len() as u64,
             }
@@ -394,6 +449,7 @@ impl Model {
             match d {
                 Dense16::F32(w) => 4 * w.len() as u64,
                 Dense16::F16(w) => 2 * w.len() as u64,
+                Dense16::F16Mapped(m) => m.len as u64,
             }
         };
         let layers: u64 = self
