@@ -629,6 +629,35 @@ mod tests {
     }
 
     #[test]
+    fn i2s_and_tq2_files_of_the_same_weights_give_the_same_logits_per_scheme() {
+        let i2 = |s| Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), Some(s)).unwrap();
+        let tq = |s| Model::load(&fixture("bitnet-b1.58-tq2_0.gguf"), Some(s)).unwrap();
+        let prompt = [366u32, 72, 101, 108, 108, 111];
+        for scheme in [ActScheme::Float, ActScheme::I8Tok, ActScheme::Q8K] {
+            let (a, b) = (i2(scheme), tq(scheme));
+            let (mut ca, mut cb) = (a.new_cache(16), b.new_cache(16));
+            for &t in &prompt {
+                let (la, lb) = (a.forward(t, &mut ca), b.forward(t, &mut cb));
+                assert!(rel(&la, &lb) < 1e-6, "{scheme:?}: {}", rel(&la, &lb));
+            }
+        }
+        // The packed I2_S fast path gives the decoded path's numbers, bit for bit.
+        let packed = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
+        for l in &packed.layers {
+            let Linear::I2S { bytes, rows, cols, scale } = &l.w_down else { panic!("not packed") };
+            let mut raw = bytes.bytes().to_vec();
+            raw.extend(scale.to_le_bytes());
+            let decoded = quant::decode_i2s(&raw, *rows, *cols).unwrap();
+            let mut rng = crate::sampler::Rng::new(5);
+            let x: Vec<f32> = (0..*cols).map(|_| rng.next_f32() - 0.5).collect();
+            let (mut y1, mut y2) = (vec![0f32; *rows], vec![0f32; *rows]);
+            l.w_down.matvec(&x, ActScheme::I8Tok, &mut y1);
+            decoded.matvec(&x, ActScheme::I8Tok, &mut y2);
+            assert_eq!(y1, y2);
+        }
+    }
+
+    #[test]
     fn each_format_picks_its_references_scheme_and_tq1_equals_tq2() {
         let i2 = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
         assert_eq!((i2.scheme, i2.format.as_str(), i2.hp.act), (ActScheme::I8Tok, "i2_s", Act::Relu2));
