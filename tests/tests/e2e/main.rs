@@ -1,6 +1,7 @@
 //! End-to-end tests: the real host binary driven over real pipes.
 //! One integration-test binary (as in ripgrep); one module per area.
 
+mod browser;
 mod cli;
 mod hardware;
 mod infer;
