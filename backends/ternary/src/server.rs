@@ -120,6 +120,13 @@ fn body_json(body: &str) -> Result<Value, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("invalid JSON: {e}")))
 }
 
+/// [`admit`] then the JSON body: what every POST handler starts with.
+#[allow(clippy::result_large_err)]
+fn admit_json(app: &App, headers: &HeaderMap, body: &str) -> Result<(Arc<Engine>, Value), Response> {
+    let engine = admit(app, headers)?;
+    Ok((engine, body_json(body)?))
+}
+
 fn model_id(app: &App) -> String {
     app.opts.model.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -175,12 +182,8 @@ enum Shape {
 }
 
 async fn chat(State(app): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let engine = match admit(&app, &headers) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
+    let (engine, body) = match admit_json(&app, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let Some(msgs) = body["messages"].as_array() else {
@@ -201,12 +204,8 @@ async fn chat(State(app): State<Shared>, headers: HeaderMap, body: String) -> Re
 }
 
 async fn completions(State(app): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let engine = match admit(&app, &headers) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
+    let (engine, body) = match admit_json(&app, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let Some(p) = body["prompt"].as_str() else {
@@ -217,12 +216,8 @@ async fn completions(State(app): State<Shared>, headers: HeaderMap, body: String
 }
 
 async fn completion(State(app): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let engine = match admit(&app, &headers) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
+    let (engine, body) = match admit_json(&app, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let prompt = match &body["prompt"] {
@@ -368,12 +363,8 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
 }
 
 async fn tokenize(State(app): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let engine = match admit(&app, &headers) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
+    let (engine, body) = match admit_json(&app, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let content = body["content"].as_str().unwrap_or("");
@@ -382,12 +373,8 @@ async fn tokenize(State(app): State<Shared>, headers: HeaderMap, body: String) -
 }
 
 async fn detokenize(State(app): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let engine = match admit(&app, &headers) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let body = match body_json(&body) {
-        Ok(b) => b,
+    let (engine, body) = match admit_json(&app, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let ids: Vec<u32> = body["tokens"]
