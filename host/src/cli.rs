@@ -73,6 +73,9 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Run the per-user daemon in the foreground (native mode relays to it when
+    /// BITNET_HOST_DAEMON=1; it exits after BITNET_DAEMON_IDLE_MS without connections)
+    Daemon,
     /// Register the host with the browsers on this machine (native-messaging manifests)
     Install(crate::setup::InstallArgs),
     /// Remove exactly what `install` wrote
@@ -152,9 +155,38 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
+fn run_daemon() -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let _guard = crate::logging::init(Some(&dirs), "info");
+    let app = Arc::new(App::new(Some(dirs.clone())));
+    let rt = runtime()?;
+    #[cfg(unix)]
+    {
+        let won = rt.block_on(crate::daemon::serve(app, &dirs))?;
+        if !won {
+            eprintln!("bitnet-host: a daemon is already running for this user");
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (app, rt);
+        anyhow::bail!("the daemon needs a named-pipe transport on this OS, which is not built yet");
+    }
+    Ok(())
+}
+
 fn run_native(caller: Caller) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve();
     let _guard = crate::logging::init(dirs.as_ref(), "warn");
+    #[cfg(unix)]
+    if crate::daemon::enabled() {
+        let dirs = dirs.ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+        tracing::info!(?caller, "relaying to the daemon");
+        let rt = runtime()?;
+        let r = rt.block_on(crate::daemon::relay(dirs));
+        rt.shutdown_timeout(std::time::Duration::from_millis(50));
+        return r;
+    }
     let app = Arc::new(App::new(dirs));
     let rt = runtime()?;
     rt.block_on(native::serve_stdio(app, caller));
@@ -179,6 +211,7 @@ pub fn main() -> ExitCode {
         Command::Logs { lines } => logs(lines),
         Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
         Command::Install(a) => crate::setup::install(a),
+        Command::Daemon => run_daemon(),
         Command::Uninstall { json } => crate::setup::uninstall(json),
         Command::Doctor { json } => crate::setup::doctor(json),
         Command::Chat { prompt, model, max_tokens, temperature, seed } => {

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod chat;
 pub mod cli;
+pub mod daemon;
 pub mod dirs;
 pub mod handlers;
 pub mod handlers_infer;

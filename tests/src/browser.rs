@@ -44,7 +44,8 @@ pub struct FakeBrowser {
     partial: Vec<String>,
     partial_frames: usize,
     partial_largest: usize,
-    _home: tempfile::TempDir,
+    _home: Option<tempfile::TempDir>,
+    home: std::path::PathBuf,
 }
 
 /// Launch arguments as each browser family passes them.
@@ -100,11 +101,18 @@ impl FakeBrowser {
 
     /// Same, in a home the test prepared (installed binaries, config).
     pub fn spawn_in_home(bin: &Path, args: &[String], env: &[(&str, &str)], home: tempfile::TempDir) -> Self {
+        let mut b = Self::spawn_shared(bin, args, env, home.path());
+        b._home = Some(home);
+        b
+    }
+
+    /// Same, in a home another browser may share (the caller keeps it alive).
+    pub fn spawn_shared(bin: &Path, args: &[String], env: &[(&str, &str)], home: &Path) -> Self {
         let mut child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())
-            .env("BITNET_HOST_HOME", home.path())
-            .env("HOME", home.path())
+            .env("BITNET_HOST_HOME", home)
+            .env("HOME", home)
             .env_remove("BITNET_HOST_LOG")
             .env_remove("BITNET_HOST_HARDWARE")
             .stdin(Stdio::piped())
@@ -124,13 +132,14 @@ impl FakeBrowser {
             partial: Vec::new(),
             partial_frames: 0,
             partial_largest: 0,
-            _home: home,
+            _home: None,
+            home: home.to_path_buf(),
         }
     }
 
     /// The host's folders root (BITNET_HOST_HOME).
     pub fn home(&self) -> &Path {
-        self._home.path()
+        &self.home
     }
 
     /// SIGKILL the host, as Chromium does 2 s after closing stdin.

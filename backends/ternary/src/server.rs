@@ -89,6 +89,12 @@ pub async fn serve(opts: ServerOptions) -> std::io::Result<()> {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .with_state(app);
+    // Tokens are small writes: without TCP_NODELAY, Nagle + delayed ACK hold
+    // each one back by ~40 ms.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     axum::serve(listener, router).await
 }
 

@@ -237,6 +237,12 @@ async fn serve(opts: Opts) {
         .route("/detokenize", post(detokenize))
         .route("/standin/stats", get(stats))
         .with_state(app);
+    // Tokens are small writes: without TCP_NODELAY, Nagle + delayed ACK hold
+    // each one back by ~40 ms.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     let _ = axum::serve(listener, router).await;
 }
 

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod daemon;
 mod hardware;
 mod infer;
 mod install;

@@ -1,0 +1,169 @@
+//! The per-user daemon behind relays (BITNET_HOST_DAEMON=1): shared backend,
+//! one daemon however many start at once, an error for in-flight requests
+//! when it dies and a fresh one for the next, idle exit, owner-only socket.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bitnet_host_tests::browser::{chromium_args, FakeBrowser};
+use bitnet_host_tests::standin::host_home;
+use serde_json::{json, Value};
+
+use crate::server::{alive, fixture_model};
+use crate::{host_bin, standin_bin};
+
+const T: Duration = Duration::from_secs(20);
+
+fn relay(home: &Path, report: &str, idle_ms: &str) -> FakeBrowser {
+    FakeBrowser::spawn_shared(
+        host_bin(),
+        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[("BITNET_HOST_HARDWARE", report), ("BITNET_HOST_DAEMON", "1"), ("BITNET_DAEMON_IDLE_MS", idle_ms)],
+        home,
+    )
+}
+
+fn daemon_pid(b: &mut FakeBrowser, id: &str) -> u64 {
+    let r = b.request(&json!({"id": id, "type": "hello"}));
+    r["result"]["host"]["pid"].as_u64().expect("pid")
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < T, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn two_browsers_share_one_daemon_and_one_server_and_their_streams_never_cross() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut a = relay(home.path(), &report, "60000");
+    let mut b = relay(home.path(), &report, "60000");
+    let (pa, pb) = (daemon_pid(&mut a, "h1"), daemon_pid(&mut b, "h2"));
+    assert_eq!(pa, pb, "one daemon answers both");
+    assert_ne!(pa, u64::from(a.pid()));
+    let sock = home.path().join("state/daemon/daemon.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let model = fixture_model("bitnet-b1.58-i2_s.gguf");
+    let ra = a.request(&json!({"id": "la", "type": "load_model", "model": model}));
+    let rb = b.request(&json!({"id": "lb", "type": "load_model", "model": model}));
+    assert_eq!(ra["result"]["pid"], rb["result"]["pid"], "one server for both: {ra} {rb}");
+    // Concurrent streams, same ids on both connections: each gets only its own.
+    a.send(&json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "[[tokens 30]] [[slow 2]] from a"}]}));
+    b.send(&json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "[[tokens 20]] [[slow 2]] from b"}]}));
+    let (ea, fa) = a.collect("id", &json!("c"), T);
+    let (eb, fb) = b.collect("id", &json!("c"), T);
+    assert_eq!(ea.iter().filter(|e| e["event"] == "delta").count(), 30);
+    assert_eq!(eb.iter().filter(|e| e["event"] == "delta").count(), 20);
+    assert_eq!(fa.value["result"]["usage"]["completion_tokens"], 30);
+    assert_eq!(fb.value["result"]["usage"]["completion_tokens"], 20);
+}
+
+#[test]
+fn relays_racing_to_start_the_daemon_end_up_with_exactly_one() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut relays: Vec<FakeBrowser> = (0..4).map(|_| relay(home.path(), &report, "60000")).collect();
+    let pids: Vec<u64> = relays.iter_mut().enumerate().map(|(i, r)| daemon_pid(r, &format!("h{i}"))).collect();
+    assert!(pids.windows(2).all(|w| w[0] == w[1]), "{pids:?}");
+    // Any other daemon that started lost the lock and exited.
+    let daemons = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"host-under-test")) && args.get(1) == Some(&&b"daemon"[..])
+        })
+        .count();
+    // Other tests may run daemons too; at least ours is there and the pid
+    // file names the winner.
+    assert!(daemons >= 1);
+    let pid_file = std::fs::read_to_string(home.path().join("state/daemon/daemon.pid")).unwrap();
+    assert_eq!(pid_file.trim().parse::<u64>().unwrap(), pids[0]);
+}
+
+#[test]
+fn a_daemon_killed_mid_stream_fails_the_request_and_the_next_one_gets_a_new_daemon() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut a = relay(home.path(), &report, "60000");
+    let first = daemon_pid(&mut a, "h");
+    a.send(&json!({"id": "long", "type": "echo", "events": 1000, "interval_ms": 20}));
+    assert_eq!(a.recv(T)["id"], "long");
+    // SAFETY-free: a plain kill of the daemon process.
+    assert!(std::process::Command::new("kill").args(["-9", &first.to_string()]).status().unwrap().success());
+    let (_, last) = a.collect("id", &json!("long"), T);
+    assert_eq!(last.value["error"]["code"], "backend_crashed", "{}", last.value);
+    assert!(last.value["error"]["message"].as_str().unwrap().contains("daemon"));
+    let second = daemon_pid(&mut a, "h2");
+    assert_ne!(first, second);
+    // Legacy requests get a legacy-shaped error.
+    a.send(&json!({"action": "ping", "messageId": "p"}));
+    let (_, p) = a.collect("messageId", &json!("p"), T);
+    assert_eq!(p.value["status"], "success");
+}
+
+#[test]
+fn the_daemon_exits_after_its_idle_period_with_no_connections() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut a = relay(home.path(), &report, "400");
+    let pid = daemon_pid(&mut a, "h") as u32;
+    // While connected it stays.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(alive(pid));
+    a.close_stdin();
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    wait_for("the idle daemon to exit", || !alive(pid));
+    assert!(!home.path().join("state/daemon/daemon.sock").exists());
+    let _: Value = Value::Null;
+}
+
+#[test]
+fn another_user_cannot_reach_the_daemons_socket() {
+    // Needs root to become another user; elsewhere there is no other user to be.
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        return;
+    }
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut a = relay(home.path(), &report, "60000");
+    daemon_pid(&mut a, "h");
+    let sock = home.path().join("state/daemon/daemon.sock");
+    // Open every folder above the daemon's own to others, so only the
+    // daemon's permissions (folder 0700, socket 0600) stand in the way.
+    use std::os::unix::fs::PermissionsExt;
+    for d in [home.path().to_path_buf(), home.path().join("state")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(home.path().join("report.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |test: &str, path: &Path| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("test {test} '{}'", path.display()),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    // The check itself works: nobody can read an open file...
+    assert!(as_nobody("-r", &home.path().join("report.json")));
+    // ...but can neither enter the daemon's folder nor write to its socket.
+    assert!(!as_nobody("-x", &home.path().join("state/daemon")));
+    assert!(!as_nobody("-w", &sock));
+    // The owner still gets in.
+    assert_eq!(a.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
+}
