@@ -161,7 +161,9 @@ impl Backend {
 
     /// Settings with the thread default resolved.
     pub fn settings(&self) -> bitnet_supervisor::Settings {
-        self.config.settings(physical_cores())
+        // Counting cores reads /proc; once per process is enough.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        self.config.settings(*CORES.get_or_init(physical_cores))
     }
 
     /// Wait for a slot at the server, in arrival order; `busy` when
