@@ -222,7 +222,7 @@ impl TensorType {
             return Some(n / 4 + 32);
         }
         let (bytes, per) = self.block()?;
-        if n % per != 0 {
+        if !n.is_multiple_of(per) {
             return None;
         }
         Some(n / per * bytes)

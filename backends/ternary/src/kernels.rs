@@ -18,17 +18,23 @@ use half::f16;
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX2 for the f16 product, AVX-512 VNNI (vpdpbusd) for I2_S.
+    Avx512Vnni,
 }
 
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        if std::env::var("BITNET_KERNEL").is_ok_and(|v| v == "scalar") {
+        let forced = std::env::var("BITNET_KERNEL").unwrap_or_default();
+        if forced == "scalar" {
             return Isa::Scalar;
         }
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return Isa::Avx2;
+            let vnni = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni");
+            return if vnni && forced != "avx2" { Isa::Avx512Vnni } else { Isa::Avx2 };
         }
         Isa::Scalar
     })
@@ -86,12 +92,51 @@ unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn dot_i2s_vnni(row: &[u8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = _mm512_setzero_si512();
+    let pairs = row.len() / 64;
+    for p in 0..pairs {
+        // Two 128-weight blocks: bytes [64p, 64p+64), activations [256p, 256p+256).
+        // SAFETY (all loads): within row and q by the loop bound.
+        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+        let qb = q.as_ptr().add(p * 256);
+        for (k, shift) in [6u32, 4, 2, 0].into_iter().enumerate() {
+            let codes = _mm512_and_si512(
+                match shift {
+                    6 => _mm512_srli_epi16(w, 6),
+                    4 => _mm512_srli_epi16(w, 4),
+                    2 => _mm512_srli_epi16(w, 2),
+                    _ => w,
+                },
+                mask,
+            );
+            let lo = _mm256_loadu_si256(qb.add(k * 32).cast());
+            let hi = _mm256_loadu_si256(qb.add(128 + k * 32).cast());
+            let a = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            // u8 codes x i8 activations, four at a time, into i32 lanes.
+            acc = _mm512_dpbusd_epi32(acc, codes, a);
+        }
+    }
+    let mut total = _mm512_reduce_add_epi32(acc);
+    if !row.len().is_multiple_of(64) {
+        total += dot_i2s_avx2(&row[pairs * 64..], &q[pairs * 256..]);
+    }
+    total
+}
+
 /// sum code * q over an I2_S row, with the best kernel here.
 #[inline]
 pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
     debug_assert_eq!(row.len() * 4, q.len());
     debug_assert_eq!(q.len() % 128, 0);
     match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2.
+        Isa::Avx512Vnni => unsafe { dot_i2s_vnni(row, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2.
         Isa::Avx2 => unsafe { dot_i2s_avx2(row, q) },
@@ -132,8 +177,8 @@ pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
     debug_assert_eq!(row.len(), x.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX2, FMA and F16C.
-        Isa::Avx2 => unsafe { dot_f16_avx2(row, x) },
+        // SAFETY: isa() checked AVX2, FMA and F16C (also under Avx512Vnni).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { dot_f16_avx2(row, x) },
         _ => dot_f16_scalar(row, x),
     }
 }
@@ -170,6 +215,11 @@ mod tests {
             if is_x86_feature_detected!("avx2") {
                 // SAFETY: checked just above.
                 assert_eq!(unsafe { dot_i2s_avx2(&row, &q) }, want, "avx2 n={n}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                // SAFETY: checked just above (AVX2 comes with AVX-512 here).
+                assert_eq!(unsafe { dot_i2s_vnni(&row, &q) }, want, "avx512-vnni n={n}");
             }
             assert_eq!(dot_i2s(&row, &q), want);
         }

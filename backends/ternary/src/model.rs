@@ -73,7 +73,7 @@ impl Mapped {
     /// The bytes as f16 values; None if they are not 2-byte aligned.
     fn f16s(&self) -> Option<&[f16]> {
         let b = self.bytes();
-        if b.as_ptr() as usize % std::mem::align_of::<f16>() != 0 {
+        if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f16>()) {
             return None;
         }
         // SAFETY: aligned (checked), f16 is plain 2 bytes with no invalid
@@ -305,7 +305,11 @@ impl Model {
             act,
             arch: arch.clone(),
         };
-        if hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0 || hp.head_dim * hp.n_head != n_embd {
+        if hp.n_head == 0
+            || hp.n_head_kv == 0
+            || !hp.n_head.is_multiple_of(hp.n_head_kv)
+            || hp.head_dim * hp.n_head != n_embd
+        {
             return Err(ModelError::Metadata(format!("{arch}.attention.head_count(_kv)")));
         }
         let data = |t: &TensorInfo| -> &[u8] {
@@ -372,7 +376,7 @@ impl Model {
             Ok(match t.ty {
                 TensorType::I2S if packed_i2s => {
                     let n = rows * cols;
-                    if d.len() < n / 4 + 4 || cols % 128 != 0 {
+                    if d.len() < n / 4 + 4 || !cols.is_multiple_of(128) {
                         return Err(ModelError::Quant {
                             name: name.into(),
                             source: QuantError::Size { ty: "i2_s".into(), n, want: n / 4 + 4, have: d.len() },

@@ -70,7 +70,7 @@ fn check(ty: &str, n: usize, want: usize, have: usize) -> Result<(), QuantError>
 pub fn decode_i2s(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
     let n = rows * cols;
     check("i2_s", n, n / 4 + 4, data.len())?;
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(QuantError::RowLength(cols));
     }
     let scale = f32::from_le_bytes(data[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
@@ -92,7 +92,7 @@ pub fn decode_i2s(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, Quan
 /// TQ2_0: 256-element blocks: 64 bytes of 2-bit codes then an f16 scale.
 pub fn decode_tq2_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
     let n = rows * cols;
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(QuantError::RowLength(cols));
     }
     check("tq2_0", n, n / QK * 66, data.len())?;
@@ -119,7 +119,7 @@ pub fn decode_tq1_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, Qu
     const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
     let trit = |q: u8, n: usize| -> i8 { ((u16::from(q.wrapping_mul(POW3[n])) * 3) >> 8) as i8 - 1 };
     let n = rows * cols;
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(QuantError::RowLength(cols));
     }
     check("tq1_0", n, n / QK * 54, data.len())?;
@@ -147,7 +147,7 @@ pub fn decode_tq1_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, Qu
 /// An F32 matrix whose values are ternary times one scale per block (how
 /// the fixtures' F32 files store BitNet weights): back to codes.
 pub fn ternarize_f32(w: &[f32], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(QuantError::RowLength(cols));
     }
     let mut codes = Vec::with_capacity(w.len());
