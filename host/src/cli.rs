@@ -76,6 +76,8 @@ enum Command {
     /// Run the per-user daemon in the foreground (native mode relays to it when
     /// BITNET_HOST_DAEMON=1; it exits after BITNET_DAEMON_IDLE_MS without connections)
     Daemon,
+    /// Start the daemon at login: install | uninstall | status (systemd user unit, launchd agent, logon task)
+    Service { action: String },
     /// Register the host with the browsers on this machine (native-messaging manifests)
     Install(crate::setup::InstallArgs),
     /// Remove exactly what `install` wrote
@@ -212,6 +214,7 @@ pub fn main() -> ExitCode {
         Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
         Command::Install(a) => crate::setup::install(a),
         Command::Daemon => run_daemon(),
+        Command::Service { action } => crate::setup::service(&action),
         Command::Uninstall { json } => crate::setup::uninstall(json),
         Command::Doctor { json } => crate::setup::doctor(json),
         Command::Chat { prompt, model, max_tokens, temperature, seed } => {

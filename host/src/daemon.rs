@@ -50,12 +50,14 @@ pub fn enabled() -> bool {
     std::env::var("BITNET_HOST_DAEMON").is_ok_and(|v| v == "1")
 }
 
-fn idle_from_env() -> Duration {
-    std::env::var("BITNET_DAEMON_IDLE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_IDLE)
+/// The idle period; None (`BITNET_DAEMON_IDLE_MS=0`, as the service sets)
+/// means never exit.
+fn idle_from_env() -> Option<Duration> {
+    match std::env::var("BITNET_DAEMON_IDLE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => Some(DEFAULT_IDLE),
+    }
 }
 
 #[cfg(unix)]
@@ -107,10 +109,9 @@ mod unix {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             let idle_timer = async {
-                if connections.load(Ordering::SeqCst) == 0 {
-                    tokio::time::sleep(idle).await
-                } else {
-                    std::future::pending().await
+                match idle {
+                    Some(d) if connections.load(Ordering::SeqCst) == 0 => tokio::time::sleep(d).await,
+                    _ => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -130,7 +131,7 @@ mod unix {
                 }
                 _ = gone_rx.recv() => {} // re-arm the idle timer
                 _ = idle_timer => {
-                    tracing::info!(idle_ms = idle.as_millis() as u64, "no connections: daemon exiting");
+                    tracing::info!(idle = ?idle, "no connections: daemon exiting");
                     break;
                 }
                 _ = term.recv() => break,

@@ -327,3 +327,84 @@ fn last_errors(dir: &Path, n: usize) -> Vec<String> {
     let errs: Vec<String> = text.lines().filter(|l| l.contains("ERROR")).map(String::from).collect();
     errs[errs.len().saturating_sub(n)..].to_vec()
 }
+
+/// `bitnet-host service install|uninstall|status`. Linux: a systemd user
+/// unit, enabled with `systemctl --user` when systemd runs; elsewhere the
+/// file is written and the command to load it is printed.
+pub fn service(action: &str) -> anyhow::Result<()> {
+    use bitnet_installer::service;
+    let dirs = HostDirs::resolve().context("no home directory for the host's folders")?;
+    let roots = roots(&dirs)?;
+    let os = Os::current();
+    let path = service::location(os, &roots);
+    let exec = {
+        let placed = dirs.data.join("bin").join(std::env::current_exe()?.file_name().unwrap_or_default());
+        if placed.is_file() {
+            placed
+        } else {
+            std::env::current_exe()?
+        }
+    };
+    let systemctl = |args: &[&str]| -> Option<bool> {
+        // Tests (and anyone) can keep the real service manager out of it.
+        if std::env::var("BITNET_SERVICE_MANAGER").is_ok_and(|v| v == "none") {
+            return None;
+        }
+        which::which("systemctl").ok()?;
+        Command::new("systemctl")
+            .arg("--user")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()
+            .map(|s| s.success())
+    };
+    match action {
+        "install" => {
+            let text = match os {
+                Os::Linux => service::systemd_unit(&exec)?,
+                Os::Macos => service::launchd_plist(&exec)?,
+                Os::Windows => service::windows_task(&exec, &std::env::var("USERNAME").unwrap_or_default())?,
+            };
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&path, text)?;
+            let mut msg = format!("wrote {}\n", path.display());
+            match os {
+                Os::Linux => match (systemctl(&["daemon-reload"]), systemctl(&["enable", "--now", service::SYSTEMD_UNIT])) {
+                    (Some(true), Some(true)) => msg.push_str("enabled and started with systemctl --user\n"),
+                    _ => msg.push_str(&format!("systemd is not running for this user: start it with `systemctl --user enable --now {}` when it is\n", service::SYSTEMD_UNIT)),
+                },
+                Os::Macos => msg.push_str(&format!("load it: launchctl bootstrap gui/$(id -u) '{}'\n", path.display())),
+                Os::Windows => msg.push_str(&format!("register it: schtasks /Create /TN \"{}\" /XML \"{}\"\n", service::WINDOWS_TASK_NAME, path.display())),
+            }
+            out(&msg);
+        }
+        "uninstall" => {
+            if os == Os::Linux {
+                let _ = systemctl(&["disable", "--now", service::SYSTEMD_UNIT]);
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => out(&format!("removed {}\n", path.display())),
+                Err(_) => out("no service registration to remove\n"),
+            }
+        }
+        "status" => {
+            let active =
+                if os == Os::Linux { systemctl(&["is-active", "--quiet", service::SYSTEMD_UNIT]) } else { None };
+            out(&format!(
+                "registration: {}\nrunning: {}\n",
+                if path.is_file() { path.display().to_string() } else { "none".into() },
+                match active {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "unknown (no service manager to ask)",
+                }
+            ));
+        }
+        other => anyhow::bail!("`service {other}`: use install, uninstall or status"),
+    }
+    Ok(())
+}

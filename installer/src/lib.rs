@@ -13,6 +13,7 @@ pub mod check;
 pub mod install;
 pub mod locations;
 mod registry;
+pub mod service;
 
 use std::path::Path;
 

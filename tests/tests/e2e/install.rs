@@ -207,3 +207,22 @@ fn doctor_names_each_problem_of_a_broken_install_with_its_fix() {
     assert_eq!(text.matches("PROBLEM   ").count(), text.matches("  fix:    ").count());
     assert!(text.matches("PROBLEM   ").count() >= 3, "{text}");
 }
+
+#[test]
+fn service_install_writes_the_systemd_user_unit_and_uninstall_removes_it() {
+    let h = FakeHome::new();
+    // Never the real user's systemd: the unit is written and the next step named.
+    let env = [("BITNET_SERVICE_MANAGER", "none")];
+    let o = h.run(&["service", "install"], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let unit = h.home().join(".config/systemd/user/bitnet-host.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains(&format!("ExecStart=\"{}\" daemon", host_bin().display())), "{text}");
+    assert!(text.contains("BITNET_DAEMON_IDLE_MS=0"));
+    let status = String::from_utf8(h.run(&["service", "status"], &env).stdout).unwrap();
+    assert!(status.contains(&unit.display().to_string()), "{status}");
+    let o = h.run(&["service", "uninstall"], &env);
+    assert!(o.status.success());
+    assert!(!unit.exists());
+    assert!(!h.run(&["service", "restart"], &env).status.success());
+}
