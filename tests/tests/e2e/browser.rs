@@ -3,8 +3,10 @@
 //! `connectNative`, loads the fixture model on the built-in engine, and
 //! streams a chat; it reports to a listener on 127.0.0.1.
 //!
-//! Needs Debian's `chromium` (.ci/run installs it). Where it is missing the
-//! test fails and says so, unless BITNET_SKIP_BROWSERS=1 is set.
+//! Needs Debian's `chromium`. .ci/run installs it, and under CI (CI set) a
+//! missing browser fails the test; on a developer machine without it the
+//! test says so on stderr and passes without running (BITNET_SKIP_BROWSERS=1
+//! skips it anywhere).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -74,8 +76,12 @@ fn chromium() -> Option<PathBuf> {
 
 #[test]
 fn headless_chromium_chats_through_the_installed_host_to_the_builtin_engine() {
-    let Some(browser) = chromium() else {
-        if std::env::var("BITNET_SKIP_BROWSERS").is_ok_and(|v| v == "1") {
+    let skip = std::env::var("BITNET_SKIP_BROWSERS").is_ok_and(|v| v == "1");
+    let Some(browser) = chromium().filter(|_| !skip) else {
+        if skip || std::env::var_os("CI").is_none() {
+            eprintln!(
+                "SKIPPED: headless Chromium test (BITNET_SKIP_BROWSERS=1, or no chromium: `apt-get install chromium`)"
+            );
             return;
         }
         panic!("Debian's chromium is not installed (apt-get install chromium; .ci/run does this)");
