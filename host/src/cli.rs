@@ -104,6 +104,15 @@ enum Command {
         #[arg(short = 't', value_delimiter = ',')]
         threads: Vec<usize>,
     },
+    /// Download a model into the models folder (verified, resumable): a URL, or owner/repo --file F
+    Pull {
+        source: String,
+        #[arg(long)]
+        file: Option<String>,
+        /// Expected sha256 (otherwise the server's, when it gives one)
+        #[arg(long)]
+        sha256: Option<String>,
+    },
     /// Show the last lines the model servers wrote (the supervisor's log)
     Logs {
         /// How many lines
@@ -211,6 +220,7 @@ pub fn main() -> ExitCode {
         Command::Probe { child } => probe_child(child),
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
+        Command::Pull { source, file, sha256 } => pull(&source, file.as_deref(), sha256.as_deref()),
         Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
         Command::Install(a) => crate::setup::install(a),
         Command::Daemon => run_daemon(),
@@ -317,6 +327,32 @@ fn bench(model: &std::path::Path, p: usize, n: usize, threads: Vec<usize>) -> an
             s.tg_tokens_per_s * bytes as f64 / 1e9
         ));
     }
+    Ok(())
+}
+
+fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let _guard = crate::logging::init(Some(&dirs), "warn");
+    let rt = runtime()?;
+    let mut last = std::time::Instant::now();
+    let mut show = |got: u64, total: Option<u64>| {
+        if last.elapsed().as_millis() >= 200 || total == Some(got) {
+            last = std::time::Instant::now();
+            match total {
+                Some(t) if t > 0 => eprint!(
+                    "\r{:>6.1} / {:.1} MB ({:.0}%)",
+                    got as f64 / 1e6,
+                    t as f64 / 1e6,
+                    got as f64 * 100.0 / t as f64
+                ),
+                _ => eprint!("\r{:>6.1} MB", got as f64 / 1e6),
+            }
+        }
+    };
+    let path = rt.block_on(crate::pull::pull(&dirs, source, file, sha256, &mut show));
+    eprintln!();
+    let path = path?;
+    out(&format!("{}\n", path.display()));
     Ok(())
 }
 

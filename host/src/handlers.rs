@@ -38,6 +38,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "tokenize",
     "detokenize",
     "models",
+    "pull",
     "echo",
 ];
 
@@ -58,6 +59,7 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "tokenize" => crate::handlers_infer::tokenize(ctx, params).await,
         "detokenize" => crate::handlers_infer::detokenize(ctx, params).await,
         "models" => crate::handlers_infer::models(ctx, params).await,
+        "pull" => pull(ctx, params).await,
         "echo" => echo(ctx, params).await,
         other => match NOT_YET.iter().find(|(k, _)| *k == other) {
             Some((_, why)) => Err(ProtoError::new(ErrorCode::NotAvailable, format!("`{other}`: {why}"))),
@@ -117,6 +119,63 @@ async fn status(ctx: &Ctx) -> Value {
         "queued": ctx.app.backend.queued(),
         "config_error": ctx.app.backend.config_error(),
     })
+}
+
+/// Download a model: `model` (URL or owner/repo), `file?`, `sha256?`;
+/// `progress` events {received, total}; the result is its path.
+async fn pull(ctx: &Ctx, params: &Params) -> Outcome {
+    let Some(source) = params.get("model").and_then(Value::as_str) else {
+        return Err(ProtoError::new(ErrorCode::InvalidRequest, "`model` is required: a URL or owner/repo"));
+    };
+    let Some(dirs) = ctx.app.dirs.clone() else {
+        return Err(ProtoError::new(ErrorCode::Internal, "no data folder to download into"));
+    };
+    let file = params.get("file").and_then(Value::as_str);
+    let sha = params.get("sha256").and_then(Value::as_str);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Option<u64>)>(64);
+    let mut last = std::time::Instant::now() - Duration::from_secs(1);
+    let mut report = move |got: u64, total: Option<u64>| {
+        // At most ~10 events a second, and the last one.
+        if last.elapsed() >= Duration::from_millis(100) || total == Some(got) {
+            last = std::time::Instant::now();
+            let _ = tx.try_send((got, total));
+        }
+    };
+    let fut = crate::pull::pull(&dirs, source, file, sha, &mut report);
+    tokio::pin!(fut);
+    let progress_event = |got: u64, total: Option<u64>| {
+        let mut f = Map::new();
+        f.insert("received".into(), Value::from(got));
+        f.insert("total".into(), total.map(Value::from).unwrap_or(Value::Null));
+        f
+    };
+    let path = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            Some((got, total)) = rx.recv() => {
+                ctx.event("progress", progress_event(got, total)).await;
+            }
+        }
+    };
+    // What was reported just before the end, the final count included.
+    while let Ok((got, total)) = rx.try_recv() {
+        ctx.event("progress", progress_event(got, total)).await;
+    }
+    use bitnet_installer::download::DownloadError as D;
+    match path {
+        Ok(p) => Ok(json!({"path": p})),
+        Err(crate::pull::PullError::Source(m)) => Err(ProtoError::new(ErrorCode::InvalidRequest, m)),
+        Err(crate::pull::PullError::Download(e)) => {
+            let code = match &e {
+                D::Http { status: 404, .. } => ErrorCode::NotFound,
+                D::Http { status: 401 | 403, .. } => ErrorCode::Unauthorized,
+                D::Network { .. } | D::Interrupted { .. } | D::Http { .. } => ErrorCode::BackendError,
+                D::Checksum { .. } | D::Invalid(_) => ErrorCode::InvalidRequest,
+                D::DiskFull { .. } | D::Io { .. } => ErrorCode::Internal,
+            };
+            Err(ProtoError::new(code, e.to_string()))
+        }
+    }
 }
 
 async fn model_state(ctx: &Ctx) -> Value {

@@ -12,6 +12,7 @@ pub mod handlers_server;
 pub mod logging;
 pub mod native;
 pub mod protocol;
+pub mod pull;
 pub mod session;
 pub mod setup;
 

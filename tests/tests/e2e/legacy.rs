@@ -71,14 +71,15 @@ fn unknown_actions_and_missing_backends_are_errors_with_message_id() {
     assert_eq!(r["status"], "error");
     assert_eq!(r["message"], "Unknown action: levitate");
     assert_eq!(r["messageId"], 9);
-    for action in ["generate", "pull_model"] {
-        let messages = json!([{"role": "user", "content": "hi"}]);
-        let r =
-            ask(&mut b, json!({"action": action, "messageId": action, "modelPath": "/x.gguf", "messages": messages}));
-        assert_eq!(r["status"], "error", "{action}: {r}");
-        assert_eq!(r["code"], "not_available", "{action}: {r}");
-        assert_eq!(r["messageId"], action);
-    }
+    // generate with no model loaded.
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let r = ask(&mut b, json!({"action": "generate", "messageId": "g", "messages": messages}));
+    assert_eq!(r["status"], "error", "{r}");
+    assert_eq!(r["code"], "not_available", "{r}");
+    assert_eq!(r["messageId"], "g");
+    // pull_model with a source that is neither a URL nor owner/repo.
+    let r = ask(&mut b, json!({"action": "pull_model", "messageId": "pm", "model_id": "nonsense"}));
+    assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("error"), Some("invalid_request")), "{r}");
     let r = ask(&mut b, json!({"action": "load_model", "messageId": "l", "modelPath": "/no/such/model.gguf"}));
     assert_eq!((r["status"].as_str(), r["code"].as_str()), (Some("error"), Some("not_found")), "{r}");
     assert_eq!(r["messageId"], "l");

@@ -9,6 +9,7 @@ mod infer;
 mod install;
 mod legacy;
 mod native;
+mod pull;
 mod runner;
 mod select;
 mod server;

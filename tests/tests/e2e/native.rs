@@ -236,12 +236,11 @@ fn a_reused_running_id_is_refused_without_disturbing_the_first() {
 #[test]
 fn requests_without_a_backend_say_not_available() {
     let mut b = chromium();
-    // No model loaded: the inference requests say so; downloads are not built yet.
+    // No model loaded: the inference requests say so.
     let requests = [
         json!({"id": "chat", "type": "chat", "messages": [{"role": "user", "content": "hi"}]}),
         json!({"id": "embed", "type": "embed", "input": "hi"}),
         json!({"id": "complete", "type": "complete", "prompt": "hi"}),
-        json!({"id": "pull", "type": "pull", "model": "x"}),
     ];
     for r in requests {
         let reply = b.request(&r);

@@ -1,0 +1,162 @@
+//! `pull` against a model server on 127.0.0.1 (Hugging Face layout):
+//! verified by the server's sha256, resumed with a Range request after a
+//! cut, a bad checksum or a non-model refused with nothing left behind.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::host_bin;
+use crate::server::fixture_model;
+
+#[derive(Default)]
+struct Files {
+    /// name -> (bytes, advertised sha256)
+    files: Mutex<std::collections::HashMap<String, (Vec<u8>, String)>>,
+    /// Cut the next full download of this many bytes short.
+    cut_once: AtomicBool,
+    ranges_seen: AtomicUsize,
+}
+
+async fn serve_file(
+    State(s): State<Arc<Files>>,
+    UrlPath((_o, _r, name)): UrlPath<(String, String, String)>,
+    h: HeaderMap,
+) -> Response {
+    let Some((bytes, sha)) = s.files.lock().unwrap().get(&name).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let start = h
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.trim_end_matches('-').parse::<usize>().ok());
+    if let Some(st) = start {
+        s.ranges_seen.fetch_add(1, Ordering::SeqCst);
+        let body = bytes[st..].to_vec();
+        return (StatusCode::PARTIAL_CONTENT, [("x-linked-etag", format!("\"{sha}\""))], body).into_response();
+    }
+    if s.cut_once.swap(false, Ordering::SeqCst) {
+        // Promise the whole file, send half, then drop the connection.
+        let half = bytes[..bytes.len() / 2].to_vec();
+        let len = bytes.len();
+        // Half the body goes out; a moment later the connection breaks.
+        let stream = futures_util::stream::unfold(0u8, move |step| {
+            let half = half.clone();
+            async move {
+                match step {
+                    0 => Some((Ok::<_, std::io::Error>(half), 1)),
+                    1 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        Some((Err(std::io::Error::other("cut")), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        return Response::builder()
+            .header("content-length", len)
+            .header("x-linked-etag", format!("\"{sha}\""))
+            .body(axum::body::Body::from_stream(stream))
+            .unwrap();
+    }
+    ([("x-linked-etag", format!("\"{sha}\""))], bytes).into_response()
+}
+
+fn start_server(files: Arc<Files>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().route("/{o}/{r}/resolve/main/{f}", get(serve_file)).with_state(files);
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    format!("http://{addr}")
+}
+
+fn sha(b: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(b))
+}
+
+fn pull(home: &Path, base: &str, args: &[&str]) -> std::process::Output {
+    Command::new(host_bin())
+        .arg("pull")
+        .args(args)
+        .env("BITNET_HOST_HOME", home)
+        .env("BITNET_MODELS_BASE", base)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pull_verifies_resumes_and_refuses_bad_files_leaving_nothing() {
+    let model = std::fs::read(fixture_model("bitnet-tq2_0.gguf")).unwrap();
+    let files = Arc::new(Files::default());
+    {
+        let mut f = files.files.lock().unwrap();
+        f.insert("good.gguf".into(), (model.clone(), sha(&model)));
+        f.insert("badsum.gguf".into(), (model.clone(), sha(b"something else")));
+        let junk = b"GGUF but not really a model".to_vec();
+        f.insert("junk.gguf".into(), (junk.clone(), sha(&junk)));
+    }
+    let base = start_server(files.clone());
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("data/models");
+
+    // Cut half-way: an error that says how to resume, the part kept.
+    files.cut_once.store(true, Ordering::SeqCst);
+    let o = pull(home.path(), &base, &["org/repo", "--file", "good.gguf"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("run it again to resume"), "{err}");
+    assert!(!models.join("good.gguf").exists());
+    let part = std::fs::metadata(models.join("good.gguf.part")).unwrap().len();
+    assert_eq!(part as usize, model.len() / 2);
+    // Again: a Range request for the rest, verified, renamed.
+    let o = pull(home.path(), &base, &["org/repo", "--file", "good.gguf"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(files.ranges_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(std::fs::read(models.join("good.gguf")).unwrap(), model);
+    assert!(!models.join("good.gguf.part").exists());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), models.join("good.gguf").display().to_string());
+
+    // A checksum that does not match: refused, nothing left.
+    let o = pull(home.path(), &base, &["org/repo", "--file", "badsum.gguf"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum mismatch"));
+    // Not a model: refused, nothing left.
+    let o = pull(home.path(), &base, &["org/repo", "--file", "junk.gguf"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not usable"), "{}", String::from_utf8_lossy(&o.stderr));
+    // Missing file and a server that is down: clear errors.
+    let o = pull(home.path(), &base, &["org/repo", "--file", "none.gguf"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 404"));
+    let o = pull(home.path(), "http://127.0.0.1:9", &["org/repo", "--file", "x.gguf"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach"));
+    let left: Vec<_> = std::fs::read_dir(&models).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("good.gguf")]);
+
+    // Over the protocol: progress events, then the path; a model it can load.
+    let mut b = bitnet_host_tests::browser::FakeBrowser::spawn_with_env(
+        host_bin(),
+        &bitnet_host_tests::browser::chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[("BITNET_MODELS_BASE", &base)],
+    );
+    b.send(&json!({"id": "p", "type": "pull", "model": format!("{base}/o/r/resolve/main/good.gguf")}));
+    let (events, last) = b.collect("id", &json!("p"), std::time::Duration::from_secs(20));
+    assert_eq!(last.value["ok"], true, "{}", last.value);
+    assert!(last.value["result"]["path"].as_str().unwrap().ends_with("data/models/good.gguf"));
+    let done = events.iter().rfind(|e| e["event"] == "progress").expect("progress events");
+    assert_eq!(done["received"], model.len());
+    assert_eq!(done["total"], model.len());
+}
