@@ -113,6 +113,13 @@ enum Command {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// List the models in the models folder, with size, format and architecture
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model from the models folder (by its name as `models` lists it)
+    Rm { name: String },
     /// Show the last lines the model servers wrote (the supervisor's log)
     Logs {
         /// How many lines
@@ -220,6 +227,8 @@ pub fn main() -> ExitCode {
         Command::Probe { child } => probe_child(child),
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
+        Command::Models { json } => models(json),
+        Command::Rm { name } => rm(&name),
         Command::Pull { source, file, sha256 } => pull(&source, file.as_deref(), sha256.as_deref()),
         Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
         Command::Install(a) => crate::setup::install(a),
@@ -353,6 +362,59 @@ fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Resul
     eprintln!();
     let path = path?;
     out(&format!("{}\n", path.display()));
+    Ok(())
+}
+
+fn models(json: bool) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let root = dirs.data.join("models");
+    let list: Vec<serde_json::Value> = crate::handlers_infer::scan_models(&root)
+        .into_iter()
+        .map(|p| {
+            let g = bitnet_ternary::Gguf::open(&p);
+            serde_json::json!({
+                "name": p.strip_prefix(&root).unwrap_or(&p),
+                "bytes": std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0),
+                "format": g.as_ref().ok().and_then(|g| g.weight_format()),
+                "architecture": g.as_ref().ok().and_then(|g| g.architecture().map(String::from)),
+                "error": g.err().map(|e| e.to_string()),
+            })
+        })
+        .collect();
+    if json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&list)?));
+        return Ok(());
+    }
+    let mut t = String::new();
+    for m in &list {
+        t.push_str(&format!(
+            "{:<48} {:>9.1} MB  {:<8} {}\n",
+            m["name"].as_str().unwrap_or(""),
+            m["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+            m["format"].as_str().unwrap_or("?"),
+            m["architecture"].as_str().or(m["error"].as_str()).unwrap_or("")
+        ));
+    }
+    if list.is_empty() {
+        t.push_str(&format!("no models in {}\n", root.display()));
+    }
+    out(&t);
+    Ok(())
+}
+
+/// Remove `<data>/models/<name>` (and its partial download); nothing
+/// outside the models folder.
+fn rm(name: &str) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let root = dirs.data.join("models");
+    let rel = std::path::Path::new(name);
+    let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    anyhow::ensure!(inside && !name.is_empty(), "`{name}` is not a model name inside {}", root.display());
+    let path = root.join(rel);
+    anyhow::ensure!(path.is_file(), "no model `{name}` in {}", root.display());
+    std::fs::remove_file(&path)?;
+    let _ = std::fs::remove_file(bitnet_installer::download::part_path(&path));
+    out(&format!("removed {}\n", path.display()));
     Ok(())
 }
 

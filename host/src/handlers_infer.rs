@@ -340,7 +340,7 @@ fn file_name(p: &std::path::Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn scan_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub fn scan_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![(root.to_path_buf(), 0)];
     while let Some((d, depth)) = dirs.pop() {

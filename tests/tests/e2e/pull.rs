@@ -160,3 +160,27 @@ fn pull_verifies_resumes_and_refuses_bad_files_leaving_nothing() {
     assert_eq!(done["received"], model.len());
     assert_eq!(done["total"], model.len());
 }
+
+#[test]
+fn models_lists_the_folder_and_rm_removes_only_inside_it() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("data/models/sub");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_model("bitnet-tq2_0.gguf"), dir.join("tiny.gguf")).unwrap();
+    let outside = home.path().join("keep.gguf");
+    std::fs::write(&outside, b"x").unwrap();
+    let run =
+        |args: &[&str]| Command::new(host_bin()).args(args).env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    let o = run(&["models", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "sub/tiny.gguf");
+    assert_eq!(v[0]["format"], "tq2_0");
+    assert_eq!(v[0]["bytes"], 521_632);
+    assert!(!run(&["rm", "../../keep.gguf"]).status.success());
+    assert!(!run(&["rm", "/etc/passwd"]).status.success());
+    assert!(outside.exists());
+    assert!(run(&["rm", "sub/tiny.gguf"]).status.success());
+    assert!(!dir.join("tiny.gguf").exists());
+    let text = String::from_utf8(run(&["models"]).stdout).unwrap();
+    assert!(text.starts_with("no models in"), "{text}");
+}
