@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bitnet_installer::release::BinariesDir;
 use bitnet_probe::HardwareReport;
 use bitnet_supervisor::{Catalog, ConfigFile, Inputs, Job, JobSpec, Policy, Selection};
 use bitnet_ternary::Gguf;
@@ -82,23 +83,44 @@ pub fn load_config(dirs: Option<&HostDirs>) -> (ConfigFile, Option<String>) {
 }
 
 /// Candidates for a model of `format` on this machine, with every skip.
+/// Looks in the active installed bundle (its own catalog) when an update
+/// installed one, else in `<data>/binaries` with the catalog built in.
 pub fn selection(
     dirs: Option<&HostDirs>,
     config: &ConfigFile,
     report: &HardwareReport,
     format: Option<&str>,
 ) -> Selection {
-    let catalog = Catalog::bundled();
-    let binaries = dirs.map(binaries_dir);
-    let installed = |file: &str| binaries.as_ref().map(|b| b.join(file)).filter(|p| p.is_file());
+    let bins = dirs.map(|d| BinariesDir::new(binaries_dir(d)));
+    let catalog = bins.as_ref().and_then(installed_catalog).unwrap_or_else(Catalog::bundled);
+    let dir = bins.as_ref().map(BinariesDir::active_dir);
+    selection_in(&catalog, dir.as_deref(), config, report, format, which::which("llama-server").ok())
+}
+
+/// The active bundle's catalog; a bad one is logged and ignored.
+fn installed_catalog(bins: &BinariesDir) -> Option<Catalog> {
+    let text = bins.active_variants()?;
+    Catalog::parse(&text).map_err(|e| tracing::error!("installed catalog: {e}; using the built-in one")).ok()
+}
+
+/// Selection over `catalog` with its files looked up in `dir`.
+pub fn selection_in(
+    catalog: &Catalog,
+    dir: Option<&Path>,
+    config: &ConfigFile,
+    report: &HardwareReport,
+    format: Option<&str>,
+    path_server: Option<PathBuf>,
+) -> Selection {
+    let installed = |file: &str| dir.map(|b| b.join(file)).filter(|p| p.is_file());
     let prefs = config.preferences();
     bitnet_supervisor::select(&Inputs {
         report,
-        catalog: &catalog,
+        catalog,
         installed: &installed,
         model_format: format,
         prefs: &prefs,
-        path_server: which::which("llama-server").ok(),
+        path_server,
     })
 }
 
@@ -215,6 +237,12 @@ impl Backend {
         if let Some((old, _)) = slot.take() {
             old.stop().await;
         }
+        let job = self.start_job(report, &info)?;
+        *slot = Some((job.clone(), info));
+        Ok(job)
+    }
+
+    fn start_job(&self, report: &HardwareReport, info: &ModelInfo) -> Result<Job, ProtoError> {
         let sel = selection(self.dirs.as_ref(), &self.config, report, info.format.as_deref());
         if sel.candidates.is_empty() {
             let reasons: Vec<String> = sel.skipped.iter().map(|s| format!("{}: {}", s.id, s.reason)).collect();
@@ -235,9 +263,23 @@ impl Backend {
             log_dir: self.dirs.as_ref().map(server_logs_dir),
             run_dir: self.dirs.as_ref().map(run_dir),
         };
-        let job = Job::start(spec);
-        *slot = Some((job.clone(), info));
-        Ok(job)
+        Ok(Job::start(spec))
+    }
+
+    /// Restart the loaded model on the binaries installed now (after an
+    /// update), at a point where no request uses it: take every slot, so
+    /// requests in flight finish and new ones queue behind (none is cut),
+    /// swap the server, give the slots back. Whether a model was loaded.
+    pub async fn reload_binaries(&self, report: &HardwareReport) -> Result<bool, ProtoError> {
+        let all = self.settings().parallel.max(1);
+        let _drained =
+            self.slots.acquire_many(all).await.map_err(|_| ProtoError::new(ErrorCode::Internal, "slots closed"))?;
+        let mut slot = self.job.lock().await;
+        let Some((old, info)) = slot.take() else { return Ok(false) };
+        old.stop().await;
+        let job = self.start_job(report, &info)?;
+        *slot = Some((job, info));
+        Ok(true)
     }
 
     pub async fn current(&self) -> Option<(Job, ModelInfo)> {

@@ -113,6 +113,30 @@ enum Command {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Update the host and its server bundle from the signed release (or a local bundle zip)
+    Update {
+        /// Only say what is available
+        #[arg(long)]
+        check: bool,
+        /// stable, or beta (pre-releases too); default from config.toml [update]
+        #[arg(long, value_enum)]
+        channel: Option<crate::update::Channel>,
+        /// Install this BitNet-Release.zip instead of downloading one
+        #[arg(long)]
+        bundle: Option<std::path::PathBuf>,
+        /// The model the new servers must load in their health check
+        /// (default: the running daemon's model, else the built-in default)
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Servers only, leave the host binary alone
+        #[arg(long)]
+        servers_only: bool,
+        /// Go back to the previously installed server bundle
+        #[arg(long, conflicts_with_all = ["check", "bundle"])]
+        rollback: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the models in the models folder, with size, format and architecture
     Models {
         #[arg(long)]
@@ -169,7 +193,7 @@ pub(crate) fn out(text: &str) {
     let _ = stdout.flush();
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
@@ -228,6 +252,17 @@ pub fn main() -> ExitCode {
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
         Command::Models { json } => models(json),
+        Command::Update { check, channel, bundle, model, servers_only, rollback, json } => {
+            crate::update_cli::update(crate::update_cli::Args {
+                check,
+                channel,
+                bundle,
+                model,
+                servers_only,
+                rollback,
+                json,
+            })
+        }
         Command::Rm { name } => rm(&name),
         Command::Pull { source, file, sha256 } => pull(&source, file.as_deref(), sha256.as_deref()),
         Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
@@ -343,23 +378,9 @@ fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Resul
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let _guard = crate::logging::init(Some(&dirs), "warn");
     let rt = runtime()?;
-    let mut last = std::time::Instant::now();
-    let mut show = |got: u64, total: Option<u64>| {
-        if last.elapsed().as_millis() >= 200 || total == Some(got) {
-            last = std::time::Instant::now();
-            match total {
-                Some(t) if t > 0 => eprint!(
-                    "\r{:>6.1} / {:.1} MB ({:.0}%)",
-                    got as f64 / 1e6,
-                    t as f64 / 1e6,
-                    got as f64 * 100.0 / t as f64
-                ),
-                _ => eprint!("\r{:>6.1} MB", got as f64 / 1e6),
-            }
-        }
-    };
+    let (bar, mut show) = crate::update_cli::progress_bar("model");
     let path = rt.block_on(crate::pull::pull(&dirs, source, file, sha256, &mut show));
-    eprintln!();
+    bar.finish_and_clear();
     let path = path?;
     out(&format!("{}\n", path.display()));
     Ok(())

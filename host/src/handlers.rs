@@ -18,8 +18,7 @@ type Outcome = Result<Value, ProtoError>;
 /// Request types that exist in protocol v1 but whose backend is not part of
 /// this build yet, with what is missing. They answer `not_available`, never a
 /// made-up success.
-const NOT_YET: &[(&str, &str)] =
-    &[("pull", "model downloads are not available yet"), ("settings", "settings are not available yet")];
+const NOT_YET: &[(&str, &str)] = &[("settings", "settings are not available yet")];
 
 /// Request types this host answers (for `hello`'s capabilities).
 pub const IMPLEMENTED: &[&str] = &[
@@ -31,6 +30,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "model_state",
     "load_model",
     "unload_model",
+    "reload_binaries",
     "logs",
     "chat",
     "complete",
@@ -52,6 +52,7 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "model_state" => Ok(model_state(ctx).await),
         "load_model" => crate::handlers_server::load_model(ctx, params).await,
         "unload_model" => crate::handlers_server::unload_model(ctx).await,
+        "reload_binaries" => crate::handlers_server::reload_binaries(ctx).await,
         "logs" => crate::handlers_server::logs(ctx, params).await,
         "chat" => crate::handlers_infer::chat(ctx, params).await,
         "complete" => crate::handlers_infer::complete(ctx, params).await,

@@ -180,8 +180,10 @@ fn piece(chunk: &Value) -> Option<&str> {
 async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) -> Outcome {
     let stream = params.get("stream").and_then(Value::as_bool).unwrap_or(true);
     let idle = idle_timeout(ctx, params)?;
-    let (job, ep) = loaded(ctx).await?;
+    // The slot first: a server swap (reload_binaries) holds every slot, so
+    // no request holds an endpoint that is about to go away.
     let _slot = ctx.app.backend.slot().await?;
+    let (job, ep) = loaded(ctx).await?;
     job.touch();
     let body = upstream_body(params, first, stream);
     let proxy = &ctx.app.backend.proxy;
@@ -254,8 +256,8 @@ pub async fn embed(ctx: &Ctx, params: &Params) -> Outcome {
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => Value::Array(a.clone()),
         _ => return Err(ProtoError::new(ErrorCode::InvalidRequest, "`input` must be a string or an array of strings")),
     };
-    let (job, ep) = loaded(ctx).await?;
     let _slot = ctx.app.backend.slot().await?;
+    let (job, ep) = loaded(ctx).await?;
     job.touch();
     let r = ctx
         .app

@@ -42,6 +42,21 @@ pub async fn load_model(ctx: &Ctx, params: &Params) -> Outcome {
     Ok(Value::Object(out))
 }
 
+/// After an update installed new server binaries: restart the loaded
+/// model's server on them once no request is using it (none is cut).
+pub async fn reload_binaries(ctx: &Ctx) -> Outcome {
+    let report = ctx.app.hardware().await.map_err(|e| ProtoError::new(ErrorCode::Internal, e))?;
+    let reloaded = ctx.app.backend.reload_binaries(&report).await?;
+    let backend = match ctx.app.backend.current().await {
+        Some((job, _)) if reloaded => {
+            let ep = crate::handlers_infer::ready_with_progress(ctx, &job).await?;
+            Value::from(ep.candidate)
+        }
+        _ => Value::Null,
+    };
+    Ok(json!({"reloaded": reloaded, "backend": backend}))
+}
+
 pub async fn unload_model(ctx: &Ctx) -> Outcome {
     match ctx.app.backend.unload().await {
         Some(info) => Ok(json!({"unloaded": true, "model": info.path})),

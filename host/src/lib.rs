@@ -15,6 +15,8 @@ pub mod protocol;
 pub mod pull;
 pub mod session;
 pub mod setup;
+pub mod update;
+mod update_cli;
 
 pub mod hardware;
 

@@ -13,7 +13,7 @@ pub fn base_url() -> String {
     std::env::var("BITNET_MODELS_BASE").unwrap_or_else(|_| "https://huggingface.co".into())
 }
 
-fn free_space(dir: &Path) -> Option<u64> {
+pub(crate) fn free_space(dir: &Path) -> Option<u64> {
     let disks = sysinfo::Disks::new_with_refreshed_list();
     disks
         .list()

@@ -14,6 +14,7 @@ pub mod download;
 pub mod install;
 pub mod locations;
 mod registry;
+pub mod release;
 pub mod service;
 
 use std::path::Path;

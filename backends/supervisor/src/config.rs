@@ -24,6 +24,25 @@ pub struct ConfigFile {
     #[serde(default)]
     pub server: ServerSection,
     pub remote: Option<RemoteSection>,
+    #[serde(default)]
+    pub update: UpdateSection,
+}
+
+/// `[update]`: where releases come from and what the daemon does on its own.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSection {
+    /// GitHub-style API base (a mirror or GitHub Enterprise).
+    pub api_url: Option<String>,
+    /// "owner/name" of the repository whose releases are installed.
+    pub repo: Option<String>,
+    /// "stable" (default) or "beta" (pre-releases too).
+    pub channel: Option<String>,
+    /// The daemon's daily availability check; `false` turns it off.
+    pub check: Option<bool>,
+    /// Apply what the daily check finds instead of only reporting it.
+    #[serde(default)]
+    pub auto_apply: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

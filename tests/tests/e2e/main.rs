@@ -14,6 +14,7 @@ mod runner;
 mod select;
 mod server;
 mod supervisor;
+mod update;
 
 use std::path::Path;
 

@@ -1,0 +1,118 @@
+//! `cargo xtask <command>`: see the library docs and RELEASING.md.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "bitnet-host release tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Assemble and sign a release: bundle zip, host archives, manifest.
+    Dist {
+        /// Release version (semver; a pre-release like 1.2.0-beta.1 is the beta channel).
+        #[arg(long)]
+        version: Option<String>,
+        /// Server builds in the release layout (cpu/<os>/..., gpu/<os>/...).
+        #[arg(long)]
+        servers: Option<PathBuf>,
+        /// A host binary for a target: TARGET=PATH (repeatable). Without any,
+        /// the host is built here for this machine's target.
+        #[arg(long = "host", value_name = "TARGET=PATH")]
+        hosts: Vec<String>,
+        /// The catalog.
+        #[arg(long, default_value = "binaries/variants.toml")]
+        catalog: PathBuf,
+        /// File with the minisign secret key; else $BITNET_RELEASE_KEY.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, default_value = "target/dist")]
+        out: PathBuf,
+    },
+    /// Write the small random-weight BitNet model the smoke tests load.
+    TinyModel { out: PathBuf },
+    /// Make a new signing key pair (see RELEASING.md, "Rotating the key").
+    Keygen {
+        #[arg(long, default_value = "target/release-key")]
+        out: PathBuf,
+    },
+}
+
+fn host_target() -> Result<String> {
+    let out = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix("host: ")).map(str::to_string).context("rustc -vV printed no host")
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::TinyModel { out } => {
+            let shape = bitnet_ternary::writer::Shape::default_model();
+            let bytes = bitnet_ternary::writer::random_model(&shape, 0xB17E7);
+            bitnet_ternary::writer::write_atomic(&out, &bytes)?;
+            eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
+        }
+        Command::Keygen { out } => {
+            std::fs::create_dir_all(&out)?;
+            let (sk, pk) = xtask::keygen()?;
+            let sk_path = out.join("bitnet-release.key");
+            std::fs::write(&sk_path, sk)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&sk_path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            std::fs::write(out.join("bitnet-release.pub"), &pk)?;
+            eprintln!("wrote {} (secret: keep it out of the repository) and bitnet-release.pub", sk_path.display());
+        }
+        Command::Dist { version, servers, hosts, catalog, key, out } => {
+            let secret_key = match key {
+                Some(p) => std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                None => {
+                    std::env::var("BITNET_RELEASE_KEY").context("no signing key: --key FILE or $BITNET_RELEASE_KEY")?
+                }
+            };
+            let version = version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+            let mut host_list = Vec::new();
+            for h in hosts {
+                let Some((t, p)) = h.split_once('=') else { bail!("--host wants TARGET=PATH, got `{h}`") };
+                host_list.push((t.to_string(), PathBuf::from(p)));
+            }
+            if host_list.is_empty() {
+                let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .args(["build", "--release", "--locked", "-p", "bitnet-host"])
+                    .status()?;
+                if !status.success() {
+                    bail!("building the host failed");
+                }
+                let exe = if cfg!(windows) { "bitnet-host.exe" } else { "bitnet-host" };
+                host_list.push((host_target()?, PathBuf::from("target/release").join(exe)));
+            }
+            let opts = xtask::DistOptions { version, servers, hosts: host_list, catalog, secret_key, out };
+            let report = xtask::dist(&opts)?;
+            for p in &report.written {
+                eprintln!("wrote {}", p.display());
+            }
+            for (id, file) in &report.missing {
+                eprintln!("not in this release: {id} ({file} was not given)");
+            }
+            eprintln!(
+                "release {}: {} server files, {} host archives, {} catalog variants missing",
+                report.manifest.version,
+                report.manifest.files.len(),
+                report.manifest.hosts.len(),
+                report.missing.len()
+            );
+        }
+    }
+    Ok(())
+}
