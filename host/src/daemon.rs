@@ -103,6 +103,7 @@ mod unix {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
         std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())?;
         tracing::info!(socket = %sock.display(), pid = std::process::id(), "daemon listening");
+        tokio::spawn(crate::update::background_checks(app.clone(), dirs.clone()));
         let idle = idle_from_env();
         let connections = Arc::new(AtomicUsize::new(0));
         let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<()>();

@@ -119,6 +119,7 @@ async fn status(ctx: &Ctx) -> Value {
         "server": crate::handlers_server::server_status(ctx).await,
         "queued": ctx.app.backend.queued(),
         "config_error": ctx.app.backend.config_error(),
+        "update": ctx.app.dirs.as_ref().and_then(crate::update::last_check),
     })
 }
 

@@ -405,6 +405,108 @@ pub async fn daemon_model(dirs: &HostDirs) -> Option<PathBuf> {
     v["result"]["server"]["model"]["path"].as_str().map(PathBuf::from)
 }
 
+/// What the last availability check found (`<state>/update-check.json`,
+/// shown by `status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct CheckRecord {
+    /// Unix seconds.
+    pub checked_at: u64,
+    /// The release found, when it would change something here.
+    pub available: Option<String>,
+    pub host: bool,
+    pub servers: bool,
+    /// Set when auto-apply installed the servers.
+    pub applied: Option<String>,
+    pub error: Option<String>,
+}
+
+pub fn check_record_path(dirs: &HostDirs) -> PathBuf {
+    dirs.state.join("update-check.json")
+}
+
+pub fn last_check(dirs: &HostDirs) -> Option<CheckRecord> {
+    serde_json::from_slice(&std::fs::read(check_record_path(dirs)).ok()?).ok()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// How often the daemon checks: daily; BITNET_UPDATE_CHECK_INTERVAL_MS for tests.
+fn check_interval() -> Duration {
+    std::env::var("BITNET_UPDATE_CHECK_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(24 * 3600))
+}
+
+/// The daemon's background check: at most once per interval (the record's
+/// time survives restarts), reports availability in the record; applies a
+/// new server bundle only with `[update] auto_apply = true`, then moves the
+/// loaded model to it at a safe point. Off with `[update] check = false`.
+pub async fn background_checks(app: std::sync::Arc<crate::App>, dirs: HostDirs) {
+    let config = app.backend.config().clone();
+    let env_off = std::env::var("BITNET_UPDATE_CHECK").is_ok_and(|v| v == "0" || v == "off");
+    if config.update.check == Some(false) || env_off {
+        tracing::info!("update checks are off");
+        return;
+    }
+    let interval = check_interval();
+    // Not in the first minutes of a daemon's life (short-lived daemons
+    // never ask), then when the last check (kept across restarts) is due.
+    let mut wait = interval.min(Duration::from_secs(600));
+    loop {
+        let since = last_check(&dirs).map(|r| now_secs().saturating_sub(r.checked_at)).unwrap_or(u64::MAX);
+        wait = wait.max(interval.saturating_sub(Duration::from_secs(since)));
+        tokio::time::sleep(wait).await;
+        let record = check_once(&app, &dirs, &config).await;
+        if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
+            let _ = std::fs::create_dir_all(&dirs.state);
+            let tmp = check_record_path(&dirs).with_extension("tmp");
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, check_record_path(&dirs));
+            }
+        }
+        wait = interval;
+    }
+}
+
+async fn check_once(app: &crate::App, dirs: &HostDirs, config: &ConfigFile) -> CheckRecord {
+    let src = Source::from_config(config);
+    let channel = if config.update.channel.as_deref() == Some("beta") { Channel::Beta } else { Channel::Stable };
+    let mut record = CheckRecord { checked_at: now_secs(), ..Default::default() };
+    let plan = match plan(dirs, &src, channel).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("update check: {e}");
+            record.error = Some(e.to_string());
+            return record;
+        }
+    };
+    record.host = plan.host.is_some();
+    record.servers = plan.bundle;
+    if !plan.up_to_date() {
+        record.available = Some(plan.version.clone());
+        tracing::info!(version = %plan.version, "an update is available");
+    }
+    if plan.bundle && config.update.auto_apply {
+        let model = app.backend.current().await.map(|(_, info)| info.path);
+        match apply_bundle(dirs, &src, &plan, model, &mut |_, _| {}).await {
+            Ok(inst) => {
+                record.applied = Some(inst.version.clone());
+                if let Ok(report) = app.hardware().await {
+                    if let Err(e) = app.backend.reload_binaries(&report).await {
+                        tracing::warn!("moving to the new servers: {}", e.message);
+                    }
+                }
+            }
+            Err(e) => record.error = Some(e.to_string()),
+        }
+    }
+    record
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

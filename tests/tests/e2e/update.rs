@@ -589,3 +589,64 @@ fn a_dist_bundle_installs_per_platform_and_selection_picks_the_right_file() {
         }
     }
 }
+
+fn daemon_relay(w: &World, extra: &[(&str, &str)]) -> FakeBrowser {
+    let report = w.report.to_str().unwrap().to_string();
+    let mut env = vec![
+        ("BITNET_HOST_HARDWARE", report.as_str()),
+        ("BITNET_HOST_DAEMON", "1"),
+        ("BITNET_DAEMON_IDLE_MS", "1000"),
+        ("BITNET_UPDATE_API", w.base.as_str()),
+        ("BITNET_UPDATE_PUBLIC_KEY", w.public.as_str()),
+        ("BITNET_UPDATE_CHECK_INTERVAL_MS", "300"),
+    ];
+    env.extend_from_slice(extra);
+    FakeBrowser::spawn_shared(&w.exe, &chromium_args("abcdefghijklmnopabcdefghijklmnop"), &env, &w.home)
+}
+
+fn wait_status(b: &mut FakeBrowser, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let t = std::time::Instant::now();
+    loop {
+        let s = b.request(&json!({"id": "st", "type": "status"}));
+        if f(&s["result"]) {
+            return s["result"].clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_checks_for_updates_reports_them_and_applies_only_when_asked() {
+    // Report only.
+    let w = World::new();
+    let v2 = w.release("0.2.0", &[], HostBuild::None);
+    w.publish("0.2.0", &v2);
+    let mut b = daemon_relay(&w, &[]);
+    let st = wait_status(&mut b, "an available update", |s| s["update"]["available"] == "0.2.0");
+    assert_eq!(st["update"]["servers"], true, "{st}");
+    assert!(st["update"]["applied"].is_null(), "{st}");
+    assert_eq!(w.current(), None, "reported, not applied");
+
+    // auto_apply = true: the servers are installed by the daemon.
+    let w = World::new();
+    let v2 = w.release("0.2.0", &[], HostBuild::None);
+    w.publish("0.2.0", &v2);
+    std::fs::create_dir_all(w.home.join("config")).unwrap();
+    std::fs::write(w.home.join("config/config.toml"), "[update]\nauto_apply = true\n").unwrap();
+    let mut b = daemon_relay(&w, &[]);
+    let st = wait_status(&mut b, "the update applied", |s| s["update"]["applied"] == "0.2.0");
+    assert_eq!(w.current().as_deref(), Some("0.2.0"), "{st}");
+
+    // check = false: the release server is never asked.
+    let w = World::new();
+    w.publish("0.2.0", &v2);
+    std::fs::create_dir_all(w.home.join("config")).unwrap();
+    std::fs::write(w.home.join("config/config.toml"), "[update]\ncheck = false\n").unwrap();
+    let mut b = daemon_relay(&w, &[]);
+    assert_eq!(b.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!w.releases.listed.load(Ordering::SeqCst), "checked although check = false");
+    let st = b.request(&json!({"id": "st", "type": "status"}));
+    assert!(st["result"]["update"].is_null(), "{st}");
+}
