@@ -113,6 +113,8 @@ enum Command {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Stop the per-user daemon once its running requests finish
+    Stop,
     /// Update the host and its server bundle from the signed release (or a local bundle zip)
     Update {
         /// Only say what is available
@@ -225,7 +227,7 @@ fn run_native(caller: Caller) -> anyhow::Result<()> {
         let dirs = dirs.ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
         tracing::info!(?caller, "relaying to the daemon");
         let rt = runtime()?;
-        let r = rt.block_on(crate::daemon::relay(dirs));
+        let r = rt.block_on(crate::daemon::relay(dirs, crate::caller_json(&caller)));
         rt.shutdown_timeout(std::time::Duration::from_millis(50));
         return r;
     }
@@ -252,6 +254,7 @@ pub fn main() -> ExitCode {
         Command::Select { model, format, explain, json } => select(model.as_deref(), format.as_deref(), explain, json),
         Command::Logs { lines } => logs(lines),
         Command::Models { json } => models(json),
+        Command::Stop => stop(),
         Command::Update { check, channel, bundle, model, servers_only, rollback, json } => {
             crate::update_cli::update(crate::update_cli::Args {
                 check,
@@ -384,6 +387,38 @@ fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Resul
     let path = path?;
     out(&format!("{}\n", path.display()));
     Ok(())
+}
+
+/// Ask the daemon to retire and wait until it has exited.
+fn stop() -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let rt = runtime()?;
+    let Some(reply) = rt.block_on(crate::update::daemon_request(&dirs, "retire")) else {
+        out("no daemon is running\n");
+        return Ok(());
+    };
+    let pid = reply["result"]["pid"].as_i64().ok_or_else(|| anyhow::anyhow!("the daemon answered {reply}"))?;
+    let t = std::time::Instant::now();
+    while process_alive(pid) {
+        anyhow::ensure!(
+            t.elapsed() < crate::daemon::RETIRE_DRAIN + std::time::Duration::from_secs(5),
+            "daemon {pid} is still finishing requests"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    out(&format!("stopped daemon {pid}\n"));
+    Ok(())
+}
+
+#[cfg(unix)]
+fn process_alive(pid: i64) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+#[cfg(not(unix))]
+fn process_alive(_: i64) -> bool {
+    false
 }
 
 fn models(json: bool) -> anyhow::Result<()> {

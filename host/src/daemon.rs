@@ -6,10 +6,16 @@
 //!   socket, refuses peers of another uid, serves each connection as a
 //!   [`Session`] with the same framing as native messaging, and exits after
 //!   an idle period with no connections.
-//! - The relay (native mode with the daemon on): connects, starting the
-//!   daemon detached if needed, and copies frames both ways. It reads only
-//!   the ids, to answer every in-flight request with an error if the daemon
-//!   dies, then reconnects (starting a new one) for the next requests.
+//! - The relay (native mode with the daemon on): when a request comes, it
+//!   connects (starting the daemon detached if needed), says hello with its
+//!   browser and its build identity, and copies frames both ways, reading
+//!   only ids. A daemon of another build (an update replaced the binary) is
+//!   asked to retire. If the daemon dies, the relay answers what it had in
+//!   flight with an error; the next request connects again.
+//! - Retiring (`retire`: `bitnet-host stop`, a relay of a newer build): the
+//!   daemon lets go of its socket and lock at once (a new one can start),
+//!   tells every relay to send new requests elsewhere, finishes what runs,
+//!   and exits. No request is cut.
 //!
 //! Unix only for now: Windows needs a named pipe with an owner-only ACL.
 
@@ -29,6 +35,9 @@ use crate::protocol::Wire;
 use crate::session::Session;
 use crate::App;
 
+/// How long a retiring daemon lets running requests finish.
+pub const RETIRE_DRAIN: Duration = Duration::from_secs(120);
+
 /// Default time the daemon stays up with no connection.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
 
@@ -43,6 +52,35 @@ pub fn run_dir(dirs: &HostDirs) -> PathBuf {
 
 pub fn socket_path(dirs: &HostDirs) -> PathBuf {
     run_dir(dirs).join("daemon.sock")
+}
+
+/// This program's path; after an update replaced the file, Linux reports the
+/// running one as "... (deleted)", and the path is where the new one is.
+pub fn exe_path() -> std::io::Result<PathBuf> {
+    let p = std::env::current_exe()?;
+    let s = p.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(live) => PathBuf::from(live),
+        None => p,
+    })
+}
+
+/// Which build of the host is at our path now: version, size, mtime. A
+/// daemon records it at start; a relay compares it with its own.
+pub fn current_identity() -> String {
+    let meta = exe_path().and_then(std::fs::metadata);
+    let (len, mtime) = match meta {
+        Ok(m) => (m.len(), m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())),
+        Err(_) => (0, None),
+    };
+    format!("{}:{len}:{}", crate::VERSION, mtime.map(|d| d.as_nanos()).unwrap_or(0))
+}
+
+static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The build this process started as.
+pub fn identity() -> &'static str {
+    IDENTITY.get_or_init(current_identity)
 }
 
 /// Whether the env asks native mode to relay to the daemon.
@@ -90,10 +128,12 @@ mod unix {
     }
 
     pub async fn serve(app: Arc<App>, dirs: &HostDirs) -> anyhow::Result<bool> {
+        let _ = identity();
+        app.is_daemon.store(true, Ordering::SeqCst);
         let dir = run_dir(dirs);
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        let Some(_lock) = try_lock(&dir.join("daemon.lock"))? else {
+        let Some(lock) = try_lock(&dir.join("daemon.lock"))? else {
             tracing::info!("another daemon holds the lock");
             return Ok(false);
         };
@@ -136,6 +176,23 @@ mod unix {
                     break;
                 }
                 _ = term.recv() => break,
+                _ = app.retire.cancelled() => {
+                    // Let a new daemon start now; tell the relays to send new
+                    // requests there; finish what runs here, then go.
+                    drop(listener);
+                    let _ = std::fs::remove_file(&sock);
+                    let _ = std::fs::remove_file(dir.join("daemon.pid"));
+                    drop(lock);
+                    app.released.cancel();
+                    app.broadcast("daemon_retiring");
+                    tracing::info!(in_flight = app.in_flight.load(Ordering::SeqCst), "retiring");
+                    let t = std::time::Instant::now();
+                    while app.in_flight.load(Ordering::SeqCst) > 0 && t.elapsed() < RETIRE_DRAIN {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    app.backend.unload().await;
+                    return Ok(true);
+                }
             }
         }
         let _ = std::fs::remove_file(&sock);
@@ -145,10 +202,13 @@ mod unix {
     }
 
     async fn connection(app: Arc<App>, stream: UnixStream) {
+        let stream_pid = peer_pid(&stream);
         let (mut rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Wire>(1024);
         let writer = tokio::spawn(crate::native::writer_loop(wr, rx));
-        let session = Session::new(app, tx);
+        // Who it is arrives with the relay's hello.
+        let pid = stream_pid;
+        let session = Session::new(app, tx, json!({"browser": null, "relay_pid": pid}));
         while let Ok(inbound) = read_frame(&mut rd, MAX_INBOUND).await {
             if !session.handle_inbound(inbound).await {
                 break;
@@ -182,7 +242,7 @@ mod unix {
                 return Ok(s);
             }
         }
-        let exe = std::env::current_exe()?;
+        let exe = exe_path()?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("daemon")
             .stdin(std::process::Stdio::null())
@@ -239,92 +299,226 @@ fn frame(v: &Value) -> Vec<u8> {
     out
 }
 
-/// The relay: stdin/stdout <-> the daemon. Returns when stdin closes.
+/// The relay's private request id for its hello (never forwarded).
+const HELLO_ID: &str = "bitnet-relay-hello";
+
+/// What the relay hears from the tasks reading each daemon connection.
+enum DaemonNews {
+    /// That daemon is retiring: new requests go to a new one.
+    Retiring(u64),
+    /// That connection ended.
+    Gone(u64),
+}
+
+/// One connection to a daemon: `generation` tells them apart while an old,
+/// retiring daemon still answers its last requests.
 #[cfg(unix)]
-pub async fn relay(dirs: HostDirs) -> anyhow::Result<()> {
+struct Link {
+    generation: u64,
+    to_daemon: tokio::net::unix::OwnedWriteHalf,
+    pid: Option<i32>,
+}
+
+/// Connect (starting a daemon if needed), introduce ourselves, and make a
+/// daemon of another build retire in favour of one of ours.
+#[cfg(unix)]
+async fn open_link(
+    dirs: &HostDirs,
+    caller: &Value,
+    generation: u64,
+    dead: Option<i32>,
+) -> anyhow::Result<(Link, tokio::net::unix::OwnedReadHalf)> {
+    let mine = current_identity();
+    let mut dead = dead;
+    for _ in 0..3 {
+        let stream = connect(dirs, dead).await?;
+        let pid = peer_pid(&stream);
+        let (mut rd, mut wr) = stream.into_split();
+        let hello = json!({"id": HELLO_ID, "type": "relay_hello", "caller": caller,
+            "relay_pid": std::process::id(), "identity": mine});
+        wr.write_all(&frame(&hello)).await?;
+        let theirs = loop {
+            match read_frame(&mut rd, MAX_INBOUND).await? {
+                Inbound::Frame(b) => {
+                    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                    if v["id"] == HELLO_ID {
+                        break v["result"]["identity"].as_str().unwrap_or("").to_string();
+                    }
+                }
+                _ => anyhow::bail!("the daemon closed the connection during the hello"),
+            }
+        };
+        if theirs == mine {
+            return Ok((Link { generation, to_daemon: wr, pid }, rd));
+        }
+        // Another build (an update replaced the binary): it finishes its
+        // requests and goes; the next connect starts ours.
+        tracing::info!(daemon = %theirs, relay = %mine, "asking a daemon of another build to retire");
+        let retire = json!({"id": "bitnet-relay-retire", "type": "retire"});
+        wr.write_all(&frame(&retire)).await?;
+        while let Inbound::Frame(b) = read_frame(&mut rd, MAX_INBOUND).await? {
+            let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+            if v["id"] == "bitnet-relay-retire" {
+                break;
+            }
+        }
+        dead = pid;
+    }
+    anyhow::bail!("could not reach a daemon of this build")
+}
+
+/// The relay: stdin/stdout <-> the daemon. Returns when stdin closes.
+/// Connects when a request needs it (a stopped daemon stays stopped until
+/// the browser asks for something); fails the requests a dying daemon had;
+/// moves new requests to a new daemon when the old one retires.
+#[cfg(unix)]
+pub async fn relay(dirs: HostDirs, caller: Value) -> anyhow::Result<()> {
     let mut stdin = tokio::io::stdin();
     #[allow(clippy::disallowed_methods)] // the relay owns stdout in native mode
     let stdout = Arc::new(tokio::sync::Mutex::new(tokio::io::stdout()));
-    // In-flight requests: raw id -> legacy dialect?
-    let in_flight: Arc<std::sync::Mutex<HashMap<String, bool>>> = Arc::default();
+    // In-flight requests: raw id -> (legacy dialect?, generation).
+    let in_flight: Arc<std::sync::Mutex<HashMap<String, (bool, u64)>>> = Arc::default();
+    let (news_tx, mut news) = mpsc::unbounded_channel::<DaemonNews>();
+    let mut link: Option<Link> = None;
+    // Links to retiring daemons, open until they have answered everything.
+    let mut retiring: Vec<Link> = Vec::new();
+    let mut generation = 0u64;
     let mut dead = None;
+    let mut readers = tokio::task::JoinSet::new();
+    // stdin is read on its own task: a frame read is not cancel-safe, and
+    // the loop below also waits for news from the daemons.
+    let (frames_tx, mut frames) = mpsc::channel::<std::io::Result<Inbound>>(64);
+    tokio::spawn(async move {
+        loop {
+            let r = read_frame(&mut stdin, MAX_INBOUND).await;
+            let more = matches!(r, Ok(Inbound::Frame(_) | Inbound::Oversized { .. }));
+            if frames_tx.send(r).await.is_err() || !more {
+                break;
+            }
+        }
+    });
     loop {
-        let stream = connect(&dirs, dead).await?;
-        dead = peer_pid(&stream);
-        let (mut from_daemon, mut to_daemon) = stream.into_split();
-        let down = {
-            let (stdout, in_flight) = (stdout.clone(), in_flight.clone());
-            tokio::spawn(async move {
-                loop {
-                    match read_frame(&mut from_daemon, u32::MAX as usize).await {
-                        Ok(Inbound::Frame(bytes)) => {
-                            if let Some((id, true, _)) = id_of(&bytes) {
-                                in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                            }
-                            let mut out = (bytes.len() as u32).to_ne_bytes().to_vec();
-                            out.extend(&bytes);
-                            let mut o = stdout.lock().await;
-                            if o.write_all(&out).await.is_err() || o.flush().await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => return,
+        tokio::select! {
+            r = frames.recv() => match r {
+                Some(Ok(Inbound::Frame(bytes))) => {
+                    if link.is_none() {
+                        generation += 1;
+                        let (l, rd) = open_link(&dirs, &caller, generation, dead).await?;
+                        readers.spawn(read_daemon(rd, l.generation, stdout.clone(), in_flight.clone(), news_tx.clone()));
+                        link = Some(l);
+                    }
+                    let l = link.as_mut().expect("linked above");
+                    if let Some((id, _, legacy)) = id_of(&bytes) {
+                        in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (legacy, l.generation));
+                    }
+                    let mut out = (bytes.len() as u32).to_ne_bytes().to_vec();
+                    out.extend(&bytes);
+                    if l.to_daemon.write_all(&out).await.is_err() {
+                        // Its reader reports it gone; the request fails there.
+                        dead = l.pid;
+                        link = None;
                     }
                 }
-            })
-        };
-        // Up: stdin -> daemon, until stdin ends or the daemon goes.
-        let mut down = down;
-        let stdin_ended = loop {
-            tokio::select! {
-                r = read_frame(&mut stdin, MAX_INBOUND) => match r {
-                    Ok(Inbound::Frame(bytes)) => {
-                        if let Some((id, _, legacy)) = id_of(&bytes) {
-                            in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, legacy);
-                        }
-                        let mut out = (bytes.len() as u32).to_ne_bytes().to_vec();
-                        out.extend(&bytes);
-                        if to_daemon.write_all(&out).await.is_err() {
-                            break false;
-                        }
+                // Oversized frames are the daemon's to answer too, but their
+                // bytes are gone: say it here.
+                Some(Ok(Inbound::Oversized { declared })) => {
+                    let e = json!({"id": null, "ok": false, "error": {"code": "frame_too_large",
+                        "message": format!("frame of {declared} bytes exceeds the {MAX_INBOUND}-byte limit; it was skipped")}});
+                    let mut o = stdout.lock().await;
+                    let _ = o.write_all(&frame(&e)).await;
+                    let _ = o.flush().await;
+                }
+                _ => break,
+            },
+            Some(n) = news.recv() => match n {
+                DaemonNews::Retiring(g) => {
+                    // Keep its write half open (closing it would cancel what it
+                    // still runs); new requests go to a new daemon.
+                    if let Some(l) = link.take_if(|l| l.generation == g) {
+                        retiring.push(l);
                     }
-                    // Oversized and truncated frames are the daemon's to
-                    // answer too, but their bytes are gone: say it here.
-                    Ok(Inbound::Oversized { declared }) => {
-                        let e = json!({"id": null, "ok": false, "error": {"code": "frame_too_large",
-                            "message": format!("frame of {declared} bytes exceeds the {MAX_INBOUND}-byte limit; it was skipped")}});
-                        let mut o = stdout.lock().await;
-                        let _ = o.write_all(&frame(&e)).await;
-                        let _ = o.flush().await;
+                }
+                DaemonNews::Gone(g) => {
+                    if let Some(l) = link.take_if(|l| l.generation == g) {
+                        dead = l.pid;
                     }
-                    _ => break true,
-                },
-                _ = &mut down => break false,
-            }
-        };
-        if stdin_ended {
-            // Let the daemon answer what is still running, briefly.
-            let _ = to_daemon.shutdown().await;
-            let _ = tokio::time::timeout(Duration::from_millis(1500), &mut down).await;
-            return Ok(());
+                    retiring.retain(|l| l.generation != g);
+                    fail_lost(&stdout, &in_flight, g).await;
+                }
+            },
         }
-        // The daemon went away: fail what it had, then reconnect.
-        down.abort();
-        let lost: Vec<(String, bool)> = in_flight.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-        tracing::warn!(lost = lost.len(), "daemon connection lost; reconnecting");
-        let mut o = stdout.lock().await;
-        for (raw, legacy) in lost {
-            let id: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
-            let msg = "the bitnet-host daemon stopped while answering; send the request again";
-            let e = if legacy {
-                json!({"messageId": id, "status": "error", "code": "backend_crashed", "message": msg})
-            } else {
-                json!({"id": id, "ok": false, "error": {"code": "backend_crashed", "message": msg}})
-            };
-            let _ = o.write_all(&frame(&e)).await;
-        }
-        let _ = o.flush().await;
     }
+    // stdin ended: let the daemons answer what is still running, briefly.
+    for mut l in link.take().into_iter().chain(retiring) {
+        let _ = l.to_daemon.shutdown().await;
+    }
+    let _ =
+        tokio::time::timeout(Duration::from_millis(1500), async { while readers.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+/// Copies one daemon connection's frames to stdout, noting final replies.
+#[cfg(unix)]
+async fn read_daemon(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    generation: u64,
+    stdout: Arc<tokio::sync::Mutex<tokio::io::Stdout>>,
+    in_flight: Arc<std::sync::Mutex<HashMap<String, (bool, u64)>>>,
+    news: mpsc::UnboundedSender<DaemonNews>,
+) {
+    while let Ok(Inbound::Frame(bytes)) = read_frame(&mut rd, u32::MAX as usize).await {
+        match id_of(&bytes) {
+            Some((id, true, _)) => {
+                in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+            None if is_notice(&bytes, "daemon_retiring") => {
+                let _ = news.send(DaemonNews::Retiring(generation));
+                continue;
+            }
+            _ => {}
+        }
+        let mut out = (bytes.len() as u32).to_ne_bytes().to_vec();
+        out.extend(&bytes);
+        let mut o = stdout.lock().await;
+        if o.write_all(&out).await.is_err() || o.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = news.send(DaemonNews::Gone(generation));
+}
+
+fn is_notice(bytes: &[u8], name: &str) -> bool {
+    serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v["event"] == name && v.get("id").is_none_or(Value::is_null))
+}
+
+/// Answers every request a vanished daemon connection had with an error.
+#[cfg(unix)]
+async fn fail_lost(
+    stdout: &tokio::sync::Mutex<tokio::io::Stdout>,
+    in_flight: &std::sync::Mutex<HashMap<String, (bool, u64)>>,
+    generation: u64,
+) {
+    let lost: Vec<(String, bool)> = {
+        let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<String> = map.iter().filter(|(_, (_, g))| *g == generation).map(|(k, _)| k.clone()).collect();
+        ids.into_iter().filter_map(|k| map.remove(&k).map(|(legacy, _)| (k, legacy))).collect()
+    };
+    if lost.is_empty() {
+        return;
+    }
+    tracing::warn!(lost = lost.len(), "daemon connection lost");
+    let mut o = stdout.lock().await;
+    for (raw, legacy) in lost {
+        let id: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        let msg = "the bitnet-host daemon stopped while answering; send the request again";
+        let e = if legacy {
+            json!({"messageId": id, "status": "error", "code": "backend_crashed", "message": msg})
+        } else {
+            json!({"id": id, "ok": false, "error": {"code": "backend_crashed", "message": msg}})
+        };
+        let _ = o.write_all(&frame(&e)).await;
+    }
+    let _ = o.flush().await;
 }
 
 #[cfg(test)]

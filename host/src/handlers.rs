@@ -31,6 +31,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "load_model",
     "unload_model",
     "reload_binaries",
+    "relay_hello",
+    "retire",
     "logs",
     "chat",
     "complete",
@@ -53,6 +55,11 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "load_model" => crate::handlers_server::load_model(ctx, params).await,
         "unload_model" => crate::handlers_server::unload_model(ctx).await,
         "reload_binaries" => crate::handlers_server::reload_binaries(ctx).await,
+        "relay_hello" => Ok(relay_hello(ctx, params)),
+        "retire" if ctx.app.is_daemon.load(std::sync::atomic::Ordering::SeqCst) => Ok(retire(ctx).await),
+        "retire" => {
+            Err(ProtoError::new(ErrorCode::NotAvailable, "`retire` is for the daemon; this host serves one browser"))
+        }
         "logs" => crate::handlers_server::logs(ctx, params).await,
         "chat" => crate::handlers_infer::chat(ctx, params).await,
         "complete" => crate::handlers_infer::complete(ctx, params).await,
@@ -120,7 +127,30 @@ async fn status(ctx: &Ctx) -> Value {
         "queued": ctx.app.backend.queued(),
         "config_error": ctx.app.backend.config_error(),
         "update": ctx.app.dirs.as_ref().and_then(crate::update::last_check),
+        "connections": ctx.app.connections(),
     })
+}
+
+/// A relay introduces itself and its browser; the answer says which daemon
+/// build this is, so a relay of another build can ask it to retire.
+fn relay_hello(ctx: &Ctx, params: &Params) -> Value {
+    let mut caller = params.get("caller").cloned().unwrap_or(Value::Null);
+    if let (Value::Object(c), Some(pid)) = (&mut caller, params.get("relay_pid")) {
+        c.insert("relay_pid".into(), pid.clone());
+    }
+    if caller.is_object() {
+        ctx.app.set_caller(ctx.connection, caller);
+    }
+    json!({"version": crate::VERSION, "identity": crate::daemon::identity(), "pid": std::process::id()})
+}
+
+/// Stop taking connections, finish what runs, exit (a daemon; `stop` and
+/// relays of a newer build send it). Answers once the socket and the lock
+/// are free, so a new daemon can start at once.
+async fn retire(ctx: &Ctx) -> Value {
+    ctx.app.retire.cancel();
+    let released = tokio::time::timeout(Duration::from_secs(5), ctx.app.released.cancelled()).await.is_ok();
+    json!({"retiring": true, "pid": std::process::id(), "released": released})
 }
 
 /// Download a model: `model` (URL or owner/repo), `file?`, `sha256?`;

@@ -95,7 +95,7 @@ pub async fn serve_stdio(app: Arc<App>, caller: Caller) {
     #[allow(clippy::disallowed_methods)] // the one place that owns stdout in native mode
     let stdout = tokio::io::stdout();
     let writer = tokio::spawn(writer_loop(stdout, rx));
-    let session = Session::new(app, tx);
+    let session = Session::new(app, tx, crate::caller_json(&caller));
     let mut stdin = tokio::io::stdin();
     let signal = terminate_signal();
     tokio::pin!(signal);

@@ -36,6 +36,8 @@ type InFlightMap = Arc<Mutex<HashMap<String, InFlight>>>;
 #[derive(Clone)]
 pub struct Ctx {
     pub app: Arc<App>,
+    /// The connection this request came on (App::connections).
+    pub connection: u64,
     pub id: Option<RequestId>,
     pub dialect: Dialect,
     pub cancel: CancellationToken,
@@ -79,8 +81,25 @@ impl Ctx {
     }
 }
 
+/// One running request in App::in_flight, for as long as it lives.
+struct InFlightCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlightCount {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(n.clone())
+    }
+}
+
+impl Drop for InFlightCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub struct Session {
     app: Arc<App>,
+    connection: crate::ConnectionGuard,
     out: mpsc::Sender<Wire>,
     in_flight: InFlightMap,
     tasks: TaskTracker,
@@ -88,8 +107,16 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, out: mpsc::Sender<Wire>) -> Self {
-        Self { app, out, in_flight: Arc::default(), tasks: TaskTracker::new(), shutdown: CancellationToken::new() }
+    pub fn new(app: Arc<App>, out: mpsc::Sender<Wire>, caller: Value) -> Self {
+        let connection = app.connect(caller, Some(out.clone()));
+        Self {
+            app,
+            connection,
+            out,
+            in_flight: Arc::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
     }
 
     /// Sends a reply that belongs to no running task (errors about frames).
@@ -158,13 +185,16 @@ impl Session {
         }
         let ctx = Ctx {
             app: self.app.clone(),
+            connection: self.connection.id,
             id: req.id.clone(),
             dialect: req.dialect.clone(),
             cancel: cancel.clone(),
             out: self.out.clone(),
             in_flight: self.in_flight.clone(),
         };
+        let counted = InFlightCount::new(&self.app.in_flight);
         self.tasks.spawn(async move {
+            let _counted = counted;
             // Dropping the handler's future on cancel aborts whatever it was
             // awaiting (an upstream HTTP request, a timer).
             let result = tokio::select! {

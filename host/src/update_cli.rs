@@ -144,6 +144,11 @@ pub fn update(a: Args) -> anyhow::Result<()> {
         }
         if let Some(archive) = host_archive {
             let path = update::replace_host(&dirs, archive).await?;
+            // A running daemon is the old build: it finishes its requests and
+            // the next browser request starts the new one.
+            if update::daemon_request(&dirs, "retire").await.is_some() {
+                text.push_str("the running daemon hands over to the new host once its requests finish\n");
+            }
             text.push_str(&format!(
                 "host {} installed at {} (the previous one is in {}); browsers use it from their next connection\n",
                 plan.version,

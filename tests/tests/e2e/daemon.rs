@@ -167,3 +167,108 @@ fn another_user_cannot_reach_the_daemons_socket() {
     // The owner still gets in.
     assert_eq!(a.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
 }
+
+fn relay_with(bin: &Path, args: &[String], home: &Path, report: &str) -> FakeBrowser {
+    FakeBrowser::spawn_shared(
+        bin,
+        args,
+        &[("BITNET_HOST_HARDWARE", report), ("BITNET_HOST_DAEMON", "1"), ("BITNET_DAEMON_IDLE_MS", "3000")],
+        home,
+    )
+}
+
+#[test]
+fn status_lists_every_connection_with_its_browser_and_extension() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut a = relay_with(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), home.path(), &report);
+    let mut b = relay_with(
+        host_bin(),
+        &bitnet_host_tests::browser::firefox_args("/x/com.bitnet.host.json", "ext@example.org"),
+        home.path(),
+        &report,
+    );
+    daemon_pid(&mut a, "h1");
+    daemon_pid(&mut b, "h2");
+    let st = a.request(&json!({"id": "s", "type": "status"}));
+    let conns = st["result"]["connections"].as_array().unwrap().clone();
+    assert_eq!(conns.len(), 2, "{st}");
+    let find = |browser: &str| conns.iter().find(|c| c["browser"] == browser).cloned().unwrap_or_default();
+    assert_eq!(find("chromium")["origin"], "chrome-extension://abcdefghijklmnopabcdefghijklmnop/");
+    assert_eq!(find("chromium")["relay_pid"], a.pid());
+    assert_eq!(find("firefox")["extension_id"], "ext@example.org");
+    assert_eq!(find("firefox")["relay_pid"], b.pid());
+    // A relay that goes away leaves the list.
+    b.close_stdin();
+    b.wait_exit(T);
+    wait_for("the closed connection to leave the list", || {
+        let st = a.request(&json!({"id": "s2", "type": "status"}));
+        st["result"]["connections"].as_array().map(Vec::len) == Some(1)
+    });
+}
+
+#[test]
+fn stop_lets_running_requests_finish_and_the_next_request_starts_a_daemon_again() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut a = relay_with(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), home.path(), &report);
+    let first = daemon_pid(&mut a, "h1");
+    let model = fixture_model("bitnet-b1.58-i2_s.gguf");
+    assert_eq!(a.request(&json!({"id": "l", "type": "load_model", "model": model}))["ok"], true);
+    a.send(
+        &json!({"id": "s", "type": "chat", "messages": [{"role": "user", "content": "[[tokens 40]] [[slow 15]] go"}]}),
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let o = std::process::Command::new(host_bin()).arg("stop").env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("stopped daemon {first}\n"));
+    let (events, fin) = a.collect("id", &json!("s"), T);
+    assert_eq!(fin.value["ok"], true, "stop cut the stream: {:?}", fin.value);
+    assert_eq!(events.iter().filter(|e| e["event"] == "delta").count(), 40);
+    assert!(!alive(first as u32));
+    // Nothing restarts it on its own; the next request does.
+    assert!(!home.path().join("state/daemon/daemon.sock").exists());
+    let second = daemon_pid(&mut a, "h2");
+    assert_ne!(first, second);
+    let o = std::process::Command::new(host_bin()).arg("stop").env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    assert!(o.status.success());
+    let o = std::process::Command::new(host_bin()).arg("stop").env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "no daemon is running\n");
+}
+
+#[test]
+fn a_new_build_of_the_host_replaces_the_running_daemon_without_cutting_a_stream() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let exe = home.path().join("bin/bitnet-host");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(host_bin(), &exe).unwrap();
+    let mut a = relay_with(&exe, &chromium_args("abcdefghijklmnopabcdefghijklmnop"), home.path(), &report);
+    let old = daemon_pid(&mut a, "h1");
+    let model = fixture_model("bitnet-b1.58-i2_s.gguf");
+    assert_eq!(a.request(&json!({"id": "l", "type": "load_model", "model": model}))["ok"], true);
+    // The new build, ready beside the old one.
+    let mut bytes = std::fs::read(host_bin()).unwrap();
+    bytes.extend_from_slice(b"\n#new build");
+    let tmp = home.path().join("bin/.new");
+    std::fs::write(&tmp, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    a.send(
+        &json!({"id": "s", "type": "chat", "messages": [{"role": "user", "content": "[[tokens 100]] [[slow 20]] go"}]}),
+    );
+    assert_eq!(a.recv(T)["event"], "delta", "the stream runs");
+    // An update replaces the file (rename over it, as self_replace does).
+    std::fs::rename(&tmp, &exe).unwrap();
+    // A browser connection of the new build: the old daemon retires.
+    let mut b = relay_with(&exe, &chromium_args("abcdefghijklmnopabcdefghijklmnop"), home.path(), &report);
+    let new = daemon_pid(&mut b, "h2");
+    assert_ne!(old, new, "a daemon of the new build answers");
+    assert!(alive(old as u32), "the old daemon still finishes the stream");
+    let (events, fin) = a.collect("id", &json!("s"), T);
+    assert_eq!(fin.value["ok"], true, "the handover cut the stream: {:?}", fin.value);
+    assert_eq!(events.iter().filter(|e| e["event"] == "delta").count(), 99, "(one delta was read above)");
+    wait_for("the old daemon to exit", || !alive(old as u32));
+    // The old relay's next request goes to the new daemon.
+    assert_eq!(daemon_pid(&mut a, "h3"), new);
+}

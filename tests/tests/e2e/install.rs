@@ -226,3 +226,48 @@ fn service_install_writes_the_systemd_user_unit_and_uninstall_removes_it() {
     assert!(!unit.exists());
     assert!(!h.run(&["service", "restart"], &env).status.success());
 }
+
+/// systemd-analyze, or None where it is not installed (then the test is
+/// skipped, except under CI, which installs it).
+fn systemd_analyze() -> Option<&'static str> {
+    let found = std::process::Command::new("systemd-analyze").arg("--version").output().is_ok();
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "CI must install systemd (systemd-analyze)");
+        eprintln!("systemd-analyze not installed: skipped");
+        return None;
+    }
+    Some("systemd-analyze")
+}
+
+#[test]
+fn the_rendered_systemd_unit_passes_systemd_analyze_verify() {
+    let Some(tool) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A path with a space and a percent sign, which the unit must quote/escape.
+    let bin_dir = dir.path().join("my apps 100%");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let exe = bin_dir.join("bitnet-host");
+    std::fs::copy(crate::host_bin(), &exe).unwrap();
+    let verify = |unit: &str| {
+        let path = dir.path().join("bitnet-host.service");
+        std::fs::write(&path, unit).unwrap();
+        std::process::Command::new(tool)
+            .args(["--user", "verify", "--man=no"])
+            .arg(&path)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap()
+    };
+    let unit = bitnet_installer::service::systemd_unit(&exe).unwrap();
+    let o = verify(&unit);
+    assert!(o.status.success(), "{unit}\n{}", String::from_utf8_lossy(&o.stderr));
+    // The check can fail: a unit whose program is missing does not verify.
+    let missing = bitnet_installer::service::systemd_unit(&dir.path().join("gone/bitnet-host")).unwrap();
+    let o = verify(&missing);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not executable"), "{}", String::from_utf8_lossy(&o.stderr));
+}
