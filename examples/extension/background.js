@@ -1,6 +1,7 @@
 // The example's background: on start, if a test config is present
-// (config.json, written by the test harness), run the round trip it asks
-// for and report the outcome to the harness on 127.0.0.1.
+// (config.json, written by the test harness), open the page it names
+// (`open`) and run the round trip it asks for (`report`), reporting the
+// outcome to the harness on 127.0.0.1.
 import { BitnetHost } from "./client.js";
 
 async function selfTest() {
@@ -10,6 +11,8 @@ async function selfTest() {
   } catch {
     return; // not under test
   }
+  if (config.open) chrome.tabs.create({ url: chrome.runtime.getURL(config.open) });
+  if (!config.report) return;
   const out = { steps: {} };
   const t0 = performance.now();
   const host = new BitnetHost(config.host || "com.bitnet.host");

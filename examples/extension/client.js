@@ -52,13 +52,20 @@ export class BitnetHost {
     else p.reject(Object.assign(new Error(m.error?.message || "error"), { code: m.error?.code, details: m.error?.details }));
   }
 
+  // The returned promise carries the request's `id` (for `cancel`).
   request(type, params = {}, onEvent = null) {
     const id = `r${this.nextId++}`;
-    const port = this.connect();
-    return new Promise((resolve, reject) => {
+    let port;
+    try {
+      port = this.connect();
+    } catch (e) {
+      return Object.assign(Promise.reject(e), { id });
+    }
+    const p = new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, onEvent });
       port.postMessage({ id, type, ...params });
     });
+    return Object.assign(p, { id });
   }
 
   cancel(id) {

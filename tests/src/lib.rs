@@ -1,4 +1,5 @@
 //! Test support: a fake browser over stdio and the stand-in server's helpers.
 
 pub mod browser;
+pub mod devtools;
 pub mod standin;

@@ -30,7 +30,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Accept one HTTP POST and return its body (the extension's report).
-fn receive_report(listener: TcpListener, within: Duration) -> Option<Value> {
+pub(crate) fn receive_report(listener: TcpListener, within: Duration) -> Option<Value> {
     listener.set_nonblocking(true).unwrap();
     let t = Instant::now();
     loop {

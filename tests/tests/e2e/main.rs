@@ -4,6 +4,7 @@
 mod browser;
 mod cli;
 mod daemon;
+mod extension_ui;
 mod hardware;
 mod infer;
 mod install;
