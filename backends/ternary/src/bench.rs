@@ -22,8 +22,9 @@ pub fn speed(model: &Model, p: usize, n: usize, threads: usize) -> Speed {
         let mut cache = model.new_cache(p + n + 1);
         let vocab = model.hp.n_vocab as u32;
         let t = Instant::now();
-        for i in 0..p {
-            model.forward((i as u32 * 7919) % vocab, &mut cache);
+        let prompt: Vec<u32> = (0..p).map(|i| (i as u32 * 7919) % vocab).collect();
+        for chunk in prompt.chunks(crate::model::PREFILL_BATCH) {
+            model.forward_batch(chunk, &mut cache);
         }
         let pp = p as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();

@@ -180,8 +180,9 @@ impl Engine {
         }
         let mut cache = self.model.new_cache(self.n_ctx);
         let mut logits = Vec::new();
-        for &t in &req.prompt {
-            logits = self.model.forward(t, &mut cache);
+        // The prompt in batches: each weight matrix is read once per batch.
+        for chunk in req.prompt.chunks(crate::model::PREFILL_BATCH) {
+            logits = self.model.forward_batch(chunk, &mut cache);
         }
         let mut sampler = Sampler::new(req.sampler.clone());
         let mut history = req.prompt.clone();

@@ -144,6 +144,93 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
     }
 }
 
+/// Reference for four tokens at once: `dot_i2s_scalar` for each.
+pub fn dot_i2s_x4_scalar(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+    q.map(|q| dot_i2s_scalar(row, q))
+}
+
+/// Four tokens against one row: the codes are unpacked once and used four
+/// times (prompt processing; the row is read once per four tokens).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for (b, block) in row.chunks_exact(32).enumerate() {
+        // SAFETY (all loads): block has 32 bytes; each q has 128 per block.
+        let w = _mm256_loadu_si256(block.as_ptr().cast());
+        let planes = [
+            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+            _mm256_and_si256(w, mask),
+        ];
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let qb = q[t].as_ptr().add(b * 128);
+            for (k, codes) in planes.iter().enumerate() {
+                let a = _mm256_loadu_si256(qb.add(k * 32).cast());
+                let p = _mm256_maddubs_epi16(*codes, a);
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    acc.map(|a| hsum_i32(a))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn dot_i2s_x4_vnni(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let pairs = row.len() / 64;
+    for p in 0..pairs {
+        // SAFETY (all loads): within row and each q by the loop bound.
+        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+        let planes = [
+            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+            _mm512_and_si512(w, mask),
+        ];
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let qb = q[t].as_ptr().add(p * 256);
+            for (k, codes) in planes.iter().enumerate() {
+                let lo = _mm256_loadu_si256(qb.add(k * 32).cast());
+                let hi = _mm256_loadu_si256(qb.add(128 + k * 32).cast());
+                let a = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                *acc = _mm512_dpbusd_epi32(*acc, *codes, a);
+            }
+        }
+    }
+    let mut out = acc.map(|a| _mm512_reduce_add_epi32(a));
+    if !row.len().is_multiple_of(64) {
+        let tail = [&q[0][pairs * 256..], &q[1][pairs * 256..], &q[2][pairs * 256..], &q[3][pairs * 256..]];
+        let rest = dot_i2s_x4_avx2(&row[pairs * 64..], tail);
+        for (o, r) in out.iter_mut().zip(rest) {
+            *o += r;
+        }
+    }
+    out
+}
+
+/// `dot_i2s` for four tokens at once, with the best kernel here.
+#[inline]
+pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+    debug_assert!(q.iter().all(|q| q.len() == row.len() * 4));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2.
+        Isa::Avx512Vnni => unsafe { dot_i2s_x4_vnni(row, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked the CPU has AVX2.
+        Isa::Avx2 => unsafe { dot_i2s_x4_avx2(row, q) },
+        _ => dot_i2s_x4_scalar(row, q),
+    }
+}
+
 pub fn dot_f16_scalar(row: &[f16], x: &[f32]) -> f32 {
     row.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
 }
@@ -222,6 +309,22 @@ mod tests {
                 assert_eq!(unsafe { dot_i2s_vnni(&row, &q) }, want, "avx512-vnni n={n}");
             }
             assert_eq!(dot_i2s(&row, &q), want);
+            // Four tokens at once: each equals its own reference.
+            let qs: Vec<Vec<i8>> = (0..4).map(|t| q.iter().map(|&v| v.wrapping_add(t * 37)).collect()).collect();
+            let four = [&qs[0][..], &qs[1][..], &qs[2][..], &qs[3][..]];
+            let want4 = dot_i2s_x4_scalar(&row, four);
+            assert_eq!(want4[0], dot_i2s_scalar(&row, &qs[0]));
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: checked just above.
+                assert_eq!(unsafe { dot_i2s_x4_avx2(&row, four) }, want4, "x4 avx2 n={n}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                // SAFETY: checked just above.
+                assert_eq!(unsafe { dot_i2s_x4_vnni(&row, four) }, want4, "x4 avx512-vnni n={n}");
+            }
+            assert_eq!(dot_i2s_x4(&row, four), want4);
         }
     }
 

@@ -102,6 +102,9 @@ pub enum Linear {
     },
 }
 
+/// Prompt tokens run through the layers together (engine and bench).
+pub const PREFILL_BATCH: usize = 128;
+
 /// Rows per parallel task: enough work to be worth a thread hop.
 const MIN_ROWS: usize = 32;
 
@@ -121,6 +124,57 @@ impl Linear {
             }
             Linear::Ternary(t) => t.matvec(x, scheme, y),
             Linear::Dense { w, cols, .. } => quant::matvec_f32(w, *cols, x, y),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Linear::I2S { rows, .. } | Linear::Dense { rows, .. } => *rows,
+            Linear::Ternary(t) => t.rows,
+        }
+    }
+
+    /// `n` tokens at once: `xs` is n x cols, `ys` n x rows. Each token's
+    /// results equal `matvec`'s exactly; I2_S rows are read once per four
+    /// tokens instead of once per token (prompt processing).
+    fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, ys: &mut [f32]) {
+        use rayon::prelude::*;
+        let rows = self.rows();
+        let cols = xs.len() / n.max(1);
+        match self {
+            Linear::I2S { bytes, cols, scale, .. } if n > 1 => {
+                let bytes = bytes.bytes();
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_i8tok).collect();
+                let row_bytes = cols / 4;
+                // Row-major results (rows x n) so each task owns whole rows.
+                let mut by_row = vec![0f32; rows * n];
+                by_row.par_chunks_mut(n).with_min_len(MIN_ROWS / 4).enumerate().for_each(|(r, out)| {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let mut t = 0;
+                    while t + 4 <= n {
+                        let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
+                        let d = crate::kernels::dot_i2s_x4(row, q);
+                        for i in 0..4 {
+                            let a = &acts[t + i];
+                            out[t + i] = ((d[i] - a.sum) as f32 / a.scale) * scale;
+                        }
+                        t += 4;
+                    }
+                    for (o, a) in out[t..].iter_mut().zip(&acts[t..]) {
+                        *o = ((crate::kernels::dot_i2s(row, &a.q) - a.sum) as f32 / a.scale) * scale;
+                    }
+                });
+                for (r, vals) in by_row.chunks_exact(n).enumerate() {
+                    for (t, v) in vals.iter().enumerate() {
+                        ys[t * rows + r] = *v;
+                    }
+                }
+            }
+            _ => {
+                for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
+                    self.matvec(x, scheme, y);
+                }
+            }
         }
     }
 }
@@ -474,65 +528,98 @@ impl Model {
 
     /// Feed one token at the cache's next position; the logits it gives.
     pub fn forward(&self, token: u32, cache: &mut KvCache) -> Vec<f32> {
+        self.forward_batch(&[token], cache)
+    }
+
+    /// Feed `tokens` at the cache's next positions (a prompt): every layer
+    /// runs on all of them at once, so each weight matrix is read once per
+    /// batch, not once per token. The logits of the last token.
+    pub fn forward_batch(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
         let hp = &self.hp;
-        let (d, hd, pos) = (hp.n_embd, hp.head_dim, cache.len);
-        assert!(pos < cache.cap, "KV cache full");
+        let n = tokens.len();
+        assert!(n > 0, "no tokens");
+        let (d, hd, pos0) = (hp.n_embd, hp.head_dim, cache.len);
+        assert!(pos0 + n <= cache.cap, "KV cache full");
         let kv = hp.n_head_kv * hd;
         let group = hp.n_head / hp.n_head_kv;
-        let mut x = vec![0f32; d];
-        self.token_embd.row_into((token as usize).min(hp.n_vocab - 1), d, &mut x);
-        let (mut h, mut q, mut k, mut v) = (vec![0f32; d], vec![0f32; d], vec![0f32; kv], vec![0f32; kv]);
-        let (mut att, mut o) = (vec![0f32; d], vec![0f32; d]);
-        let (mut g, mut u) = (vec![0f32; hp.n_ff], vec![0f32; hp.n_ff]);
-        let mut scores = vec![0f32; pos + 1];
+        let mut x = vec![0f32; n * d];
+        for (t, xt) in tokens.iter().zip(x.chunks_exact_mut(d)) {
+            self.token_embd.row_into((*t as usize).min(hp.n_vocab - 1), d, xt);
+        }
+        let (mut h, mut q, mut k, mut v) =
+            (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * kv], vec![0f32; n * kv]);
+        let (mut att, mut o) = (vec![0f32; n * d], vec![0f32; n * d]);
+        let (mut g, mut u) = (vec![0f32; n * hp.n_ff], vec![0f32; n * hp.n_ff]);
+        let mut normed = vec![0f32; if hp.n_ff > 0 { hp.n_ff } else { 1 }];
+        let mut scores = Vec::with_capacity(pos0 + n);
         let scale = 1.0 / (hd as f32).sqrt();
+        let norm_rows = |src: &[f32], w: &[f32], dst: &mut [f32], width: usize| {
+            for (a, b) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+                rms_norm(a, w, hp.rms_eps, b);
+            }
+        };
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.attn_norm, hp.rms_eps, &mut h);
-            layer.wq.matvec(&h, self.scheme, &mut q);
-            layer.wk.matvec(&h, self.scheme, &mut k);
-            layer.wv.matvec(&h, self.scheme, &mut v);
-            rope(&mut q, hd, pos, hp.rope_base);
-            rope(&mut k, hd, pos, hp.rope_base);
+            norm_rows(&x, &layer.attn_norm, &mut h, d);
+            layer.wq.matmul(&h, n, self.scheme, &mut q);
+            layer.wk.matmul(&h, n, self.scheme, &mut k);
+            layer.wv.matmul(&h, n, self.scheme, &mut v);
+            for t in 0..n {
+                rope(&mut q[t * d..(t + 1) * d], hd, pos0 + t, hp.rope_base);
+                rope(&mut k[t * kv..(t + 1) * kv], hd, pos0 + t, hp.rope_base);
+            }
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
             let (ks, vs) = (&cache.k[l], &cache.v[l]);
-            for head in 0..hp.n_head {
-                let kh = head / group;
-                let qh = &q[head * hd..(head + 1) * hd];
-                for (t, s) in scores.iter_mut().enumerate() {
-                    let kt = &ks[t * kv + kh * hd..t * kv + (kh + 1) * hd];
-                    *s = qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - m).exp();
-                    sum += *s;
-                }
-                let out = &mut att[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (t, s) in scores.iter().enumerate() {
-                    let p = s / sum;
-                    let vt = &vs[t * kv + kh * hd..t * kv + (kh + 1) * hd];
-                    for (o, vv) in out.iter_mut().zip(vt) {
-                        *o += p * vv;
+            // Tokens in parallel (a prompt); causal: token t sees 0..=pos0+t.
+            let q = &q;
+            let attend = |t: usize, att_t: &mut [f32], scores: &mut Vec<f32>| {
+                scores.resize(pos0 + t + 1, 0.0);
+                for head in 0..hp.n_head {
+                    let kh = head / group;
+                    let qh = &q[t * d + head * hd..t * d + (head + 1) * hd];
+                    for (p, s) in scores.iter_mut().enumerate() {
+                        let kp = &ks[p * kv + kh * hd..p * kv + (kh + 1) * hd];
+                        *s = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - m).exp();
+                        sum += *s;
+                    }
+                    let out = &mut att_t[head * hd..(head + 1) * hd];
+                    out.fill(0.0);
+                    for (p, s) in scores.iter().enumerate() {
+                        let w = s / sum;
+                        let vp = &vs[p * kv + kh * hd..p * kv + (kh + 1) * hd];
+                        for (o, vv) in out.iter_mut().zip(vp) {
+                            *o += w * vv;
+                        }
                     }
                 }
+            };
+            if n == 1 {
+                attend(0, &mut att, &mut scores);
+            } else {
+                use rayon::prelude::*;
+                att.par_chunks_mut(d)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (t, att_t)| attend(t, att_t, scores));
             }
             let attn_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {
-                    rms_norm(&att, w, hp.rms_eps, &mut h);
+                    norm_rows(&att, w, &mut h, d);
                     &h
                 }
                 None => &att,
             };
-            layer.wo.matvec(attn_in, self.scheme, &mut o);
+            layer.wo.matmul(attn_in, n, self.scheme, &mut o);
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
-            rms_norm(&x, &layer.ffn_norm, hp.rms_eps, &mut h);
-            layer.w_gate.matvec(&h, self.scheme, &mut g);
-            layer.w_up.matvec(&h, self.scheme, &mut u);
+            norm_rows(&x, &layer.ffn_norm, &mut h, d);
+            layer.w_gate.matmul(&h, n, self.scheme, &mut g);
+            layer.w_up.matmul(&h, n, self.scheme, &mut u);
             for (gv, uv) in g.iter_mut().zip(&u) {
                 let a = match hp.act {
                     Act::Silu => *gv / (1.0 + (-*gv).exp()),
@@ -541,19 +628,23 @@ impl Model {
                 *gv = a * uv;
             }
             if let Some(w) = &layer.ffn_sub_norm {
-                let mut normed = vec![0f32; hp.n_ff];
-                rms_norm(&g, w, hp.rms_eps, &mut normed);
-                g = normed;
+                for gt in g.chunks_exact_mut(hp.n_ff) {
+                    rms_norm(gt, w, hp.rms_eps, &mut normed);
+                    gt.copy_from_slice(&normed);
+                }
             }
-            layer.w_down.matvec(&g, self.scheme, &mut o);
+            layer.w_down.matmul(&g, n, self.scheme, &mut o);
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
         }
-        cache.len += 1;
-        rms_norm(&x, &self.output_norm, hp.rms_eps, &mut h);
+        cache.len += n;
+        // Only the last token's logits are needed.
+        let last = &x[(n - 1) * d..];
+        let mut hl = vec![0f32; d];
+        rms_norm(last, &self.output_norm, hp.rms_eps, &mut hl);
         let mut logits = vec![0f32; hp.n_vocab];
-        self.output.as_ref().unwrap_or(&self.token_embd).matvec(d, &h, &mut logits);
+        self.output.as_ref().unwrap_or(&self.token_embd).matvec(d, &hl, &mut logits);
         logits
     }
 }
@@ -686,6 +777,31 @@ mod tests {
             l.w_down.matvec(&x, ActScheme::I8Tok, &mut y1);
             decoded.matvec(&x, ActScheme::I8Tok, &mut y2);
             assert_eq!(y1, y2);
+        }
+    }
+
+    #[test]
+    fn a_batched_prompt_gives_the_same_logits_and_cache_as_token_by_token() {
+        for stem in ["bitnet-b1.58-i2_s", "bitnet-tq2_0"] {
+            let m = Model::load(&fixture(&format!("{stem}.gguf")), None).unwrap();
+            // Tails of the 4-token kernel included: 1, 3, 6 and 9 tokens.
+            let prompt: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % m.hp.n_vocab as u32).collect();
+            for split in [1usize, 3, 6, 9] {
+                let mut seq = m.new_cache(32);
+                let mut want = Vec::new();
+                for &t in &prompt {
+                    want = m.forward(t, &mut seq);
+                }
+                let mut bat = m.new_cache(32);
+                let mut got = Vec::new();
+                for chunk in prompt.chunks(split) {
+                    got = m.forward_batch(chunk, &mut bat);
+                }
+                assert_eq!(got, want, "{stem} in batches of {split}");
+                assert_eq!(bat.len, seq.len);
+                assert_eq!(bat.k, seq.k, "{stem}: keys");
+                assert_eq!(bat.v, seq.v, "{stem}: values");
+            }
         }
     }
 
