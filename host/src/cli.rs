@@ -73,8 +73,9 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Run the per-user daemon in the foreground (native mode relays to it when
-    /// BITNET_HOST_DAEMON=1; it exits after BITNET_DAEMON_IDLE_MS without connections)
+    /// Run the per-user daemon in the foreground (browser connections relay to
+    /// it unless BITNET_HOST_DAEMON=0; it exits after BITNET_DAEMON_IDLE_MS
+    /// without connections)
     Daemon,
     /// Start the daemon at login: install | uninstall | status (systemd user unit, launchd agent, logon task)
     Service { action: String },

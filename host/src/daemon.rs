@@ -83,9 +83,11 @@ pub fn identity() -> &'static str {
     IDENTITY.get_or_init(current_identity)
 }
 
-/// Whether the env asks native mode to relay to the daemon.
+/// Whether native mode relays to the daemon: yes, unless
+/// BITNET_HOST_DAEMON=0 asks for one browser connection served in-process
+/// (its servers then die with it).
 pub fn enabled() -> bool {
-    std::env::var("BITNET_HOST_DAEMON").is_ok_and(|v| v == "1")
+    !std::env::var("BITNET_HOST_DAEMON").is_ok_and(|v| v == "0")
 }
 
 /// The idle period; None (`BITNET_DAEMON_IDLE_MS=0`, as the service sets)

@@ -151,6 +151,9 @@ pub fn uninstall(json: bool) -> anyhow::Result<()> {
 fn handshake(host: &Path) -> Result<Value, String> {
     let mut child = Command::new(host)
         .arg(format!("chrome-extension://{TABAGENT_EXTENSION_ID}/"))
+        // The handshake checks the registration, in-process: it must not
+        // leave a daemon behind.
+        .env("BITNET_HOST_DAEMON", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

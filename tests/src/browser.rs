@@ -110,6 +110,9 @@ impl FakeBrowser {
     pub fn spawn_shared(bin: &Path, args: &[String], env: &[(&str, &str)], home: &Path) -> Self {
         let mut child = Command::new(bin)
             .args(args)
+            // In-process unless the test asks for the daemon: each test's
+            // host is its own, and none leaves a daemon behind.
+            .env("BITNET_HOST_DAEMON", "0")
             .envs(env.iter().copied())
             .env("BITNET_HOST_HOME", home)
             .env("HOME", home)

@@ -97,6 +97,9 @@ fn headless_chromium_chats_through_the_installed_host_to_the_builtin_engine() {
             .env("XDG_CONFIG_HOME", h.join(".config"))
             .env("XDG_CACHE_HOME", h.join(".cache"))
             .env("BITNET_HOST_HOME", h.join("bitnet"))
+            // The browser's host relays to a daemon (the default), which
+            // goes soon after the browser.
+            .env("BITNET_DAEMON_IDLE_MS", "2000")
             .env_remove("BITNET_HOST_HARDWARE");
     };
     let mut install = Command::new(host_bin());

@@ -282,20 +282,26 @@ fn sigterm_cancels_work_and_exits_promptly() {
 
 #[test]
 fn the_host_writes_its_log_file_not_to_stdout() {
-    let home = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(host_bin())
-        .args(chromium_args("abcdefghijklmnopabcdefghijklmnop"))
-        .env("BITNET_HOST_HOME", home.path())
-        .env("BITNET_HOST_LOG", "debug")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    // Debug logging was on, stdin was empty: stdout must hold nothing at all.
-    assert!(out.stdout.is_empty(), "stdout: {:?}", String::from_utf8_lossy(&out.stdout));
-    let logs: Vec<_> = std::fs::read_dir(home.path().join("state/logs")).unwrap().collect();
-    assert_eq!(logs.len(), 1);
-    let text = std::fs::read_to_string(logs[0].as_ref().unwrap().path()).unwrap();
-    assert!(text.contains("native messaging session started"), "{text}");
-    assert!(!out.stderr.is_empty());
+    // In-process and as a relay to the daemon (the default): with debug
+    // logging on and an empty stdin, stdout holds nothing at all.
+    for (mode, says) in [("0", "native messaging session started"), ("1", "relaying to the daemon")] {
+        let home = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(host_bin())
+            .args(chromium_args("abcdefghijklmnopabcdefghijklmnop"))
+            .env("BITNET_HOST_HOME", home.path())
+            .env("BITNET_HOST_LOG", "debug")
+            .env("BITNET_HOST_DAEMON", mode)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(out.stdout.is_empty(), "stdout: {:?}", String::from_utf8_lossy(&out.stdout));
+        let logs: Vec<_> = std::fs::read_dir(home.path().join("state/logs")).unwrap().flatten().collect();
+        let log = logs.iter().find(|e| e.path().is_file()).expect("a log file");
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.contains(says), "{mode}: {text}");
+        assert!(!out.stderr.is_empty());
+        // An empty stdin never needed the daemon: none was started.
+        assert!(!home.path().join("state/daemon/daemon.sock").exists());
+    }
 }
