@@ -144,6 +144,77 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
     }
 }
 
+/// One token's int8 activations, ready for whichever I2_S kernel runs:
+/// for AVX-512 also rearranged so that each 64-byte load lines up with one
+/// bit plane of two 128-weight blocks (built once per matrix-vector
+/// product, instead of two 32-byte loads and an insert per plane per row).
+pub struct Prepared<'a> {
+    q: &'a [i8],
+    interleaved: Vec<i8>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(q: &'a [i8]) -> Self {
+        let interleaved = if isa() == Isa::Avx512Vnni { interleave(q) } else { Vec::new() };
+        Self { q, interleaved }
+    }
+}
+
+/// For block pair p and plane k: q[256p + 32k ..][..32] then q[256p + 128 + 32k ..][..32].
+fn interleave(q: &[i8]) -> Vec<i8> {
+    let pairs = q.len() / 256;
+    let mut out = Vec::with_capacity(pairs * 256);
+    for p in 0..pairs {
+        for k in 0..4 {
+            out.extend_from_slice(&q[256 * p + 32 * k..256 * p + 32 * k + 32]);
+            out.extend_from_slice(&q[256 * p + 128 + 32 * k..256 * p + 128 + 32 * k + 32]);
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn dot_i2s_vnni_interleaved(row: &[u8], qi: &[i8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let mut acc0 = _mm512_setzero_si512();
+    let mut acc1 = _mm512_setzero_si512();
+    let pairs = row.len() / 64;
+    for p in 0..pairs {
+        // SAFETY (all loads): within row and qi (pairs * 256 bytes) by the loop bound.
+        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+        let a = qi.as_ptr().add(p * 256);
+        let c0 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
+        let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+        let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
+        let c3 = _mm512_and_si512(w, mask);
+        // Two accumulators: the dpbusd chains do not wait on each other.
+        acc0 = _mm512_dpbusd_epi32(acc0, c0, _mm512_loadu_si512(a.cast()));
+        acc1 = _mm512_dpbusd_epi32(acc1, c1, _mm512_loadu_si512(a.add(64).cast()));
+        acc0 = _mm512_dpbusd_epi32(acc0, c2, _mm512_loadu_si512(a.add(128).cast()));
+        acc1 = _mm512_dpbusd_epi32(acc1, c3, _mm512_loadu_si512(a.add(192).cast()));
+    }
+    let mut total = _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1));
+    if !row.len().is_multiple_of(64) {
+        total += dot_i2s_avx2(&row[pairs * 64..], &q[pairs * 256..]);
+    }
+    total
+}
+
+/// `dot_i2s` on prepared activations.
+#[inline]
+pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
+    debug_assert_eq!(row.len() * 4, a.q.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2;
+        // Prepared::new interleaved for it.
+        Isa::Avx512Vnni => unsafe { dot_i2s_vnni_interleaved(row, &a.interleaved, a.q) },
+        _ => dot_i2s(row, a.q),
+    }
+}
+
 /// Reference for four tokens at once: `dot_i2s_scalar` for each.
 pub fn dot_i2s_x4_scalar(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     q.map(|q| dot_i2s_scalar(row, q))
@@ -258,14 +329,36 @@ unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
     _mm_cvtss_f32(s) + dot_f16_scalar(&row[n..], &x[n..])
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dot_f16_avx512(row: &[f16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 32 * 32;
+    let mut a0 = _mm512_setzero_ps();
+    let mut a1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 32 <= n <= row.len() == x.len().
+        let h0 = _mm256_loadu_si256(row.as_ptr().add(i).cast());
+        let h1 = _mm256_loadu_si256(row.as_ptr().add(i + 16).cast());
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(h0), _mm512_loadu_ps(x.as_ptr().add(i)), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h1), _mm512_loadu_ps(x.as_ptr().add(i + 16)), a1);
+        i += 32;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + dot_f16_avx2(&row[n..], &x[n..])
+}
+
 /// An f16 row times f32 activations.
 #[inline]
 pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
     debug_assert_eq!(row.len(), x.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX2, FMA and F16C (also under Avx512Vnni).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { dot_f16_avx2(row, x) },
+        // SAFETY: isa() checked AVX-512 F with AVX2, FMA and F16C.
+        Isa::Avx512Vnni => unsafe { dot_f16_avx512(row, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2, FMA and F16C.
+        Isa::Avx2 => unsafe { dot_f16_avx2(row, x) },
         _ => dot_f16_scalar(row, x),
     }
 }
@@ -309,6 +402,13 @@ mod tests {
                 assert_eq!(unsafe { dot_i2s_vnni(&row, &q) }, want, "avx512-vnni n={n}");
             }
             assert_eq!(dot_i2s(&row, &q), want);
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                // SAFETY: checked just above.
+                let got = unsafe { dot_i2s_vnni_interleaved(&row, &interleave(&q), &q) };
+                assert_eq!(got, want, "avx512-vnni interleaved n={n}");
+            }
+            assert_eq!(dot_i2s_prepared(&row, &Prepared::new(&q)), want);
             // Four tokens at once: each equals its own reference.
             let qs: Vec<Vec<i8>> = (0..4).map(|t| q.iter().map(|&v| v.wrapping_add(t * 37)).collect()).collect();
             let four = [&qs[0][..], &qs[1][..], &qs[2][..], &qs[3][..]];
@@ -345,12 +445,18 @@ mod tests {
     #[test]
     fn every_f16_kernel_matches_the_reference() {
         let mut rng = Rng::new(4);
-        for n in [1usize, 15, 16, 17, 100, 2560] {
+        for n in [1usize, 15, 16, 17, 31, 32, 33, 100, 2560] {
             let row: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.next_f32() * 2.0 - 1.0)).collect();
             let x: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
             let want = dot_f16_scalar(&row, &x);
             let got = dot_f16(&row, &x);
             assert!((got - want).abs() <= 1e-4 * (n as f32).sqrt(), "n={n}: {got} vs {want}");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
+                // SAFETY: checked just above (with AVX2/FMA on such CPUs).
+                let got = unsafe { dot_f16_avx512(&row, &x) };
+                assert!((got - want).abs() <= 1e-4 * (n as f32).sqrt(), "avx512 n={n}: {got} vs {want}");
+            }
         }
     }
 }

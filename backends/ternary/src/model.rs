@@ -115,9 +115,11 @@ impl Linear {
             Linear::I2S { bytes, cols, scale, .. } => {
                 let bytes = bytes.bytes();
                 let a = quant::quantize_i8tok(x);
+                let prepared = crate::kernels::Prepared::new(&a.q);
                 let row_bytes = cols / 4;
                 y.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(r, out)| {
-                    let d = crate::kernels::dot_i2s(&bytes[r * row_bytes..(r + 1) * row_bytes], &a.q) - a.sum;
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let d = crate::kernels::dot_i2s_prepared(row, &prepared) - a.sum;
                     // bitnet.cpp's order of operations, as the reference.
                     *out = (d as f32 / a.scale) * scale;
                 });

@@ -40,8 +40,8 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn two_browsers_share_one_daemon_and_one_server_and_their_streams_never_cross() {
     let (home, report) = host_home(host_bin(), standin_bin(), &[]);
     let report = report.to_str().unwrap().to_string();
-    let mut a = relay(home.path(), &report, "60000");
-    let mut b = relay(home.path(), &report, "60000");
+    let mut a = relay(home.path(), &report, "5000");
+    let mut b = relay(home.path(), &report, "5000");
     let (pa, pb) = (daemon_pid(&mut a, "h1"), daemon_pid(&mut b, "h2"));
     assert_eq!(pa, pb, "one daemon answers both");
     assert_ne!(pa, u64::from(a.pid()));
@@ -68,7 +68,7 @@ fn two_browsers_share_one_daemon_and_one_server_and_their_streams_never_cross() 
 fn relays_racing_to_start_the_daemon_end_up_with_exactly_one() {
     let (home, report) = host_home(host_bin(), standin_bin(), &[]);
     let report = report.to_str().unwrap().to_string();
-    let mut relays: Vec<FakeBrowser> = (0..4).map(|_| relay(home.path(), &report, "60000")).collect();
+    let mut relays: Vec<FakeBrowser> = (0..4).map(|_| relay(home.path(), &report, "5000")).collect();
     let pids: Vec<u64> = relays.iter_mut().enumerate().map(|(i, r)| daemon_pid(r, &format!("h{i}"))).collect();
     assert!(pids.windows(2).all(|w| w[0] == w[1]), "{pids:?}");
     // Any other daemon that started lost the lock and exited.
@@ -92,7 +92,7 @@ fn relays_racing_to_start_the_daemon_end_up_with_exactly_one() {
 fn a_daemon_killed_mid_stream_fails_the_request_and_the_next_one_gets_a_new_daemon() {
     let (home, report) = host_home(host_bin(), standin_bin(), &[]);
     let report = report.to_str().unwrap().to_string();
-    let mut a = relay(home.path(), &report, "60000");
+    let mut a = relay(home.path(), &report, "5000");
     let first = daemon_pid(&mut a, "h");
     a.send(&json!({"id": "long", "type": "echo", "events": 1000, "interval_ms": 20}));
     assert_eq!(a.recv(T)["id"], "long");
@@ -134,7 +134,7 @@ fn another_user_cannot_reach_the_daemons_socket() {
     }
     let (home, report) = host_home(host_bin(), standin_bin(), &[]);
     let report = report.to_str().unwrap().to_string();
-    let mut a = relay(home.path(), &report, "60000");
+    let mut a = relay(home.path(), &report, "5000");
     daemon_pid(&mut a, "h");
     let sock = home.path().join("state/daemon/daemon.sock");
     // Open every folder above the daemon's own to others, so only the
