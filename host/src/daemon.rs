@@ -146,6 +146,9 @@ mod unix {
         std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())?;
         tracing::info!(socket = %sock.display(), pid = std::process::id(), "daemon listening");
         tokio::spawn(crate::update::background_checks(app.clone(), dirs.clone()));
+        if let Some(port) = crate::http_api::port(&app) {
+            tokio::spawn(crate::http_api::serve(app.clone(), port));
+        }
         let idle = idle_from_env();
         let connections = Arc::new(AtomicUsize::new(0));
         let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<()>();

@@ -19,6 +19,7 @@ pub mod update;
 mod update_cli;
 
 pub mod hardware;
+pub mod http_api;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

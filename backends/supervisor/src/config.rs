@@ -26,6 +26,18 @@ pub struct ConfigFile {
     pub remote: Option<RemoteSection>,
     #[serde(default)]
     pub update: UpdateSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// `[http]`: the daemon's OpenAI-compatible API for other local apps.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// On 127.0.0.1; default 11435.
+    pub port: Option<u16>,
 }
 
 /// `[update]`: where releases come from and what the daemon does on its own.

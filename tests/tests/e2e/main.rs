@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod extension_ui;
 mod hardware;
+mod http_api;
 mod infer;
 mod install;
 mod legacy;

@@ -1,0 +1,159 @@
+//! The daemon's optional OpenAI-compatible HTTP API: loopback only, bearer
+//! token, Host check against DNS rebinding, no browser pages (Origin or
+//! preflight refused, no CORS headers), requests through the same backend.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bitnet_host_tests::browser::{chromium_args, FakeBrowser};
+use bitnet_host_tests::standin::host_home;
+use serde_json::{json, Value};
+
+use crate::server::fixture_model;
+use crate::{host_bin, standin_bin};
+
+/// One HTTP/1.1 request over a fresh connection: (status, head, body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.into() };
+    (status, head.to_string(), body)
+}
+
+/// A chunked body, reassembled.
+fn unchunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn the_http_api_needs_the_token_our_host_name_and_no_origin_and_serves_the_shared_model() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut b = FakeBrowser::spawn_shared(
+        host_bin(),
+        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[
+            ("BITNET_HOST_HARDWARE", report.as_str()),
+            ("BITNET_HOST_DAEMON", "1"),
+            ("BITNET_DAEMON_IDLE_MS", "3000"),
+            ("BITNET_HTTP_PORT", port_s.as_str()),
+        ],
+        home.path(),
+    );
+    let model = fixture_model("bitnet-b1.58-i2_s.gguf");
+    let r = b.request(&json!({"id": "l", "type": "load_model", "model": model}));
+    let server_pid = r["result"]["pid"].clone();
+    assert!(server_pid.is_u64(), "{r}");
+    let token_file = home.path().join("config/http-token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let host = format!("127.0.0.1:{port}");
+    let auth = format!("Bearer {token}");
+    let chat = json!({"messages": [{"role": "user", "content": "[[tokens 4]] hi"}]}).to_string();
+
+    // Refusals.
+    let (st, _, _) = http(port, "GET", "/v1/models", &[("Host", &host)], "");
+    assert_eq!(st, 401, "no token");
+    let (st, _, _) = http(port, "GET", "/v1/models", &[("Host", &host), ("Authorization", "Bearer nope")], "");
+    assert_eq!(st, 401, "wrong token");
+    let (st, _, _) =
+        http(port, "GET", "/v1/models", &[("Host", &format!("evil.example:{port}")), ("Authorization", &auth)], "");
+    assert_eq!(st, 403, "a rebinding host name");
+    let (st, head, _) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("Host", &host),
+            ("Authorization", &auth),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/json"),
+        ],
+        &chat,
+    );
+    assert_eq!(st, 403, "a browser page");
+    assert!(!head.to_ascii_lowercase().contains("access-control-allow-origin"), "{head}");
+    let (st, head, _) = http(
+        port,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[("Host", &host), ("Access-Control-Request-Method", "POST")],
+        "",
+    );
+    assert_eq!(st, 403, "a preflight");
+    assert!(!head.to_ascii_lowercase().contains("access-control-allow"), "{head}");
+
+    // Served, by the model the browser loaded.
+    let (st, _, body) = http(port, "GET", "/v1/models", &[("Host", &host), ("Authorization", &auth)], "");
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][0]["id"], model.to_str().unwrap(), "{v}");
+    let (st, _, body) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("Host", &format!("localhost:{port}")), ("Authorization", &auth), ("Content-Type", "application/json")],
+        &chat,
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    // Streamed: server-sent events passed through.
+    let stream = json!({"stream": true, "messages": [{"role": "user", "content": "[[tokens 5]] hi"}]}).to_string();
+    let (st, head, body) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("Host", &host), ("Authorization", &auth), ("Content-Type", "application/json")],
+        &stream,
+    );
+    assert_eq!(st, 200);
+    assert!(head.to_ascii_lowercase().contains("text/event-stream"), "{head}");
+    assert!(body.matches("data: ").count() >= 5, "{body}");
+    // The browser still sees the same server.
+    let st = b.request(&json!({"id": "s", "type": "status"}));
+    assert_eq!(st["result"]["server"]["pid"], server_pid, "{st}");
+}
+
+#[test]
+fn the_http_api_is_off_unless_asked() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let mut b = FakeBrowser::spawn_shared(
+        host_bin(),
+        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[("BITNET_HOST_HARDWARE", report.as_str()), ("BITNET_HOST_DAEMON", "1"), ("BITNET_DAEMON_IDLE_MS", "3000")],
+        home.path(),
+    );
+    assert_eq!(b.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
+    assert!(!home.path().join("config/http-token").exists(), "no token, no listener");
+}
