@@ -49,6 +49,21 @@ pub struct FakeBrowser {
 }
 
 /// Launch arguments as each browser family passes them.
+/// Flags for a real headless Chromium on a machine without internet: no
+/// sandbox (root in CI), no GPU, and none of the background connections
+/// a closed network refuses by the dozen.
+pub const CHROMIUM_HEADLESS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+];
+
 pub fn chromium_args(extension_id: &str) -> Vec<String> {
     vec![format!("chrome-extension://{extension_id}/")]
 }

@@ -2,4 +2,5 @@
 
 pub mod browser;
 pub mod devtools;
+pub mod files;
 pub mod standin;

@@ -117,23 +117,13 @@ fn headless_chromium_chats_through_the_installed_host_to_the_builtin_engine() {
     std::fs::write(ext.join("config.json"), json!({"report": report_url, "model": model}).to_string()).unwrap();
 
     let mut cmd = Command::new(&browser);
-    cmd.args([
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-    ])
-    .arg(format!("--user-data-dir={}", user_data.display()))
-    .arg(format!("--load-extension={}", ext.display()))
-    .arg(format!("--disable-extensions-except={}", ext.display()))
-    .arg("about:blank")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(bitnet_host_tests::browser::CHROMIUM_HEADLESS)
+        .arg(format!("--user-data-dir={}", user_data.display()))
+        .arg(format!("--load-extension={}", ext.display()))
+        .arg(format!("--disable-extensions-except={}", ext.display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     env(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let report = receive_report(listener, Duration::from_secs(90));

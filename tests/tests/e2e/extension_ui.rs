@@ -110,19 +110,8 @@ fn chromium(home: &Home, exe: &Path) -> (Browser, Cdp) {
     let user_data = home.path().join(".config/chromium");
     let child = home
         .cmd(exe)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--remote-debugging-port=0",
-            "--window-size=900,700",
-        ])
+        .args(bitnet_host_tests::browser::CHROMIUM_HEADLESS)
+        .args(["--remote-debugging-port=0", "--window-size=900,700"])
         .arg(format!("--user-data-dir={}", user_data.display()))
         .arg(format!("--load-extension={}", home.ext().display()))
         .arg(format!("--disable-extensions-except={}", home.ext().display()))

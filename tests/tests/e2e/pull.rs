@@ -34,41 +34,11 @@ async fn serve_file(
     let Some((bytes, sha)) = s.files.lock().unwrap().get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let start = h
-        .get("range")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.trim_end_matches('-').parse::<usize>().ok());
-    if let Some(st) = start {
+    if bitnet_host_tests::files::range_start(&h).is_some() {
         s.ranges_seen.fetch_add(1, Ordering::SeqCst);
-        let body = bytes[st..].to_vec();
-        return (StatusCode::PARTIAL_CONTENT, [("x-linked-etag", format!("\"{sha}\""))], body).into_response();
     }
-    if s.cut_once.swap(false, Ordering::SeqCst) {
-        // Promise the whole file, send half, then drop the connection.
-        let half = bytes[..bytes.len() / 2].to_vec();
-        let len = bytes.len();
-        // Half the body goes out; a moment later the connection breaks.
-        let stream = futures_util::stream::unfold(0u8, move |step| {
-            let half = half.clone();
-            async move {
-                match step {
-                    0 => Some((Ok::<_, std::io::Error>(half), 1)),
-                    1 => {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("cut")), 2))
-                    }
-                    _ => None,
-                }
-            }
-        });
-        return Response::builder()
-            .header("content-length", len)
-            .header("x-linked-etag", format!("\"{sha}\""))
-            .body(axum::body::Body::from_stream(stream))
-            .unwrap();
-    }
-    ([("x-linked-etag", format!("\"{sha}\""))], bytes).into_response()
+    let cut = bitnet_host_tests::files::range_start(&h).is_none() && s.cut_once.swap(false, Ordering::SeqCst);
+    bitnet_host_tests::files::respond(&bytes, &h, cut, &[("x-linked-etag", format!("\"{sha}\""))])
 }
 
 fn start_server(files: Arc<Files>) -> String {

@@ -71,14 +71,9 @@ async fn download(
     let Some(bytes) = dir.and_then(|d| std::fs::read(d.join(&name)).ok()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let start = h
-        .get("range")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.trim_end_matches('-').parse::<usize>().ok());
-    if let Some(st) = start {
+    if bitnet_host_tests::files::range_start(&h).is_some() {
         s.ranges.fetch_add(1, Ordering::SeqCst);
-        return (StatusCode::PARTIAL_CONTENT, bytes[st..].to_vec()).into_response();
+        return bitnet_host_tests::files::respond(&bytes, &h, false, &[]);
     }
     let cut = {
         let mut c = s.cut_next.lock().unwrap();
@@ -87,25 +82,7 @@ async fn download(
             _ => false,
         }
     };
-    if cut {
-        let half = bytes[..bytes.len() / 2].to_vec();
-        let len = bytes.len();
-        let stream = futures_util::stream::unfold(0u8, move |step| {
-            let half = half.clone();
-            async move {
-                match step {
-                    0 => Some((Ok::<_, std::io::Error>(half), 1)),
-                    1 => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("cut")), 2))
-                    }
-                    _ => None,
-                }
-            }
-        });
-        return Response::builder().header("content-length", len).body(axum::body::Body::from_stream(stream)).unwrap();
-    }
-    bytes.into_response()
+    bitnet_host_tests::files::respond(&bytes, &h, cut, &[])
 }
 
 fn start_server(s: Arc<Releases>) -> String {
