@@ -215,6 +215,63 @@ pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
     }
 }
 
+/// TQ2_0 (llama.cpp): 66-byte blocks of 256 weights, 64 bytes of 2-bit
+/// codes then an f16 scale; byte j + m of a 32-byte group j holds elements
+/// 4j + 32l + m at bits 2l. Reference: per block, sum code * q (codes
+/// 0..=2; the caller subtracts the block's activation sum for the -1).
+pub fn tq2_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
+    for ((block, qb), o) in row.chunks_exact(66).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        let mut acc = 0i32;
+        for j in (0..64).step_by(32) {
+            for l in 0..4 {
+                for m in 0..32 {
+                    let code = i32::from((block[j + m] >> (l * 2)) & 3);
+                    acc += code * i32::from(qb[j * 4 + l * 32 + m]);
+                }
+            }
+        }
+        *o = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    for ((block, qb), o) in row.chunks_exact(66).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        let mut acc = _mm256_setzero_si256();
+        for j in [0usize, 32] {
+            // SAFETY (all loads): block has 66 bytes, qb 256.
+            let w = _mm256_loadu_si256(block.as_ptr().add(j).cast());
+            let planes = [
+                _mm256_and_si256(w, mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            ];
+            for (l, codes) in planes.into_iter().enumerate() {
+                let a = _mm256_loadu_si256(qb.as_ptr().add(j * 4 + l * 32).cast());
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a), ones));
+            }
+        }
+        *o = hsum_i32(acc);
+    }
+}
+
+/// Per-block `sum code * q` over a TQ2_0 row, with the best kernel here.
+#[inline]
+pub fn tq2_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
+    debug_assert_eq!(row.len() / 66 * 256, q.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { tq2_block_dots_avx2(row, q, out) },
+        _ => tq2_block_dots_scalar(row, q, out),
+    }
+}
+
 /// Reference for four tokens at once: `dot_i2s_scalar` for each.
 pub fn dot_i2s_x4_scalar(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     q.map(|q| dot_i2s_scalar(row, q))
@@ -425,6 +482,40 @@ mod tests {
                 assert_eq!(unsafe { dot_i2s_x4_vnni(&row, four) }, want4, "x4 avx512-vnni n={n}");
             }
             assert_eq!(dot_i2s_x4(&row, four), want4);
+        }
+    }
+
+    #[test]
+    fn every_tq2_kernel_equals_the_scalar_reference_and_the_decoded_codes() {
+        let mut rng = Rng::new(11);
+        for blocks in [1usize, 2, 5, 10] {
+            let n = blocks * 256;
+            let mut row = Vec::new();
+            for _ in 0..blocks {
+                row.extend((0..64).map(|_| (0..4).fold(0u8, |b, _| b << 2 | (rng.next_u64() % 3) as u8)));
+                row.extend(f16::from_f32(0.5).to_le_bytes());
+            }
+            let q: Vec<i8> =
+                (0..n).map(|i| if i % 89 == 0 { -128 } else { (rng.next_u64() % 256) as u8 as i8 }).collect();
+            let mut want = vec![0i32; blocks];
+            tq2_block_dots_scalar(&row, &q, &mut want);
+            // Against the decoder (codes -1..1): code = decoded + 1.
+            let t = crate::quant::decode_tq2_0(&row, 1, n).unwrap();
+            for b in 0..blocks {
+                let qb = &q[b * 256..(b + 1) * 256];
+                let qsum: i32 = qb.iter().map(|&v| i32::from(v)).sum();
+                assert_eq!(dot_codes(&t.codes[b * 256..(b + 1) * 256], qb) + qsum, want[b], "block {b}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut got = vec![0i32; blocks];
+                // SAFETY: checked just above.
+                unsafe { tq2_block_dots_avx2(&row, &q, &mut got) };
+                assert_eq!(got, want, "avx2 blocks={blocks}");
+            }
+            let mut got = vec![0i32; blocks];
+            tq2_block_dots(&row, &q, &mut got);
+            assert_eq!(got, want);
         }
     }
 

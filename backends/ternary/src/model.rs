@@ -94,6 +94,14 @@ pub enum Linear {
         cols: usize,
         scale: f32,
     },
+    /// TQ2_0 kept packed (66 bytes per 256 weights) in memory, for the
+    /// Q8K scheme (llama.cpp's): the same numbers as decoding it, a quarter
+    /// of the bytes per token.
+    Tq2 {
+        bytes: Mapped,
+        rows: usize,
+        cols: usize,
+    },
     Ternary(Ternary),
     Dense {
         w: Vec<f32>,
@@ -138,6 +146,26 @@ impl Linear {
                     *out = (d as f32 / a.scale) * scale;
                 });
             }
+            Linear::Tq2 { bytes, cols, .. } => {
+                let bytes = bytes.bytes();
+                let a = quant::quantize_q8k(x);
+                let bsums: Vec<i32> = a.q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect();
+                let row_bytes = cols / 256 * 66;
+                y.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each_init(
+                    || vec![0i32; cols / 256],
+                    |dots, (r, out)| {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        crate::kernels::tq2_block_dots(row, &a.q, dots);
+                        // Ternary::matvec's Q8K order: per block, dot * (w_scale * a_scale).
+                        let mut acc = 0f32;
+                        for (b, ((dot, bsum), d)) in dots.iter().zip(&bsums).zip(&a.d).enumerate() {
+                            let s = half::f16::from_le_bytes([row[b * 66 + 64], row[b * 66 + 65]]).to_f32();
+                            acc += (dot - bsum) as f32 * (s * d);
+                        }
+                        *out = acc;
+                    },
+                );
+            }
             Linear::Ternary(t) => t.matvec(x, scheme, y),
             Linear::Dense { w, cols, .. } => quant::matvec_f32(w, *cols, x, y),
         }
@@ -145,7 +173,7 @@ impl Linear {
 
     fn rows(&self) -> usize {
         match self {
-            Linear::I2S { rows, .. } | Linear::Dense { rows, .. } => *rows,
+            Linear::I2S { rows, .. } | Linear::Tq2 { rows, .. } | Linear::Dense { rows, .. } => *rows,
             Linear::Ternary(t) => t.rows,
         }
     }
@@ -435,6 +463,8 @@ impl Model {
         let mut formats = std::collections::BTreeMap::<String, usize>::new();
         // I2_S files use bitnet.cpp's per-token scheme unless told otherwise.
         let packed_i2s = scheme.is_none_or(|s| s == ActScheme::I8Tok);
+        // TQ2_0 files use llama.cpp's per-block scheme unless told otherwise.
+        let packed_tq2 = scheme.is_none_or(|s| s == ActScheme::Q8K);
         let mut linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             let t = find(&gguf, name)?;
             if t.dims != [cols as u64, rows as u64] {
@@ -460,6 +490,16 @@ impl Model {
                     Linear::I2S { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 4), rows, cols, scale }
                 }
                 TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
+                TensorType::TQ2_0 if packed_tq2 => {
+                    let n = rows * cols;
+                    if !cols.is_multiple_of(256) || d.len() < n / 256 * 66 {
+                        return Err(ModelError::Quant {
+                            name: name.into(),
+                            source: QuantError::Size { ty: "tq2_0".into(), n, want: n / 256 * 66, have: d.len() },
+                        });
+                    }
+                    Linear::Tq2 { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 66), rows, cols }
+                }
                 TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
                 TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(d, rows, cols).map_err(e)?),
                 TensorType::Other(37 | 38) | TensorType::Other(39) if arch.starts_with("bitnet") => {
@@ -518,7 +558,7 @@ impl Model {
     pub fn bytes_per_token(&self) -> u64 {
         let lin = |l: &Linear| -> u64 {
             match l {
-                Linear::I2S { bytes, .. } => bytes.len as u64,
+                Linear::I2S { bytes, .. } | Linear::Tq2 { bytes, .. } => bytes.len as u64,
                 Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
                 Linear::Dense { w, .. } => 4 * w.len() as u64,
             }

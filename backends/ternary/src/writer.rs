@@ -169,9 +169,38 @@ pub fn i2s_bytes(codes: &[i8], scale: f32) -> Vec<u8> {
     out
 }
 
+/// TQ2_0 bytes of a ternary matrix (llama.cpp's layout: per 256 weights,
+/// 64 bytes of 2-bit codes, element 4j + 32l + m at bits 2l of byte j + m
+/// of group j, then the f16 scale).
+pub fn tq2_bytes(codes: &[i8], scale: f32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(codes.len() / 256 * 66);
+    for block in codes.chunks(256) {
+        for j in [0usize, 32] {
+            for m in 0..32 {
+                let e = |l: usize| ((block[j * 4 + l * 32 + m] + 1) as u8) & 3;
+                out.push(e(0) | e(1) << 2 | e(2) << 4 | e(3) << 6);
+            }
+        }
+        out.extend(f16::from_f32(scale).to_le_bytes());
+    }
+    out
+}
+
+/// How `random_model_as` stores the ternary matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TernaryFormat {
+    I2S,
+    TQ2_0,
+}
+
 /// A BitNet model of `shape` with a byte-level vocabulary (256 bytes + the
 /// Llama 3 control tokens) and random ternary I2_S weights from `seed`.
 pub fn random_model(shape: &Shape, seed: u64) -> Vec<u8> {
+    random_model_as(shape, seed, TernaryFormat::I2S)
+}
+
+/// Same, with the ternary matrices in `format` (the same codes either way).
+pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let enc = crate::tokenizer::byte_encoder_chars();
     let mut tokens: Vec<Value> = enc.iter().map(|c| Value::Str(c.to_string())).collect();
@@ -221,14 +250,17 @@ pub fn random_model(shape: &Shape, seed: u64) -> Vec<u8> {
     tensors.push(TensorData { name: "output_norm.weight".into(), dims: vec![d as u64], ty: 0, data: ones(d) });
     let ternary = |rng: &mut Rng, rows: usize, cols: usize| -> Vec<u8> {
         let codes: Vec<i8> = (0..rows * cols).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
-        i2s_bytes(&codes, 0.05)
+        match format {
+            TernaryFormat::I2S => i2s_bytes(&codes, 0.05),
+            TernaryFormat::TQ2_0 => tq2_bytes(&codes, 0.05),
+        }
     };
     for l in 0..shape.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}.weight");
         let lin = |name: &str, rows: usize, cols: usize, rng: &mut Rng| TensorData {
             name: n(name),
             dims: vec![cols as u64, rows as u64],
-            ty: 36,
+            ty: if format == TernaryFormat::I2S { 36 } else { 35 },
             data: ternary(rng, rows, cols),
         };
         let layer = [
@@ -270,6 +302,15 @@ mod tests {
     use crate::engine::{Engine, Generate, Message};
     use crate::gguf::Gguf;
     use crate::quant::decode_i2s;
+
+    #[test]
+    fn tq2_bytes_round_trip_through_the_decoder() {
+        let mut rng = Rng::new(5);
+        let codes: Vec<i8> = (0..2 * 512).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
+        let t = crate::quant::decode_tq2_0(&tq2_bytes(&codes, 0.25), 2, 512).unwrap();
+        assert_eq!(t.codes, codes);
+        assert!(t.scales.iter().all(|&s| s == 0.25));
+    }
 
     #[test]
     fn i2s_bytes_round_trip_through_the_decoder() {
