@@ -224,7 +224,7 @@ fn run_native(caller: Caller) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve();
     let _guard = crate::logging::init(dirs.as_ref(), "warn");
     #[cfg(unix)]
-    if crate::daemon::enabled() {
+    if crate::daemon::enabled() && dirs.as_ref().is_some_and(crate::daemon::usable) {
         let dirs = dirs.ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
         tracing::info!(?caller, "relaying to the daemon");
         let rt = runtime()?;

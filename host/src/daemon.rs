@@ -90,6 +90,20 @@ pub fn enabled() -> bool {
     !std::env::var("BITNET_HOST_DAEMON").is_ok_and(|v| v == "0")
 }
 
+/// Whether the daemon's folder can be made here (a read-only or foreign
+/// runtime dir would leave every request failing); if not, the browser's
+/// connection is served in-process instead.
+pub fn usable(dirs: &HostDirs) -> bool {
+    let dir = run_dir(dirs);
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => std::fs::metadata(&dir).is_ok_and(|m| !m.permissions().readonly()),
+        Err(e) => {
+            tracing::warn!("daemon folder {}: {e}; serving this connection in-process", dir.display());
+            false
+        }
+    }
+}
+
 /// The idle period; None (`BITNET_DAEMON_IDLE_MS=0`, as the service sets)
 /// means never exit.
 fn idle_from_env() -> Option<Duration> {
@@ -261,6 +275,9 @@ mod unix {
         }
         let mut child = cmd.spawn()?;
         let t = std::time::Instant::now();
+        // Ours exiting is normal when another starter won the lock; that
+        // one then has two seconds to listen.
+        let mut deadline = Duration::from_secs(10);
         loop {
             if let Ok(s) = UnixStream::connect(&sock).await.map_err(|_| ()).and_then(|s| {
                 if dead.is_some() && peer_pid(&s) == dead {
@@ -275,8 +292,11 @@ mod unix {
                 });
                 return Ok(s);
             }
-            if t.elapsed() > Duration::from_secs(10) {
-                anyhow::bail!("the daemon did not start listening on {}", sock.display());
+            if deadline == Duration::from_secs(10) && child.try_wait().ok().flatten().is_some() {
+                deadline = t.elapsed() + Duration::from_secs(2);
+            }
+            if t.elapsed() > deadline {
+                anyhow::bail!("no daemon is listening on {}", sock.display());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -408,9 +428,29 @@ pub async fn relay(dirs: HostDirs, caller: Value) -> anyhow::Result<()> {
                 Some(Ok(Inbound::Frame(bytes))) => {
                     if link.is_none() {
                         generation += 1;
-                        let (l, rd) = open_link(&dirs, &caller, generation, dead).await?;
-                        readers.spawn(read_daemon(rd, l.generation, stdout.clone(), in_flight.clone(), news_tx.clone()));
-                        link = Some(l);
+                        match open_link(&dirs, &caller, generation, dead).await {
+                            Ok((l, rd)) => {
+                                readers.spawn(read_daemon(rd, l.generation, stdout.clone(), in_flight.clone(), news_tx.clone()));
+                                link = Some(l);
+                            }
+                            Err(e) => {
+                                // This request fails with the reason; the
+                                // next one tries again.
+                                tracing::error!("cannot reach the daemon: {e:#}");
+                                let msg = format!("cannot start or reach the bitnet-host daemon: {e}");
+                                let reply = match id_of(&bytes) {
+                                    Some((raw, _, true)) => json!({"messageId": serde_json::from_str::<Value>(&raw).unwrap_or(Value::Null),
+                                        "status": "error", "code": "internal", "message": msg}),
+                                    Some((raw, _, false)) => json!({"id": serde_json::from_str::<Value>(&raw).unwrap_or(Value::Null),
+                                        "ok": false, "error": {"code": "internal", "message": msg}}),
+                                    None => json!({"id": null, "ok": false, "error": {"code": "internal", "message": msg}}),
+                                };
+                                let mut o = stdout.lock().await;
+                                let _ = o.write_all(&frame(&reply)).await;
+                                let _ = o.flush().await;
+                                continue;
+                            }
+                        }
                     }
                     let l = link.as_mut().expect("linked above");
                     if let Some((id, _, legacy)) = id_of(&bytes) {

@@ -272,3 +272,37 @@ fn a_new_build_of_the_host_replaces_the_running_daemon_without_cutting_a_stream(
     // The old relay's next request goes to the new daemon.
     assert_eq!(daemon_pid(&mut a, "h3"), new);
 }
+
+#[test]
+fn a_daemon_that_cannot_start_fails_the_request_not_the_connection() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    // Someone holds the daemon lock without a socket: no daemon can start.
+    let dir = home.path().join("state/daemon");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("daemon.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let mut a = relay(home.path(), &report, "3000");
+    let r = a.request(&json!({"id": "p1", "type": "ping"}));
+    assert_eq!(r["error"]["code"], "internal", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("cannot start or reach the bitnet-host daemon"), "{r}");
+    // Released: the same connection's next request gets a daemon.
+    drop(lock);
+    let r = a.request(&json!({"id": "p2", "type": "ping"}));
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[test]
+fn an_unusable_daemon_folder_means_serving_in_process() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    // A file where the daemon's folder should be.
+    std::fs::create_dir_all(home.path().join("state")).unwrap();
+    std::fs::write(home.path().join("state/daemon"), b"not a folder").unwrap();
+    let mut a = relay(home.path(), &report, "3000");
+    let pid = daemon_pid(&mut a, "h");
+    assert_eq!(pid, u64::from(a.pid()), "the browser's own process answers");
+}
