@@ -104,6 +104,23 @@ pub async fn ready_with_progress(ctx: &Ctx, job: &Job) -> Result<Endpoint, Proto
     }
 }
 
+/// A server that died a moment ago can still be listed as ready when the
+/// next request tries to connect. Nothing reached it, so the request may
+/// go again: wait until the supervisor has seen the exit (the state leaves
+/// that process), then take the restarted server's endpoint.
+async fn restarted(ctx: &Ctx, job: &Job, dead: &Endpoint) -> Result<Endpoint, ProtoError> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        match job.state() {
+            bitnet_supervisor::JobState::Ready { pid, .. } if pid == dead.pid => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => break,
+        }
+    }
+    ready_with_progress(ctx, job).await
+}
+
 async fn loaded(ctx: &Ctx) -> Result<(Job, Endpoint), ProtoError> {
     let Some((job, _)) = ctx.app.backend.current().await else {
         return Err(ProtoError::new(ErrorCode::NotAvailable, "no model is loaded: send `load_model` first"));
@@ -183,13 +200,20 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
     // The slot first: a server swap (reload_binaries) holds every slot, so
     // no request holds an endpoint that is about to go away.
     let _slot = ctx.app.backend.slot().await?;
-    let (job, ep) = loaded(ctx).await?;
+    let (job, mut ep) = loaded(ctx).await?;
     job.touch();
     let body = upstream_body(params, first, stream);
     let proxy = &ctx.app.backend.proxy;
     let started = Instant::now();
     if !stream {
-        let r = proxy.post_json(&ep, path, &body, idle.max(CALL_TIMEOUT)).await.map_err(proxy_error)?;
+        let r = match proxy.post_json(&ep, path, &body, idle.max(CALL_TIMEOUT)).await {
+            Err(ProxyError::Unreachable(_)) => {
+                ep = restarted(ctx, &job, &ep).await?;
+                proxy.post_json(&ep, path, &body, idle.max(CALL_TIMEOUT)).await
+            }
+            r => r,
+        }
+        .map_err(proxy_error)?;
         job.touch();
         let c = &r["choices"][0];
         let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap_or("").to_string();
@@ -201,7 +225,14 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
             "backend": ep.candidate,
         }));
     }
-    let mut sse = proxy.post_sse(&ep, path, &body, idle).await.map_err(proxy_error)?;
+    let mut sse = match proxy.post_sse(&ep, path, &body, idle).await {
+        Err(ProxyError::Unreachable(_)) => {
+            ep = restarted(ctx, &job, &ep).await?;
+            proxy.post_sse(&ep, path, &body, idle).await
+        }
+        r => r,
+    }
+    .map_err(proxy_error)?;
     let mut text = String::new();
     let mut pieces: u64 = 0;
     let mut first_at: Option<Instant> = None;
