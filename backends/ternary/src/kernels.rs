@@ -260,6 +260,56 @@ unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
     }
 }
 
+/// Four tokens at once (prompts): each block's codes unpacked once.
+/// `out[t]` gets token t's per-block dots.
+pub fn tq2_block_dots_x4_scalar(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
+    for (q, out) in q.into_iter().zip(out) {
+        tq2_block_dots_scalar(row, q, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tq2_block_dots_x4_avx2(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    for (b, block) in row.chunks_exact(66).enumerate() {
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for j in [0usize, 32] {
+            // SAFETY (all loads): block has 66 bytes; each q has 256 per block.
+            let w = _mm256_loadu_si256(block.as_ptr().add(j).cast());
+            let planes = [
+                _mm256_and_si256(w, mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            ];
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let qb = q[t].as_ptr().add(b * 256 + j * 4);
+                for (l, codes) in planes.iter().enumerate() {
+                    let a = _mm256_loadu_si256(qb.add(l * 32).cast());
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_maddubs_epi16(*codes, a), ones));
+                }
+            }
+        }
+        for (t, acc) in acc.into_iter().enumerate() {
+            out[t][b] = hsum_i32(acc);
+        }
+    }
+}
+
+/// `tq2_block_dots` for four tokens, with the best kernel here.
+#[inline]
+pub fn tq2_block_dots_x4(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { tq2_block_dots_x4_avx2(row, q, out) },
+        _ => tq2_block_dots_x4_scalar(row, q, out),
+    }
+}
+
 /// Per-block `sum code * q` over a TQ2_0 row, with the best kernel here.
 #[inline]
 pub fn tq2_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
@@ -516,6 +566,27 @@ mod tests {
             let mut got = vec![0i32; blocks];
             tq2_block_dots(&row, &q, &mut got);
             assert_eq!(got, want);
+            // Four tokens at once: each equals its own reference.
+            let qs: Vec<Vec<i8>> = (0..4).map(|t| q.iter().map(|&v| v.wrapping_add(t * 29)).collect()).collect();
+            let mut wants = vec![vec![0i32; blocks]; 4];
+            for (qt, w) in qs.iter().zip(wants.iter_mut()) {
+                tq2_block_dots_scalar(&row, qt, w);
+            }
+            let four = [&qs[0][..], &qs[1][..], &qs[2][..], &qs[3][..]];
+            let mut gots = vec![vec![0i32; blocks]; 4];
+            {
+                let [g0, g1, g2, g3] = &mut gots[..] else { unreachable!() };
+                tq2_block_dots_x4(&row, four, [g0, g1, g2, g3]);
+            }
+            assert_eq!(gots, wants, "x4 blocks={blocks}");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut gots = vec![vec![0i32; blocks]; 4];
+                let [g0, g1, g2, g3] = &mut gots[..] else { unreachable!() };
+                // SAFETY: checked just above.
+                unsafe { tq2_block_dots_x4_avx2(&row, four, [g0, g1, g2, g3]) };
+                assert_eq!(gots, wants, "x4 avx2 blocks={blocks}");
+            }
         }
     }
 

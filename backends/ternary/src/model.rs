@@ -214,6 +214,55 @@ impl Linear {
                     }
                 }
             }
+            Linear::Tq2 { bytes, cols, .. } if n > 1 => {
+                let bytes = bytes.bytes();
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
+                let bsums: Vec<Vec<i32>> = acts
+                    .iter()
+                    .map(|a| a.q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
+                    .collect();
+                let (blocks, row_bytes) = (cols / 256, cols / 256 * 66);
+                let mut by_row = vec![0f32; rows * n];
+                by_row.par_chunks_mut(n).with_min_len(MIN_ROWS / 4).enumerate().for_each_init(
+                    || vec![0i32; 4 * blocks],
+                    |dots, (r, out)| {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        let scales: Vec<f32> = (0..blocks)
+                            .map(|b| half::f16::from_le_bytes([row[b * 66 + 64], row[b * 66 + 65]]).to_f32())
+                            .collect();
+                        // Same per-block order as the single-token path.
+                        let finish = |dots: &[i32], t: usize| {
+                            let mut acc = 0f32;
+                            for (b, dot) in dots.iter().enumerate() {
+                                acc += (dot - bsums[t][b]) as f32 * (scales[b] * acts[t].d[b]);
+                            }
+                            acc
+                        };
+                        let mut t = 0;
+                        while t + 4 <= n {
+                            let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
+                            let (d0, rest) = dots.split_at_mut(blocks);
+                            let (d1, rest) = rest.split_at_mut(blocks);
+                            let (d2, d3) = rest.split_at_mut(blocks);
+                            crate::kernels::tq2_block_dots_x4(row, q, [d0, d1, d2, d3]);
+                            for i in 0..4 {
+                                out[t + i] = finish(&dots[i * blocks..(i + 1) * blocks], t + i);
+                            }
+                            t += 4;
+                        }
+                        while t < n {
+                            crate::kernels::tq2_block_dots(row, &acts[t].q, &mut dots[..blocks]);
+                            out[t] = finish(&dots[..blocks], t);
+                            t += 1;
+                        }
+                    },
+                );
+                for (r, vals) in by_row.chunks_exact(n).enumerate() {
+                    for (t, v) in vals.iter().enumerate() {
+                        ys[t * rows + r] = *v;
+                    }
+                }
+            }
             _ => {
                 for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
                     self.matvec(x, scheme, y);
