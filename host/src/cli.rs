@@ -495,10 +495,13 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
     if a.host != "127.0.0.1" && a.host != "localhost" && a.host != "::1" {
         eprintln!("warning: listening on {} exposes the engine beyond this machine", a.host);
     }
-    let threads = a.threads.unwrap_or(2).max(1);
+    // The engine's compute threads: --threads (the supervisor passes the
+    // configured count), else one per physical core.
+    let threads = a.threads.or_else(sysinfo::System::physical_core_count).unwrap_or(1).max(1);
+    bitnet_ternary::pool::configure_global(threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(threads.max(a.parallel))
+        .max_blocking_threads(a.parallel.max(1) + 1)
         .enable_all()
         .build()?;
     let opts = bitnet_ternary::server::ServerOptions {

@@ -17,7 +17,7 @@ pub struct Speed {
 /// Prompt then generation speed with `threads` threads (a pool of that
 /// size, made for the run). Tokens are fixed ids, as llama-bench's are.
 pub fn speed(model: &Model, p: usize, n: usize, threads: usize) -> Speed {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let pool = crate::pool::Pool::new(threads);
     pool.install(|| {
         let mut cache = model.new_cache(p + n + 1);
         let vocab = model.hp.n_vocab as u32;
@@ -41,16 +41,20 @@ pub fn speed(model: &Model, p: usize, n: usize, threads: usize) -> Speed {
 /// Read bandwidth in bytes/s: a sum over `bytes` of memory (larger than
 /// the caches) split over `threads`, best of `reps`.
 pub fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> f64 {
-    use rayon::prelude::*;
+    let pool = crate::pool::Pool::new(threads);
     let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let part = buf.len().div_ceil(threads);
     let mut best = 0f64;
     for _ in 0..reps {
+        let sums: Vec<std::sync::atomic::AtomicU64> = (0..threads).map(|_| Default::default()).collect();
         let t = Instant::now();
-        let s: u64 = pool.install(|| {
-            buf.par_chunks(buf.len().div_ceil(threads)).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum()
+        pool.run(threads, &|i| {
+            let s = buf[(i * part).min(buf.len())..((i + 1) * part).min(buf.len())]
+                .iter()
+                .fold(0u64, |a, &x| a.wrapping_add(x));
+            sums[i].store(s, std::sync::atomic::Ordering::Relaxed);
         });
-        std::hint::black_box(s);
+        std::hint::black_box(&sums);
         best = best.max(bytes as f64 / t.elapsed().as_secs_f64());
     }
     best

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
-use crate::quant::{self, ActScheme, QuantError, Ternary};
+use crate::linear::{matvec_group, Linear, Mapped, VocabMatrix};
+use crate::quant::{self, ActScheme, QuantError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -56,60 +57,6 @@ pub struct Hparams {
     pub act: Act,
 }
 
-/// Tensor bytes read in place from the memory-mapped file: no second copy,
-/// and the kernel pages them in as it reads.
-#[derive(Debug, Clone)]
-pub struct Mapped {
-    map: Arc<memmap2::Mmap>,
-    start: usize,
-    len: usize,
-}
-
-impl Mapped {
-    pub fn bytes(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-
-    /// The bytes as f16 values; None if they are not 2-byte aligned.
-    fn f16s(&self) -> Option<&[f16]> {
-        let b = self.bytes();
-        if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f16>()) {
-            return None;
-        }
-        // SAFETY: aligned (checked), f16 is plain 2 bytes with no invalid
-        // bit patterns, the length is whole values, and the map lives as
-        // long as self.
-        Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f16>(), b.len() / 2) })
-    }
-}
-
-/// A weight matrix [rows = out][cols = in].
-#[derive(Debug)]
-pub enum Linear {
-    /// I2_S kept packed (2 bits per weight) in the mapped file, for the
-    /// per-token int8 scheme: the fast path.
-    I2S {
-        bytes: Mapped,
-        rows: usize,
-        cols: usize,
-        scale: f32,
-    },
-    /// TQ2_0 kept packed (66 bytes per 256 weights) in memory, for the
-    /// Q8K scheme (llama.cpp's): the same numbers as decoding it, a quarter
-    /// of the bytes per token.
-    Tq2 {
-        bytes: Mapped,
-        rows: usize,
-        cols: usize,
-    },
-    Ternary(Ternary),
-    Dense {
-        w: Vec<f32>,
-        rows: usize,
-        cols: usize,
-    },
-}
-
 /// A dot product in eight lanes, which the compiler turns into SIMD (a
 /// single running sum would pin the order of every addition).
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -124,196 +71,13 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+thread_local! {
+    /// Attention scores of one (token, head), reused by each compute thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Prompt tokens run through the layers together (engine and bench).
 pub const PREFILL_BATCH: usize = 128;
-
-/// Rows per parallel task: enough work to be worth a thread hop.
-const MIN_ROWS: usize = 32;
-
-impl Linear {
-    fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
-        use rayon::prelude::*;
-        match self {
-            Linear::I2S { bytes, cols, scale, .. } => {
-                let bytes = bytes.bytes();
-                let a = quant::quantize_i8tok(x);
-                let prepared = crate::kernels::Prepared::new(&a.q);
-                let row_bytes = cols / 4;
-                y.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(r, out)| {
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    let d = crate::kernels::dot_i2s_prepared(row, &prepared) - a.sum;
-                    // bitnet.cpp's order of operations, as the reference.
-                    *out = (d as f32 / a.scale) * scale;
-                });
-            }
-            Linear::Tq2 { bytes, cols, .. } => {
-                let bytes = bytes.bytes();
-                let a = quant::quantize_q8k(x);
-                let bsums: Vec<i32> = a.q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect();
-                let row_bytes = cols / 256 * 66;
-                y.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each_init(
-                    || vec![0i32; cols / 256],
-                    |dots, (r, out)| {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        crate::kernels::tq2_block_dots(row, &a.q, dots);
-                        // Ternary::matvec's Q8K order: per block, dot * (w_scale * a_scale).
-                        let mut acc = 0f32;
-                        for (b, ((dot, bsum), d)) in dots.iter().zip(&bsums).zip(&a.d).enumerate() {
-                            let s = half::f16::from_le_bytes([row[b * 66 + 64], row[b * 66 + 65]]).to_f32();
-                            acc += (dot - bsum) as f32 * (s * d);
-                        }
-                        *out = acc;
-                    },
-                );
-            }
-            Linear::Ternary(t) => t.matvec(x, scheme, y),
-            Linear::Dense { w, cols, .. } => quant::matvec_f32(w, *cols, x, y),
-        }
-    }
-
-    fn rows(&self) -> usize {
-        match self {
-            Linear::I2S { rows, .. } | Linear::Tq2 { rows, .. } | Linear::Dense { rows, .. } => *rows,
-            Linear::Ternary(t) => t.rows,
-        }
-    }
-
-    /// `n` tokens at once: `xs` is n x cols, `ys` n x rows. Each token's
-    /// results equal `matvec`'s exactly; I2_S rows are read once per four
-    /// tokens instead of once per token (prompt processing).
-    fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, ys: &mut [f32]) {
-        use rayon::prelude::*;
-        let rows = self.rows();
-        let cols = xs.len() / n.max(1);
-        match self {
-            Linear::I2S { bytes, cols, scale, .. } if n > 1 => {
-                let bytes = bytes.bytes();
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_i8tok).collect();
-                let row_bytes = cols / 4;
-                // Row-major results (rows x n) so each task owns whole rows.
-                let mut by_row = vec![0f32; rows * n];
-                by_row.par_chunks_mut(n).with_min_len(MIN_ROWS / 4).enumerate().for_each(|(r, out)| {
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    let mut t = 0;
-                    while t + 4 <= n {
-                        let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
-                        let d = crate::kernels::dot_i2s_x4(row, q);
-                        for i in 0..4 {
-                            let a = &acts[t + i];
-                            out[t + i] = ((d[i] - a.sum) as f32 / a.scale) * scale;
-                        }
-                        t += 4;
-                    }
-                    for (o, a) in out[t..].iter_mut().zip(&acts[t..]) {
-                        *o = ((crate::kernels::dot_i2s(row, &a.q) - a.sum) as f32 / a.scale) * scale;
-                    }
-                });
-                for (r, vals) in by_row.chunks_exact(n).enumerate() {
-                    for (t, v) in vals.iter().enumerate() {
-                        ys[t * rows + r] = *v;
-                    }
-                }
-            }
-            Linear::Tq2 { bytes, cols, .. } if n > 1 => {
-                let bytes = bytes.bytes();
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
-                let bsums: Vec<Vec<i32>> = acts
-                    .iter()
-                    .map(|a| a.q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
-                    .collect();
-                let (blocks, row_bytes) = (cols / 256, cols / 256 * 66);
-                let mut by_row = vec![0f32; rows * n];
-                by_row.par_chunks_mut(n).with_min_len(MIN_ROWS / 4).enumerate().for_each_init(
-                    || vec![0i32; 4 * blocks],
-                    |dots, (r, out)| {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        let scales: Vec<f32> = (0..blocks)
-                            .map(|b| half::f16::from_le_bytes([row[b * 66 + 64], row[b * 66 + 65]]).to_f32())
-                            .collect();
-                        // Same per-block order as the single-token path.
-                        let finish = |dots: &[i32], t: usize| {
-                            let mut acc = 0f32;
-                            for (b, dot) in dots.iter().enumerate() {
-                                acc += (dot - bsums[t][b]) as f32 * (scales[b] * acts[t].d[b]);
-                            }
-                            acc
-                        };
-                        let mut t = 0;
-                        while t + 4 <= n {
-                            let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
-                            let (d0, rest) = dots.split_at_mut(blocks);
-                            let (d1, rest) = rest.split_at_mut(blocks);
-                            let (d2, d3) = rest.split_at_mut(blocks);
-                            crate::kernels::tq2_block_dots_x4(row, q, [d0, d1, d2, d3]);
-                            for i in 0..4 {
-                                out[t + i] = finish(&dots[i * blocks..(i + 1) * blocks], t + i);
-                            }
-                            t += 4;
-                        }
-                        while t < n {
-                            crate::kernels::tq2_block_dots(row, &acts[t].q, &mut dots[..blocks]);
-                            out[t] = finish(&dots[..blocks], t);
-                            t += 1;
-                        }
-                    },
-                );
-                for (r, vals) in by_row.chunks_exact(n).enumerate() {
-                    for (t, v) in vals.iter().enumerate() {
-                        ys[t * rows + r] = *v;
-                    }
-                }
-            }
-            _ => {
-                for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
-                    self.matvec(x, scheme, y);
-                }
-            }
-        }
-    }
-}
-
-/// The output (vocabulary) matrix, kept in its file precision.
-#[derive(Debug)]
-pub enum Dense16 {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    /// F16 read in place from the mapped file.
-    F16Mapped(Mapped),
-}
-
-impl Dense16 {
-    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
-        match self {
-            Dense16::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
-            Dense16::F16(w) => {
-                for (o, v) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
-                    *o = v.to_f32();
-                }
-            }
-            Dense16::F16Mapped(m) => {
-                let w = m.f16s().expect("checked at load");
-                for (o, v) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
-                    *o = v.to_f32();
-                }
-            }
-        }
-    }
-
-    fn matvec(&self, cols: usize, x: &[f32], y: &mut [f32]) {
-        match self {
-            Dense16::F32(w) => quant::matvec_f32(w, cols, x, y),
-            Dense16::F16(w) => matvec_f16(w, cols, x, y),
-            Dense16::F16Mapped(m) => matvec_f16(m.f16s().expect("checked at load"), cols, x, y),
-        }
-    }
-}
-
-fn matvec_f16(w: &[f16], cols: usize, x: &[f32], y: &mut [f32]) {
-    use rayon::prelude::*;
-    y.par_iter_mut().with_min_len(MIN_ROWS * 8).zip(w.par_chunks_exact(cols)).for_each(|(out, row)| {
-        *out = crate::kernels::dot_f16(row, x);
-    });
-}
 
 #[derive(Debug)]
 struct Layer {
@@ -338,8 +102,8 @@ pub struct Model {
     pub scheme: ActScheme,
     /// The file's ternary format (lower case), e.g. "i2_s".
     pub format: String,
-    token_embd: Dense16,
-    output: Option<Dense16>,
+    token_embd: VocabMatrix,
+    output: Option<VocabMatrix>,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
 }
@@ -397,13 +161,23 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// NEOX RoPE in place on `heads` heads of `hd` each: pairs (i, i + hd/2).
-fn rope(x: &mut [f32], hd: usize, pos: usize, base: f32) {
-    let half = hd / 2;
-    for head in x.chunks_exact_mut(hd) {
-        for i in 0..half {
+/// RoPE angles of one position: (sin, cos) of pos * base^(-2i/hd) for
+/// i < hd/2, computed in f64 once per token and shared by every head of
+/// every layer.
+fn rope_angles(hd: usize, pos: usize, base: f32) -> Vec<(f32, f32)> {
+    (0..hd / 2)
+        .map(|i| {
             let theta = pos as f64 * f64::from(base).powf(-2.0 * i as f64 / hd as f64);
-            let (s, c) = (theta.sin() as f32, theta.cos() as f32);
+            (theta.sin() as f32, theta.cos() as f32)
+        })
+        .collect()
+}
+
+/// NEOX RoPE in place on heads of `2 * angles.len()`: pairs (i, i + hd/2).
+fn rope(x: &mut [f32], angles: &[(f32, f32)]) {
+    let half = angles.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        for (i, &(s, c)) in angles.iter().enumerate() {
             let (a, b) = (head[i], head[i + half]);
             head[i] = a * c - b * s;
             head[i + half] = a * s + b * c;
@@ -430,7 +204,7 @@ impl Model {
 
     fn from_parts(gguf: Gguf, map: Arc<memmap2::Mmap>, scheme: Option<ActScheme>) -> Result<Self, ModelError> {
         let file: &[u8] = &map;
-        let mapped = |start: usize, len: usize| Mapped { map: map.clone(), start, len };
+        let mapped = |start: usize, len: usize| Mapped::new(map.clone(), start, len);
         let arch = gguf.architecture().unwrap_or("").to_string();
         let act = match arch.as_str() {
             "bitnet" | "llama" => Act::Silu,
@@ -479,7 +253,7 @@ impl Model {
             }
             quant::decode_float(t.ty, data(t), n).map_err(quant_err(name))
         };
-        let dense16 = |name: &str, rows: usize, cols: usize| -> Result<Dense16, ModelError> {
+        let dense16 = |name: &str, rows: usize, cols: usize| -> Result<VocabMatrix, ModelError> {
             let t = find(&gguf, name)?;
             if t.dims != [cols as u64, rows as u64] {
                 return Err(ModelError::Shape {
@@ -502,11 +276,11 @@ impl Model {
                     let m = mapped((gguf.data_offset + t.offset) as usize, n * 2);
                     // Little-endian hosts read the file's f16 in place.
                     if cfg!(target_endian = "little") && m.f16s().is_some() {
-                        return Ok(Dense16::F16Mapped(m));
+                        return Ok(VocabMatrix::F16Mapped(m));
                     }
-                    Ok(Dense16::F16(d[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()))
+                    Ok(VocabMatrix::F16(d[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()))
                 }
-                ty => Ok(Dense16::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
+                ty => Ok(VocabMatrix::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
             }
         };
         let mut formats = std::collections::BTreeMap::<String, usize>::new();
@@ -605,26 +379,17 @@ impl Model {
     /// Bytes one decoded token reads: every weight matrix, the output
     /// matrix, the norms (the KV cache comes on top, small at short context).
     pub fn bytes_per_token(&self) -> u64 {
-        let lin = |l: &Linear| -> u64 {
-            match l {
-                Linear::I2S { bytes, .. } | Linear::Tq2 { bytes, .. } => bytes.len as u64,
-                Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
-                Linear::Dense { w, .. } => 4 * w.len() as u64,
-            }
-        };
-        let dense = |d: &Dense16| -> u64 {
-            match d {
-                Dense16::F32(w) => 4 * w.len() as u64,
-                Dense16::F16(w) => 2 * w.len() as u64,
-                Dense16::F16Mapped(m) => m.len as u64,
-            }
-        };
         let layers: u64 = self
             .layers
             .iter()
-            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter().map(lin).sum::<u64>())
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .into_iter()
+                    .map(Linear::bytes_read)
+                    .sum::<u64>()
+            })
             .sum();
-        layers + dense(self.output.as_ref().unwrap_or(&self.token_embd))
+        layers + self.output.as_ref().unwrap_or(&self.token_embd).bytes_read()
     }
 
     pub fn new_cache(&self, cap: usize) -> KvCache {
@@ -662,14 +427,19 @@ impl Model {
                 rms_norm(a, w, hp.rms_eps, b);
             }
         };
+        let angles: Vec<Vec<(f32, f32)>> = (0..n).map(|t| rope_angles(hd, pos0 + t, hp.rope_base)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             norm_rows(&x, &layer.attn_norm, &mut h, d);
-            layer.wq.matmul(&h, n, self.scheme, &mut q);
-            layer.wk.matmul(&h, n, self.scheme, &mut k);
-            layer.wv.matmul(&h, n, self.scheme, &mut v);
-            for t in 0..n {
-                rope(&mut q[t * d..(t + 1) * d], hd, pos0 + t, hp.rope_base);
-                rope(&mut k[t * kv..(t + 1) * kv], hd, pos0 + t, hp.rope_base);
+            if n == 1 {
+                matvec_group(&mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)], &h, self.scheme);
+            } else {
+                layer.wq.matmul(&h, n, self.scheme, &mut q);
+                layer.wk.matmul(&h, n, self.scheme, &mut k);
+                layer.wv.matmul(&h, n, self.scheme, &mut v);
+            }
+            for (t, angles) in angles.iter().enumerate() {
+                rope(&mut q[t * d..(t + 1) * d], angles);
+                rope(&mut k[t * kv..(t + 1) * kv], angles);
             }
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
@@ -701,10 +471,9 @@ impl Model {
                     }
                 }
             };
-            {
-                use rayon::prelude::*;
-                att.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (i, out)| attend(i, out, scores));
-            }
+            crate::pool::for_each_chunk_mut(&mut att, hd, |start, out| {
+                SCORES.with_borrow_mut(|scores| attend(start / hd, out, scores))
+            });
             let attn_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {
                     norm_rows(&att, w, &mut h, d);
@@ -717,8 +486,12 @@ impl Model {
                 *a += b;
             }
             norm_rows(&x, &layer.ffn_norm, &mut h, d);
-            layer.w_gate.matmul(&h, n, self.scheme, &mut g);
-            layer.w_up.matmul(&h, n, self.scheme, &mut u);
+            if n == 1 {
+                matvec_group(&mut [(&layer.w_gate, &mut g), (&layer.w_up, &mut u)], &h, self.scheme);
+            } else {
+                layer.w_gate.matmul(&h, n, self.scheme, &mut g);
+                layer.w_up.matmul(&h, n, self.scheme, &mut u);
+            }
             for (gv, uv) in g.iter_mut().zip(&u) {
                 let a = match hp.act {
                     Act::Silu => *gv / (1.0 + (-*gv).exp()),

@@ -1,0 +1,331 @@
+//! Weight matrices as the model holds them, and their products with
+//! activations, parallel over output rows on the engine's pool.
+//!
+//! `Linear` is a layer's ternary matrix (packed I2_S / TQ2_0 read in place,
+//! or decoded); `VocabMatrix` the embedding / output matrix in its file
+//! precision. Products that share an input (q/k/v, gate/up) go through
+//! `matvec_group`: the input is quantized once and all their rows are one
+//! parallel job, instead of one job (and one wake-up) per matrix.
+
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::kernels;
+use crate::pool::{self, SharedMut};
+use crate::quant::{self, ActScheme, Ternary};
+
+/// Tensor bytes read in place from the loaded file: no second copy.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl Mapped {
+    pub fn new(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Self {
+        assert!(start + len <= map.len(), "tensor past the end of the file");
+        Mapped { map, start, len }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes as f16 values; None if they are not 2-byte aligned.
+    pub fn f16s(&self) -> Option<&[f16]> {
+        let b = self.bytes();
+        if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f16>()) {
+            return None;
+        }
+        // SAFETY: aligned (checked), f16 is plain 2 bytes with no invalid
+        // bit patterns, the length is whole values, and the map lives as
+        // long as self.
+        Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f16>(), b.len() / 2) })
+    }
+}
+
+/// A weight matrix [rows = out][cols = in].
+#[derive(Debug)]
+pub enum Linear {
+    /// I2_S kept packed (2 bits per weight) in the loaded file, for the
+    /// per-token int8 scheme: the fast path.
+    I2S {
+        bytes: Mapped,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    },
+    /// TQ2_0 kept packed (66 bytes per 256 weights), for the Q8K scheme
+    /// (llama.cpp's): the same numbers as decoding it, a quarter of the
+    /// bytes per token.
+    Tq2 {
+        bytes: Mapped,
+        rows: usize,
+        cols: usize,
+    },
+    Ternary(Ternary),
+    Dense {
+        w: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+/// Rows per parallel task at least: enough work to be worth a hand-off.
+const MIN_ROWS: usize = 32;
+
+/// One token's activations quantized for a packed format, shared by every
+/// matrix that reads the same input.
+enum Quantized<'a> {
+    I2S { a: &'a quant::I8Tok, prepared: kernels::Prepared<'a> },
+    Tq2 { a: &'a quant::Q8K, bsums: Vec<i32> },
+}
+
+impl Linear {
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::I2S { rows, .. } | Linear::Tq2 { rows, .. } | Linear::Dense { rows, .. } => *rows,
+            Linear::Ternary(t) => t.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::I2S { cols, .. } | Linear::Tq2 { cols, .. } | Linear::Dense { cols, .. } => *cols,
+            Linear::Ternary(t) => t.cols,
+        }
+    }
+
+    /// Bytes a product reads from this matrix.
+    pub fn bytes_read(&self) -> u64 {
+        match self {
+            Linear::I2S { bytes, .. } | Linear::Tq2 { bytes, .. } => bytes.len() as u64,
+            Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
+            Linear::Dense { w, .. } => 4 * w.len() as u64,
+        }
+    }
+
+    pub fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
+        matvec_group(&mut [(self, y)], x, scheme);
+    }
+
+    /// Rows `first..first + ys.len()` of the product with quantized input.
+    fn rows_into(&self, q: &Quantized, first: usize, ys: &mut [f32]) {
+        match (self, q) {
+            (Linear::I2S { bytes, cols, scale, .. }, Quantized::I2S { a, prepared }) => {
+                let (bytes, row_bytes) = (bytes.bytes(), cols / 4);
+                for (r, out) in (first..).zip(ys.iter_mut()) {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let d = kernels::dot_i2s_prepared(row, prepared) - a.sum;
+                    // bitnet.cpp's order of operations, as the reference.
+                    *out = (d as f32 / a.scale) * scale;
+                }
+            }
+            (Linear::Tq2 { bytes, cols, .. }, Quantized::Tq2 { a, bsums }) => {
+                let (bytes, row_bytes) = (bytes.bytes(), cols / 256 * 66);
+                let mut dots = vec![0i32; cols / 256];
+                for (r, out) in (first..).zip(ys.iter_mut()) {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    kernels::tq2_block_dots(row, &a.q, &mut dots);
+                    *out = tq2_finish(row, &dots, bsums, &a.d);
+                }
+            }
+            _ => unreachable!("activations quantized for another format"),
+        }
+    }
+
+    /// `n` tokens at once: `xs` is n x cols, `ys` n x rows. Each token's
+    /// results equal `matvec`'s exactly; packed rows are read once per four
+    /// tokens instead of once per token (prompt processing).
+    pub fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, ys: &mut [f32]) {
+        let rows = self.rows();
+        let cols = xs.len() / n.max(1);
+        if n <= 1 || !matches!(self, Linear::I2S { .. } | Linear::Tq2 { .. }) {
+            for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
+                self.matvec(x, scheme, y);
+            }
+            return;
+        }
+        // Row-major results (rows x n) so each task owns whole rows.
+        let mut by_row = vec![0f32; rows * n];
+        let per = pool::rows_per_task(rows, MIN_ROWS / 4) * n;
+        match self {
+            Linear::I2S { bytes, cols, scale, .. } => {
+                let bytes = bytes.bytes();
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_i8tok).collect();
+                let row_bytes = cols / 4;
+                pool::for_each_chunk_mut(&mut by_row, per, |start, part| {
+                    for (r, out) in (start / n..).zip(part.chunks_exact_mut(n)) {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        let mut t = 0;
+                        while t + 4 <= n {
+                            let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
+                            let d = kernels::dot_i2s_x4(row, q);
+                            for i in 0..4 {
+                                let a = &acts[t + i];
+                                out[t + i] = ((d[i] - a.sum) as f32 / a.scale) * scale;
+                            }
+                            t += 4;
+                        }
+                        for (o, a) in out[t..].iter_mut().zip(&acts[t..]) {
+                            *o = ((kernels::dot_i2s(row, &a.q) - a.sum) as f32 / a.scale) * scale;
+                        }
+                    }
+                });
+            }
+            Linear::Tq2 { bytes, cols, .. } => {
+                let bytes = bytes.bytes();
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
+                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
+                let (blocks, row_bytes) = (cols / 256, cols / 256 * 66);
+                pool::for_each_chunk_mut(&mut by_row, per, |start, part| {
+                    let mut dots = vec![0i32; 4 * blocks];
+                    for (r, out) in (start / n..).zip(part.chunks_exact_mut(n)) {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        let mut t = 0;
+                        while t + 4 <= n {
+                            let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
+                            let (d0, rest) = dots.split_at_mut(blocks);
+                            let (d1, rest) = rest.split_at_mut(blocks);
+                            let (d2, d3) = rest.split_at_mut(blocks);
+                            kernels::tq2_block_dots_x4(row, q, [d0, d1, d2, d3]);
+                            for i in 0..4 {
+                                let d = &dots[i * blocks..(i + 1) * blocks];
+                                out[t + i] = tq2_finish(row, d, &bsums[t + i], &acts[t + i].d);
+                            }
+                            t += 4;
+                        }
+                        while t < n {
+                            kernels::tq2_block_dots(row, &acts[t].q, &mut dots[..blocks]);
+                            out[t] = tq2_finish(row, &dots[..blocks], &bsums[t], &acts[t].d);
+                            t += 1;
+                        }
+                    }
+                });
+            }
+            _ => unreachable!("checked above"),
+        }
+        for (r, vals) in by_row.chunks_exact(n).enumerate() {
+            for (t, v) in vals.iter().enumerate() {
+                ys[t * rows + r] = *v;
+            }
+        }
+    }
+}
+
+/// Sum of each 256-value block of Q8K activations.
+fn block_sums(q: &[i8]) -> Vec<i32> {
+    q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect()
+}
+
+/// One TQ2_0 row's result from its per-block code dots, in
+/// `Ternary::matvec`'s Q8K order: per block, (dot - bsum) * (w_scale * a_scale).
+fn tq2_finish(row: &[u8], dots: &[i32], bsums: &[i32], d: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, ((dot, bsum), d)) in dots.iter().zip(bsums).zip(d).enumerate() {
+        let s = f16::from_le_bytes([row[b * 66 + 64], row[b * 66 + 65]]).to_f32();
+        acc += (dot - bsum) as f32 * (s * d);
+    }
+    acc
+}
+
+/// y_i = W_i x for matrices that read the same input: quantized once, and
+/// all their rows in one parallel job when they are packed in one format.
+pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActScheme) {
+    let all = |f: fn(&Linear) -> bool| items.iter().all(|(l, _)| f(l));
+    let (i8tok, q8k);
+    let q = if all(|l| matches!(l, Linear::I2S { .. })) {
+        i8tok = quant::quantize_i8tok(x);
+        Quantized::I2S { a: &i8tok, prepared: kernels::Prepared::new(&i8tok.q) }
+    } else if all(|l| matches!(l, Linear::Tq2 { .. })) {
+        q8k = quant::quantize_q8k(x);
+        Quantized::Tq2 { bsums: block_sums(&q8k.q), a: &q8k }
+    } else {
+        for (l, y) in items.iter_mut() {
+            match l {
+                Linear::Ternary(t) => t.matvec(x, scheme, y),
+                Linear::Dense { w, cols, .. } => quant::matvec_f32(w, *cols, x, y),
+                packed => matvec_group(&mut [(*packed, &mut **y)], x, scheme),
+            }
+        }
+        return;
+    };
+    let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
+    let per = pool::rows_per_task(total, MIN_ROWS);
+    // (matrix, first row, end row) per task, every matrix cut at `per` rows.
+    let tasks: Vec<(usize, usize, usize)> = items
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (l, _))| (0..l.rows()).step_by(per).map(move |s| (i, s, (s + per).min(l.rows()))))
+        .collect();
+    let outs: Vec<(&Linear, SharedMut<f32>)> = items.iter_mut().map(|(l, y)| (*l, SharedMut::new(y))).collect();
+    pool::with_current(|p| {
+        p.run(tasks.len(), &|t| {
+            let (i, s, e) = tasks[t];
+            let (l, out) = &outs[i];
+            // SAFETY: every task owns rows s..e of matrix i, disjoint from the others'.
+            l.rows_into(&q, s, unsafe { out.slice(s, e) });
+        })
+    });
+}
+
+/// The embedding / output (vocabulary) matrix, kept in its file precision.
+#[derive(Debug)]
+pub enum VocabMatrix {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    /// F16 read in place from the loaded file.
+    F16Mapped(Mapped),
+}
+
+impl VocabMatrix {
+    pub fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
+        let mut f16_row = |w: &[f16]| {
+            for (o, v) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
+                *o = v.to_f32();
+            }
+        };
+        match self {
+            VocabMatrix::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            VocabMatrix::F16(w) => f16_row(w),
+            VocabMatrix::F16Mapped(m) => f16_row(m.f16s().expect("checked at load")),
+        }
+    }
+
+    pub fn matvec(&self, cols: usize, x: &[f32], y: &mut [f32]) {
+        match self {
+            VocabMatrix::F32(w) => pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 256), |first, ys| {
+                quant::matvec_f32(&w[first * cols..(first + ys.len()) * cols], cols, x, ys)
+            }),
+            VocabMatrix::F16(w) => matvec_f16(w, cols, x, y),
+            VocabMatrix::F16Mapped(m) => matvec_f16(m.f16s().expect("checked at load"), cols, x, y),
+        }
+    }
+
+    /// Bytes a product reads from this matrix.
+    pub fn bytes_read(&self) -> u64 {
+        match self {
+            VocabMatrix::F32(w) => 4 * w.len() as u64,
+            VocabMatrix::F16(w) => 2 * w.len() as u64,
+            VocabMatrix::F16Mapped(m) => m.len() as u64,
+        }
+    }
+}
+
+fn matvec_f16(w: &[f16], cols: usize, x: &[f32], y: &mut [f32]) {
+    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 256), |first, ys| {
+        for (r, out) in (first..).zip(ys.iter_mut()) {
+            *out = kernels::dot_f16(&w[r * cols..(r + 1) * cols], x);
+        }
+    });
+}

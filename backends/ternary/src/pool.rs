@@ -1,0 +1,398 @@
+//! The engine's compute threads: a fixed team made once, which spins
+//! between jobs instead of sleeping.
+//!
+//! Decoding a token is a few hundred short parallel steps (each matrix
+//! product of each layer, attention) separated by microseconds of serial
+//! work. A work-stealing pool whose idle threads go to sleep pays a
+//! futex wake-up (tens of microseconds in a VM) at nearly every step; that
+//! was a tenth of a token's time here. So workers spin on one atomic
+//! counter for a while after each job and only then park; the thread that
+//! submits a job works on it too.
+//!
+//! A job is `tasks` calls of one closure, claimed one index at a time from
+//! a counter that carries the job's epoch, so a worker that wakes late can
+//! never run a task of the job after the one it saw (the claim fails when
+//! the epoch moved on). The submitter returns only when every claimed task
+//! has finished, which is what lets tasks borrow from its stack.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks: longer than the serial
+/// gaps inside a token (so they never park mid-token), short enough that
+/// an idle engine stops burning its cores almost at once.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// Low bits of the claim counter: the next task index.
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
+type Task<'a> = dyn Fn(usize) + Sync + 'a;
+
+/// The job being run, behind a thin pointer (a `&dyn Fn` is two words).
+struct JobRef<'a> {
+    f: &'a Task<'a>,
+}
+
+struct Shared {
+    /// epoch << INDEX_BITS | next task index.
+    claim: AtomicU64,
+    job: AtomicPtr<JobRef<'static>>,
+    tasks: AtomicUsize,
+    done: AtomicUsize,
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    stop: AtomicBool,
+    sleepers: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A team of `threads` compute threads (the submitting thread counts as one).
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    threads: usize,
+    /// One job at a time: concurrent submitters (two requests decoding at
+    /// once) take turns per step.
+    submit: Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("threads", &self.threads).finish()
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs a pool task: a job submitted from inside
+    /// one runs inline (the team is busy with the outer job).
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// The pool `install` made current on this thread.
+    static CURRENT: Cell<*const Pool> = const { Cell::new(std::ptr::null()) };
+}
+
+impl Pool {
+    pub fn new(threads: usize) -> Pool {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            claim: AtomicU64::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            tasks: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            panic: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let workers = (1..threads)
+            .map(|i| {
+                let s = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("bitnet-compute-{i}"))
+                    .spawn(move || worker(&s))
+                    .expect("cannot start a compute thread")
+            })
+            .collect();
+        Pool { shared, workers, threads, submit: Mutex::new(()) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Call `f(i)` for every i in 0..tasks on the team; returns when all
+    /// have returned. A panic in any task is raised here afterwards.
+    pub fn run(&self, tasks: usize, f: &Task<'_>) {
+        if tasks == 0 {
+            return;
+        }
+        if self.threads == 1 || tasks == 1 || IN_TASK.with(Cell::get) {
+            (0..tasks).for_each(f);
+            return;
+        }
+        assert!((tasks as u64) < INDEX_MASK, "too many tasks in one job");
+        let _turn = self.submit.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        let job = JobRef { f };
+        // SAFETY: the pointer is only dereferenced for a task claimed under
+        // this job's epoch, and this function does not return (nor unwind:
+        // tasks run under catch_unwind) before every such task finished.
+        let ptr = (&job as *const JobRef<'_>).cast_mut().cast::<JobRef<'static>>();
+        s.job.store(ptr, Ordering::Relaxed);
+        s.tasks.store(tasks, Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
+        let epoch = (s.claim.load(Ordering::Relaxed) >> INDEX_BITS) + 1;
+        s.claim.store(epoch << INDEX_BITS, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = s.park.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        work(s, epoch, tasks, &job);
+        while s.done.load(Ordering::Acquire) < tasks {
+            std::hint::spin_loop();
+        }
+        s.job.store(std::ptr::null_mut(), Ordering::Relaxed);
+        if let Some(p) = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    /// Make this the pool that `current()` gives on this thread while `f` runs.
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore(*const Pool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.replace(self)));
+        f()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let _g = self.shared.park.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Claim and run tasks of job `epoch` until none is left.
+fn work(s: &Shared, epoch: u64, tasks: usize, job: &JobRef<'_>) {
+    let mut c = s.claim.load(Ordering::Acquire);
+    loop {
+        if c >> INDEX_BITS != epoch || (c & INDEX_MASK) as usize >= tasks {
+            return;
+        }
+        match s.claim.compare_exchange_weak(c, c + 1, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => {
+                let i = (c & INDEX_MASK) as usize;
+                IN_TASK.with(|t| t.set(true));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.f)(i)));
+                IN_TASK.with(|t| t.set(false));
+                if let Err(p) = r {
+                    s.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+                }
+                s.done.fetch_add(1, Ordering::Release);
+                c = s.claim.load(Ordering::Acquire);
+            }
+            Err(now) => c = now,
+        }
+    }
+}
+
+fn worker(s: &Shared) {
+    let mut seen = 0u64;
+    let mut idle_since = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let c = s.claim.load(Ordering::Acquire);
+        let epoch = c >> INDEX_BITS;
+        if epoch != seen {
+            seen = epoch;
+            let ptr = s.job.load(Ordering::Relaxed);
+            let tasks = s.tasks.load(Ordering::Relaxed);
+            if !ptr.is_null() {
+                // SAFETY: `work` only calls into the job after claiming a
+                // task under `epoch`; a successful claim means the job of
+                // that epoch is still running (its submitter waits for the
+                // task), and the pointer read after seeing `epoch` is that
+                // job's (a later job can only be published after this one
+                // finished, when every claim under `epoch` fails).
+                work(s, epoch, tasks, unsafe { &*ptr });
+            }
+            idle_since = Instant::now();
+            spins = 0;
+            continue;
+        }
+        spins += 1;
+        if !spins.is_multiple_of(1024) || idle_since.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Park until the next job (or stop).
+        s.sleepers.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut g = s.park.lock().unwrap_or_else(|e| e.into_inner());
+            while s.claim.load(Ordering::SeqCst) >> INDEX_BITS == seen && !s.stop.load(Ordering::SeqCst) {
+                g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        s.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+static GLOBAL_THREADS: AtomicUsize = AtomicUsize::new(0);
+static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
+/// The size of the process-wide pool, before its first use (later calls
+/// change nothing and say so).
+pub fn configure_global(threads: usize) -> bool {
+    GLOBAL_THREADS.store(threads.max(1), Ordering::SeqCst);
+    GLOBAL.get().is_none()
+}
+
+/// The pool installed on this thread, else the process-wide one (its size
+/// from `configure_global`, else the machine's available parallelism).
+pub fn with_current<R>(f: impl FnOnce(&Pool) -> R) -> R {
+    let p = CURRENT.with(Cell::get);
+    if p.is_null() {
+        f(GLOBAL.get_or_init(|| {
+            let n = match GLOBAL_THREADS.load(Ordering::SeqCst) {
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                n => n,
+            };
+            Pool::new(n)
+        }))
+    } else {
+        // SAFETY: set by `install`, which outlives every call made inside it.
+        f(unsafe { &*p })
+    }
+}
+
+/// Threads of the current pool.
+pub fn current_threads() -> usize {
+    with_current(Pool::threads)
+}
+
+/// Split `data` into pieces of `chunk` items and call `f(first_index,
+/// piece)` for each, in parallel on the current pool.
+pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk = chunk.max(1);
+    let len = data.len();
+    let out = SharedMut::new(data);
+    with_current(|p| {
+        p.run(len.div_ceil(chunk), &|i| {
+            let start = i * chunk;
+            let end = (start + chunk).min(len);
+            // SAFETY: task i owns items start..end, disjoint from every other task's.
+            f(start, unsafe { out.slice(start, end) })
+        })
+    });
+}
+
+/// Rows per task for `rows` rows on the current pool: about four tasks
+/// per thread (dynamic claiming evens out uneven threads), never fewer
+/// than `min` rows.
+pub fn rows_per_task(rows: usize, min: usize) -> usize {
+    rows.div_ceil(4 * current_threads()).max(min).max(1)
+}
+
+/// A mutable slice handed to parallel tasks that each take a disjoint part.
+pub struct SharedMut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: only disjoint parts are handed out (the caller's promise in
+// `slice`), so sending it to other threads is sending &mut [T] pieces.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub fn new(data: &mut [T]) -> Self {
+        SharedMut { ptr: data.as_mut_ptr(), len: data.len() }
+    }
+
+    /// # Safety
+    /// No two live results may overlap, and the borrowed slice must outlive them.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, end: usize) -> &mut [T] {
+        assert!(start <= end && end <= self.len, "part out of range");
+        // SAFETY: in range (checked); disjointness is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_exactly_once_across_many_jobs() {
+        let pool = Pool::new(3);
+        for tasks in [1usize, 2, 3, 7, 64, 1000] {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..50 {
+                pool.run(tasks, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50), "{tasks} tasks");
+        }
+    }
+
+    #[test]
+    fn workers_take_part_and_parked_workers_wake() {
+        let pool = Pool::new(2);
+        let seen = Mutex::new(std::collections::HashSet::new());
+        // After a pause longer than the spin, the worker has parked; a job
+        // of slow tasks must still be shared with it.
+        std::thread::sleep(SPIN * 3);
+        pool.run(8, &|_| {
+            seen.lock().unwrap().insert(std::thread::current().id());
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_submitter_and_the_pool_keeps_working() {
+        let pool = Pool::new(2);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(16, &|i| assert!(i != 11, "task eleven"));
+        }));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        pool.run(16, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 16);
+    }
+
+    #[test]
+    fn jobs_from_several_threads_and_nested_jobs_complete() {
+        let pool = Pool::new(2);
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    for _ in 0..100 {
+                        pool.run(5, &|_| {
+                            // A nested job runs inline.
+                            pool.run(2, &|_| {
+                                total.fetch_add(1, Ordering::Relaxed);
+                            });
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 3 * 100 * 5 * 2);
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_once_with_their_offsets() {
+        let pool = Pool::new(2);
+        let mut v = vec![0usize; 1003];
+        pool.install(|| {
+            for_each_chunk_mut(&mut v, 10, |start, part| part.iter_mut().enumerate().for_each(|(i, x)| *x += start + i))
+        });
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i));
+    }
+}
