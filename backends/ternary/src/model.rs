@@ -11,6 +11,7 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
+use crate::kernels::dot_f32;
 use crate::linear::{matvec_group, Linear, Mapped, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
 
@@ -55,20 +56,6 @@ pub struct Hparams {
     pub rms_eps: f32,
     pub rope_base: f32,
     pub act: Act,
-}
-
-/// A dot product in eight lanes, which the compiler turns into SIMD (a
-/// single running sum would pin the order of every addition).
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 thread_local! {
@@ -465,10 +452,7 @@ impl Model {
                 out.fill(0.0);
                 for (p, s) in scores.iter().enumerate() {
                     let w = s / sum;
-                    let vp = &vs[p * kv + kh * hd..p * kv + (kh + 1) * hd];
-                    for (o, vv) in out.iter_mut().zip(vp) {
-                        *o += w * vv;
-                    }
+                    crate::kernels::axpy(out, w, &vs[p * kv + kh * hd..p * kv + (kh + 1) * hd]);
                 }
             };
             crate::pool::for_each_chunk_mut(&mut att, hd, |start, out| {

@@ -13,6 +13,9 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+mod float;
+pub use float::{axpy, dot_f32};
+
 /// Which implementation the dispatcher picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
