@@ -158,6 +158,37 @@ impl TensorType {
         }
     }
 
+    /// The GGUF type id (`from_id`'s inverse).
+    pub fn id(self) -> u32 {
+        use TensorType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q8_1 => 9,
+            Q2K => 10,
+            Q3K => 11,
+            Q4K => 12,
+            Q5K => 13,
+            Q6K => 14,
+            Q8K => 15,
+            I8 => 24,
+            I16 => 25,
+            I32 => 26,
+            I64 => 27,
+            F64 => 28,
+            BF16 => 30,
+            TQ1_0 => 34,
+            TQ2_0 => 35,
+            I2S => 36,
+            Other(id) => id,
+        }
+    }
+
     /// Lower-case name, as the catalog's `formats` spell it.
     pub fn name(self) -> String {
         use TensorType::*;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use half::f16;
 
+use crate::gguf::TensorType;
 use crate::kernels;
 use crate::pool::{self, SharedMut};
 use crate::quant::{self, ActScheme, Ternary};
@@ -286,6 +287,10 @@ pub enum VocabMatrix {
     F16(Vec<f16>),
     /// F16 read in place from the loaded file.
     F16Mapped(Mapped),
+    /// Q8_0 in place: products against Q8_0 activations, as llama.cpp.
+    Q8_0(Mapped),
+    /// Q6_K in place: products against Q8_K activations, as llama.cpp.
+    Q6K(Mapped),
 }
 
 impl VocabMatrix {
@@ -299,6 +304,16 @@ impl VocabMatrix {
             VocabMatrix::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
             VocabMatrix::F16(w) => f16_row(w),
             VocabMatrix::F16Mapped(m) => f16_row(m.f16s().expect("checked at load")),
+            VocabMatrix::Q8_0(m) => {
+                let rb = cols / 32 * kernels::Q8_0_BLOCK;
+                let v = quant::decode_float(TensorType::Q8_0, &m.bytes()[r * rb..(r + 1) * rb], cols);
+                out.copy_from_slice(&v.expect("sized at load"));
+            }
+            VocabMatrix::Q6K(m) => {
+                let rb = cols / 256 * kernels::Q6K_BLOCK;
+                let v = quant::decode_float(TensorType::Q6K, &m.bytes()[r * rb..(r + 1) * rb], cols);
+                out.copy_from_slice(&v.expect("sized at load"));
+            }
         }
     }
 
@@ -309,6 +324,33 @@ impl VocabMatrix {
             }),
             VocabMatrix::F16(w) => matvec_f16(w, cols, x, y),
             VocabMatrix::F16Mapped(m) => matvec_f16(m.f16s().expect("checked at load"), cols, x, y),
+            VocabMatrix::Q8_0(m) => {
+                let a = quant::quantize_q8_0(x);
+                let rb = cols / 32 * kernels::Q8_0_BLOCK;
+                blocks_matvec(m.bytes(), rb, cols / 32, y, |row, dots| {
+                    kernels::q8_0_block_dots(row, &a.q, dots);
+                    // llama.cpp's order: per block, dot * (w_d * x_d).
+                    let mut acc = 0f32;
+                    for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
+                        let o = b * kernels::Q8_0_BLOCK;
+                        acc += *dot as f32 * (f16::from_le_bytes([row[o], row[o + 1]]).to_f32() * xd);
+                    }
+                    acc
+                });
+            }
+            VocabMatrix::Q6K(m) => {
+                let a = quant::quantize_q8k(x);
+                let rb = cols / 256 * kernels::Q6K_BLOCK;
+                blocks_matvec(m.bytes(), rb, cols / 256, y, |row, dots| {
+                    kernels::q6k_block_dots(row, &a.q, dots);
+                    let mut acc = 0f32;
+                    for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
+                        let o = b * kernels::Q6K_BLOCK + 208;
+                        acc += *dot as f32 * (f16::from_le_bytes([row[o], row[o + 1]]).to_f32() * xd);
+                    }
+                    acc
+                });
+            }
         }
     }
 
@@ -317,9 +359,26 @@ impl VocabMatrix {
         match self {
             VocabMatrix::F32(w) => 4 * w.len() as u64,
             VocabMatrix::F16(w) => 2 * w.len() as u64,
-            VocabMatrix::F16Mapped(m) => m.len() as u64,
+            VocabMatrix::F16Mapped(m) | VocabMatrix::Q8_0(m) | VocabMatrix::Q6K(m) => m.len() as u64,
         }
     }
+}
+
+/// Rows of `row_bytes` in parallel, each reduced by `f(row, scratch for
+/// `blocks` per-block dots)`.
+fn blocks_matvec(
+    w: &[u8],
+    row_bytes: usize,
+    blocks: usize,
+    y: &mut [f32],
+    f: impl Fn(&[u8], &mut [i32]) -> f32 + Sync,
+) {
+    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 256), |first, ys| {
+        let mut dots = vec![0i32; blocks];
+        for (r, out) in (first..).zip(ys.iter_mut()) {
+            *out = f(&w[r * row_bytes..(r + 1) * row_bytes], &mut dots);
+        }
+    });
 }
 
 fn matvec_f16(w: &[f16], cols: usize, x: &[f32], y: &mut [f32]) {

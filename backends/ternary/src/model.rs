@@ -267,6 +267,19 @@ impl Model {
                     }
                     Ok(VocabMatrix::F16(d[..n * 2].chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()))
                 }
+                TensorType::Q8_0 | TensorType::Q6K
+                    if cols.is_multiple_of(if t.ty == TensorType::Q8_0 { 32 } else { 256 }) =>
+                {
+                    let len = t.ty.bytes(n as u64).unwrap_or(u64::MAX) as usize;
+                    if data(t).len() < len {
+                        return Err(ModelError::Quant {
+                            name: name.into(),
+                            source: QuantError::Size { ty: t.ty.name(), n, want: len, have: data(t).len() },
+                        });
+                    }
+                    let m = mapped((gguf.data_offset + t.offset) as usize, len);
+                    Ok(if t.ty == TensorType::Q8_0 { VocabMatrix::Q8_0(m) } else { VocabMatrix::Q6K(m) })
+                }
                 ty => Ok(VocabMatrix::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
             }
         };
@@ -673,5 +686,76 @@ mod tests {
         for t in [366u32, 72, 101] {
             assert_eq!(tq1.forward(t, &mut c1), tq2.forward(t, &mut c2));
         }
+    }
+
+    /// The fixture with its (tied) embedding / output matrix re-encoded as
+    /// `ty`, and the same quantized values decoded to F32 (`decoded`).
+    fn with_vocab_matrix(ty: TensorType, decoded: bool) -> Vec<u8> {
+        let path = fixture("bitnet-b1.58-i2_s.gguf");
+        let g = Gguf::open(&path).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let tensors: Vec<crate::writer::TensorData> = g
+            .tensors
+            .iter()
+            .map(|t| {
+                let start = (g.data_offset + t.offset) as usize;
+                let data = &file[start..start + t.size.unwrap() as usize];
+                let (ty, data) = match t.name.as_str() {
+                    "token_embd.weight" => {
+                        let n = t.elements() as usize;
+                        let v = quant::decode_float(t.ty, data, n).unwrap();
+                        let q = match ty {
+                            TensorType::Q8_0 => crate::writer::q8_0_bytes(&v),
+                            _ => crate::writer::q6k_bytes(&v),
+                        };
+                        match decoded {
+                            false => (ty.id(), q),
+                            true => (
+                                0,
+                                quant::decode_float(ty, &q, n).unwrap().iter().flat_map(|f| f.to_le_bytes()).collect(),
+                            ),
+                        }
+                    }
+                    _ => (t.ty.id(), data.to_vec()),
+                };
+                crate::writer::TensorData { name: t.name.clone(), dims: t.dims.clone(), ty, data }
+            })
+            .collect();
+        let meta: Vec<(&str, Value)> = g.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        crate::writer::gguf_bytes(&meta, &tensors)
+    }
+
+    #[test]
+    fn q8_0_and_q6_k_vocab_matrices_are_used_in_place_and_match_their_decoded_values() {
+        let dir = std::env::temp_dir().join(format!("bitnet-vocab-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (ty, bytes_per_value) in [(TensorType::Q8_0, 34.0 / 32.0), (TensorType::Q6K, 210.0 / 256.0)] {
+            let load = |decoded: bool| {
+                let path = dir.join(format!("{}-{decoded}.gguf", ty.name()));
+                std::fs::write(&path, with_vocab_matrix(ty, decoded)).unwrap();
+                Model::load(&path, None).unwrap()
+            };
+            let (m, reference) = (load(false), load(true));
+            let in_place = match &m.token_embd {
+                VocabMatrix::Q8_0(_) => ty == TensorType::Q8_0,
+                VocabMatrix::Q6K(_) => ty == TensorType::Q6K,
+                _ => false,
+            };
+            assert!(in_place, "{ty:?} kept in its file format");
+            let n = (m.hp.n_vocab * m.hp.n_embd) as f64;
+            assert_eq!(m.token_embd.bytes_read() as f64, n * bytes_per_value, "{ty:?} reads its own bytes per token");
+            // Embedding rows decode to the same values, so the layers see the
+            // same numbers; the logits differ only by the int8 activations of
+            // the output product (llama.cpp's way), a fraction of a percent.
+            let (mut c1, mut c2) = (reference.new_cache(16), m.new_cache(16));
+            for t in [366u32, 72, 101, 5, 900] {
+                let (want, got) = (reference.forward(t, &mut c1), m.forward(t, &mut c2));
+                assert_eq!(c1.k, c2.k, "{ty:?}: the same embeddings went in");
+                let r = rel(&got, &want);
+                assert!(r < 1e-2, "{ty:?}: relative error {r} at token {t}");
+                assert!(r > 0.0, "{ty:?}: the quantized product ran");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

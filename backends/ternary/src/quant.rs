@@ -296,6 +296,27 @@ pub fn quantize_q8k(x: &[f32]) -> Q8K {
     Q8K { q, d }
 }
 
+/// Q8_0 activations (llama.cpp's x86 build): per 32 values, d = amax/127,
+/// q = round_half_even(x / d) (0 for an all-zero block), d kept as f16.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8_0Acts {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+}
+
+pub fn quantize_q8_0(x: &[f32]) -> Q8_0Acts {
+    let mut q = Vec::with_capacity(x.len());
+    let mut ds = Vec::with_capacity(x.len() / 32);
+    for block in x.chunks(32) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        q.extend(block.iter().map(|&v| round_even(v * id) as i8));
+        ds.push(f16::from_f32(d).to_f32());
+    }
+    Q8_0Acts { q, d: ds }
+}
+
 /// sum code * q over one row (the scalar reference every SIMD kernel must
 /// equal).
 pub fn dot_codes(codes: &[i8], q: &[i8]) -> i32 {

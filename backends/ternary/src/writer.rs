@@ -156,6 +156,53 @@ const SPECIALS: &[&str] =
     &["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"];
 
 /// I2_S bytes of a ternary matrix (codes row-major, -1/0/+1) with one scale.
+/// Q8_0 blocks of `values` (llama.cpp's reference quantizer): per 32, d =
+/// amax/127 stored f16, q = round(x / d).
+pub fn q8_0_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for b in values.chunks(32) {
+        let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(b.iter().map(|&v| (v * id).round() as i8 as u8));
+    }
+    out
+}
+
+/// Q6_K blocks of `values` (a simple quantizer, not llama.cpp's search):
+/// per 16 values a scale amax/31 quantized to int8 against the block's
+/// largest, values to 0..=63 around 32.
+pub fn q6k_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 256 * 210);
+    for b in values.chunks(256) {
+        let sub: Vec<f32> = b.chunks(16).map(|s| s.iter().fold(0f32, |a, v| a.max(v.abs())) / 31.0).collect();
+        let max = sub.iter().fold(0f32, |a, &v| a.max(v));
+        let d = half::f16::from_f32(max / 127.0).to_f32();
+        let scales: Vec<i8> = sub.iter().map(|&s| if d > 0.0 { (s / d).round().min(127.0) as i8 } else { 0 }).collect();
+        let mut q = [0u8; 256];
+        for (e, &v) in b.iter().enumerate() {
+            let step = d * f32::from(scales[e / 16]);
+            let w = if step > 0.0 { (v / step).round() } else { 0.0 };
+            q[e] = (w.clamp(-32.0, 31.0) + 32.0) as u8;
+        }
+        let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+        for half in 0..2 {
+            for l in 0..32 {
+                let e = |part: usize| q[half * 128 + part * 32 + l];
+                ql[half * 64 + l] = (e(0) & 0xF) | ((e(2) & 0xF) << 4);
+                ql[half * 64 + 32 + l] = (e(1) & 0xF) | ((e(3) & 0xF) << 4);
+                qh[half * 32 + l] = (e(0) >> 4) | ((e(1) >> 4) << 2) | ((e(2) >> 4) << 4) | ((e(3) >> 4) << 6);
+            }
+        }
+        out.extend(ql);
+        out.extend(qh);
+        out.extend(scales.iter().map(|&s| s as u8));
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+    }
+    out
+}
+
 pub fn i2s_bytes(codes: &[i8], scale: f32) -> Vec<u8> {
     let mut out = Vec::with_capacity(codes.len() / 4 + 32);
     for block in codes.chunks(128) {

@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 use half::f16;
 
 mod float;
+mod vocab;
 pub use float::{axpy, dot_f32};
+pub use vocab::{q6k_block_dots, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Which implementation the dispatcher picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

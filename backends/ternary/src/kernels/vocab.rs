@@ -1,0 +1,216 @@
+//! Per-block integer dots of the output (vocabulary) matrix's quantized
+//! formats against int8 activations, as llama.cpp's CPU backend computes
+//! them: Q8_0 rows against Q8_0 activations (32-value blocks), Q6_K rows
+//! against Q8_K activations (256-value blocks with 16 sub-block scales).
+//! The kernels give each block's exact integer sum; the caller applies
+//! the float scales in one fixed order, so every path gives the same bits.
+
+use super::{isa, Isa};
+
+/// Bytes of one Q8_0 block: f16 scale then 32 int8.
+pub const Q8_0_BLOCK: usize = 34;
+/// Bytes of one Q6_K block: 128 low-nibble bytes, 64 high-bit bytes, 16
+/// int8 scales, f16 scale (256 values).
+pub const Q6K_BLOCK: usize = 210;
+
+/// Reference: out[b] = sum over block b of w * q.
+pub fn q8_0_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
+    for ((b, qb), o) in row.chunks_exact(Q8_0_BLOCK).zip(q.chunks_exact(32)).zip(out.iter_mut()) {
+        *o = b[2..].iter().zip(qb).map(|(&w, &x)| i32::from(w as i8) * i32::from(x)).sum();
+    }
+}
+
+/// The 6-bit value (0..=63) of element e of a Q6_K block, and its scale index.
+fn q6k_value(b: &[u8], e: usize) -> (i32, usize) {
+    let (half, i) = (e / 128, e % 128);
+    let (ql, qh) = (&b[half * 64..], &b[128 + half * 32..]);
+    let (part, l) = (i / 32, i % 32);
+    let low = match part {
+        0 => ql[l] & 0xF,
+        1 => ql[l + 32] & 0xF,
+        2 => ql[l] >> 4,
+        _ => ql[l + 32] >> 4,
+    };
+    let high = (qh[l] >> (2 * part)) & 3;
+    (i32::from(low | (high << 4)), e / 16)
+}
+
+/// Reference: out[b] = sum over the 16 sub-blocks j of block b of
+/// scale_j * sum (w - 32) * q, w the 6-bit values.
+pub fn q6k_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
+    for ((b, qb), o) in row.chunks_exact(Q6K_BLOCK).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        let mut sub = [0i32; 16];
+        for (e, &x) in qb.iter().enumerate() {
+            let (w, j) = q6k_value(b, e);
+            sub[j] += (w - 32) * i32::from(x);
+        }
+        *o = sub.iter().zip(&b[192..208]).map(|(s, &sc)| s * i32::from(sc as i8)).sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q8_0_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    let blocks = out.len().min(row.len() / Q8_0_BLOCK).min(q.len() / 32);
+    for (b, o) in out.iter_mut().enumerate().take(blocks) {
+        // SAFETY: block b lies within row and q (bounded above).
+        let w = _mm256_loadu_si256(row.as_ptr().add(b * Q8_0_BLOCK + 2).cast());
+        let x = _mm256_loadu_si256(q.as_ptr().add(b * 32).cast());
+        // |w| (as unsigned, exact even for -128) times x with w's sign:
+        // x is within -127..=127 so negating it cannot overflow, and pair
+        // sums stay below 2 * 128 * 127, inside i16.
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        *o = hsum_i32(_mm256_madd_epi16(p, ones));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let m4 = _mm256_set1_epi8(0xF);
+    let m2 = _mm256_set1_epi8(3);
+    let offset = _mm256_set1_epi8(32);
+    let blocks = out.len().min(row.len() / Q6K_BLOCK).min(q.len() / 256);
+    for (b, o) in out.iter_mut().enumerate().take(blocks) {
+        let blk = row.as_ptr().add(b * Q6K_BLOCK);
+        let sc = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
+        let mut acc = _mm256_setzero_si256();
+        for half in 0..2 {
+            // SAFETY (all loads): inside block b of row and of q.
+            let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
+            let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
+            let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
+            let vals = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                ),
+            ];
+            for (part, w) in vals.into_iter().enumerate() {
+                let x = _mm256_loadu_si256(q.as_ptr().add(b * 256 + half * 128 + part * 32).cast());
+                // (w - 32) x per pair: w in 0..=63 unsigned; |sum| <= 2*32*128.
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), _mm256_maddubs_epi16(offset, x));
+                // Elements 0..16 of this part use scale j, 16..32 scale j + 1.
+                let j = half * 8 + part * 2;
+                let s = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[j + 1])), _mm_set1_epi16(i16::from(sc[j])));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+            }
+        }
+        *o = hsum_i32(acc);
+    }
+}
+
+/// `q8_0_block_dots_scalar` with the best kernel here.
+pub fn q8_0_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
+    debug_assert_eq!(row.len() / Q8_0_BLOCK, out.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { q8_0_block_dots_avx2(row, q, out) },
+        _ => q8_0_block_dots_scalar(row, q, out),
+    }
+}
+
+/// `q6k_block_dots_scalar` with the best kernel here.
+pub fn q6k_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
+    debug_assert_eq!(row.len() / Q6K_BLOCK, out.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { q6k_block_dots_avx2(row, q, out) },
+        _ => q6k_block_dots_scalar(row, q, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::TensorType;
+    use crate::quant::decode_float;
+    use crate::sampler::Rng;
+
+    fn bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+        (0..n).map(|_| rng.next_u64() as u8).collect()
+    }
+
+    fn acts(rng: &mut Rng, n: usize) -> Vec<i8> {
+        // Q8_0 / Q8_K activations stay within -127..=127.
+        (0..n).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect()
+    }
+
+    #[test]
+    fn every_vocab_kernel_equals_the_scalar_reference_and_the_decoded_values() {
+        let mut rng = Rng::new(5);
+        for blocks in [1usize, 2, 3, 8, 13] {
+            // Q8_0: random bytes are valid blocks (any scale, any int8, -128 included).
+            let mut row = bytes(&mut rng, blocks * Q8_0_BLOCK);
+            row[2] = 0x80;
+            let q = acts(&mut rng, blocks * 32);
+            let mut want = vec![0; blocks];
+            q8_0_block_dots_scalar(&row, &q, &mut want);
+            // The reference against the decoder: the value divided by its scale.
+            for (b, w) in want.iter().enumerate() {
+                let codes: i32 = (0..32).map(|i| i32::from(row[b * 34 + 2 + i] as i8) * i32::from(q[b * 32 + i])).sum();
+                assert_eq!(*w, codes);
+            }
+            let mut got = vec![0; blocks];
+            q8_0_block_dots(&row, &q, &mut got);
+            assert_eq!(got, want, "dispatched q8_0, {blocks} blocks");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut got = vec![0; blocks];
+                // SAFETY: AVX2 checked.
+                unsafe { q8_0_block_dots_avx2(&row, &q, &mut got) };
+                assert_eq!(got, want, "avx2 q8_0, {blocks} blocks");
+            }
+
+            // Q6_K: random low/high bits and scales, scale d = 1.0 so the
+            // decoder's values are exactly scale_j * (w - 32).
+            let mut row = Vec::new();
+            for _ in 0..blocks {
+                row.extend(bytes(&mut rng, 208));
+                row.extend(half::f16::from_f32(1.0).to_le_bytes());
+            }
+            let q = acts(&mut rng, blocks * 256);
+            let mut want = vec![0; blocks];
+            q6k_block_dots_scalar(&row, &q, &mut want);
+            let decoded = decode_float(TensorType::Q6K, &row, blocks * 256).unwrap();
+            for (b, w) in want.iter().enumerate() {
+                let sum: f64 = (0..256).map(|i| f64::from(decoded[b * 256 + i]) * f64::from(q[b * 256 + i])).sum();
+                assert_eq!(f64::from(*w), sum, "q6_k reference vs decoder, block {b}");
+            }
+            let mut got = vec![0; blocks];
+            q6k_block_dots(&row, &q, &mut got);
+            assert_eq!(got, want, "dispatched q6_k, {blocks} blocks");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut got = vec![0; blocks];
+                // SAFETY: AVX2 checked.
+                unsafe { q6k_block_dots_avx2(&row, &q, &mut got) };
+                assert_eq!(got, want, "avx2 q6_k, {blocks} blocks");
+            }
+        }
+    }
+}
