@@ -27,6 +27,33 @@ pub enum Isa {
     Avx512Vnni,
 }
 
+/// How far ahead (bytes) the streaming kernels ask for their weights with
+/// a software prefetch; `BITNET_PREFETCH=0` turns it off. Each thread
+/// reads its rows front to back, but the hardware prefetcher alone keeps
+/// too few lines in flight in this VM: with 2 KiB ahead, decoding the
+/// 2B4T shape went from 12 to 17 GB/s on 2 threads and 6.5 to 9.5-10 on
+/// one (`BITNET_PREFETCH=0|1024|2048|4096`, two rounds each).
+pub fn prefetch_distance() -> Option<usize> {
+    static DISTANCE: OnceLock<Option<usize>> = OnceLock::new();
+    *DISTANCE.get_or_init(|| {
+        let d = std::env::var("BITNET_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
+        (d > 0).then_some(d)
+    })
+}
+
+/// Ask for the line `d` bytes past `p` (a hint: an address past the
+/// mapping cannot fault, so no bounds are needed).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, d: Option<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(d) = d {
+        // SAFETY: prefetch never faults and has no architectural effect.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(d).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, d);
+}
+
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -68,9 +95,13 @@ unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
-    for (block, qb) in row.chunks_exact(32).zip(q.chunks_exact(128)) {
+    let pf = prefetch_distance();
+    for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
         // SAFETY (all loads): block has 32 bytes, qb 128.
         let w = _mm256_loadu_si256(block.as_ptr().cast());
+        if i % 2 == 0 {
+            prefetch(block.as_ptr(), pf);
+        }
         let planes = [
             _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
             _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
@@ -186,9 +217,11 @@ unsafe fn dot_i2s_vnni_interleaved(row: &[u8], qi: &[i8], q: &[i8]) -> i32 {
     let mut acc0 = _mm512_setzero_si512();
     let mut acc1 = _mm512_setzero_si512();
     let pairs = row.len() / 64;
+    let pf = prefetch_distance();
     for p in 0..pairs {
         // SAFETY (all loads): within row and qi (pairs * 256 bytes) by the loop bound.
         let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+        prefetch(row.as_ptr().wrapping_add(p * 64), pf);
         let a = qi.as_ptr().add(p * 256);
         let c0 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
         let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
@@ -245,7 +278,9 @@ unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
     use std::arch::x86_64::*;
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
+    let pf = prefetch_distance();
     for ((block, qb), o) in row.chunks_exact(66).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        prefetch(block.as_ptr(), pf);
         let mut acc = _mm256_setzero_si256();
         for j in [0usize, 32] {
             // SAFETY (all loads): block has 66 bytes, qb 256.
@@ -423,12 +458,16 @@ pub fn dot_f16_scalar(row: &[f16], x: &[f32]) -> f32 {
 unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = row.len() / 16 * 16;
+    let pf = prefetch_distance();
     let mut a0 = _mm256_setzero_ps();
     let mut a1 = _mm256_setzero_ps();
     let mut i = 0;
     while i < n {
         // SAFETY: i + 16 <= n <= row.len() == x.len().
         let h0 = _mm_loadu_si128(row.as_ptr().add(i).cast());
+        if i % 32 == 0 {
+            prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
+        }
         let h1 = _mm_loadu_si128(row.as_ptr().add(i + 8).cast());
         a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
         a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
@@ -446,12 +485,14 @@ unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
 unsafe fn dot_f16_avx512(row: &[f16], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = row.len() / 32 * 32;
+    let pf = prefetch_distance();
     let mut a0 = _mm512_setzero_ps();
     let mut a1 = _mm512_setzero_ps();
     let mut i = 0;
     while i < n {
         // SAFETY: i + 32 <= n <= row.len() == x.len().
         let h0 = _mm256_loadu_si256(row.as_ptr().add(i).cast());
+        prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
         let h1 = _mm256_loadu_si256(row.as_ptr().add(i + 16).cast());
         a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(h0), _mm512_loadu_ps(x.as_ptr().add(i)), a0);
         a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h1), _mm512_loadu_ps(x.as_ptr().add(i + 16)), a1);
