@@ -82,9 +82,6 @@ pub enum Linear {
     },
 }
 
-/// Rows per parallel task at least: enough work to be worth a hand-off.
-const MIN_ROWS: usize = 32;
-
 /// One token's activations quantized for a packed format, shared by every
 /// matrix that reads the same input.
 enum Quantized<'a> {
@@ -125,11 +122,15 @@ impl Linear {
         match (self, q) {
             (Linear::I2S { bytes, cols, scale, .. }, Quantized::I2S { a, prepared }) => {
                 let (bytes, row_bytes) = (bytes.bytes(), cols / 4);
-                for (r, out) in (first..).zip(ys.iter_mut()) {
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    let d = kernels::dot_i2s_prepared(row, prepared) - a.sum;
-                    // bitnet.cpp's order of operations, as the reference.
-                    *out = (d as f32 / a.scale) * scale;
+                let mut dots = [0i32; 64];
+                for (first, ys) in (first..).step_by(64).zip(ys.chunks_mut(64)) {
+                    let dots = &mut dots[..ys.len()];
+                    let rows = &bytes[first * row_bytes..(first + ys.len()) * row_bytes];
+                    kernels::i2s_rows_prepared(rows, row_bytes, prepared, dots);
+                    for (out, d) in ys.iter_mut().zip(&*dots) {
+                        // bitnet.cpp's order of operations, as the reference.
+                        *out = ((d - a.sum) as f32 / a.scale) * scale;
+                    }
                 }
             }
             (Linear::Tq2 { bytes, cols, .. }, Quantized::Tq2 { a, bsums }) => {
@@ -159,7 +160,7 @@ impl Linear {
         }
         // Row-major results (rows x n) so each task owns whole rows.
         let mut by_row = vec![0f32; rows * n];
-        let per = pool::rows_per_task(rows, MIN_ROWS / 4) * n;
+        let per = pool::rows_per_task(rows, self.bytes_read() as usize / rows) * n;
         match self {
             Linear::I2S { bytes, cols, scale, .. } => {
                 let bytes = bytes.bytes();
@@ -262,7 +263,8 @@ pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActS
         return;
     };
     let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
-    let per = pool::rows_per_task(total, MIN_ROWS);
+    let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
+    let per = pool::rows_per_task(total, bytes / total.max(1));
     // (matrix, first row, end row) per task, every matrix cut at `per` rows.
     let tasks: Vec<(usize, usize, usize)> = items
         .iter()
@@ -319,7 +321,7 @@ impl VocabMatrix {
 
     pub fn matvec(&self, cols: usize, x: &[f32], y: &mut [f32]) {
         match self {
-            VocabMatrix::F32(w) => pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 256), |first, ys| {
+            VocabMatrix::F32(w) => pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 4 * cols), |first, ys| {
                 quant::matvec_f32(&w[first * cols..(first + ys.len()) * cols], cols, x, ys)
             }),
             VocabMatrix::F16(w) => matvec_f16(w, cols, x, y),
@@ -373,7 +375,7 @@ fn blocks_matvec(
     y: &mut [f32],
     f: impl Fn(&[u8], &mut [i32]) -> f32 + Sync,
 ) {
-    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 256), |first, ys| {
+    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), row_bytes), |first, ys| {
         let mut dots = vec![0i32; blocks];
         for (r, out) in (first..).zip(ys.iter_mut()) {
             *out = f(&w[r * row_bytes..(r + 1) * row_bytes], &mut dots);
@@ -382,7 +384,7 @@ fn blocks_matvec(
 }
 
 fn matvec_f16(w: &[f16], cols: usize, x: &[f32], y: &mut [f32]) {
-    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 256), |first, ys| {
+    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 2 * cols), |first, ys| {
         for (r, out) in (first..).zip(ys.iter_mut()) {
             *out = kernels::dot_f16(&w[r * cols..(r + 1) * cols], x);
         }

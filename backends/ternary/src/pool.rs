@@ -285,11 +285,25 @@ pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usiz
     });
 }
 
-/// Rows per task for `rows` rows on the current pool: about four tasks
-/// per thread (dynamic claiming evens out uneven threads), never fewer
-/// than `min` rows.
-pub fn rows_per_task(rows: usize, min: usize) -> usize {
-    rows.div_ceil(4 * current_threads()).max(min).max(1)
+/// Bytes of weights one task reads at most. A task's end is where a
+/// thread may wait for the others (the last task claimed), so tasks must
+/// be short next to a job: the output matrix (650 MB in 2B4T) cut in four
+/// tasks per thread left one thread idle for up to a task, ~8 ms a token.
+/// Short tasks cost a counter claim each (tens of ns) and a prefetch
+/// restart (a few KiB); 256 KiB keeps both under 1%.
+const TASK_BYTES: usize = 256 << 10;
+/// Bytes below which a task is not worth a hand-off.
+const MIN_TASK_BYTES: usize = 16 << 10;
+
+/// Rows per task for `rows` rows of `row_bytes` each on the current pool:
+/// about four tasks per thread for small matrices (dynamic claiming evens
+/// out uneven threads), at most `TASK_BYTES` of rows for large ones, and
+/// never less than `MIN_TASK_BYTES` of rows.
+pub fn rows_per_task(rows: usize, row_bytes: usize) -> usize {
+    let row_bytes = row_bytes.max(1);
+    let even = rows.div_ceil(4 * current_threads());
+    let task_bytes = std::env::var("BITNET_TASK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(TASK_BYTES);
+    even.min(task_bytes / row_bytes).max(MIN_TASK_BYTES / row_bytes).max(1)
 }
 
 /// A mutable slice handed to parallel tasks that each take a disjoint part.
