@@ -48,7 +48,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, reps: usize, prefetch: bool)
     let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
     let part = buf.len().div_ceil(threads);
     let mut best = 0f64;
-    let prefetch = prefetch.then(|| crate::kernels::prefetch_distance().unwrap_or(2048));
+    let prefetch = prefetch.then(|| crate::kernels::prefetch_distance().unwrap_or(6144));
     {
         for _ in 0..reps {
             let sums: Vec<std::sync::atomic::AtomicU64> = (0..threads).map(|_| Default::default()).collect();

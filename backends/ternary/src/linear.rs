@@ -160,14 +160,13 @@ impl Linear {
         }
         // Row-major results (rows x n) so each task owns whole rows.
         let mut by_row = vec![0f32; rows * n];
-        let per = pool::rows_per_task(rows, self.bytes_read() as usize / rows) * n;
+        let row_bytes = self.bytes_read() as usize / rows;
         match self {
             Linear::I2S { bytes, cols, scale, .. } => {
                 let bytes = bytes.bytes();
                 let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_i8tok).collect();
-                let row_bytes = cols / 4;
-                pool::for_each_chunk_mut(&mut by_row, per, |start, part| {
-                    for (r, out) in (start / n..).zip(part.chunks_exact_mut(n)) {
+                pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
+                    for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
                         let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                         let mut t = 0;
                         while t + 4 <= n {
@@ -189,10 +188,10 @@ impl Linear {
                 let bytes = bytes.bytes();
                 let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
                 let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
-                let (blocks, row_bytes) = (cols / 256, cols / 256 * 66);
-                pool::for_each_chunk_mut(&mut by_row, per, |start, part| {
+                let blocks = cols / 256;
+                pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
                     let mut dots = vec![0i32; 4 * blocks];
-                    for (r, out) in (start / n..).zip(part.chunks_exact_mut(n)) {
+                    for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
                         let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                         let mut t = 0;
                         while t + 4 <= n {
@@ -262,22 +261,23 @@ pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActS
         }
         return;
     };
+    // Parts over the matrices' rows end to end; a part may span two.
     let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
     let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
-    let per = pool::rows_per_task(total, bytes / total.max(1));
-    // (matrix, first row, end row) per task, every matrix cut at `per` rows.
-    let tasks: Vec<(usize, usize, usize)> = items
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (l, _))| (0..l.rows()).step_by(per).map(move |s| (i, s, (s + per).min(l.rows()))))
-        .collect();
+    let parts = pool::guided_parts(total, bytes / total.max(1));
     let outs: Vec<(&Linear, SharedMut<f32>)> = items.iter_mut().map(|(l, y)| (*l, SharedMut::new(y))).collect();
     pool::with_current(|p| {
-        p.run(tasks.len(), &|t| {
-            let (i, s, e) = tasks[t];
-            let (l, out) = &outs[i];
-            // SAFETY: every task owns rows s..e of matrix i, disjoint from the others'.
-            l.rows_into(&q, s, unsafe { out.slice(s, e) });
+        p.run(parts.len(), &|t| {
+            let mut first = 0;
+            for (l, out) in &outs {
+                let (s, e) = (parts[t].start.max(first), parts[t].end.min(first + l.rows()));
+                if s < e {
+                    // SAFETY: parts are disjoint, so rows s..e of this
+                    // matrix belong to this task alone.
+                    l.rows_into(&q, s - first, unsafe { out.slice(s - first, e - first) });
+                }
+                first += l.rows();
+            }
         })
     });
 }
@@ -321,7 +321,7 @@ impl VocabMatrix {
 
     pub fn matvec(&self, cols: usize, x: &[f32], y: &mut [f32]) {
         match self {
-            VocabMatrix::F32(w) => pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 4 * cols), |first, ys| {
+            VocabMatrix::F32(w) => pool::for_each_rows_mut(y, 1, 4 * cols, |first, ys| {
                 quant::matvec_f32(&w[first * cols..(first + ys.len()) * cols], cols, x, ys)
             }),
             VocabMatrix::F16(w) => matvec_f16(w, cols, x, y),
@@ -375,7 +375,7 @@ fn blocks_matvec(
     y: &mut [f32],
     f: impl Fn(&[u8], &mut [i32]) -> f32 + Sync,
 ) {
-    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), row_bytes), |first, ys| {
+    pool::for_each_rows_mut(y, 1, row_bytes, |first, ys| {
         let mut dots = vec![0i32; blocks];
         for (r, out) in (first..).zip(ys.iter_mut()) {
             *out = f(&w[r * row_bytes..(r + 1) * row_bytes], &mut dots);
@@ -384,7 +384,7 @@ fn blocks_matvec(
 }
 
 fn matvec_f16(w: &[f16], cols: usize, x: &[f32], y: &mut [f32]) {
-    pool::for_each_chunk_mut(y, pool::rows_per_task(y.len(), 2 * cols), |first, ys| {
+    pool::for_each_rows_mut(y, 1, 2 * cols, |first, ys| {
         for (r, out) in (first..).zip(ys.iter_mut()) {
             *out = kernels::dot_f16(&w[r * cols..(r + 1) * cols], x);
         }

@@ -285,25 +285,45 @@ pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usiz
     });
 }
 
-/// Bytes of weights one task reads at most. A task's end is where a
-/// thread may wait for the others (the last task claimed), so tasks must
-/// be short next to a job: the output matrix (650 MB in 2B4T) cut in four
-/// tasks per thread left one thread idle for up to a task, ~8 ms a token.
-/// Short tasks cost a counter claim each (tens of ns) and a prefetch
-/// restart (a few KiB); 256 KiB keeps both under 1%.
-const TASK_BYTES: usize = 256 << 10;
-/// Bytes below which a task is not worth a hand-off.
-const MIN_TASK_BYTES: usize = 16 << 10;
+/// Bytes below which a part is not worth a hand-off.
+const MIN_PART_BYTES: usize = 16 << 10;
 
-/// Rows per task for `rows` rows of `row_bytes` each on the current pool:
-/// about four tasks per thread for small matrices (dynamic claiming evens
-/// out uneven threads), at most `TASK_BYTES` of rows for large ones, and
-/// never less than `MIN_TASK_BYTES` of rows.
-pub fn rows_per_task(rows: usize, row_bytes: usize) -> usize {
-    let row_bytes = row_bytes.max(1);
-    let even = rows.div_ceil(4 * current_threads());
-    let task_bytes = std::env::var("BITNET_TASK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(TASK_BYTES);
-    even.min(task_bytes / row_bytes).max(MIN_TASK_BYTES / row_bytes).max(1)
+/// Parts of `rows` rows of `row_bytes` each for the current pool, largest
+/// first (guided self-scheduling): each part is the rows left over twice
+/// the threads, never under `MIN_PART_BYTES`. A job ends when its last
+/// part does, so the parts claimed last must be short: with equal parts
+/// (four per thread) a thread waited up to a part at every job, and the
+/// 650 MB output matrix's parts were 80 MB. Large parts first keep each
+/// thread's reads long and sequential and the claims few (about 2 x
+/// threads x ln(rows / min) parts).
+pub fn guided_parts(rows: usize, row_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = current_threads();
+    let least = (MIN_PART_BYTES / row_bytes.max(1)).max(1);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = ((rows - start) / (2 * threads)).max(least).min(rows - start);
+        parts.push(start..start + n);
+        start += n;
+    }
+    parts
+}
+
+/// `data` holds rows of `width` items (a row's results, one per token);
+/// call `f(first_row, piece)` for each part of `guided_parts(rows,
+/// row_bytes)`, in parallel on the current pool.
+pub fn for_each_rows_mut<T: Send>(data: &mut [T], width: usize, row_bytes: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let width = width.max(1);
+    let parts = guided_parts(data.len() / width, row_bytes);
+    let out = SharedMut::new(data);
+    with_current(|p| {
+        p.run(parts.len(), &|i| {
+            let r = &parts[i];
+            // SAFETY: guided_parts are disjoint and in bounds, so task i
+            // owns items r.start * width..r.end * width alone.
+            f(r.start, unsafe { out.slice(r.start * width, r.end * width) })
+        })
+    });
 }
 
 /// A mutable slice handed to parallel tasks that each take a disjoint part.
@@ -398,6 +418,49 @@ mod tests {
             }
         });
         assert_eq!(total.load(Ordering::Relaxed), 3 * 100 * 5 * 2);
+    }
+
+    #[test]
+    fn guided_parts_cover_the_rows_in_order_largest_first() {
+        let pool = Pool::new(2);
+        pool.install(|| {
+            for (rows, row_bytes) in
+                [(0usize, 640usize), (1, 640), (100, 640), (3840, 640), (128_256, 5120), (7, 1 << 20)]
+            {
+                let parts = guided_parts(rows, row_bytes);
+                let least = (MIN_PART_BYTES / row_bytes).max(1);
+                let mut next = 0;
+                for (i, p) in parts.iter().enumerate() {
+                    assert_eq!(p.start, next, "{rows} rows: parts are contiguous");
+                    assert!(p.end > p.start);
+                    // At most the rows left over twice the threads (or the least part).
+                    assert!(p.len() <= ((rows - p.start) / 4).max(least));
+                    if i + 1 < parts.len() {
+                        assert!(p.len() >= least && p.len() >= parts[i + 1].len(), "{rows} rows: {parts:?}");
+                    }
+                    next = p.end;
+                }
+                assert_eq!(next, rows);
+                assert!(parts.len() <= 4 * (1 + rows.max(1).ilog2() as usize), "{rows} rows: {} parts", parts.len());
+            }
+            // The output matrix's last part is small: no thread waits long.
+            let parts = guided_parts(128_256, 5120);
+            assert!(parts.last().unwrap().len() * 5120 <= 2 * MIN_PART_BYTES);
+        });
+    }
+
+    #[test]
+    fn rows_cover_the_slice_once_with_their_offsets() {
+        let pool = Pool::new(2);
+        for width in [1usize, 3] {
+            let mut v = vec![0usize; 1003 * width];
+            pool.install(|| {
+                for_each_rows_mut(&mut v, width, 100, |first, part| {
+                    part.iter_mut().enumerate().for_each(|(i, x)| *x += first * width + i)
+                })
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i));
+        }
     }
 
     #[test]

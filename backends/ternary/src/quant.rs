@@ -343,8 +343,7 @@ impl Ternary {
         debug_assert_eq!(x.len(), self.cols);
         debug_assert_eq!(y.len(), self.rows);
         // Rows in parallel; each part is the same computation on fewer rows.
-        let per = crate::pool::rows_per_task(self.rows, self.cols);
-        crate::pool::for_each_chunk_mut(y, per, |first, ys| self.matvec_rows(first, x, scheme, ys));
+        crate::pool::for_each_rows_mut(y, 1, self.cols, |first, ys| self.matvec_rows(first, x, scheme, ys));
     }
 
     fn matvec_rows(&self, first: usize, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
