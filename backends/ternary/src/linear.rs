@@ -86,7 +86,7 @@ pub enum Linear {
 /// matrix that reads the same input.
 enum Quantized<'a> {
     I2S { a: &'a quant::I8Tok, prepared: kernels::Prepared<'a> },
-    Tq2 { a: &'a quant::Q8K, bsums: Vec<i32> },
+    Tq2 { a: &'a quant::Q8K, prepared: kernels::Prepared<'a>, bsums: Vec<i32> },
 }
 
 impl Linear {
@@ -133,14 +133,10 @@ impl Linear {
                     }
                 }
             }
-            (Linear::Tq2 { bytes, cols, .. }, Quantized::Tq2 { a, bsums }) => {
-                let (bytes, row_bytes) = (bytes.bytes(), cols / 256 * 66);
-                let mut dots = vec![0i32; cols / 256];
-                for (r, out) in (first..).zip(ys.iter_mut()) {
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    kernels::tq2_block_dots(row, &a.q, &mut dots);
-                    *out = tq2_finish(row, &dots, bsums, &a.d);
-                }
+            (Linear::Tq2 { bytes, cols, .. }, Quantized::Tq2 { a, prepared, bsums }) => {
+                let row_bytes = cols / 256 * 66;
+                let rows = &bytes.bytes()[first * row_bytes..(first + ys.len()) * row_bytes];
+                kernels::tq2_rows(rows, row_bytes, prepared, bsums, &a.d, ys);
             }
             _ => unreachable!("activations quantized for another format"),
         }
@@ -202,13 +198,13 @@ impl Linear {
                             kernels::tq2_block_dots_x4(row, q, [d0, d1, d2, d3]);
                             for i in 0..4 {
                                 let d = &dots[i * blocks..(i + 1) * blocks];
-                                out[t + i] = tq2_finish(row, d, &bsums[t + i], &acts[t + i].d);
+                                out[t + i] = kernels::tq2_finish(row, d, &bsums[t + i], &acts[t + i].d);
                             }
                             t += 4;
                         }
                         while t < n {
                             kernels::tq2_block_dots(row, &acts[t].q, &mut dots[..blocks]);
-                            out[t] = tq2_finish(row, &dots[..blocks], &bsums[t], &acts[t].d);
+                            out[t] = kernels::tq2_finish(row, &dots[..blocks], &bsums[t], &acts[t].d);
                             t += 1;
                         }
                     }
@@ -229,17 +225,6 @@ fn block_sums(q: &[i8]) -> Vec<i32> {
     q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect()
 }
 
-/// One TQ2_0 row's result from its per-block code dots, in
-/// `Ternary::matvec`'s Q8K order: per block, (dot - bsum) * (w_scale * a_scale).
-fn tq2_finish(row: &[u8], dots: &[i32], bsums: &[i32], d: &[f32]) -> f32 {
-    let mut acc = 0f32;
-    for (b, ((dot, bsum), d)) in dots.iter().zip(bsums).zip(d).enumerate() {
-        let s = f16::from_le_bytes([row[b * 66 + 64], row[b * 66 + 65]]).to_f32();
-        acc += (dot - bsum) as f32 * (s * d);
-    }
-    acc
-}
-
 /// y_i = W_i x for matrices that read the same input: quantized once, and
 /// all their rows in one parallel job when they are packed in one format.
 pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActScheme) {
@@ -250,7 +235,7 @@ pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActS
         Quantized::I2S { a: &i8tok, prepared: kernels::Prepared::new(&i8tok.q) }
     } else if all(|l| matches!(l, Linear::Tq2 { .. })) {
         q8k = quant::quantize_q8k(x);
-        Quantized::Tq2 { bsums: block_sums(&q8k.q), a: &q8k }
+        Quantized::Tq2 { bsums: block_sums(&q8k.q), prepared: kernels::Prepared::new(&q8k.q), a: &q8k }
     } else {
         for (l, y) in items.iter_mut() {
             match l {
@@ -335,7 +320,7 @@ impl VocabMatrix {
                     let mut acc = 0f32;
                     for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
                         let o = b * kernels::Q8_0_BLOCK;
-                        acc += *dot as f32 * (f16::from_le_bytes([row[o], row[o + 1]]).to_f32() * xd);
+                        acc += *dot as f32 * (kernels::f16_le_to_f32(&row[o..]) * xd);
                     }
                     acc
                 });
@@ -348,7 +333,7 @@ impl VocabMatrix {
                     let mut acc = 0f32;
                     for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
                         let o = b * kernels::Q6K_BLOCK + 208;
-                        acc += *dot as f32 * (f16::from_le_bytes([row[o], row[o + 1]]).to_f32() * xd);
+                        acc += *dot as f32 * (kernels::f16_le_to_f32(&row[o..]) * xd);
                     }
                     acc
                 });
