@@ -1,7 +1,7 @@
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 //! The built-in engine on generated models with BitNet b1.58 2B4T's shape
 //! (hidden 2560, 30 layers, 20/5 heads, FFN 6912, vocab 128256, F16 output
-//! matrix), I2_S (bitnet.cpp's format) and TQ2_0 (llama.cpp's), in one run: this machine's read bandwidth,
+//! matrix), I2_S (bitnet.cpp's format), TQ2_0 and TQ1_0 (llama.cpp's), in one run: this machine's read bandwidth,
 //! pp/tg tokens/s at 1 thread and at all cores, bytes read per token, and
 //! the fraction of the bandwidth ceiling decoding reaches.
 //!
@@ -30,7 +30,9 @@ fn main() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bw_bytes = if full { 2 << 30 } else { 256 << 20 };
-    for (format, suffix) in [(TernaryFormat::I2S, "i2s"), (TernaryFormat::TQ2_0, "tq2_0")] {
+    for (format, suffix) in
+        [(TernaryFormat::I2S, "i2s"), (TernaryFormat::TQ2_0, "tq2_0"), (TernaryFormat::TQ1_0, "tq1_0")]
+    {
         let path = dir.join(format!("{stem}-{suffix}.gguf"));
         if !path.exists() {
             println!("generating {} ...", path.display());

@@ -74,6 +74,14 @@ pub enum Linear {
         rows: usize,
         cols: usize,
     },
+    /// TQ1_0 kept packed (54 bytes per 256 weights, base-3 digits), for
+    /// the Q8K scheme: the same numbers as TQ2_0 (tested), the fewest bytes
+    /// per token of any format here; unpacking costs more compute.
+    Tq1 {
+        bytes: Mapped,
+        rows: usize,
+        cols: usize,
+    },
     Ternary(Ternary),
     Dense {
         w: Vec<f32>,
@@ -86,20 +94,26 @@ pub enum Linear {
 /// matrix that reads the same input.
 enum Quantized<'a> {
     I2S { a: &'a quant::I8Tok, prepared: kernels::Prepared<'a> },
-    Tq2 { a: &'a quant::Q8K, prepared: kernels::Prepared<'a>, bsums: Vec<i32> },
+    Q8K { a: &'a quant::Q8K, prepared: kernels::Prepared<'a>, bsums: Vec<i32> },
 }
 
 impl Linear {
     pub fn rows(&self) -> usize {
         match self {
-            Linear::I2S { rows, .. } | Linear::Tq2 { rows, .. } | Linear::Dense { rows, .. } => *rows,
+            Linear::I2S { rows, .. }
+            | Linear::Tq2 { rows, .. }
+            | Linear::Tq1 { rows, .. }
+            | Linear::Dense { rows, .. } => *rows,
             Linear::Ternary(t) => t.rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
-            Linear::I2S { cols, .. } | Linear::Tq2 { cols, .. } | Linear::Dense { cols, .. } => *cols,
+            Linear::I2S { cols, .. }
+            | Linear::Tq2 { cols, .. }
+            | Linear::Tq1 { cols, .. }
+            | Linear::Dense { cols, .. } => *cols,
             Linear::Ternary(t) => t.cols,
         }
     }
@@ -107,7 +121,7 @@ impl Linear {
     /// Bytes a product reads from this matrix.
     pub fn bytes_read(&self) -> u64 {
         match self {
-            Linear::I2S { bytes, .. } | Linear::Tq2 { bytes, .. } => bytes.len() as u64,
+            Linear::I2S { bytes, .. } | Linear::Tq2 { bytes, .. } | Linear::Tq1 { bytes, .. } => bytes.len() as u64,
             Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
             Linear::Dense { w, .. } => 4 * w.len() as u64,
         }
@@ -133,10 +147,20 @@ impl Linear {
                     }
                 }
             }
-            (Linear::Tq2 { bytes, cols, .. }, Quantized::Tq2 { a, prepared, bsums }) => {
+            (Linear::Tq2 { bytes, cols, .. }, Quantized::Q8K { a, prepared, bsums }) => {
                 let row_bytes = cols / 256 * 66;
                 let rows = &bytes.bytes()[first * row_bytes..(first + ys.len()) * row_bytes];
                 kernels::tq2_rows(rows, row_bytes, prepared, bsums, &a.d, ys);
+            }
+            (Linear::Tq1 { bytes, cols, .. }, Quantized::Q8K { a, bsums, .. }) => {
+                let (bytes, blocks) = (bytes.bytes(), cols / 256);
+                let row_bytes = blocks * 54;
+                let mut dots = vec![0i32; blocks];
+                for (r, out) in (first..).zip(ys.iter_mut()) {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    kernels::tq1_block_dots(row, &a.q, &mut dots);
+                    *out = kernels::ternary_blocks_finish(row, 54, &dots, bsums, &a.d);
+                }
             }
             _ => unreachable!("activations quantized for another format"),
         }
@@ -148,7 +172,7 @@ impl Linear {
     pub fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, ys: &mut [f32]) {
         let rows = self.rows();
         let cols = xs.len() / n.max(1);
-        if n <= 1 || !matches!(self, Linear::I2S { .. } | Linear::Tq2 { .. }) {
+        if n <= 1 || !matches!(self, Linear::I2S { .. } | Linear::Tq2 { .. } | Linear::Tq1 { .. }) {
             for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
                 self.matvec(x, scheme, y);
             }
@@ -210,6 +234,23 @@ impl Linear {
                     }
                 });
             }
+            Linear::Tq1 { bytes, cols, .. } => {
+                // Each row against every token while it is in L1.
+                let bytes = bytes.bytes();
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
+                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
+                let blocks = cols / 256;
+                pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
+                    let mut dots = vec![0i32; blocks];
+                    for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
+                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        for ((o, a), bsums) in out.iter_mut().zip(&acts).zip(&bsums) {
+                            kernels::tq1_block_dots(row, &a.q, &mut dots);
+                            *o = kernels::ternary_blocks_finish(row, 54, &dots, bsums, &a.d);
+                        }
+                    }
+                });
+            }
             _ => unreachable!("checked above"),
         }
         for (r, vals) in by_row.chunks_exact(n).enumerate() {
@@ -233,9 +274,9 @@ pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActS
     let q = if all(|l| matches!(l, Linear::I2S { .. })) {
         i8tok = quant::quantize_i8tok(x);
         Quantized::I2S { a: &i8tok, prepared: kernels::Prepared::new(&i8tok.q) }
-    } else if all(|l| matches!(l, Linear::Tq2 { .. })) {
+    } else if all(|l| matches!(l, Linear::Tq2 { .. } | Linear::Tq1 { .. })) {
         q8k = quant::quantize_q8k(x);
-        Quantized::Tq2 { bsums: block_sums(&q8k.q), prepared: kernels::Prepared::new(&q8k.q), a: &q8k }
+        Quantized::Q8K { bsums: block_sums(&q8k.q), prepared: kernels::Prepared::new(&q8k.q), a: &q8k }
     } else {
         for (l, y) in items.iter_mut() {
             match l {

@@ -286,8 +286,8 @@ impl Model {
         let mut formats = std::collections::BTreeMap::<String, usize>::new();
         // I2_S files use bitnet.cpp's per-token scheme unless told otherwise.
         let packed_i2s = scheme.is_none_or(|s| s == ActScheme::I8Tok);
-        // TQ2_0 files use llama.cpp's per-block scheme unless told otherwise.
-        let packed_tq2 = scheme.is_none_or(|s| s == ActScheme::Q8K);
+        // TQ1_0 / TQ2_0 files use llama.cpp's per-block scheme unless told otherwise.
+        let packed_q8k = scheme.is_none_or(|s| s == ActScheme::Q8K);
         let mut linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             let t = find(&gguf, name)?;
             if t.dims != [cols as u64, rows as u64] {
@@ -313,7 +313,7 @@ impl Model {
                     Linear::I2S { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 4), rows, cols, scale }
                 }
                 TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
-                TensorType::TQ2_0 if packed_tq2 => {
+                TensorType::TQ2_0 if packed_q8k => {
                     let n = rows * cols;
                     if !cols.is_multiple_of(256) || d.len() < n / 256 * 66 {
                         return Err(ModelError::Quant {
@@ -324,6 +324,16 @@ impl Model {
                     Linear::Tq2 { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 66), rows, cols }
                 }
                 TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
+                TensorType::TQ1_0 if packed_q8k => {
+                    let n = rows * cols;
+                    if !cols.is_multiple_of(256) || d.len() < n / 256 * 54 {
+                        return Err(ModelError::Quant {
+                            name: name.into(),
+                            source: QuantError::Size { ty: "tq1_0".into(), n, want: n / 256 * 54, have: d.len() },
+                        });
+                    }
+                    Linear::Tq1 { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 54), rows, cols }
+                }
                 TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(d, rows, cols).map_err(e)?),
                 TensorType::Other(37 | 38) | TensorType::Other(39) if arch.starts_with("bitnet") => {
                     return Err(ModelError::LookupTable(name.into()))
@@ -686,6 +696,11 @@ mod tests {
         for t in [366u32, 72, 101] {
             assert_eq!(tq1.forward(t, &mut c1), tq2.forward(t, &mut c2));
         }
+        // A prompt through the batched path too.
+        assert_eq!(tq1.forward_batch(&[5, 9, 300, 2, 77], &mut c1), tq2.forward_batch(&[5, 9, 300, 2, 77], &mut c2));
+        // TQ1_0 stays packed: 54 bytes per 256 weights against TQ2_0's 66.
+        let layers = |m: &Model| m.bytes_per_token() - m.output.as_ref().unwrap_or(&m.token_embd).bytes_read();
+        assert_eq!(layers(&tq1) * 66, layers(&tq2) * 54);
     }
 
     /// The fixture with its (tied) embedding / output matrix re-encoded as

@@ -233,11 +233,31 @@ pub fn tq2_bytes(codes: &[i8], scale: f32) -> Vec<u8> {
     out
 }
 
+/// TQ1_0 blocks (llama.cpp's layout, see `kernels::tq1_block_dots_scalar`)
+/// of `codes` (-1..1) with one `scale`: base-3 digits, most significant
+/// first, scaled so that ((b * 3^n mod 256) * 3) >> 8 reads digit n back.
+pub fn tq1_bytes(codes: &[i8], scale: f32) -> Vec<u8> {
+    let pack = |digits: &mut dyn Iterator<Item = i8>| -> u8 {
+        let v = digits.fold(0u16, |v, c| v * 3 + (c + 1) as u16);
+        (v * 256).div_ceil(243) as u8
+    };
+    let mut out = Vec::with_capacity(codes.len() / 256 * 54);
+    for block in codes.chunks(256) {
+        out.extend((0..32).map(|m| pack(&mut (0..5).map(|n| block[32 * n + m]))));
+        out.extend((0..16).map(|m| pack(&mut (0..5).map(|n| block[160 + 16 * n + m]))));
+        // Four digits, the fifth a zero.
+        out.extend((0..4).map(|j| pack(&mut (0..4).map(|n| block[240 + 4 * n + j]).chain([-1]))));
+        out.extend(f16::from_f32(scale).to_le_bytes());
+    }
+    out
+}
+
 /// How `random_model_as` stores the ternary matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TernaryFormat {
     I2S,
     TQ2_0,
+    TQ1_0,
 }
 
 /// A BitNet model of `shape` with a byte-level vocabulary (256 bytes + the
@@ -300,6 +320,7 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
         match format {
             TernaryFormat::I2S => i2s_bytes(&codes, 0.05),
             TernaryFormat::TQ2_0 => tq2_bytes(&codes, 0.05),
+            TernaryFormat::TQ1_0 => tq1_bytes(&codes, 0.05),
         }
     };
     for l in 0..shape.n_layer {
@@ -307,7 +328,11 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
         let lin = |name: &str, rows: usize, cols: usize, rng: &mut Rng| TensorData {
             name: n(name),
             dims: vec![cols as u64, rows as u64],
-            ty: if format == TernaryFormat::I2S { 36 } else { 35 },
+            ty: match format {
+                TernaryFormat::I2S => 36,
+                TernaryFormat::TQ2_0 => 35,
+                TernaryFormat::TQ1_0 => 34,
+            },
             data: ternary(rng, rows, cols),
         };
         let layer = [
@@ -355,6 +380,15 @@ mod tests {
         let mut rng = Rng::new(5);
         let codes: Vec<i8> = (0..2 * 512).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
         let t = crate::quant::decode_tq2_0(&tq2_bytes(&codes, 0.25), 2, 512).unwrap();
+        assert_eq!(t.codes, codes);
+        assert!(t.scales.iter().all(|&s| s == 0.25));
+    }
+
+    #[test]
+    fn tq1_bytes_round_trip_through_the_decoder() {
+        let mut rng = Rng::new(6);
+        let codes: Vec<i8> = (0..3 * 512).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
+        let t = crate::quant::decode_tq1_0(&tq1_bytes(&codes, 0.25), 3, 512).unwrap();
         assert_eq!(t.codes, codes);
         assert!(t.scales.iter().all(|&s| s == 0.25));
     }

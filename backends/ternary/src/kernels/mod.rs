@@ -355,16 +355,22 @@ unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
     }
 }
 
-/// One TQ2_0 row's result from its per-block code dots, in
+/// One TQ2_0 / TQ1_0 row's result from its per-block code dots, in
 /// `Ternary::matvec`'s Q8K order: per block, (dot - bsum) * (w_scale *
-/// a_scale), summed block by block (the reference every path equals).
-pub fn tq2_finish(row: &[u8], dots: &[i32], bsums: &[i32], d: &[f32]) -> f32 {
+/// a_scale), summed block by block (the reference every path equals). The
+/// weight scale is the f16 that ends each `block_bytes` block.
+pub fn ternary_blocks_finish(row: &[u8], block_bytes: usize, dots: &[i32], bsums: &[i32], d: &[f32]) -> f32 {
     let mut acc = 0f32;
     for (b, ((dot, bsum), d)) in dots.iter().zip(bsums).zip(d).enumerate() {
-        let s = f16_le_to_f32(&row[b * 66 + 64..]);
+        let s = f16_le_to_f32(&row[(b + 1) * block_bytes - 2..]);
         acc += (dot - bsum) as f32 * (s * d);
     }
     acc
+}
+
+/// `ternary_blocks_finish` for TQ2_0's 66-byte blocks.
+pub fn tq2_finish(row: &[u8], dots: &[i32], bsums: &[i32], d: &[f32]) -> f32 {
+    ternary_blocks_finish(row, 66, dots, bsums, d)
 }
 
 /// Every `row_bytes` TQ2_0 row of `rows` against Q8K activations (`a`,
@@ -443,6 +449,96 @@ unsafe fn tq2_rows_vnni(rows: &[u8], row_bytes: usize, qi: &[i8], bsums: &[i32],
         let mut lanes = [0f32; TQ2_LANES];
         _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
         out.copy_from_slice(&lanes[..out.len()]);
+    }
+}
+
+/// TQ1_0 (llama.cpp): 54-byte blocks of 256 weights, 1.6875 bits each:
+/// 48 bytes holding five base-3 digits each (elements 32n + m from byte
+/// m < 32, then 160 + 16n + m from byte 32 + m), 4 bytes holding four
+/// (240 + 4n + j from byte 48 + j), then an f16 scale. Digit n of byte b
+/// is ((b * 3^n mod 256) * 3) >> 8. Reference: per block, sum code * q,
+/// codes 0..=2 (the caller subtracts the block's activation sum).
+pub fn tq1_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    let code = |b: u8, n: usize| i32::from((u16::from(b.wrapping_mul(POW3[n])) * 3) >> 8);
+    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        let mut acc = 0i32;
+        for n in 0..5 {
+            for m in 0..32 {
+                acc += code(block[m], n) * i32::from(qb[32 * n + m]);
+            }
+            for m in 0..16 {
+                acc += code(block[32 + m], n) * i32::from(qb[160 + 16 * n + m]);
+            }
+        }
+        for n in 0..4 {
+            for j in 0..4 {
+                acc += code(block[48 + j], n) * i32::from(qb[240 + 4 * n + j]);
+            }
+        }
+        *o = acc;
+    }
+}
+
+/// TQ1_0 with AVX2, activations in file order. The digits come out as
+/// bytes: multiplying by 3 (two byte adds) steps to the next digit of the
+/// 32 first bytes; the 16 and 4 others get per-lane multipliers (1 | 3,
+/// then 9, 81; 1, 3, 9, 27 for the four) so that every 32 digits line up
+/// with 32 consecutive activations. ((t * 3) >> 8) of a byte t is
+/// (t > 85) + (t > 170), two saturating subtractions and minimums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tq1_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let ones16 = _mm256_set1_epi16(1);
+    let (k85, k170, one) = (_mm256_set1_epi8(85), _mm256_set1_epi8(170u8 as i8), _mm256_set1_epi8(1));
+    let digits = |t: __m256i| {
+        let a = _mm256_min_epu8(_mm256_subs_epu8(t, k85), one);
+        _mm256_add_epi8(a, _mm256_min_epu8(_mm256_subs_epu8(t, k170), one))
+    };
+    // Bytes times c mod 256, c per 16-bit lane (both bytes of a lane the same).
+    let lo_bytes = _mm256_set1_epi16(0x00ff);
+    let mul8 = |v: __m256i, c: __m256i| {
+        let lo = _mm256_and_si256(_mm256_mullo_epi16(v, c), lo_bytes);
+        _mm256_or_si256(lo, _mm256_mullo_epi16(_mm256_andnot_si256(lo_bytes, v), c))
+    };
+    let by_1_3 = _mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+    let by_qh = _mm_setr_epi16(1, 1, 3, 3, 9, 9, 27, 27);
+    let pf = prefetch_distance();
+    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        prefetch(block.as_ptr(), pf);
+        // SAFETY (all loads): block has 54 bytes, qb 256.
+        let a = |k: usize| _mm256_loadu_si256(qb.as_ptr().add(32 * k).cast());
+        let dot = |acc: __m256i, codes: __m256i, k: usize| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a(k)), ones16))
+        };
+        let mut acc = _mm256_setzero_si256();
+        let mut t = _mm256_loadu_si256(block.as_ptr().cast());
+        for k in 0..5 {
+            acc = dot(acc, digits(t), k);
+            t = _mm256_add_epi8(t, _mm256_add_epi8(t, t));
+        }
+        let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.as_ptr().add(32).cast()));
+        let p01 = mul8(x, by_1_3);
+        acc = dot(acc, digits(p01), 5);
+        acc = dot(acc, digits(mul8(p01, _mm256_set1_epi16(9))), 6);
+        let p4 = mul8(p01, _mm256_set1_epi16(81));
+        let h = _mm_set1_epi32(block.as_ptr().add(48).cast::<i32>().read_unaligned());
+        let hd = _mm256_castsi256_si128(mul8(_mm256_castsi128_si256(h), _mm256_castsi128_si256(by_qh)));
+        acc = dot(acc, digits(_mm256_inserti128_si256(p4, hd, 1)), 7);
+        *o = hsum_i32(acc);
+    }
+}
+
+/// Per-block `sum code * q` over a TQ1_0 row, with the best kernel here.
+#[inline]
+pub fn tq1_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
+    debug_assert_eq!(row.len() / 54 * 256, q.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { tq1_block_dots_avx2(row, q, out) },
+        _ => tq1_block_dots_scalar(row, q, out),
     }
 }
 
@@ -745,6 +841,42 @@ mod tests {
             } else {
                 assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
             }
+        }
+    }
+
+    #[test]
+    fn every_tq1_kernel_equals_the_scalar_reference_and_the_decoded_codes() {
+        let mut rng = Rng::new(13);
+        for blocks in [1usize, 2, 5, 10] {
+            let n = blocks * 256;
+            // Every byte value, not only those an encoder writes: the
+            // kernels must agree on any file.
+            let mut row = Vec::new();
+            for b in 0..blocks {
+                row.extend((0..52).map(|i| if b == 0 { (i * 5) as u8 } else { rng.next_u64() as u8 }));
+                row.extend(f16::from_f32(0.25).to_le_bytes());
+            }
+            let q: Vec<i8> =
+                (0..n).map(|i| if i % 83 == 0 { -128 } else { (rng.next_u64() % 256) as u8 as i8 }).collect();
+            let mut want = vec![0i32; blocks];
+            tq1_block_dots_scalar(&row, &q, &mut want);
+            // Against the decoder (codes -1..1): code = decoded + 1.
+            let t = crate::quant::decode_tq1_0(&row, 1, n).unwrap();
+            for b in 0..blocks {
+                let qb = &q[b * 256..(b + 1) * 256];
+                let qsum: i32 = qb.iter().map(|&v| i32::from(v)).sum();
+                assert_eq!(dot_codes(&t.codes[b * 256..(b + 1) * 256], qb) + qsum, want[b], "block {b}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut got = vec![0i32; blocks];
+                // SAFETY: checked just above.
+                unsafe { tq1_block_dots_avx2(&row, &q, &mut got) };
+                assert_eq!(got, want, "avx2 blocks={blocks}");
+            }
+            let mut got = vec![0i32; blocks];
+            tq1_block_dots(&row, &q, &mut got);
+            assert_eq!(got, want);
         }
     }
 
