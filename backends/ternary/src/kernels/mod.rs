@@ -639,15 +639,18 @@ unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     acc.map(|a| hsum_i32(a))
 }
 
+/// Four tokens at once with AVX-512 VNNI on prepared (interleaved)
+/// activations: one 64-byte load per plane and token (the plain layout took
+/// two 32-byte loads and an insert).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn dot_i2s_x4_vnni(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+unsafe fn dot_i2s_x4_vnni_interleaved(row: &[u8], qi: [&[i8]; 4], q: [&[i8]; 4]) -> [i32; 4] {
     use std::arch::x86_64::*;
     let mask = _mm512_set1_epi8(3);
     let mut acc = [_mm512_setzero_si512(); 4];
     let pairs = row.len() / 64;
     for p in 0..pairs {
-        // SAFETY (all loads): within row and each q by the loop bound.
+        // SAFETY (all loads): within row and each qi by the loop bound.
         let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
         let planes = [
             _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
@@ -656,12 +659,9 @@ unsafe fn dot_i2s_x4_vnni(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
             _mm512_and_si512(w, mask),
         ];
         for (t, acc) in acc.iter_mut().enumerate() {
-            let qb = q[t].as_ptr().add(p * 256);
+            let a = qi[t].as_ptr().add(p * 256);
             for (k, codes) in planes.iter().enumerate() {
-                let lo = _mm256_loadu_si256(qb.add(k * 32).cast());
-                let hi = _mm256_loadu_si256(qb.add(128 + k * 32).cast());
-                let a = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                *acc = _mm512_dpbusd_epi32(*acc, *codes, a);
+                *acc = _mm512_dpbusd_epi32(*acc, *codes, _mm512_loadu_si512(a.add(64 * k).cast()));
             }
         }
     }
@@ -682,12 +682,20 @@ pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     debug_assert!(q.iter().all(|q| q.len() == row.len() * 4));
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2.
-        Isa::Avx512Vnni => unsafe { dot_i2s_x4_vnni(row, q) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked the CPU has AVX2.
-        Isa::Avx2 => unsafe { dot_i2s_x4_avx2(row, q) },
+        // SAFETY: isa() checked the CPU has AVX2 (also under Avx512Vnni).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { dot_i2s_x4_avx2(row, q) },
         _ => dot_i2s_x4_scalar(row, q),
+    }
+}
+
+/// `dot_i2s_x4` on prepared activations (AVX-512 VNNI reads them interleaved).
+#[inline]
+pub fn dot_i2s_x4_prepared(row: &[u8], a: [&Prepared; 4]) -> [i32; 4] {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new interleaved for it.
+        Isa::Avx512Vnni => unsafe { dot_i2s_x4_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q)) },
+        _ => dot_i2s_x4(row, a.map(|a| a.q)),
     }
 }
 
@@ -824,10 +832,14 @@ mod tests {
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                let qi: Vec<Vec<i8>> = qs.iter().map(|q| interleave(q)).collect();
+                let qi = [&qi[0][..], &qi[1][..], &qi[2][..], &qi[3][..]];
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { dot_i2s_x4_vnni(&row, four) }, want4, "x4 avx512-vnni n={n}");
+                assert_eq!(unsafe { dot_i2s_x4_vnni_interleaved(&row, qi, four) }, want4, "x4 avx512-vnni n={n}");
             }
             assert_eq!(dot_i2s_x4(&row, four), want4);
+            let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
+            assert_eq!(dot_i2s_x4_prepared(&row, [&prepared[0], &prepared[1], &prepared[2], &prepared[3]]), want4);
         }
     }
 
