@@ -189,14 +189,23 @@ impl Linear {
                 pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
                     for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
                         let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        // Eight tokens per pass over the row (the unpacking
+                        // shared by all eight), then four, then one.
                         let mut t = 0;
-                        while t + 4 <= n {
-                            let p = [&prepared[t], &prepared[t + 1], &prepared[t + 2], &prepared[t + 3]];
-                            let d = kernels::dot_i2s_x4_prepared(row, p);
-                            for i in 0..4 {
+                        let finish = |out: &mut [f32], t: usize, d: &[i32]| {
+                            for (i, d) in d.iter().enumerate() {
                                 let a = &acts[t + i];
-                                out[t + i] = ((d[i] - a.sum) as f32 / a.scale) * scale;
+                                out[t + i] = ((d - a.sum) as f32 / a.scale) * scale;
                             }
+                        };
+                        while t + 8 <= n {
+                            let d = kernels::dot_i2s_xn_prepared::<8>(row, std::array::from_fn(|i| &prepared[t + i]));
+                            finish(out, t, &d);
+                            t += 8;
+                        }
+                        if t + 4 <= n {
+                            let d = kernels::dot_i2s_xn_prepared::<4>(row, std::array::from_fn(|i| &prepared[t + i]));
+                            finish(out, t, &d);
                             t += 4;
                         }
                         for (o, a) in out[t..].iter_mut().zip(&acts[t..]) {

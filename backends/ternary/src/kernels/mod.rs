@@ -639,15 +639,16 @@ unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     acc.map(|a| hsum_i32(a))
 }
 
-/// Four tokens at once with AVX-512 VNNI on prepared (interleaved)
-/// activations: one 64-byte load per plane and token (the plain layout took
-/// two 32-byte loads and an insert).
+/// `N` tokens at once (a multiple of 4) with AVX-512 VNNI on prepared
+/// (interleaved) activations: each 64 bytes of weights unpacked once for
+/// all N, one 64-byte load per plane and token (the plain layout took two
+/// 32-byte loads and an insert).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn dot_i2s_x4_vnni_interleaved(row: &[u8], qi: [&[i8]; 4], q: [&[i8]; 4]) -> [i32; 4] {
+unsafe fn dot_i2s_xn_vnni_interleaved<const N: usize>(row: &[u8], qi: [&[i8]; N], q: [&[i8]; N]) -> [i32; N] {
     use std::arch::x86_64::*;
     let mask = _mm512_set1_epi8(3);
-    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut acc = [_mm512_setzero_si512(); N];
     let pairs = row.len() / 64;
     for p in 0..pairs {
         // SAFETY (all loads): within row and each qi by the loop bound.
@@ -667,10 +668,13 @@ unsafe fn dot_i2s_x4_vnni_interleaved(row: &[u8], qi: [&[i8]; 4], q: [&[i8]; 4])
     }
     let mut out = acc.map(|a| _mm512_reduce_add_epi32(a));
     if !row.len().is_multiple_of(64) {
-        let tail = [&q[0][pairs * 256..], &q[1][pairs * 256..], &q[2][pairs * 256..], &q[3][pairs * 256..]];
-        let rest = dot_i2s_x4_avx2(&row[pairs * 64..], tail);
-        for (o, r) in out.iter_mut().zip(rest) {
-            *o += r;
+        for t in (0..N).step_by(4) {
+            let tail =
+                [&q[t][pairs * 256..], &q[t + 1][pairs * 256..], &q[t + 2][pairs * 256..], &q[t + 3][pairs * 256..]];
+            let rest = dot_i2s_x4_avx2(&row[pairs * 64..], tail);
+            for (o, r) in out[t..t + 4].iter_mut().zip(rest) {
+                *o += r;
+            }
         }
     }
     out
@@ -688,14 +692,23 @@ pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     }
 }
 
-/// `dot_i2s_x4` on prepared activations (AVX-512 VNNI reads them interleaved).
+/// `dot_i2s_x4` for `N` tokens (a multiple of 4) on prepared activations
+/// (AVX-512 VNNI reads them interleaved, unpacking the row once for all N).
 #[inline]
-pub fn dot_i2s_x4_prepared(row: &[u8], a: [&Prepared; 4]) -> [i32; 4] {
+pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i32; N] {
+    assert!(N.is_multiple_of(4), "tokens in fours");
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe { dot_i2s_x4_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q)) },
-        _ => dot_i2s_x4(row, a.map(|a| a.q)),
+        Isa::Avx512Vnni => unsafe { dot_i2s_xn_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q)) },
+        _ => {
+            let mut out = [0; N];
+            for t in (0..N).step_by(4) {
+                let d = dot_i2s_x4(row, [a[t].q, a[t + 1].q, a[t + 2].q, a[t + 3].q]);
+                out[t..t + 4].copy_from_slice(&d);
+            }
+            out
+        }
     }
 }
 
@@ -835,11 +848,17 @@ mod tests {
                 let qi: Vec<Vec<i8>> = qs.iter().map(|q| interleave(q)).collect();
                 let qi = [&qi[0][..], &qi[1][..], &qi[2][..], &qi[3][..]];
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { dot_i2s_x4_vnni_interleaved(&row, qi, four) }, want4, "x4 avx512-vnni n={n}");
+                assert_eq!(unsafe { dot_i2s_xn_vnni_interleaved(&row, qi, four) }, want4, "x4 avx512-vnni n={n}");
             }
             assert_eq!(dot_i2s_x4(&row, four), want4);
-            let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
-            assert_eq!(dot_i2s_x4_prepared(&row, [&prepared[0], &prepared[1], &prepared[2], &prepared[3]]), want4);
+            // Eight tokens (the prompt path's step): each its own reference.
+            let qs8: Vec<Vec<i8>> = (0..8).map(|t| q.iter().map(|&v| v.wrapping_add(t * 41)).collect()).collect();
+            let prepared: Vec<Prepared> = qs8.iter().map(|q| Prepared::new(q)).collect();
+            let got8 = dot_i2s_xn_prepared::<8>(&row, std::array::from_fn(|t| &prepared[t]));
+            for (t, g) in got8.into_iter().enumerate() {
+                assert_eq!(g, dot_i2s_scalar(&row, &qs8[t]), "x8 token {t} n={n}");
+            }
+            assert_eq!(dot_i2s_xn_prepared::<4>(&row, std::array::from_fn(|t| &prepared[t]))[..], got8[..4]);
         }
     }
 
