@@ -11,7 +11,6 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
-use crate::kernels::dot_f32;
 use crate::linear::{matvec_group, Linear, Mapped, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
 
@@ -453,33 +452,24 @@ impl Model {
             }
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
-            let (ks, vs) = (&cache.k[l], &cache.v[l]);
-            // Tokens in parallel (a prompt); causal: token t sees 0..=pos0+t.
+            // Query heads that share a kv head run together (each key and
+            // value read once for them), as many as leaves enough tasks to
+            // keep every thread busy: the same bits either way. Causal:
+            // token t sees positions 0..=pos0+t.
+            let heads_per_task = heads_per_attention_task(n * hp.n_head, group, crate::pool::current_threads());
             let q = &q;
-            // One (token, head) pair per task: heads in parallel while
-            // decoding, tokens and heads for a prompt. Causal: token t sees
-            // positions 0..=pos0+t.
-            let attend = |i: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-                let (t, head) = (i / hp.n_head, i % hp.n_head);
-                let kh = head / group;
-                let qh = &q[t * d + head * hd..t * d + (head + 1) * hd];
-                scores.clear();
-                scores
-                    .extend((0..=pos0 + t).map(|p| dot_f32(qh, &ks[p * kv + kh * hd..p * kv + (kh + 1) * hd]) * scale));
-                let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - m).exp();
-                    sum += *s;
-                }
-                out.fill(0.0);
-                for (p, s) in scores.iter().enumerate() {
-                    let w = s / sum;
-                    crate::kernels::axpy(out, w, &vs[p * kv + kh * hd..p * kv + (kh + 1) * hd]);
-                }
-            };
-            crate::pool::for_each_chunk_mut(&mut att, hd, |start, out| {
-                SCORES.with_borrow_mut(|scores| attend(start / hd, out, scores))
+            crate::pool::for_each_chunk_mut(&mut att, heads_per_task * hd, |start, out| {
+                let (t, head) = (start / d, start % d / hd);
+                let kv_head = crate::kernels::KvHead {
+                    k: &cache.k[l],
+                    v: &cache.v[l],
+                    stride: kv,
+                    offset: head / group * hd,
+                    len: hd,
+                    n: pos0 + t + 1,
+                };
+                let qs = &q[start..start + out.len()];
+                SCORES.with_borrow_mut(|scores| crate::kernels::attend(qs, kv_head, scale, scores, out))
             });
             let attn_in: &[f32] = match &layer.attn_sub_norm {
                 Some(w) => {
@@ -526,6 +516,15 @@ impl Model {
         self.output.as_ref().unwrap_or(&self.token_embd).matvec(d, &hl, &mut logits);
         logits
     }
+}
+
+/// Query heads per attention task: the largest divisor of `group` (the
+/// heads sharing one kv head) that still leaves four tasks per thread
+/// (`heads` = tokens x query heads), so no thread idles long at the end.
+/// Decoding 2B4T (20 heads, groups of 4) on 2 threads: 2 heads per task;
+/// a prompt: 4.
+fn heads_per_attention_task(heads: usize, group: usize, threads: usize) -> usize {
+    (1..=group).rev().find(|g| group.is_multiple_of(*g) && heads / g >= 4 * threads).unwrap_or(1)
 }
 
 /// The file read into anonymous memory backed by transparent huge pages
@@ -682,6 +681,19 @@ mod tests {
                 assert_eq!(bat.v, seq.v, "{stem}: values");
             }
         }
+    }
+
+    #[test]
+    fn attention_tasks_group_heads_while_every_thread_stays_busy() {
+        // 2B4T: 20 query heads in groups of 4.
+        assert_eq!(heads_per_attention_task(20, 4, 2), 2);
+        assert_eq!(heads_per_attention_task(20, 4, 1), 4);
+        assert_eq!(heads_per_attention_task(20, 4, 16), 1);
+        assert_eq!(heads_per_attention_task(128 * 20, 4, 16), 4);
+        // Groups of 3 never split into 2.
+        assert_eq!(heads_per_attention_task(12, 3, 2), 1);
+        assert_eq!(heads_per_attention_task(24, 3, 2), 3);
+        assert_eq!(heads_per_attention_task(8, 1, 4), 1);
     }
 
     #[test]

@@ -30,6 +30,79 @@ fn axpy_lanes(y: &mut [f32], w: f32, x: &[f32]) {
     }
 }
 
+/// Where one kv head's keys and values sit in the cache: position p's
+/// vector is `k[p * stride + offset..][..len]` (likewise `v`), for
+/// positions `0..n`.
+#[derive(Clone, Copy)]
+pub struct KvHead<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+    pub len: usize,
+    pub n: usize,
+}
+
+/// Attention of the query heads in `q` (one after another, `kv.len`
+/// each) that share one kv head: per head, scores q.k_p * scale, softmax,
+/// and the weighted sum of v_p into `out` (same layout as `q`). Each key
+/// and value is read once for all the heads, and the loops over positions
+/// run inside one (SIMD-built) function: calling `dot_f32` and `axpy` per
+/// position cost a call and a dispatch every 128 values. Per head the
+/// operations and their order are exactly those of `dot_f32`, a max, expf,
+/// and `axpy` per position, so the bits are the same.
+#[inline(always)]
+fn attend_lanes(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let (hd, n) = (kv.len, kv.n);
+    let heads = q.len() / hd;
+    scores.clear();
+    scores.resize(heads * n, 0.0);
+    for p in 0..n {
+        let k = &kv.k[p * kv.stride + kv.offset..][..hd];
+        prefetch_ahead(k, kv.stride);
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            scores[h * n + p] = dot_lanes(qh, k) * scale;
+        }
+    }
+    let mut sums = [0f32; 8];
+    let mut sums_vec = Vec::new();
+    let sums: &mut [f32] = if heads <= 8 {
+        &mut sums[..heads]
+    } else {
+        sums_vec.resize(heads, 0.0);
+        &mut sums_vec
+    };
+    for (s, sum) in scores.chunks_exact_mut(n.max(1)).zip(sums.iter_mut()) {
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for x in s.iter_mut() {
+            *x = (*x - m).exp();
+            *sum += *x;
+        }
+    }
+    out.fill(0.0);
+    for p in 0..n {
+        let v = &kv.v[p * kv.stride + kv.offset..][..hd];
+        prefetch_ahead(v, kv.stride);
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            axpy_lanes(o, scores[h * n + p] / sums[h], v);
+        }
+    }
+}
+
+/// Positions ahead whose key / value lines are requested: one head's
+/// vector is 512 bytes every `stride` floats (2.5 KiB in 2B4T), a pattern
+/// the hardware prefetcher follows poorly; loads of the cache were most
+/// of long-context attention's time.
+const KV_AHEAD: usize = 8;
+
+#[inline(always)]
+fn prefetch_ahead(x: &[f32], stride: usize) {
+    let p = x.as_ptr().wrapping_add(KV_AHEAD * stride).cast::<u8>();
+    for line in (0..std::mem::size_of_val(x)).step_by(64) {
+        super::prefetch(p.wrapping_add(line), Some(0));
+    }
+}
+
 /// The reference (and the baseline build).
 pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
     dot_lanes(a, b)
@@ -37,6 +110,37 @@ pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
 
 pub fn axpy_scalar(y: &mut [f32], w: f32, x: &[f32]) {
     axpy_lanes(y, w, x)
+}
+
+pub fn attend_scalar(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_lanes(q, kv, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_lanes(q, kv, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_avx512(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_lanes(q, kv, scale, scores, out)
+}
+
+/// `attend_lanes` with the widest build this CPU runs.
+#[inline]
+pub fn attend(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    debug_assert_eq!(q.len(), out.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F.
+        Isa::Avx512Vnni => unsafe { attend_avx512(q, kv, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 => unsafe { attend_avx2(q, kv, scale, scores, out) },
+        _ => attend_scalar(q, kv, scale, scores, out),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -95,6 +199,43 @@ pub fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
 mod tests {
     use super::*;
     use crate::sampler::Rng;
+
+    #[test]
+    fn grouped_attention_gives_the_per_position_loops_bits() {
+        let mut rng = Rng::new(23);
+        let (hd, stride) = (40usize, 3 * 40);
+        for (heads, n) in [(1usize, 1usize), (4, 1), (4, 37), (1, 200), (3, 64)] {
+            let k: Vec<f32> = (0..n * stride).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let q: Vec<f32> = (0..heads * hd).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let kv = KvHead { k: &k, v: &v, stride, offset: hd, len: hd, n };
+            // The loops the model ran before: per head, dot_f32 and axpy per position.
+            let mut want = vec![0f32; heads * hd];
+            for (qh, o) in q.chunks_exact(hd).zip(want.chunks_exact_mut(hd)) {
+                let s: Vec<f32> = (0..n).map(|p| dot_f32(qh, &k[p * stride + hd..][..hd]) * 0.3).collect();
+                let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+                let sum = e.iter().fold(0f32, |a, x| a + x);
+                for (p, x) in e.iter().enumerate() {
+                    axpy(o, x / sum, &v[p * stride + hd..][..hd]);
+                }
+            }
+            let mut scores = Vec::new();
+            let mut got = vec![1f32; heads * hd];
+            attend_scalar(&q, kv, 0.3, &mut scores, &mut got);
+            assert_eq!(got, want, "scalar, {heads} heads, {n} positions");
+            let mut got = vec![1f32; heads * hd];
+            attend(&q, kv, 0.3, &mut scores, &mut got);
+            assert_eq!(got, want, "dispatched, {heads} heads, {n} positions");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut got = vec![1f32; heads * hd];
+                // SAFETY: AVX2 checked.
+                unsafe { attend_avx2(&q, kv, 0.3, &mut scores, &mut got) };
+                assert_eq!(got, want, "avx2, {heads} heads, {n} positions");
+            }
+        }
+    }
 
     #[test]
     fn every_attention_kernel_gives_the_references_bits() {

@@ -15,7 +15,7 @@ use half::f16;
 
 mod float;
 mod vocab;
-pub use float::{axpy, dot_f32};
+pub use float::{attend, axpy, dot_f32, KvHead};
 pub use vocab::{q6k_block_dots, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Which implementation the dispatcher picked.
