@@ -852,7 +852,8 @@ mod tests {
             }
             assert_eq!(dot_i2s_x4(&row, four), want4);
             // Eight tokens (the prompt path's step): each its own reference.
-            let qs8: Vec<Vec<i8>> = (0..8).map(|t| q.iter().map(|&v| v.wrapping_add(t * 41)).collect()).collect();
+            let qs8: Vec<Vec<i8>> =
+                (0..8u8).map(|t| q.iter().map(|&v| v.wrapping_add(t.wrapping_mul(41) as i8)).collect()).collect();
             let prepared: Vec<Prepared> = qs8.iter().map(|q| Prepared::new(q)).collect();
             let got8 = dot_i2s_xn_prepared::<8>(&row, std::array::from_fn(|t| &prepared[t]));
             for (t, g) in got8.into_iter().enumerate() {
