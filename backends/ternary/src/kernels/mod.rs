@@ -1,6 +1,7 @@
 //! Hot loops, each with a scalar reference and SIMD versions chosen once at
 //! run time from the CPU (never from compile-time target flags), so one
-//! binary runs everywhere. `BITNET_KERNEL=scalar` forces the reference.
+//! binary runs everywhere. `BITNET_KERNEL=scalar` forces the reference,
+//! `avx2` the AVX2 paths, `avxvnni` AVX2 with AVX-VNNI for I2_S.
 //!
 //! - `dot_i2s`: one I2_S row (2-bit codes 0/1/2 packed four to a byte, as
 //!   bitnet.cpp stores them) against int8 activations: sum code * q (the
@@ -89,9 +90,27 @@ pub fn isa() -> Isa {
             let vnni = is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni");
-            return if vnni && forced != "avx2" { Isa::Avx512Vnni } else { Isa::Avx2 };
+            return if vnni && forced != "avx2" && forced != "avxvnni" { Isa::Avx512Vnni } else { Isa::Avx2 };
         }
         Isa::Scalar
+    })
+}
+
+/// Under `Isa::Avx2`: whether the CPU has AVX-VNNI (256-bit vpdpbusd, on
+/// CPUs without AVX-512 such as Alder Lake's), used by the I2_S decode
+/// kernel. `BITNET_KERNEL=avxvnni` picks it on an AVX-512 CPU too (this
+/// one has both); `BITNET_KERNEL=avx2` turns it off.
+pub fn avx_vnni() -> bool {
+    static AVX_VNNI: OnceLock<bool> = OnceLock::new();
+    *AVX_VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var("BITNET_KERNEL").is_ok_and(|v| v == "avx2") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        return isa() == Isa::Avx2 && is_x86_feature_detected!("avxvnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     })
 }
 
@@ -139,6 +158,35 @@ unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
         }
     }
     hsum_i32(acc)
+}
+
+/// I2_S with AVX-VNNI: `dot_i2s_avx2` with one vpdpbusd per plane in
+/// place of maddubs + madd + add, one accumulator per plane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn dot_i2s_avxvnni(row: &[u8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let pf = prefetch_distance();
+    for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
+        // SAFETY (all loads): block has 32 bytes, qb 128.
+        let w = _mm256_loadu_si256(block.as_ptr().cast());
+        if i % 2 == 0 {
+            prefetch(block.as_ptr(), pf);
+        }
+        let planes = [
+            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+            _mm256_and_si256(w, mask),
+        ];
+        for (k, (codes, acc)) in planes.into_iter().zip(acc.iter_mut()).enumerate() {
+            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
+            *acc = _mm256_dpbusd_avx_epi32(*acc, codes, a);
+        }
+    }
+    hsum_i32(_mm256_add_epi32(_mm256_add_epi32(acc[0], acc[1]), _mm256_add_epi32(acc[2], acc[3])))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -196,6 +244,9 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2.
         Isa::Avx512Vnni => unsafe { dot_i2s_vnni(row, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI.
+        Isa::Avx2 if avx_vnni() => unsafe { dot_i2s_avxvnni(row, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2.
         Isa::Avx2 => unsafe { dot_i2s_avx2(row, q) },
@@ -816,6 +867,11 @@ mod tests {
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 // SAFETY: checked just above (AVX2 comes with AVX-512 here).
                 assert_eq!(unsafe { dot_i2s_vnni(&row, &q) }, want, "avx512-vnni n={n}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
+                // SAFETY: checked just above.
+                assert_eq!(unsafe { dot_i2s_avxvnni(&row, &q) }, want, "avx-vnni n={n}");
             }
             assert_eq!(dot_i2s(&row, &q), want);
             #[cfg(target_arch = "x86_64")]
