@@ -581,14 +581,70 @@ unsafe fn tq1_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
     }
 }
 
+/// TQ1_0 with AVX-512 VNNI: the digits of a block in four 64-byte vectors
+/// that line up with activations 0..64, 64..128, 128..192, 192..256 (the
+/// 32 first bytes broadcast to both halves and multiplied by 1 | 3, then 9,
+/// 81; the next 16 to all four quarters by 1 | 3 | 9 | 27, then 81; the
+/// last 4 by 1, 3, 9, 27), each digit vector one vpdpbusd: about half the
+/// operations of the AVX2 kernel per block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let (k85, k170, one) = (_mm512_set1_epi8(85), _mm512_set1_epi8(170u8 as i8), _mm512_set1_epi8(1));
+    let digits = |t: __m512i| {
+        let a = _mm512_min_epu8(_mm512_subs_epu8(t, k85), one);
+        _mm512_add_epi8(a, _mm512_min_epu8(_mm512_subs_epu8(t, k170), one))
+    };
+    let lo_bytes = _mm512_set1_epi16(0x00ff);
+    // Bytes times c mod 256, c per 16-bit lane.
+    let mul8 = |v: __m512i, c: __m512i| {
+        let lo = _mm512_and_si512(_mm512_mullo_epi16(v, c), lo_bytes);
+        _mm512_or_si512(lo, _mm512_mullo_epi16(_mm512_andnot_si512(lo_bytes, v), c))
+    };
+    let by_1_3 = _mm512_inserti64x4(_mm512_set1_epi16(1), _mm256_set1_epi16(3), 1);
+    let by_1_3_9_27 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3)),
+        _mm256_setr_epi16(9, 9, 9, 9, 9, 9, 9, 9, 27, 27, 27, 27, 27, 27, 27, 27),
+        1,
+    );
+    // Low quarter: the 16 bytes times 81; next: the 4 bytes times 1, 3, 9, 27.
+    let by_81_qh = _mm512_castsi256_si512(_mm256_setr_epi16(81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27));
+    let pf = prefetch_distance();
+    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        prefetch(block.as_ptr(), pf);
+        // SAFETY (all loads): block has 54 bytes, qb 256.
+        let b = block.as_ptr();
+        let p01 = mul8(_mm512_broadcast_i64x4(_mm256_loadu_si256(b.cast())), by_1_3);
+        let p23 = mul8(p01, _mm512_set1_epi16(9));
+        let p45 = mul8(p01, _mm512_set1_epi16(81));
+        let r = _mm_loadu_si128(b.add(32).cast());
+        let r0123 = mul8(_mm512_broadcast_i32x4(r), by_1_3_9_27);
+        let h = _mm_set1_epi32(b.add(48).cast::<i32>().read_unaligned());
+        let r4h = mul8(_mm512_castsi256_si512(_mm256_setr_m128i(r, h)), by_81_qh);
+        let v2 = _mm512_inserti64x4(p45, _mm512_castsi512_si256(r0123), 1);
+        let v3 = _mm512_inserti64x4(r0123, _mm512_castsi512_si256(r4h), 0);
+        let v3 = _mm512_shuffle_i64x2(v3, v3, 0b01_00_11_10);
+        let a = |k: usize| _mm512_loadu_si512(qb.as_ptr().add(64 * k).cast());
+        let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits(p01), a(0));
+        acc = _mm512_dpbusd_epi32(acc, digits(p23), a(1));
+        acc = _mm512_dpbusd_epi32(acc, digits(v2), a(2));
+        acc = _mm512_dpbusd_epi32(acc, digits(v3), a(3));
+        *o = hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)));
+    }
+}
+
 /// Per-block `sum code * q` over a TQ1_0 row, with the best kernel here.
 #[inline]
 pub fn tq1_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
     debug_assert_eq!(row.len() / 54 * 256, q.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { tq1_block_dots_avx2(row, q, out) },
+        // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2.
+        Isa::Avx512Vnni => unsafe { tq1_block_dots_vnni(row, q, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 => unsafe { tq1_block_dots_avx2(row, q, out) },
         _ => tq1_block_dots_scalar(row, q, out),
     }
 }
@@ -961,6 +1017,13 @@ mod tests {
                 // SAFETY: checked just above.
                 unsafe { tq1_block_dots_avx2(&row, &q, &mut got) };
                 assert_eq!(got, want, "avx2 blocks={blocks}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                let mut got = vec![0i32; blocks];
+                // SAFETY: checked just above (AVX2 comes with AVX-512 here).
+                unsafe { tq1_block_dots_vnni(&row, &q, &mut got) };
+                assert_eq!(got, want, "avx512-vnni blocks={blocks}");
             }
             let mut got = vec![0i32; blocks];
             tq1_block_dots(&row, &q, &mut got);
