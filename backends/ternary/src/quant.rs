@@ -252,9 +252,10 @@ pub struct I8Tok {
 }
 
 pub fn quantize_i8tok(x: &[f32]) -> I8Tok {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let amax = crate::kernels::abs_max(x);
     let scale = (127.0f64 / f64::from(amax.max(1e-5))) as f32;
-    let q: Vec<i8> = x.iter().map(|&v| round_to_i8(v * scale)).collect();
+    let mut q = vec![0i8; x.len()];
+    crate::kernels::quantize_row(x, scale, &mut q);
     let sum = q.iter().map(|&v| i32::from(v)).sum();
     I8Tok { q, scale, sum }
 }
@@ -286,9 +287,9 @@ pub fn quantize_q8k(x: &[f32]) -> Q8K {
             continue;
         }
         let iscale = -127.0f32 / m;
-        for &v in block {
-            q.push(round_to_i8(iscale * v));
-        }
+        let at = q.len();
+        q.resize(at + block.len(), 0);
+        crate::kernels::quantize_row(block, iscale, &mut q[at..]);
         d.push(1.0 / iscale);
     }
     Q8K { q, d }
@@ -309,7 +310,9 @@ pub fn quantize_q8_0(x: &[f32]) -> Q8_0Acts {
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        q.extend(block.iter().map(|&v| round_to_i8(v * id)));
+        let at = q.len();
+        q.resize(at + block.len(), 0);
+        crate::kernels::quantize_row(block, id, &mut q[at..]);
         ds.push(f16::from_f32(d).to_f32());
     }
     Q8_0Acts { q, d: ds }

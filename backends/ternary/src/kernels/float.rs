@@ -5,7 +5,9 @@
 //! operations in the same order and gives the same bits; the wider ones do
 //! them in wider registers.
 
-use super::{isa, Isa};
+use super::isa;
+#[cfg(target_arch = "x86_64")]
+use super::Isa;
 
 /// Lanes of the running sums: the order of additions every version keeps.
 const LANES: usize = 16;

@@ -1,7 +1,10 @@
 //! Hot loops, each with a scalar reference and SIMD versions chosen once at
 //! run time from the CPU (never from compile-time target flags), so one
-//! binary runs everywhere. `BITNET_KERNEL=scalar` forces the reference,
-//! `avx2` the AVX2 paths, `avxvnni` AVX2 with AVX-VNNI for I2_S.
+//! binary runs everywhere. `BITNET_KERNEL=scalar` forces the reference;
+//! on x86_64 `avx2` the AVX2 paths, `avxvnni` AVX2 with AVX-VNNI for I2_S;
+//! on aarch64 `neon` the plain NEON paths (`dotprod` is the default where
+//! the CPU has `sdot`). The SIMD code lives per architecture in `x86` and
+//! `aarch64`; this file holds the references, the dispatch and the tests.
 //!
 //! - `dot_i2s`: one I2_S row (2-bit codes 0/1/2 packed four to a byte, as
 //!   bitnet.cpp stores them) against int8 activations: sum code * q (the
@@ -14,8 +17,12 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod float;
 mod vocab;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 pub use float::{attend, axpy, dot_f32, KvHead};
 pub use vocab::{q6k_block_dots, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
 
@@ -26,6 +33,10 @@ pub enum Isa {
     Avx2,
     /// AVX2 for the f16 product, AVX-512 VNNI (vpdpbusd) for I2_S.
     Avx512Vnni,
+    /// aarch64 NEON without the dot-product extension.
+    Neon,
+    /// aarch64 NEON with `sdot` (ARMv8.2 dotprod) for the integer dots.
+    NeonDot,
 }
 
 /// How far ahead (bytes) the streaming kernels ask for their weights with
@@ -54,7 +65,14 @@ pub(crate) fn prefetch(p: *const u8, d: Option<usize>) {
         // SAFETY: prefetch never faults and has no architectural effect.
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.wrapping_add(d).cast()) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    if let Some(d) = d {
+        // SAFETY: a prefetch hint never faults and has no architectural effect.
+        unsafe {
+            std::arch::asm!("prfm pldl2keep, [{0}]", in(reg) p.wrapping_add(d), options(nostack, preserves_flags, readonly))
+        };
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = (p, d);
 }
 
@@ -92,6 +110,13 @@ pub fn isa() -> Isa {
                 && is_x86_feature_detected!("avx512vnni");
             return if vnni && forced != "avx2" && forced != "avxvnni" { Isa::Avx512Vnni } else { Isa::Avx2 };
         }
+        #[cfg(target_arch = "aarch64")]
+        return if forced != "neon" && std::arch::is_aarch64_feature_detected!("dotprod") {
+            Isa::NeonDot
+        } else {
+            Isa::Neon
+        };
+        #[cfg(not(target_arch = "aarch64"))]
         Isa::Scalar
     })
 }
@@ -130,111 +155,6 @@ pub fn dot_i2s_scalar(row: &[u8], q: &[i8]) -> i32 {
     acc
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
-    use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_si256();
-    let pf = prefetch_distance();
-    for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
-        // SAFETY (all loads): block has 32 bytes, qb 128.
-        let w = _mm256_loadu_si256(block.as_ptr().cast());
-        if i % 2 == 0 {
-            prefetch(block.as_ptr(), pf);
-        }
-        let planes = [
-            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-            _mm256_and_si256(w, mask),
-        ];
-        for (k, codes) in planes.into_iter().enumerate() {
-            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
-            // codes (u8, 0..2) x q (i8): pairs summed into i16, |sum| <= 512.
-            let p = _mm256_maddubs_epi16(codes, a);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
-        }
-    }
-    hsum_i32(acc)
-}
-
-/// I2_S with AVX-VNNI: `dot_i2s_avx2` with one vpdpbusd per plane in
-/// place of maddubs + madd + add, one accumulator per plane.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avxvnni")]
-unsafe fn dot_i2s_avxvnni(row: &[u8], q: &[i8]) -> i32 {
-    use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8(3);
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let pf = prefetch_distance();
-    for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
-        // SAFETY (all loads): block has 32 bytes, qb 128.
-        let w = _mm256_loadu_si256(block.as_ptr().cast());
-        if i % 2 == 0 {
-            prefetch(block.as_ptr(), pf);
-        }
-        let planes = [
-            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-            _mm256_and_si256(w, mask),
-        ];
-        for (k, (codes, acc)) in planes.into_iter().zip(acc.iter_mut()).enumerate() {
-            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
-            *acc = _mm256_dpbusd_avx_epi32(*acc, codes, a);
-        }
-    }
-    hsum_i32(_mm256_add_epi32(_mm256_add_epi32(acc[0], acc[1]), _mm256_add_epi32(acc[2], acc[3])))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn dot_i2s_vnni(row: &[u8], q: &[i8]) -> i32 {
-    use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
-    let mut acc = _mm512_setzero_si512();
-    let pairs = row.len() / 64;
-    for p in 0..pairs {
-        // Two 128-weight blocks: bytes [64p, 64p+64), activations [256p, 256p+256).
-        // SAFETY (all loads): within row and q by the loop bound.
-        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
-        let qb = q.as_ptr().add(p * 256);
-        for (k, shift) in [6u32, 4, 2, 0].into_iter().enumerate() {
-            let codes = _mm512_and_si512(
-                match shift {
-                    6 => _mm512_srli_epi16(w, 6),
-                    4 => _mm512_srli_epi16(w, 4),
-                    2 => _mm512_srli_epi16(w, 2),
-                    _ => w,
-                },
-                mask,
-            );
-            let lo = _mm256_loadu_si256(qb.add(k * 32).cast());
-            let hi = _mm256_loadu_si256(qb.add(128 + k * 32).cast());
-            let a = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            // u8 codes x i8 activations, four at a time, into i32 lanes.
-            acc = _mm512_dpbusd_epi32(acc, codes, a);
-        }
-    }
-    let mut total = _mm512_reduce_add_epi32(acc);
-    if !row.len().is_multiple_of(64) {
-        total += dot_i2s_avx2(&row[pairs * 64..], &q[pairs * 256..]);
-    }
-    total
-}
-
 /// sum code * q over an I2_S row, with the best kernel here.
 #[inline]
 pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
@@ -243,13 +163,16 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2.
-        Isa::Avx512Vnni => unsafe { dot_i2s_vnni(row, q) },
+        Isa::Avx512Vnni => unsafe { x86::dot_i2s_vnni(row, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI.
-        Isa::Avx2 if avx_vnni() => unsafe { dot_i2s_avxvnni(row, q) },
+        Isa::Avx2 if avx_vnni() => unsafe { x86::dot_i2s_avxvnni(row, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2.
-        Isa::Avx2 => unsafe { dot_i2s_avx2(row, q) },
+        Isa::Avx2 => unsafe { x86::dot_i2s_avx2(row, q) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s(isa() == Isa::NeonDot, row, q) },
         _ => dot_i2s_scalar(row, q),
     }
 }
@@ -260,6 +183,7 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
 /// product, instead of two 32-byte loads and an insert per plane per row).
 pub struct Prepared<'a> {
     q: &'a [i8],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     interleaved: Vec<i8>,
 }
 
@@ -283,52 +207,6 @@ fn interleave(q: &[i8]) -> Vec<i8> {
     out
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn dot_i2s_vnni_interleaved(row: &[u8], qi: &[i8], q: &[i8]) -> i32 {
-    let mut out = [0];
-    i2s_rows_vnni_interleaved(row, row.len(), qi, q, &mut out);
-    out[0]
-}
-
-/// `dot_i2s_vnni_interleaved` for each `row_bytes` row of `rows`: the loop
-/// over rows inside the AVX-512 function, so a row costs no dispatch, call
-/// or prefetch-setting lookup (rows are 640 bytes in 2B4T's attention).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn i2s_rows_vnni_interleaved(rows: &[u8], row_bytes: usize, qi: &[i8], q: &[i8], out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
-    let pairs = row_bytes / 64;
-    let pf = prefetch_distance();
-    for (row, out) in rows.chunks_exact(row_bytes).zip(out) {
-        let (mut acc0, mut acc1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        let (mut acc2, mut acc3) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        for p in 0..pairs {
-            // SAFETY (all loads): within row and qi (pairs * 256 bytes) by the loop bound.
-            let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
-            prefetch(row.as_ptr().wrapping_add(p * 64), pf);
-            let a = qi.as_ptr().add(p * 256);
-            let c0 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
-            let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
-            let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
-            let c3 = _mm512_and_si512(w, mask);
-            // Four accumulators: vpdpbusd has a latency of about 5 cycles,
-            // so one chain per plane keeps a step's four products from
-            // waiting on each other.
-            acc0 = _mm512_dpbusd_epi32(acc0, c0, _mm512_loadu_si512(a.cast()));
-            acc1 = _mm512_dpbusd_epi32(acc1, c1, _mm512_loadu_si512(a.add(64).cast()));
-            acc2 = _mm512_dpbusd_epi32(acc2, c2, _mm512_loadu_si512(a.add(128).cast()));
-            acc3 = _mm512_dpbusd_epi32(acc3, c3, _mm512_loadu_si512(a.add(192).cast()));
-        }
-        let sum = _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3));
-        *out = _mm512_reduce_add_epi32(sum);
-        if !row_bytes.is_multiple_of(64) {
-            *out += dot_i2s_avx2(&row[pairs * 64..], &q[pairs * 256..]);
-        }
-    }
-}
-
 /// `dot_i2s` on prepared activations.
 #[inline]
 pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
@@ -337,7 +215,7 @@ pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2;
         // Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe { dot_i2s_vnni_interleaved(row, &a.interleaved, a.q) },
+        Isa::Avx512Vnni => unsafe { x86::dot_i2s_vnni_interleaved(row, &a.interleaved, a.q) },
         _ => dot_i2s(row, a.q),
     }
 }
@@ -350,7 +228,7 @@ pub fn i2s_rows_prepared(rows: &[u8], row_bytes: usize, a: &Prepared, out: &mut 
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in dot_i2s_prepared.
-        Isa::Avx512Vnni => unsafe { i2s_rows_vnni_interleaved(rows, row_bytes, &a.interleaved, a.q, out) },
+        Isa::Avx512Vnni => unsafe { x86::i2s_rows_vnni_interleaved(rows, row_bytes, &a.interleaved, a.q, out) },
         _ => {
             for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
                 *o = dot_i2s(row, a.q);
@@ -375,34 +253,6 @@ pub fn tq2_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
             }
         }
         *o = acc;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
-    let pf = prefetch_distance();
-    for ((block, qb), o) in row.chunks_exact(66).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
-        prefetch(block.as_ptr(), pf);
-        let mut acc = _mm256_setzero_si256();
-        for j in [0usize, 32] {
-            // SAFETY (all loads): block has 66 bytes, qb 256.
-            let w = _mm256_loadu_si256(block.as_ptr().add(j).cast());
-            let planes = [
-                _mm256_and_si256(w, mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            ];
-            for (l, codes) in planes.into_iter().enumerate() {
-                let a = _mm256_loadu_si256(qb.as_ptr().add(j * 4 + l * 32).cast());
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a), ones));
-            }
-        }
-        *o = hsum_i32(acc);
     }
 }
 
@@ -434,7 +284,7 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe { tq2_rows_vnni(rows, row_bytes, &a.interleaved, bsums, d, out) },
+        Isa::Avx512Vnni => unsafe { x86::tq2_rows_vnni(rows, row_bytes, &a.interleaved, bsums, d, out) },
         _ => {
             let mut dots = vec![0i32; blocks];
             for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
@@ -442,64 +292,6 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
                 *o = tq2_finish(row, &dots, bsums, d);
             }
         }
-    }
-}
-
-/// Rows a TQ2_0 AVX-512 step finishes together, one per f32 lane.
-const TQ2_LANES: usize = 16;
-
-/// TQ2_0 with AVX-512 VNNI: a block's 64 code bytes in one load; plane l
-/// (bits 2l) of its low half pairs with activations 32l.., of its high half
-/// with 128 + 32l.., which is `interleave`'s layout (the same as I2_S's).
-/// The finish (per block: (dot - bsum) * (scale * d), summed in block
-/// order) runs on 16 rows at once, one row per lane: the same operations in
-/// the same order per row as `tq2_finish`, so the same bits, at a tenth of
-/// its scalar cost (it was 12% of decoding).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn tq2_rows_vnni(rows: &[u8], row_bytes: usize, qi: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
-    let pf = prefetch_distance();
-    let blocks = row_bytes / 66;
-    // Block-major scratch for one group: dots[b][lane], scales[b][lane].
-    let mut dots = vec![0i32; blocks * TQ2_LANES];
-    let mut scales = vec![0f32; blocks * TQ2_LANES];
-    for (group, out) in rows.chunks(TQ2_LANES * row_bytes).zip(out.chunks_mut(TQ2_LANES)) {
-        for (lane, row) in group.chunks_exact(row_bytes).enumerate() {
-            for b in 0..blocks {
-                // SAFETY (all loads): block b has 66 bytes in row, qi 256 per block.
-                let block = row.as_ptr().add(b * 66);
-                prefetch(block, pf);
-                let w = _mm512_loadu_si512(block.cast());
-                let a = qi.as_ptr().add(b * 256);
-                let c0 = _mm512_and_si512(w, mask);
-                let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
-                let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
-                let c3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
-                let acc0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_loadu_si512(a.cast()));
-                let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c1, _mm512_loadu_si512(a.add(64).cast()));
-                let acc0 = _mm512_dpbusd_epi32(acc0, c2, _mm512_loadu_si512(a.add(128).cast()));
-                let acc1 = _mm512_dpbusd_epi32(acc1, c3, _mm512_loadu_si512(a.add(192).cast()));
-                let s = _mm512_add_epi32(acc0, acc1);
-                dots[b * TQ2_LANES + lane] =
-                    hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1)));
-                scales[b * TQ2_LANES + lane] = f16_le_to_f32(&row[b * 66 + 64..]);
-            }
-        }
-        let mut acc = _mm512_setzero_ps();
-        for b in 0..blocks {
-            // SAFETY: the scratch holds TQ2_LANES values per block.
-            let dot = _mm512_sub_epi32(
-                _mm512_loadu_si512(dots.as_ptr().add(b * TQ2_LANES).cast()),
-                _mm512_set1_epi32(bsums[b]),
-            );
-            let scale = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(b * TQ2_LANES)), _mm512_set1_ps(d[b]));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
-        }
-        let mut lanes = [0f32; TQ2_LANES];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-        out.copy_from_slice(&lanes[..out.len()]);
     }
 }
 
@@ -531,109 +323,6 @@ pub fn tq1_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
     }
 }
 
-/// TQ1_0 with AVX2, activations in file order. The digits come out as
-/// bytes: multiplying by 3 (two byte adds) steps to the next digit of the
-/// 32 first bytes; the 16 and 4 others get per-lane multipliers (1 | 3,
-/// then 9, 81; 1, 3, 9, 27 for the four) so that every 32 digits line up
-/// with 32 consecutive activations. ((t * 3) >> 8) of a byte t is
-/// (t > 85) + (t > 170), two saturating subtractions and minimums.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tq1_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let ones16 = _mm256_set1_epi16(1);
-    let (k85, k170, one) = (_mm256_set1_epi8(85), _mm256_set1_epi8(170u8 as i8), _mm256_set1_epi8(1));
-    let digits = |t: __m256i| {
-        let a = _mm256_min_epu8(_mm256_subs_epu8(t, k85), one);
-        _mm256_add_epi8(a, _mm256_min_epu8(_mm256_subs_epu8(t, k170), one))
-    };
-    // Bytes times c mod 256, c per 16-bit lane (both bytes of a lane the same).
-    let lo_bytes = _mm256_set1_epi16(0x00ff);
-    let mul8 = |v: __m256i, c: __m256i| {
-        let lo = _mm256_and_si256(_mm256_mullo_epi16(v, c), lo_bytes);
-        _mm256_or_si256(lo, _mm256_mullo_epi16(_mm256_andnot_si256(lo_bytes, v), c))
-    };
-    let by_1_3 = _mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
-    let by_qh = _mm_setr_epi16(1, 1, 3, 3, 9, 9, 27, 27);
-    let pf = prefetch_distance();
-    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
-        prefetch(block.as_ptr(), pf);
-        // SAFETY (all loads): block has 54 bytes, qb 256.
-        let a = |k: usize| _mm256_loadu_si256(qb.as_ptr().add(32 * k).cast());
-        let dot = |acc: __m256i, codes: __m256i, k: usize| {
-            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a(k)), ones16))
-        };
-        let mut acc = _mm256_setzero_si256();
-        let mut t = _mm256_loadu_si256(block.as_ptr().cast());
-        for k in 0..5 {
-            acc = dot(acc, digits(t), k);
-            t = _mm256_add_epi8(t, _mm256_add_epi8(t, t));
-        }
-        let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.as_ptr().add(32).cast()));
-        let p01 = mul8(x, by_1_3);
-        acc = dot(acc, digits(p01), 5);
-        acc = dot(acc, digits(mul8(p01, _mm256_set1_epi16(9))), 6);
-        let p4 = mul8(p01, _mm256_set1_epi16(81));
-        let h = _mm_set1_epi32(block.as_ptr().add(48).cast::<i32>().read_unaligned());
-        let hd = _mm256_castsi256_si128(mul8(_mm256_castsi128_si256(h), _mm256_castsi128_si256(by_qh)));
-        acc = dot(acc, digits(_mm256_inserti128_si256(p4, hd, 1)), 7);
-        *o = hsum_i32(acc);
-    }
-}
-
-/// TQ1_0 with AVX-512 VNNI: the digits of a block in four 64-byte vectors
-/// that line up with activations 0..64, 64..128, 128..192, 192..256 (the
-/// 32 first bytes broadcast to both halves and multiplied by 1 | 3, then 9,
-/// 81; the next 16 to all four quarters by 1 | 3 | 9 | 27, then 81; the
-/// last 4 by 1, 3, 9, 27), each digit vector one vpdpbusd: about half the
-/// operations of the AVX2 kernel per block.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let (k85, k170, one) = (_mm512_set1_epi8(85), _mm512_set1_epi8(170u8 as i8), _mm512_set1_epi8(1));
-    let digits = |t: __m512i| {
-        let a = _mm512_min_epu8(_mm512_subs_epu8(t, k85), one);
-        _mm512_add_epi8(a, _mm512_min_epu8(_mm512_subs_epu8(t, k170), one))
-    };
-    let lo_bytes = _mm512_set1_epi16(0x00ff);
-    // Bytes times c mod 256, c per 16-bit lane.
-    let mul8 = |v: __m512i, c: __m512i| {
-        let lo = _mm512_and_si512(_mm512_mullo_epi16(v, c), lo_bytes);
-        _mm512_or_si512(lo, _mm512_mullo_epi16(_mm512_andnot_si512(lo_bytes, v), c))
-    };
-    let by_1_3 = _mm512_inserti64x4(_mm512_set1_epi16(1), _mm256_set1_epi16(3), 1);
-    let by_1_3_9_27 = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3)),
-        _mm256_setr_epi16(9, 9, 9, 9, 9, 9, 9, 9, 27, 27, 27, 27, 27, 27, 27, 27),
-        1,
-    );
-    // Low quarter: the 16 bytes times 81; next: the 4 bytes times 1, 3, 9, 27.
-    let by_81_qh = _mm512_castsi256_si512(_mm256_setr_epi16(81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27));
-    let pf = prefetch_distance();
-    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
-        prefetch(block.as_ptr(), pf);
-        // SAFETY (all loads): block has 54 bytes, qb 256.
-        let b = block.as_ptr();
-        let p01 = mul8(_mm512_broadcast_i64x4(_mm256_loadu_si256(b.cast())), by_1_3);
-        let p23 = mul8(p01, _mm512_set1_epi16(9));
-        let p45 = mul8(p01, _mm512_set1_epi16(81));
-        let r = _mm_loadu_si128(b.add(32).cast());
-        let r0123 = mul8(_mm512_broadcast_i32x4(r), by_1_3_9_27);
-        let h = _mm_set1_epi32(b.add(48).cast::<i32>().read_unaligned());
-        let r4h = mul8(_mm512_castsi256_si512(_mm256_setr_m128i(r, h)), by_81_qh);
-        let v2 = _mm512_inserti64x4(p45, _mm512_castsi512_si256(r0123), 1);
-        let v3 = _mm512_inserti64x4(r0123, _mm512_castsi512_si256(r4h), 0);
-        let v3 = _mm512_shuffle_i64x2(v3, v3, 0b01_00_11_10);
-        let a = |k: usize| _mm512_loadu_si512(qb.as_ptr().add(64 * k).cast());
-        let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits(p01), a(0));
-        acc = _mm512_dpbusd_epi32(acc, digits(p23), a(1));
-        acc = _mm512_dpbusd_epi32(acc, digits(v2), a(2));
-        acc = _mm512_dpbusd_epi32(acc, digits(v3), a(3));
-        *o = hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)));
-    }
-}
-
 /// Per-block `sum code * q` over a TQ1_0 row, with the best kernel here.
 #[inline]
 pub fn tq1_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
@@ -641,10 +330,13 @@ pub fn tq1_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2.
-        Isa::Avx512Vnni => unsafe { tq1_block_dots_vnni(row, q, out) },
+        Isa::Avx512Vnni => unsafe { x86::tq1_block_dots_vnni(row, q, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2.
-        Isa::Avx2 => unsafe { tq1_block_dots_avx2(row, q, out) },
+        Isa::Avx2 => unsafe { x86::tq1_block_dots_avx2(row, q, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::tq1_block_dots(isa() == Isa::NeonDot, row, q, out) },
         _ => tq1_block_dots_scalar(row, q, out),
     }
 }
@@ -657,44 +349,16 @@ pub fn tq2_block_dots_x4_scalar(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4])
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tq2_block_dots_x4_avx2(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
-    use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
-    for (b, block) in row.chunks_exact(66).enumerate() {
-        let mut acc = [_mm256_setzero_si256(); 4];
-        for j in [0usize, 32] {
-            // SAFETY (all loads): block has 66 bytes; each q has 256 per block.
-            let w = _mm256_loadu_si256(block.as_ptr().add(j).cast());
-            let planes = [
-                _mm256_and_si256(w, mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            ];
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let qb = q[t].as_ptr().add(b * 256 + j * 4);
-                for (l, codes) in planes.iter().enumerate() {
-                    let a = _mm256_loadu_si256(qb.add(l * 32).cast());
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_maddubs_epi16(*codes, a), ones));
-                }
-            }
-        }
-        for (t, acc) in acc.into_iter().enumerate() {
-            out[t][b] = hsum_i32(acc);
-        }
-    }
-}
-
 /// `tq2_block_dots` for four tokens, with the best kernel here.
 #[inline]
 pub fn tq2_block_dots_x4(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { tq2_block_dots_x4_avx2(row, q, out) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::tq2_block_dots_x4_avx2(row, q, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::tq2_block_dots_x4(isa() == Isa::NeonDot, row, q, out) },
         _ => tq2_block_dots_x4_scalar(row, q, out),
     }
 }
@@ -706,7 +370,10 @@ pub fn tq2_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { tq2_block_dots_avx2(row, q, out) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::tq2_block_dots_avx2(row, q, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::tq2_block_dots(isa() == Isa::NeonDot, row, q, out) },
         _ => tq2_block_dots_scalar(row, q, out),
     }
 }
@@ -716,77 +383,6 @@ pub fn dot_i2s_x4_scalar(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     q.map(|q| dot_i2s_scalar(row, q))
 }
 
-/// Four tokens against one row: the codes are unpacked once and used four
-/// times (prompt processing; the row is read once per four tokens).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
-    use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_si256(); 4];
-    for (b, block) in row.chunks_exact(32).enumerate() {
-        // SAFETY (all loads): block has 32 bytes; each q has 128 per block.
-        let w = _mm256_loadu_si256(block.as_ptr().cast());
-        let planes = [
-            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-            _mm256_and_si256(w, mask),
-        ];
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let qb = q[t].as_ptr().add(b * 128);
-            for (k, codes) in planes.iter().enumerate() {
-                let a = _mm256_loadu_si256(qb.add(k * 32).cast());
-                let p = _mm256_maddubs_epi16(*codes, a);
-                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
-            }
-        }
-    }
-    acc.map(|a| hsum_i32(a))
-}
-
-/// `N` tokens at once (a multiple of 4) with AVX-512 VNNI on prepared
-/// (interleaved) activations: each 64 bytes of weights unpacked once for
-/// all N, one 64-byte load per plane and token (the plain layout took two
-/// 32-byte loads and an insert).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn dot_i2s_xn_vnni_interleaved<const N: usize>(row: &[u8], qi: [&[i8]; N], q: [&[i8]; N]) -> [i32; N] {
-    use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
-    let mut acc = [_mm512_setzero_si512(); N];
-    let pairs = row.len() / 64;
-    for p in 0..pairs {
-        // SAFETY (all loads): within row and each qi by the loop bound.
-        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
-        let planes = [
-            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
-            _mm512_and_si512(w, mask),
-        ];
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let a = qi[t].as_ptr().add(p * 256);
-            for (k, codes) in planes.iter().enumerate() {
-                *acc = _mm512_dpbusd_epi32(*acc, *codes, _mm512_loadu_si512(a.add(64 * k).cast()));
-            }
-        }
-    }
-    let mut out = acc.map(|a| _mm512_reduce_add_epi32(a));
-    if !row.len().is_multiple_of(64) {
-        for t in (0..N).step_by(4) {
-            let tail =
-                [&q[t][pairs * 256..], &q[t + 1][pairs * 256..], &q[t + 2][pairs * 256..], &q[t + 3][pairs * 256..]];
-            let rest = dot_i2s_x4_avx2(&row[pairs * 64..], tail);
-            for (o, r) in out[t..t + 4].iter_mut().zip(rest) {
-                *o += r;
-            }
-        }
-    }
-    out
-}
-
 /// `dot_i2s` for four tokens at once, with the best kernel here.
 #[inline]
 pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
@@ -794,7 +390,10 @@ pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2 (also under Avx512Vnni).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { dot_i2s_x4_avx2(row, q) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_i2s_x4_avx2(row, q) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s_xn(isa() == Isa::NeonDot, row, q) },
         _ => dot_i2s_x4_scalar(row, q),
     }
 }
@@ -807,7 +406,12 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe { dot_i2s_xn_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q)) },
+        Isa::Avx512Vnni => unsafe {
+            x86::dot_i2s_xn_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q))
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s_xn(isa() == Isa::NeonDot, row, a.map(|a| a.q)) },
         _ => {
             let mut out = [0; N];
             for t in (0..N).step_by(4) {
@@ -819,56 +423,38 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
     }
 }
 
+/// Reference: round_half_even(x * scale) clamped to int8 per value (NaN
+/// -> 0), as `quant::round_to_i8` does it.
+pub fn quantize_row_scalar(x: &[f32], scale: f32, out: &mut [i8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::quant::round_to_i8(v * scale);
+    }
+}
+
+/// Activations to int8: `quantize_row_scalar` with the best kernel here.
+/// (On x86_64 the compiler vectorizes the reference itself.)
+#[inline]
+pub fn quantize_row(x: &[f32], scale: f32, out: &mut [i8]) {
+    assert_eq!(x.len(), out.len(), "one int8 per value");
+    match isa() {
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => aarch64::quantize_row(x, scale, out),
+        _ => quantize_row_scalar(x, scale, out),
+    }
+}
+
+/// Largest |x| over the values (NaNs ignored, as `f32::max` does).
+#[inline]
+pub fn abs_max(x: &[f32]) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => aarch64::abs_max(x),
+        _ => x.iter().fold(0f32, |a, v| a.max(v.abs())),
+    }
+}
+
 pub fn dot_f16_scalar(row: &[f16], x: &[f32]) -> f32 {
     row.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = row.len() / 16 * 16;
-    let pf = prefetch_distance();
-    let mut a0 = _mm256_setzero_ps();
-    let mut a1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i < n {
-        // SAFETY: i + 16 <= n <= row.len() == x.len().
-        let h0 = _mm_loadu_si128(row.as_ptr().add(i).cast());
-        if i % 32 == 0 {
-            prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
-        }
-        let h1 = _mm_loadu_si128(row.as_ptr().add(i + 8).cast());
-        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
-        i += 16;
-    }
-    let s = _mm256_add_ps(a0, a1);
-    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s) + dot_f16_scalar(&row[n..], &x[n..])
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn dot_f16_avx512(row: &[f16], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = row.len() / 32 * 32;
-    let pf = prefetch_distance();
-    let mut a0 = _mm512_setzero_ps();
-    let mut a1 = _mm512_setzero_ps();
-    let mut i = 0;
-    while i < n {
-        // SAFETY: i + 32 <= n <= row.len() == x.len().
-        let h0 = _mm256_loadu_si256(row.as_ptr().add(i).cast());
-        prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
-        let h1 = _mm256_loadu_si256(row.as_ptr().add(i + 16).cast());
-        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(h0), _mm512_loadu_ps(x.as_ptr().add(i)), a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h1), _mm512_loadu_ps(x.as_ptr().add(i + 16)), a1);
-        i += 32;
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + dot_f16_avx2(&row[n..], &x[n..])
 }
 
 /// An f16 row times f32 activations.
@@ -878,10 +464,12 @@ pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F with AVX2, FMA and F16C.
-        Isa::Avx512Vnni => unsafe { dot_f16_avx512(row, x) },
+        Isa::Avx512Vnni => unsafe { x86::dot_f16_avx512(row, x) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2, FMA and F16C.
-        Isa::Avx2 => unsafe { dot_f16_avx2(row, x) },
+        Isa::Avx2 => unsafe { x86::dot_f16_avx2(row, x) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => aarch64::dot_f16(row, x),
         _ => dot_f16_scalar(row, x),
     }
 }
@@ -891,6 +479,17 @@ mod tests {
     use super::*;
     use crate::quant::{decode_i2s, dot_codes};
     use crate::sampler::Rng;
+
+    /// The aarch64 builds this CPU can run: plain NEON always, `sdot` where
+    /// the CPU has it (qemu's `-cpu max` does; CI also runs a CPU without).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) fn neon_builds() -> Vec<bool> {
+        let mut builds = vec![false];
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            builds.push(true);
+        }
+        builds
+    }
 
     #[test]
     fn every_i2s_kernel_equals_the_scalar_reference_and_the_decoded_product() {
@@ -917,23 +516,28 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") {
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { dot_i2s_avx2(&row, &q) }, want, "avx2 n={n}");
+                assert_eq!(unsafe { x86::dot_i2s_avx2(&row, &q) }, want, "avx2 n={n}");
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 // SAFETY: checked just above (AVX2 comes with AVX-512 here).
-                assert_eq!(unsafe { dot_i2s_vnni(&row, &q) }, want, "avx512-vnni n={n}");
+                assert_eq!(unsafe { x86::dot_i2s_vnni(&row, &q) }, want, "avx512-vnni n={n}");
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { dot_i2s_avxvnni(&row, &q) }, want, "avx-vnni n={n}");
+                assert_eq!(unsafe { x86::dot_i2s_avxvnni(&row, &q) }, want, "avx-vnni n={n}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in neon_builds() {
+                // SAFETY: neon_builds() lists sdot only where the CPU has it.
+                assert_eq!(unsafe { aarch64::dot_i2s(sdot, &row, &q) }, want, "neon sdot={sdot} n={n}");
             }
             assert_eq!(dot_i2s(&row, &q), want);
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 // SAFETY: checked just above.
-                let got = unsafe { dot_i2s_vnni_interleaved(&row, &interleave(&q), &q) };
+                let got = unsafe { x86::dot_i2s_vnni_interleaved(&row, &interleave(&q), &q) };
                 assert_eq!(got, want, "avx512-vnni interleaved n={n}");
             }
             assert_eq!(dot_i2s_prepared(&row, &Prepared::new(&q)), want);
@@ -953,14 +557,19 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") {
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { dot_i2s_x4_avx2(&row, four) }, want4, "x4 avx2 n={n}");
+                assert_eq!(unsafe { x86::dot_i2s_x4_avx2(&row, four) }, want4, "x4 avx2 n={n}");
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 let qi: Vec<Vec<i8>> = qs.iter().map(|q| interleave(q)).collect();
                 let qi = [&qi[0][..], &qi[1][..], &qi[2][..], &qi[3][..]];
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { dot_i2s_xn_vnni_interleaved(&row, qi, four) }, want4, "x4 avx512-vnni n={n}");
+                assert_eq!(unsafe { x86::dot_i2s_xn_vnni_interleaved(&row, qi, four) }, want4, "x4 avx512-vnni n={n}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in neon_builds() {
+                // SAFETY: as above.
+                assert_eq!(unsafe { aarch64::dot_i2s_xn(sdot, &row, four) }, want4, "x4 neon sdot={sdot} n={n}");
             }
             assert_eq!(dot_i2s_x4(&row, four), want4);
             // Eight tokens (the prompt path's step): each its own reference.
@@ -972,6 +581,48 @@ mod tests {
                 assert_eq!(g, dot_i2s_scalar(&row, &qs8[t]), "x8 token {t} n={n}");
             }
             assert_eq!(dot_i2s_xn_prepared::<4>(&row, std::array::from_fn(|t| &prepared[t]))[..], got8[..4]);
+        }
+    }
+
+    #[test]
+    fn activation_quantization_equals_the_reference_on_every_path() {
+        let mut rng = Rng::new(17);
+        // Ties (x.5 after scaling), the clamp bounds, NaN, infinities, and
+        // random values, at lengths with and without a SIMD tail.
+        let special = [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, 127.49, 127.5, 128.0, -128.5, -129.0, 1e9, -1e9];
+        for n in [1usize, 15, 16, 17, 33, 256, 1000] {
+            let mut x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 300.0).collect();
+            for (v, s) in x.iter_mut().zip(special.iter().cycle()).step_by(3) {
+                *v = *s;
+            }
+            if n > 4 {
+                x[n - 2] = f32::NAN;
+                x[n - 3] = f32::INFINITY;
+                x[n - 4] = f32::NEG_INFINITY;
+            }
+            for scale in [1.0f32, 0.37, -2.0] {
+                let mut want = vec![0i8; n];
+                quantize_row_scalar(&x, scale, &mut want);
+                for (w, v) in want.iter().zip(&x) {
+                    let y = v * scale;
+                    let r = if y.is_nan() { 0 } else { y.round_ties_even().clamp(-128.0, 127.0) as i8 };
+                    assert_eq!(*w, r, "reference at {y}");
+                }
+                let mut got = vec![0i8; n];
+                quantize_row(&x, scale, &mut got);
+                assert_eq!(got, want, "dispatched n={n} scale={scale}");
+                #[cfg(target_arch = "aarch64")]
+                {
+                    let mut got = vec![0i8; n];
+                    aarch64::quantize_row(&x, scale, &mut got);
+                    assert_eq!(got, want, "neon n={n} scale={scale}");
+                }
+            }
+            let finite: Vec<f32> = x.iter().map(|v| if v.is_finite() { *v } else { -3.0 }).collect();
+            let want = finite.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_eq!(abs_max(&finite).to_bits(), want.to_bits(), "abs_max n={n}");
+            #[cfg(target_arch = "aarch64")]
+            assert_eq!(aarch64::abs_max(&finite).to_bits(), want.to_bits(), "neon abs_max n={n}");
         }
     }
 
@@ -1015,15 +666,22 @@ mod tests {
             if is_x86_feature_detected!("avx2") {
                 let mut got = vec![0i32; blocks];
                 // SAFETY: checked just above.
-                unsafe { tq1_block_dots_avx2(&row, &q, &mut got) };
+                unsafe { x86::tq1_block_dots_avx2(&row, &q, &mut got) };
                 assert_eq!(got, want, "avx2 blocks={blocks}");
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 let mut got = vec![0i32; blocks];
                 // SAFETY: checked just above (AVX2 comes with AVX-512 here).
-                unsafe { tq1_block_dots_vnni(&row, &q, &mut got) };
+                unsafe { x86::tq1_block_dots_vnni(&row, &q, &mut got) };
                 assert_eq!(got, want, "avx512-vnni blocks={blocks}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in neon_builds() {
+                let mut got = vec![0i32; blocks];
+                // SAFETY: neon_builds() lists sdot only where the CPU has it.
+                unsafe { aarch64::tq1_block_dots(sdot, &row, &q, &mut got) };
+                assert_eq!(got, want, "neon sdot={sdot} blocks={blocks}");
             }
             let mut got = vec![0i32; blocks];
             tq1_block_dots(&row, &q, &mut got);
@@ -1056,8 +714,15 @@ mod tests {
             if is_x86_feature_detected!("avx2") {
                 let mut got = vec![0i32; blocks];
                 // SAFETY: checked just above.
-                unsafe { tq2_block_dots_avx2(&row, &q, &mut got) };
+                unsafe { x86::tq2_block_dots_avx2(&row, &q, &mut got) };
                 assert_eq!(got, want, "avx2 blocks={blocks}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in neon_builds() {
+                let mut got = vec![0i32; blocks];
+                // SAFETY: neon_builds() lists sdot only where the CPU has it.
+                unsafe { aarch64::tq2_block_dots(sdot, &row, &q, &mut got) };
+                assert_eq!(got, want, "neon sdot={sdot} blocks={blocks}");
             }
             let mut got = vec![0i32; blocks];
             tq2_block_dots(&row, &q, &mut got);
@@ -1099,8 +764,16 @@ mod tests {
                 let mut gots = vec![vec![0i32; blocks]; 4];
                 let [g0, g1, g2, g3] = &mut gots[..] else { unreachable!() };
                 // SAFETY: checked just above.
-                unsafe { tq2_block_dots_x4_avx2(&row, four, [g0, g1, g2, g3]) };
+                unsafe { x86::tq2_block_dots_x4_avx2(&row, four, [g0, g1, g2, g3]) };
                 assert_eq!(gots, wants, "x4 avx2 blocks={blocks}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in neon_builds() {
+                let mut gots = vec![vec![0i32; blocks]; 4];
+                let [g0, g1, g2, g3] = &mut gots[..] else { unreachable!() };
+                // SAFETY: neon_builds() lists sdot only where the CPU has it.
+                unsafe { aarch64::tq2_block_dots_x4(sdot, &row, four, [g0, g1, g2, g3]) };
+                assert_eq!(gots, wants, "x4 neon sdot={sdot} blocks={blocks}");
             }
         }
     }
@@ -1131,8 +804,24 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
                 // SAFETY: checked just above (with AVX2/FMA on such CPUs).
-                let got = unsafe { dot_f16_avx512(&row, &x) };
+                let got = unsafe { x86::dot_f16_avx512(&row, &x) };
                 assert!((got - want).abs() <= 1e-4 * (n as f32).sqrt(), "avx512 n={n}: {got} vs {want}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                let got = aarch64::dot_f16(&row, &x);
+                assert!((got - want).abs() <= 1e-4 * (n as f32).sqrt(), "neon n={n}: {got} vs {want}");
+            }
+        }
+        // Every finite f16 value (subnormals too) widens exactly: one-hot
+        // activations pick each weight out.
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).filter(|h| h.is_finite()).collect();
+        for (i, chunk) in all.chunks(32).enumerate() {
+            for k in [0, 7, 8, 15, 16, 31].into_iter().filter(|&k| k < chunk.len()) {
+                let mut x = vec![0f32; chunk.len()];
+                x[k] = 1.0;
+                let got = dot_f16(chunk, &x);
+                assert_eq!(got.to_bits(), (chunk[k].to_f32() + 0.0).to_bits(), "chunk {i} lane {k}");
             }
         }
     }

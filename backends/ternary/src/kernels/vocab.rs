@@ -5,6 +5,10 @@
 //! The kernels give each block's exact integer sum; the caller applies
 //! the float scales in one fixed order, so every path gives the same bits.
 
+#[cfg(target_arch = "aarch64")]
+use super::aarch64;
+#[cfg(target_arch = "x86_64")]
+use super::x86;
 use super::{isa, Isa};
 
 /// Bytes of one Q8_0 block: f16 scale then 32 int8.
@@ -48,87 +52,16 @@ pub fn q6k_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn q8_0_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let ones = _mm256_set1_epi16(1);
-    let blocks = out.len().min(row.len() / Q8_0_BLOCK).min(q.len() / 32);
-    for (b, o) in out.iter_mut().enumerate().take(blocks) {
-        // SAFETY: block b lies within row and q (bounded above).
-        let w = _mm256_loadu_si256(row.as_ptr().add(b * Q8_0_BLOCK + 2).cast());
-        let x = _mm256_loadu_si256(q.as_ptr().add(b * 32).cast());
-        // |w| (as unsigned, exact even for -128) times x with w's sign:
-        // x is within -127..=127 so negating it cannot overflow, and pair
-        // sums stay below 2 * 128 * 127, inside i16.
-        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        *o = hsum_i32(_mm256_madd_epi16(p, ones));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
-    use std::arch::x86_64::*;
-    let m4 = _mm256_set1_epi8(0xF);
-    let m2 = _mm256_set1_epi8(3);
-    let offset = _mm256_set1_epi8(32);
-    let blocks = out.len().min(row.len() / Q6K_BLOCK).min(q.len() / 256);
-    for (b, o) in out.iter_mut().enumerate().take(blocks) {
-        let blk = row.as_ptr().add(b * Q6K_BLOCK);
-        let sc = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
-        let mut acc = _mm256_setzero_si256();
-        for half in 0..2 {
-            // SAFETY (all loads): inside block b of row and of q.
-            let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
-            let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
-            let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
-            let vals = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
-                ),
-            ];
-            for (part, w) in vals.into_iter().enumerate() {
-                let x = _mm256_loadu_si256(q.as_ptr().add(b * 256 + half * 128 + part * 32).cast());
-                // (w - 32) x per pair: w in 0..=63 unsigned; |sum| <= 2*32*128.
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), _mm256_maddubs_epi16(offset, x));
-                // Elements 0..16 of this part use scale j, 16..32 scale j + 1.
-                let j = half * 8 + part * 2;
-                let s = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[j + 1])), _mm_set1_epi16(i16::from(sc[j])));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
-            }
-        }
-        *o = hsum_i32(acc);
-    }
-}
-
 /// `q8_0_block_dots_scalar` with the best kernel here.
 pub fn q8_0_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
     debug_assert_eq!(row.len() / Q8_0_BLOCK, out.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { q8_0_block_dots_avx2(row, q, out) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_0_block_dots_avx2(row, q, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::q8_0_block_dots(isa() == Isa::NeonDot, row, q, out) },
         _ => q8_0_block_dots_scalar(row, q, out),
     }
 }
@@ -139,7 +72,10 @@ pub fn q6k_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { q6k_block_dots_avx2(row, q, out) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q6k_block_dots_avx2(row, q, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: sdot only when isa() saw the CPU has it.
+        Isa::Neon | Isa::NeonDot => unsafe { aarch64::q6k_block_dots(isa() == Isa::NeonDot, row, q, out) },
         _ => q6k_block_dots_scalar(row, q, out),
     }
 }
@@ -182,8 +118,15 @@ mod tests {
             if is_x86_feature_detected!("avx2") {
                 let mut got = vec![0; blocks];
                 // SAFETY: AVX2 checked.
-                unsafe { q8_0_block_dots_avx2(&row, &q, &mut got) };
+                unsafe { x86::q8_0_block_dots_avx2(&row, &q, &mut got) };
                 assert_eq!(got, want, "avx2 q8_0, {blocks} blocks");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in super::super::tests::neon_builds() {
+                let mut got = vec![0; blocks];
+                // SAFETY: neon_builds() lists sdot only where the CPU has it.
+                unsafe { aarch64::q8_0_block_dots(sdot, &row, &q, &mut got) };
+                assert_eq!(got, want, "neon sdot={sdot} q8_0, {blocks} blocks");
             }
 
             // Q6_K: random low/high bits and scales, scale d = 1.0 so the
@@ -208,8 +151,15 @@ mod tests {
             if is_x86_feature_detected!("avx2") {
                 let mut got = vec![0; blocks];
                 // SAFETY: AVX2 checked.
-                unsafe { q6k_block_dots_avx2(&row, &q, &mut got) };
+                unsafe { x86::q6k_block_dots_avx2(&row, &q, &mut got) };
                 assert_eq!(got, want, "avx2 q6_k, {blocks} blocks");
+            }
+            #[cfg(target_arch = "aarch64")]
+            for sdot in super::super::tests::neon_builds() {
+                let mut got = vec![0; blocks];
+                // SAFETY: neon_builds() lists sdot only where the CPU has it.
+                unsafe { aarch64::q6k_block_dots(sdot, &row, &q, &mut got) };
+                assert_eq!(got, want, "neon sdot={sdot} q6_k, {blocks} blocks");
             }
         }
     }

@@ -1,0 +1,556 @@
+//! The x86_64 kernels (AVX2, AVX-VNNI, AVX-512 VNNI), each equal to its
+//! scalar reference in `super` (tested there). Only `super`'s dispatchers
+//! call them, after `isa()` has checked the CPU.
+
+use half::f16;
+
+use super::vocab::{Q6K_BLOCK, Q8_0_BLOCK};
+use super::{dot_f16_scalar, f16_le_to_f32, prefetch, prefetch_distance};
+
+/// Rows a TQ2_0 AVX-512 step finishes together, one per f32 lane.
+const TQ2_LANES: usize = 16;
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let pf = prefetch_distance();
+    for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
+        // SAFETY (all loads): block has 32 bytes, qb 128.
+        let w = _mm256_loadu_si256(block.as_ptr().cast());
+        if i % 2 == 0 {
+            prefetch(block.as_ptr(), pf);
+        }
+        let planes = [
+            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+            _mm256_and_si256(w, mask),
+        ];
+        for (k, codes) in planes.into_iter().enumerate() {
+            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
+            // codes (u8, 0..2) x q (i8): pairs summed into i16, |sum| <= 512.
+            let p = _mm256_maddubs_epi16(codes, a);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        }
+    }
+    hsum_i32(acc)
+}
+
+/// I2_S with AVX-VNNI: `dot_i2s_avx2` with one vpdpbusd per plane in
+/// place of maddubs + madd + add, one accumulator per plane.
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) unsafe fn dot_i2s_avxvnni(row: &[u8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let pf = prefetch_distance();
+    for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
+        // SAFETY (all loads): block has 32 bytes, qb 128.
+        let w = _mm256_loadu_si256(block.as_ptr().cast());
+        if i % 2 == 0 {
+            prefetch(block.as_ptr(), pf);
+        }
+        let planes = [
+            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+            _mm256_and_si256(w, mask),
+        ];
+        for (k, (codes, acc)) in planes.into_iter().zip(acc.iter_mut()).enumerate() {
+            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
+            *acc = _mm256_dpbusd_avx_epi32(*acc, codes, a);
+        }
+    }
+    hsum_i32(_mm256_add_epi32(_mm256_add_epi32(acc[0], acc[1]), _mm256_add_epi32(acc[2], acc[3])))
+}
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn dot_i2s_vnni(row: &[u8], q: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = _mm512_setzero_si512();
+    let pairs = row.len() / 64;
+    for p in 0..pairs {
+        // Two 128-weight blocks: bytes [64p, 64p+64), activations [256p, 256p+256).
+        // SAFETY (all loads): within row and q by the loop bound.
+        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+        let qb = q.as_ptr().add(p * 256);
+        for (k, shift) in [6u32, 4, 2, 0].into_iter().enumerate() {
+            let codes = _mm512_and_si512(
+                match shift {
+                    6 => _mm512_srli_epi16(w, 6),
+                    4 => _mm512_srli_epi16(w, 4),
+                    2 => _mm512_srli_epi16(w, 2),
+                    _ => w,
+                },
+                mask,
+            );
+            let lo = _mm256_loadu_si256(qb.add(k * 32).cast());
+            let hi = _mm256_loadu_si256(qb.add(128 + k * 32).cast());
+            let a = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            // u8 codes x i8 activations, four at a time, into i32 lanes.
+            acc = _mm512_dpbusd_epi32(acc, codes, a);
+        }
+    }
+    let mut total = _mm512_reduce_add_epi32(acc);
+    if !row.len().is_multiple_of(64) {
+        total += dot_i2s_avx2(&row[pairs * 64..], &q[pairs * 256..]);
+    }
+    total
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn dot_i2s_vnni_interleaved(row: &[u8], qi: &[i8], q: &[i8]) -> i32 {
+    let mut out = [0];
+    i2s_rows_vnni_interleaved(row, row.len(), qi, q, &mut out);
+    out[0]
+}
+
+/// `dot_i2s_vnni_interleaved` for each `row_bytes` row of `rows`: the loop
+/// over rows inside the AVX-512 function, so a row costs no dispatch, call
+/// or prefetch-setting lookup (rows are 640 bytes in 2B4T's attention).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn i2s_rows_vnni_interleaved(rows: &[u8], row_bytes: usize, qi: &[i8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let pairs = row_bytes / 64;
+    let pf = prefetch_distance();
+    for (row, out) in rows.chunks_exact(row_bytes).zip(out) {
+        let (mut acc0, mut acc1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let (mut acc2, mut acc3) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for p in 0..pairs {
+            // SAFETY (all loads): within row and qi (pairs * 256 bytes) by the loop bound.
+            let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+            prefetch(row.as_ptr().wrapping_add(p * 64), pf);
+            let a = qi.as_ptr().add(p * 256);
+            let c0 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
+            let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+            let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
+            let c3 = _mm512_and_si512(w, mask);
+            // Four accumulators: vpdpbusd has a latency of about 5 cycles,
+            // so one chain per plane keeps a step's four products from
+            // waiting on each other.
+            acc0 = _mm512_dpbusd_epi32(acc0, c0, _mm512_loadu_si512(a.cast()));
+            acc1 = _mm512_dpbusd_epi32(acc1, c1, _mm512_loadu_si512(a.add(64).cast()));
+            acc2 = _mm512_dpbusd_epi32(acc2, c2, _mm512_loadu_si512(a.add(128).cast()));
+            acc3 = _mm512_dpbusd_epi32(acc3, c3, _mm512_loadu_si512(a.add(192).cast()));
+        }
+        let sum = _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3));
+        *out = _mm512_reduce_add_epi32(sum);
+        if !row_bytes.is_multiple_of(64) {
+            *out += dot_i2s_avx2(&row[pairs * 64..], &q[pairs * 256..]);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let pf = prefetch_distance();
+    for ((block, qb), o) in row.chunks_exact(66).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        prefetch(block.as_ptr(), pf);
+        let mut acc = _mm256_setzero_si256();
+        for j in [0usize, 32] {
+            // SAFETY (all loads): block has 66 bytes, qb 256.
+            let w = _mm256_loadu_si256(block.as_ptr().add(j).cast());
+            let planes = [
+                _mm256_and_si256(w, mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            ];
+            for (l, codes) in planes.into_iter().enumerate() {
+                let a = _mm256_loadu_si256(qb.as_ptr().add(j * 4 + l * 32).cast());
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a), ones));
+            }
+        }
+        *o = hsum_i32(acc);
+    }
+}
+
+/// TQ2_0 with AVX-512 VNNI: a block's 64 code bytes in one load; plane l
+/// (bits 2l) of its low half pairs with activations 32l.., of its high half
+/// with 128 + 32l.., which is `interleave`'s layout (the same as I2_S's).
+/// The finish (per block: (dot - bsum) * (scale * d), summed in block
+/// order) runs on 16 rows at once, one row per lane: the same operations in
+/// the same order per row as `tq2_finish`, so the same bits, at a tenth of
+/// its scalar cost (it was 12% of decoding).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq2_rows_vnni(
+    rows: &[u8],
+    row_bytes: usize,
+    qi: &[i8],
+    bsums: &[i32],
+    d: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let pf = prefetch_distance();
+    let blocks = row_bytes / 66;
+    // Block-major scratch for one group: dots[b][lane], scales[b][lane].
+    let mut dots = vec![0i32; blocks * TQ2_LANES];
+    let mut scales = vec![0f32; blocks * TQ2_LANES];
+    for (group, out) in rows.chunks(TQ2_LANES * row_bytes).zip(out.chunks_mut(TQ2_LANES)) {
+        for (lane, row) in group.chunks_exact(row_bytes).enumerate() {
+            for b in 0..blocks {
+                // SAFETY (all loads): block b has 66 bytes in row, qi 256 per block.
+                let block = row.as_ptr().add(b * 66);
+                prefetch(block, pf);
+                let w = _mm512_loadu_si512(block.cast());
+                let a = qi.as_ptr().add(b * 256);
+                let c0 = _mm512_and_si512(w, mask);
+                let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
+                let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+                let c3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
+                let acc0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_loadu_si512(a.cast()));
+                let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c1, _mm512_loadu_si512(a.add(64).cast()));
+                let acc0 = _mm512_dpbusd_epi32(acc0, c2, _mm512_loadu_si512(a.add(128).cast()));
+                let acc1 = _mm512_dpbusd_epi32(acc1, c3, _mm512_loadu_si512(a.add(192).cast()));
+                let s = _mm512_add_epi32(acc0, acc1);
+                dots[b * TQ2_LANES + lane] =
+                    hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1)));
+                scales[b * TQ2_LANES + lane] = f16_le_to_f32(&row[b * 66 + 64..]);
+            }
+        }
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..blocks {
+            // SAFETY: the scratch holds TQ2_LANES values per block.
+            let dot = _mm512_sub_epi32(
+                _mm512_loadu_si512(dots.as_ptr().add(b * TQ2_LANES).cast()),
+                _mm512_set1_epi32(bsums[b]),
+            );
+            let scale = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(b * TQ2_LANES)), _mm512_set1_ps(d[b]));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+        }
+        let mut lanes = [0f32; TQ2_LANES];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+        out.copy_from_slice(&lanes[..out.len()]);
+    }
+}
+
+/// TQ1_0 with AVX2, activations in file order. The digits come out as
+/// bytes: multiplying by 3 (two byte adds) steps to the next digit of the
+/// 32 first bytes; the 16 and 4 others get per-lane multipliers (1 | 3,
+/// then 9, 81; 1, 3, 9, 27 for the four) so that every 32 digits line up
+/// with 32 consecutive activations. ((t * 3) >> 8) of a byte t is
+/// (t > 85) + (t > 170), two saturating subtractions and minimums.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn tq1_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let ones16 = _mm256_set1_epi16(1);
+    let (k85, k170, one) = (_mm256_set1_epi8(85), _mm256_set1_epi8(170u8 as i8), _mm256_set1_epi8(1));
+    let digits = |t: __m256i| {
+        let a = _mm256_min_epu8(_mm256_subs_epu8(t, k85), one);
+        _mm256_add_epi8(a, _mm256_min_epu8(_mm256_subs_epu8(t, k170), one))
+    };
+    // Bytes times c mod 256, c per 16-bit lane (both bytes of a lane the same).
+    let lo_bytes = _mm256_set1_epi16(0x00ff);
+    let mul8 = |v: __m256i, c: __m256i| {
+        let lo = _mm256_and_si256(_mm256_mullo_epi16(v, c), lo_bytes);
+        _mm256_or_si256(lo, _mm256_mullo_epi16(_mm256_andnot_si256(lo_bytes, v), c))
+    };
+    let by_1_3 = _mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+    let by_qh = _mm_setr_epi16(1, 1, 3, 3, 9, 9, 27, 27);
+    let pf = prefetch_distance();
+    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        prefetch(block.as_ptr(), pf);
+        // SAFETY (all loads): block has 54 bytes, qb 256.
+        let a = |k: usize| _mm256_loadu_si256(qb.as_ptr().add(32 * k).cast());
+        let dot = |acc: __m256i, codes: __m256i, k: usize| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, a(k)), ones16))
+        };
+        let mut acc = _mm256_setzero_si256();
+        let mut t = _mm256_loadu_si256(block.as_ptr().cast());
+        for k in 0..5 {
+            acc = dot(acc, digits(t), k);
+            t = _mm256_add_epi8(t, _mm256_add_epi8(t, t));
+        }
+        let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.as_ptr().add(32).cast()));
+        let p01 = mul8(x, by_1_3);
+        acc = dot(acc, digits(p01), 5);
+        acc = dot(acc, digits(mul8(p01, _mm256_set1_epi16(9))), 6);
+        let p4 = mul8(p01, _mm256_set1_epi16(81));
+        let h = _mm_set1_epi32(block.as_ptr().add(48).cast::<i32>().read_unaligned());
+        let hd = _mm256_castsi256_si128(mul8(_mm256_castsi128_si256(h), _mm256_castsi128_si256(by_qh)));
+        acc = dot(acc, digits(_mm256_inserti128_si256(p4, hd, 1)), 7);
+        *o = hsum_i32(acc);
+    }
+}
+
+/// TQ1_0 with AVX-512 VNNI: the digits of a block in four 64-byte vectors
+/// that line up with activations 0..64, 64..128, 128..192, 192..256 (the
+/// 32 first bytes broadcast to both halves and multiplied by 1 | 3, then 9,
+/// 81; the next 16 to all four quarters by 1 | 3 | 9 | 27, then 81; the
+/// last 4 by 1, 3, 9, 27), each digit vector one vpdpbusd: about half the
+/// operations of the AVX2 kernel per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let (k85, k170, one) = (_mm512_set1_epi8(85), _mm512_set1_epi8(170u8 as i8), _mm512_set1_epi8(1));
+    let digits = |t: __m512i| {
+        let a = _mm512_min_epu8(_mm512_subs_epu8(t, k85), one);
+        _mm512_add_epi8(a, _mm512_min_epu8(_mm512_subs_epu8(t, k170), one))
+    };
+    let lo_bytes = _mm512_set1_epi16(0x00ff);
+    // Bytes times c mod 256, c per 16-bit lane.
+    let mul8 = |v: __m512i, c: __m512i| {
+        let lo = _mm512_and_si512(_mm512_mullo_epi16(v, c), lo_bytes);
+        _mm512_or_si512(lo, _mm512_mullo_epi16(_mm512_andnot_si512(lo_bytes, v), c))
+    };
+    let by_1_3 = _mm512_inserti64x4(_mm512_set1_epi16(1), _mm256_set1_epi16(3), 1);
+    let by_1_3_9_27 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_setr_epi16(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3)),
+        _mm256_setr_epi16(9, 9, 9, 9, 9, 9, 9, 9, 27, 27, 27, 27, 27, 27, 27, 27),
+        1,
+    );
+    // Low quarter: the 16 bytes times 81; next: the 4 bytes times 1, 3, 9, 27.
+    let by_81_qh = _mm512_castsi256_si512(_mm256_setr_epi16(81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27));
+    let pf = prefetch_distance();
+    for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
+        prefetch(block.as_ptr(), pf);
+        // SAFETY (all loads): block has 54 bytes, qb 256.
+        let b = block.as_ptr();
+        let p01 = mul8(_mm512_broadcast_i64x4(_mm256_loadu_si256(b.cast())), by_1_3);
+        let p23 = mul8(p01, _mm512_set1_epi16(9));
+        let p45 = mul8(p01, _mm512_set1_epi16(81));
+        let r = _mm_loadu_si128(b.add(32).cast());
+        let r0123 = mul8(_mm512_broadcast_i32x4(r), by_1_3_9_27);
+        let h = _mm_set1_epi32(b.add(48).cast::<i32>().read_unaligned());
+        let r4h = mul8(_mm512_castsi256_si512(_mm256_setr_m128i(r, h)), by_81_qh);
+        let v2 = _mm512_inserti64x4(p45, _mm512_castsi512_si256(r0123), 1);
+        let v3 = _mm512_inserti64x4(r0123, _mm512_castsi512_si256(r4h), 0);
+        let v3 = _mm512_shuffle_i64x2(v3, v3, 0b01_00_11_10);
+        let a = |k: usize| _mm512_loadu_si512(qb.as_ptr().add(64 * k).cast());
+        let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits(p01), a(0));
+        acc = _mm512_dpbusd_epi32(acc, digits(p23), a(1));
+        acc = _mm512_dpbusd_epi32(acc, digits(v2), a(2));
+        acc = _mm512_dpbusd_epi32(acc, digits(v3), a(3));
+        *o = hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)));
+    }
+}
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn tq2_block_dots_x4_avx2(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    for (b, block) in row.chunks_exact(66).enumerate() {
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for j in [0usize, 32] {
+            // SAFETY (all loads): block has 66 bytes; each q has 256 per block.
+            let w = _mm256_loadu_si256(block.as_ptr().add(j).cast());
+            let planes = [
+                _mm256_and_si256(w, mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            ];
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let qb = q[t].as_ptr().add(b * 256 + j * 4);
+                for (l, codes) in planes.iter().enumerate() {
+                    let a = _mm256_loadu_si256(qb.add(l * 32).cast());
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_maddubs_epi16(*codes, a), ones));
+                }
+            }
+        }
+        for (t, acc) in acc.into_iter().enumerate() {
+            out[t][b] = hsum_i32(acc);
+        }
+    }
+}
+
+/// Four tokens against one row: the codes are unpacked once and used four
+/// times (prompt processing; the row is read once per four tokens).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for (b, block) in row.chunks_exact(32).enumerate() {
+        // SAFETY (all loads): block has 32 bytes; each q has 128 per block.
+        let w = _mm256_loadu_si256(block.as_ptr().cast());
+        let planes = [
+            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+            _mm256_and_si256(w, mask),
+        ];
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let qb = q[t].as_ptr().add(b * 128);
+            for (k, codes) in planes.iter().enumerate() {
+                let a = _mm256_loadu_si256(qb.add(k * 32).cast());
+                let p = _mm256_maddubs_epi16(*codes, a);
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    acc.map(|a| hsum_i32(a))
+}
+
+/// `N` tokens at once (a multiple of 4) with AVX-512 VNNI on prepared
+/// (interleaved) activations: each 64 bytes of weights unpacked once for
+/// all N, one 64-byte load per plane and token (the plain layout took two
+/// 32-byte loads and an insert).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn dot_i2s_xn_vnni_interleaved<const N: usize>(
+    row: &[u8],
+    qi: [&[i8]; N],
+    q: [&[i8]; N],
+) -> [i32; N] {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_si512(); N];
+    let pairs = row.len() / 64;
+    for p in 0..pairs {
+        // SAFETY (all loads): within row and each qi by the loop bound.
+        let w = _mm512_loadu_si512(row.as_ptr().add(p * 64).cast());
+        let planes = [
+            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+            _mm512_and_si512(w, mask),
+        ];
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = qi[t].as_ptr().add(p * 256);
+            for (k, codes) in planes.iter().enumerate() {
+                *acc = _mm512_dpbusd_epi32(*acc, *codes, _mm512_loadu_si512(a.add(64 * k).cast()));
+            }
+        }
+    }
+    let mut out = acc.map(|a| _mm512_reduce_add_epi32(a));
+    if !row.len().is_multiple_of(64) {
+        for t in (0..N).step_by(4) {
+            let tail =
+                [&q[t][pairs * 256..], &q[t + 1][pairs * 256..], &q[t + 2][pairs * 256..], &q[t + 3][pairs * 256..]];
+            let rest = dot_i2s_x4_avx2(&row[pairs * 64..], tail);
+            for (o, r) in out[t..t + 4].iter_mut().zip(rest) {
+                *o += r;
+            }
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 16 * 16;
+    let pf = prefetch_distance();
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 16 <= n <= row.len() == x.len().
+        let h0 = _mm_loadu_si128(row.as_ptr().add(i).cast());
+        if i % 32 == 0 {
+            prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
+        }
+        let h1 = _mm_loadu_si128(row.as_ptr().add(i + 8).cast());
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+        i += 16;
+    }
+    let s = _mm256_add_ps(a0, a1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s) + dot_f16_scalar(&row[n..], &x[n..])
+}
+
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dot_f16_avx512(row: &[f16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 32 * 32;
+    let pf = prefetch_distance();
+    let mut a0 = _mm512_setzero_ps();
+    let mut a1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 32 <= n <= row.len() == x.len().
+        let h0 = _mm256_loadu_si256(row.as_ptr().add(i).cast());
+        prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
+        let h1 = _mm256_loadu_si256(row.as_ptr().add(i + 16).cast());
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(h0), _mm512_loadu_ps(x.as_ptr().add(i)), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h1), _mm512_loadu_ps(x.as_ptr().add(i + 16)), a1);
+        i += 32;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + dot_f16_avx2(&row[n..], &x[n..])
+}
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn q8_0_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    let blocks = out.len().min(row.len() / Q8_0_BLOCK).min(q.len() / 32);
+    for (b, o) in out.iter_mut().enumerate().take(blocks) {
+        // SAFETY: block b lies within row and q (bounded above).
+        let w = _mm256_loadu_si256(row.as_ptr().add(b * Q8_0_BLOCK + 2).cast());
+        let x = _mm256_loadu_si256(q.as_ptr().add(b * 32).cast());
+        // |w| (as unsigned, exact even for -128) times x with w's sign:
+        // x is within -127..=127 so negating it cannot overflow, and pair
+        // sums stay below 2 * 128 * 127, inside i16.
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        *o = hsum_i32(_mm256_madd_epi16(p, ones));
+    }
+}
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let m4 = _mm256_set1_epi8(0xF);
+    let m2 = _mm256_set1_epi8(3);
+    let offset = _mm256_set1_epi8(32);
+    let blocks = out.len().min(row.len() / Q6K_BLOCK).min(q.len() / 256);
+    for (b, o) in out.iter_mut().enumerate().take(blocks) {
+        let blk = row.as_ptr().add(b * Q6K_BLOCK);
+        let sc = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
+        let mut acc = _mm256_setzero_si256();
+        for half in 0..2 {
+            // SAFETY (all loads): inside block b of row and of q.
+            let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
+            let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
+            let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
+            let vals = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                ),
+            ];
+            for (part, w) in vals.into_iter().enumerate() {
+                let x = _mm256_loadu_si256(q.as_ptr().add(b * 256 + half * 128 + part * 32).cast());
+                // (w - 32) x per pair: w in 0..=63 unsigned; |sum| <= 2*32*128.
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), _mm256_maddubs_epi16(offset, x));
+                // Elements 0..16 of this part use scale j, 16..32 scale j + 1.
+                let j = half * 8 + part * 2;
+                let s = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[j + 1])), _mm_set1_epi16(i16::from(sc[j])));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+            }
+        }
+        *o = hsum_i32(acc);
+    }
+}
