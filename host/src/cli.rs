@@ -326,7 +326,12 @@ fn select(model: Option<&std::path::Path>, format: Option<&str>, explain: bool, 
     for (i, c) in sel.candidates.iter().enumerate() {
         let how = match &c.launch {
             Launch::Bundled { path } | Launch::Path { path } => path.display().to_string(),
-            Launch::Builtin => "the host's own engine (bitnet-host runner)".into(),
+            Launch::Builtin => {
+                // The kernels the engine will pick on the reported CPU.
+                let forced = std::env::var("BITNET_KERNEL").unwrap_or_default();
+                let isa = bitnet_ternary::kernels::isa_for(&report.cpu.arch, &|f| report.cpu.has(f), &forced);
+                format!("the host's own engine (bitnet-host runner): {}", isa.describe())
+            }
             Launch::Remote { url } => url.clone(),
         };
         text.push_str(&format!("  {}. {:<28} {}\n", i + 1, c.id, how));

@@ -24,7 +24,7 @@ pub const FEATURES: &[(&str, &str)] = &[
 
 #[cfg(target_arch = "aarch64")]
 pub const FEATURES: &[(&str, &str)] =
-    &[("neon", "asimd"), ("dotprod", "asimddp"), ("i8mm", "i8mm"), ("sve", "sve"), ("fp16", "fphp")];
+    &[("neon", "asimd"), ("dotprod", "asimddp"), ("i8mm", "i8mm"), ("sve", "sve"), ("sme", "sme"), ("fp16", "fphp")];
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub const FEATURES: &[(&str, &str)] = &[];
@@ -77,8 +77,40 @@ fn detect(name: &str) -> bool {
         "i8mm" => has!("i8mm"),
         "sve" => has!("sve"),
         "fp16" => has!("fp16"),
+        "sme" => sme(),
         _ => false,
     }
+}
+
+/// SME, where the OS says (std cannot detect it on stable Rust yet): Linux
+/// through the auxiliary vector's HWCAP2_SME bit, macOS through
+/// `hw.optional.arm.FEAT_SME`; Windows has no API for it (reported absent).
+#[cfg(target_arch = "aarch64")]
+fn sme() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const HWCAP2_SME: libc::c_ulong = 1 << 23;
+        // SAFETY: getauxval reads the process's auxiliary vector; no memory is passed.
+        unsafe { libc::getauxval(libc::AT_HWCAP2) & HWCAP2_SME != 0 }
+    }
+    #[cfg(target_os = "macos")]
+    {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>();
+        // SAFETY: a NUL-terminated name and an int-sized out buffer with its length.
+        let r = unsafe {
+            libc::sysctlbyname(
+                c"hw.optional.arm.FEAT_SME".as_ptr(),
+                (&raw mut value).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        r == 0 && value != 0
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    false
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

@@ -27,8 +27,15 @@ impl Drop for Runner {
 
 impl Runner {
     fn start(model: &str) -> Runner {
+        Runner::start_as(&[host_bin().to_str().unwrap()], model, Duration::from_secs(20))
+    }
+
+    /// The runner started by `argv` (the host binary, or an emulator and
+    /// a host built for another architecture).
+    fn start_as(argv: &[&str], model: &str, deadline: Duration) -> Runner {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(host_bin())
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
             .args(["runner", "--model", fixture_model(model).to_str().unwrap(), "--port", &port.to_string()])
             .args(["--api-key", "k", "--ctx-size", "256", "--threads", "1"])
             .stderr(Stdio::null())
@@ -42,7 +49,7 @@ impl Runner {
             if r.get("/health", false).0 == 200 {
                 return r;
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "runner never healthy");
+            assert!(t.elapsed() < deadline, "runner {argv:?} never healthy");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -140,4 +147,55 @@ fn a_runner_given_a_file_it_cannot_load_exits_with_llama_servers_message() {
         Command::new(host_bin()).args(["runner", "--model", bad.to_str().unwrap(), "--port", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error loading model"));
+}
+
+/// The greedy tokens `r` generates for each of the fixture's prompts.
+fn greedy_tokens(r: &Runner, prompts: &Value, n: usize) -> Vec<Vec<u64>> {
+    let mut all = Vec::new();
+    for p in prompts.as_array().unwrap() {
+        let (s, body) = r.post(
+            "/completion",
+            json!({"prompt": p["tokens"], "n_predict": n, "temperature": 0, "return_tokens": true}),
+        );
+        assert_eq!(s, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        all.push(v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect());
+    }
+    all
+}
+
+/// `BITNET_FOREIGN_HOST` names a host built for another architecture and
+/// how to run it (`scripts/cross-test` sets it to qemu-aarch64 and the
+/// aarch64 build): its runner must answer every fixture model's prompts
+/// with the same greedy tokens as this machine's, and both the golden
+/// references' where the fixtures have them.
+#[test]
+fn a_runner_built_for_another_architecture_answers_with_the_same_greedy_tokens() {
+    let Ok(foreign) = std::env::var("BITNET_FOREIGN_HOST") else {
+        eprintln!("skipped: BITNET_FOREIGN_HOST is not set (scripts/cross-test sets it)");
+        return;
+    };
+    let argv: Vec<&str> = foreign.split_whitespace().collect();
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(fixture_model("bitnet-b1.58-i2_s.golden.json")).unwrap()).unwrap();
+    let prompts = &golden["prompts"];
+    for (model, reference) in [
+        ("bitnet-b1.58-i2_s.gguf", Some(("bitnet-b1.58-i2_s.golden.json", "ref_i8tok"))),
+        ("bitnet-tq2_0.gguf", Some(("bitnet-tq2_0.golden.json", "ref_q8k"))),
+        ("bitnet-b1.58-tq2_0.gguf", None),
+        ("bitnet-tq1_0.gguf", None),
+    ] {
+        let here = greedy_tokens(&Runner::start(model), prompts, 8);
+        let there = greedy_tokens(&Runner::start_as(&argv, model, Duration::from_secs(300)), prompts, 8);
+        assert_eq!(there, here, "{model}: {foreign} vs this machine");
+        assert!(here.iter().all(|t| t.len() == 8), "{model}: {here:?}");
+        if let Some((file, key)) = reference {
+            let g: Value = serde_json::from_slice(&std::fs::read(fixture_model(file)).unwrap()).unwrap();
+            let want: Vec<u64> =
+                g["greedy"]["p0"][key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let n = want.len().min(8);
+            assert_eq!(there[0][..n], want[..n], "{model}: {foreign} vs the reference");
+        }
+        eprintln!("{model}: {} prompts, the same 8 greedy tokens each on both", here.len());
+    }
 }

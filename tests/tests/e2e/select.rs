@@ -36,6 +36,7 @@ fn an_installed_build_is_chosen_before_the_builtin_engine_and_skips_are_explaine
 
     let text = select(home.path(), &["--explain"], &env);
     assert!(text.contains("1. builtin"), "{text}");
+    assert!(text.contains("AVX2 kernels"), "{text}");
     assert!(text.contains("fits, but cpu/linux/llama-server is not installed"), "{text}");
     assert!(text.contains("needs an NVIDIA GPU"), "{text}");
 
@@ -82,4 +83,27 @@ fn select_reads_the_format_from_a_model_file_and_honours_the_config() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+}
+
+#[test]
+fn select_names_the_engines_kernels_for_an_arm_cpu_with_and_without_dotprod() {
+    let home = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(host_bin()).args(["hardware", "--json"]).env("BITNET_HOST_HOME", home.path()).output().unwrap();
+    let mut report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["os"]["family"] = json!("linux");
+    report["cpu"]["arch"] = json!("aarch64");
+    let file = home.path().join("report.json");
+    let env = [("BITNET_HOST_HARDWARE", file.to_str().unwrap())];
+    for (features, kernels) in [
+        (json!(["neon", "dotprod", "i8mm"]), "NEON kernels with sdot (dotprod)"),
+        (json!(["neon"]), "NEON kernels without sdot"),
+    ] {
+        report["cpu"]["features"] = features;
+        std::fs::write(&file, report.to_string()).unwrap();
+        let text = select(home.path(), &["--explain"], &env);
+        assert!(text.contains(kernels), "{text}");
+        // No x86 build is offered to an ARM CPU, and the skip says why.
+        assert!(text.contains("built for linux/x86_64, this is linux/aarch64"), "{text}");
+    }
 }

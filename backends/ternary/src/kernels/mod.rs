@@ -96,28 +96,77 @@ pub fn f16_le_to_f32(b: &[u8]) -> f32 {
     f32::from_bits(v.to_bits() | (h & 0x8000) << 16)
 }
 
+impl Isa {
+    /// In words, for `select --explain` and the engine's benches.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar reference kernels (no AVX2/FMA/F16C or NEON: slow)",
+            Isa::Avx2 => "AVX2 kernels (AVX-VNNI for I2_S where the CPU has it)",
+            Isa::Avx512Vnni => "AVX-512 VNNI kernels",
+            Isa::Neon => "NEON kernels without sdot (no dotprod: about twice the instructions per integer dot)",
+            Isa::NeonDot => "NEON kernels with sdot (dotprod)",
+        }
+    }
+}
+
+/// The kernels a CPU gets: `arch` as `std::env::consts::ARCH` names it,
+/// `has` its features by the names the probe reports (those of
+/// `is_x86_feature_detected!` / `is_aarch64_feature_detected!`), `forced`
+/// the value of `BITNET_KERNEL`. Pure, so selection can say which kernels
+/// the engine will run from a hardware report; `isa()` is this on the CPU
+/// at hand.
+pub fn isa_for(arch: &str, has: &dyn Fn(&str) -> bool, forced: &str) -> Isa {
+    if forced == "scalar" {
+        return Isa::Scalar;
+    }
+    match arch {
+        "x86_64" if has("avx2") && has("fma") && has("f16c") => {
+            let vnni = has("avx512f") && has("avx512bw") && has("avx512vnni");
+            if vnni && forced != "avx2" && forced != "avxvnni" {
+                Isa::Avx512Vnni
+            } else {
+                Isa::Avx2
+            }
+        }
+        // NEON is part of every aarch64 target.
+        "aarch64" if forced != "neon" && has("dotprod") => Isa::NeonDot,
+        "aarch64" => Isa::Neon,
+        _ => Isa::Scalar,
+    }
+}
+
+/// Whether this CPU has `feature` (of those `isa_for` asks about).
+fn detected(feature: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        match feature {
+            "avx2" => has!("avx2"),
+            "fma" => has!("fma"),
+            "f16c" => has!("f16c"),
+            "avx512f" => has!("avx512f"),
+            "avx512bw" => has!("avx512bw"),
+            "avx512vnni" => has!("avx512vnni"),
+            _ => false,
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        feature == "dotprod" && std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = feature;
+        false
+    }
+}
+
+/// The kernels this process runs, chosen once.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         let forced = std::env::var("BITNET_KERNEL").unwrap_or_default();
-        if forced == "scalar" {
-            return Isa::Scalar;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            let vnni = is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni");
-            return if vnni && forced != "avx2" && forced != "avxvnni" { Isa::Avx512Vnni } else { Isa::Avx2 };
-        }
-        #[cfg(target_arch = "aarch64")]
-        return if forced != "neon" && std::arch::is_aarch64_feature_detected!("dotprod") {
-            Isa::NeonDot
-        } else {
-            Isa::Neon
-        };
-        #[cfg(not(target_arch = "aarch64"))]
-        Isa::Scalar
+        isa_for(std::env::consts::ARCH, &detected, &forced)
     })
 }
 
@@ -582,6 +631,26 @@ mod tests {
             }
             assert_eq!(dot_i2s_xn_prepared::<4>(&row, std::array::from_fn(|t| &prepared[t]))[..], got8[..4]);
         }
+    }
+
+    #[test]
+    fn the_kernel_choice_follows_the_cpu_features_and_the_override() {
+        let cpu = |features: &'static [&'static str]| move |f: &str| features.contains(&f);
+        let x86_avx512 = cpu(&["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni"]);
+        assert_eq!(isa_for("x86_64", &x86_avx512, ""), Isa::Avx512Vnni);
+        assert_eq!(isa_for("x86_64", &x86_avx512, "avx2"), Isa::Avx2);
+        assert_eq!(isa_for("x86_64", &x86_avx512, "scalar"), Isa::Scalar);
+        assert_eq!(isa_for("x86_64", &cpu(&["avx2", "fma", "f16c"]), ""), Isa::Avx2);
+        // AVX2 without FMA/F16C (some VIA and early parts): references.
+        assert_eq!(isa_for("x86_64", &cpu(&["avx2"]), ""), Isa::Scalar);
+        assert_eq!(isa_for("aarch64", &cpu(&["neon", "dotprod"]), ""), Isa::NeonDot);
+        assert_eq!(isa_for("aarch64", &cpu(&["neon", "dotprod"]), "neon"), Isa::Neon);
+        assert_eq!(isa_for("aarch64", &cpu(&["neon"]), ""), Isa::Neon);
+        assert_eq!(isa_for("aarch64", &cpu(&["neon"]), "scalar"), Isa::Scalar);
+        assert_eq!(isa_for("riscv64", &cpu(&[]), ""), Isa::Scalar);
+        // This process's choice is the pure function's on this CPU.
+        let forced = std::env::var("BITNET_KERNEL").unwrap_or_default();
+        assert_eq!(isa(), isa_for(std::env::consts::ARCH, &detected, &forced));
     }
 
     #[test]
