@@ -211,13 +211,13 @@ fn run_daemon() -> anyhow::Result<()> {
         if !won {
             eprintln!("bitnet-host: a daemon is already running for this user");
         }
+        Ok(())
     }
     #[cfg(not(unix))]
     {
         let _ = (app, rt);
-        anyhow::bail!("the daemon needs a named-pipe transport on this OS, which is not built yet");
+        Err(anyhow::anyhow!("the daemon needs a named-pipe transport on this OS, which is not built yet"))
     }
-    Ok(())
 }
 
 fn run_native(caller: Caller) -> anyhow::Result<()> {

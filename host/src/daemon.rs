@@ -18,6 +18,8 @@
 //!   and exits. No request is cut.
 //!
 //! Unix only for now: Windows needs a named pipe with an owner-only ACL.
+//! Until that transport shares this code, most of it is unused there.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

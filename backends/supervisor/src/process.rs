@@ -8,8 +8,8 @@
 //! a dead owner's children are found by [`crate::sweep`] at the next start.
 //! Windows: the host puts itself in a Job Object with kill-on-close before
 //! its first spawn; children inherit the job, and when the host dies its
-//! handle closes and Windows kills them all. (Not compiled on this project's
-//! Linux CI: kept to the few lines of `win32job` below.)
+//! handle closes and Windows kills them all (the few lines of `win32job`
+//! below; linted and unit-tested for Windows by scripts/cross-test).
 //! macOS: process group + the sweep; a watchdog pipe is still to come.
 
 use std::io;
@@ -54,7 +54,7 @@ fn owner_job() {
             let job = win32job::Job::create()?;
             let mut info = job.query_extended_limit_info()?;
             info.limit_kill_on_job_close();
-            job.set_extended_limit_info(&mut info)?;
+            job.set_extended_limit_info(&info)?;
             job.assign_current_process()?;
             Ok(job)
         };

@@ -74,8 +74,11 @@ fn the_http_api_needs_the_token_our_host_name_and_no_origin_and_serves_the_share
     assert!(server_pid.is_u64(), "{r}");
     let token_file = home.path().join("config/http-token");
     let token = std::fs::read_to_string(&token_file).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     let host = format!("127.0.0.1:{port}");
     let auth = format!("Bearer {token}");
     let chat = json!({"messages": [{"role": "user", "content": "[[tokens 4]] hi"}]}).to_string();

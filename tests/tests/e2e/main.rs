@@ -3,11 +3,16 @@
 
 mod browser;
 mod cli;
+// The daemon is Unix-only until its named-pipe transport exists.
+#[cfg(unix)]
 mod daemon;
 mod extension_ui;
 mod hardware;
 mod http_api;
 mod infer;
+// Linux and macOS layouts, file modes and systemd; Windows install is the
+// installer crate's unit tests (registry under Wine) for now.
+#[cfg(unix)]
 mod install;
 mod legacy;
 mod native;
