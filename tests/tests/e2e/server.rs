@@ -208,6 +208,58 @@ fn the_server_dies_within_two_seconds_of_the_host_being_sigkilled() {
     assert!(took.is_some(), "server {pid} outlived its host");
 }
 
+/// The processes whose process group is `pgid` (Linux /proc).
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the ")" ending the command: state, ppid, pgrp.
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if fields.first() != Some(&"Z") && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// What macOS and the BSDs rely on (they have no parent-death signal):
+/// with PR_SET_PDEATHSIG off, the pipe guard alone ends the server.
+#[test]
+fn with_the_parent_death_signal_off_the_pipe_guard_ends_the_server_of_a_sigkilled_host() {
+    let (home, report) = home_with_server(&[]);
+    let env = [("BITNET_HOST_HARDWARE", report.as_str()), ("BITNET_PARENT_DEATH", "guard")];
+    let mut b = FakeBrowser::spawn_in_home(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), &env, home);
+    let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+    let pid = r["result"]["pid"].as_u64().expect("pid") as u32;
+    // The server leads its group, and one guard shares it.
+    let members = group_members(pid);
+    assert_eq!(members.len(), 2, "group {pid}: {members:?}");
+    let guard = *members.iter().find(|&&p| p != pid).unwrap();
+    // No parent-death signal was asked for: only the guard can end it.
+    b.kill();
+    let took = gone_within(pid, Duration::from_secs(2));
+    assert!(took.is_some(), "server {pid} outlived its host (guard {guard})");
+    assert!(gone_within(guard, Duration::from_secs(2)).is_some(), "guard {guard} outlived its server");
+}
+
+/// A normal unload ends the guard with its server: none are left behind.
+#[test]
+fn an_unloaded_servers_guard_goes_with_it() {
+    let (home, report) = home_with_server(&[]);
+    let env = [("BITNET_HOST_HARDWARE", report.as_str()), ("BITNET_PARENT_DEATH", "guard")];
+    let mut b = FakeBrowser::spawn_in_home(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), &env, home);
+    let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+    let pid = r["result"]["pid"].as_u64().expect("pid") as u32;
+    let members = group_members(pid);
+    assert_eq!(members.len(), 2, "group {pid}: {members:?}");
+    let r = b.request(&json!({"id": "u", "type": "unload_model"}));
+    assert_eq!(r["ok"], true, "{r}");
+    for p in members {
+        assert!(gone_within(p, Duration::from_secs(5)).is_some(), "{p} of group {pid} is still there");
+    }
+}
+
 #[test]
 fn servers_left_by_a_dead_host_are_swept_at_start_but_only_when_argv_matches() {
     let (home, report) = home_with_server(&[]);
