@@ -95,8 +95,17 @@ struct Done {
     before: Option<Vec<u8>>,
 }
 
+/// A registry key install set, and its default value before (None: the
+/// key did not exist or held no string).
+struct KeyDone {
+    hive: String,
+    key: String,
+    before: Option<String>,
+}
+
 struct Tx {
     done: Vec<Done>,
+    keys: Vec<KeyDone>,
     writes: usize,
     fail_after: Option<usize>,
 }
@@ -131,8 +140,25 @@ impl Tx {
         Ok(change)
     }
 
+    /// Point `hive\key` at `manifest`, remembering what it held.
+    fn set_key(&mut self, hive: &str, key: &str, manifest: &Path) -> Result<(), InstallError> {
+        let before = crate::registry::get_default(hive, key);
+        if before.as_deref() == manifest.to_str() {
+            return Ok(());
+        }
+        crate::registry::set_default(hive, key, manifest)?;
+        self.keys.push(KeyDone { hive: hive.into(), key: key.into(), before });
+        Ok(())
+    }
+
     /// Put everything back as it was.
     fn rollback(self) {
+        for k in self.keys.iter().rev() {
+            let _ = match &k.before {
+                Some(v) => crate::registry::set_default(&k.hive, &k.key, Path::new(v)).map_err(|_| ()),
+                None => crate::registry::delete(&k.hive, &k.key).map_err(|_| ()),
+            };
+        }
         for d in self.done.into_iter().rev() {
             match d.before {
                 Some(b) => {
@@ -197,7 +223,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     for b in &browsers {
         let Some(t) = target(opts.os, *b, opts.scope, &opts.roots, &opts.name) else { continue };
         let ids = if b.family() == Family::Chromium { &chromium } else { &firefox };
-        let text = render(b.family(), &opts.name, &host_path, ids)?;
+        let text = render(opts.os, b.family(), &opts.name, &host_path, ids)?;
         plan.push((*b, t, text));
     }
     if opts.dry_run {
@@ -217,7 +243,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
             .collect();
         return Ok(InstallReport { host_path, configured, skipped, dry_run: true });
     }
-    let mut tx = Tx { done: Vec::new(), writes: 0, fail_after: opts.fail_after };
+    let mut tx = Tx { done: Vec::new(), keys: Vec::new(), writes: 0, fail_after: opts.fail_after };
     let result = (|| -> Result<(Vec<Configured>, Record), InstallError> {
         let mut record = Record::load(&opts.record_path);
         if !opts.in_place && host_path != opts.host_source {
@@ -238,7 +264,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
                 }
                 Target::Registry { hive, key, manifest } => {
                     let c = tx.write(manifest, text.as_bytes(), false)?;
-                    crate::registry::set_default(hive, key, manifest)?;
+                    tx.set_key(hive, key, manifest)?;
                     if !record.files.contains(manifest) {
                         record.files.push(manifest.clone());
                     }
@@ -288,4 +314,101 @@ pub fn uninstall(record_path: &Path) -> UninstallReport {
     }
     let _ = std::fs::remove_file(record_path);
     UninstallReport { removed, registry_removed }
+}
+
+/// Install and uninstall against the real registry: Windows only (under
+/// Wine in scripts/cross-test). Each run uses its own host name, so keys
+/// of other runs or a real install are never touched.
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+    use crate::locations::{Os, Roots, Scope, ALL_BROWSERS};
+    use crate::registry;
+
+    fn options(dir: &Path, name: &str) -> InstallOptions {
+        let host_source = dir.join("bitnet-host.exe");
+        std::fs::write(&host_source, b"MZ not really").unwrap();
+        InstallOptions {
+            os: Os::Windows,
+            browsers: ALL_BROWSERS.to_vec(),
+            scope: Scope::User,
+            name: name.into(),
+            chromium_ids: vec!["abcdefghijklmnopabcdefghijklmnop".into()],
+            firefox_ids: vec!["tabagent@example.org".into()],
+            host_source,
+            in_place: false,
+            roots: Roots { home: dir.into(), config_home: dir.join("config"), manifest_dir: dir.join("manifests") },
+            bin_dir: dir.join("bin"),
+            record_path: dir.join("install-record.json"),
+            dry_run: false,
+            fail_after: None,
+        }
+    }
+
+    fn keys(name: &str) -> Vec<String> {
+        ALL_BROWSERS
+            .iter()
+            .filter_map(|b| match crate::locations::target(Os::Windows, *b, Scope::User, &roots_any(), name) {
+                Some(Target::Registry { key, .. }) => Some(key),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn roots_any() -> Roots {
+        Roots { home: "C:\\".into(), config_home: "C:\\".into(), manifest_dir: "C:\\".into() }
+    }
+
+    #[test]
+    fn install_points_hkcu_keys_at_manifests_for_every_browser_and_uninstall_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("com.bitnet.test{}", std::process::id());
+        let opts = options(dir.path(), &name);
+        let report = install(&opts).unwrap();
+        assert_eq!(report.configured.len(), ALL_BROWSERS.len(), "{report:?}");
+        for c in &report.configured {
+            let Target::Registry { hive, key, manifest } = &c.target else { panic!("{c:?}") };
+            assert_eq!(hive, "HKCU");
+            // Read back from the registry: the default value is the manifest's path.
+            assert_eq!(registry::get_default(hive, key).as_deref(), manifest.to_str(), "{key}");
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+            assert_eq!(m["name"], name.as_str());
+            assert_eq!(m["path"], report.host_path.to_str().unwrap());
+        }
+        assert!(report.host_path.exists());
+        // Again: nothing changes.
+        let again = install(&opts).unwrap();
+        assert!(again.configured.iter().all(|c| c.change == Change::Unchanged), "{again:?}");
+
+        let removed = uninstall(&opts.record_path);
+        // Opera shares Chrome's key: eight distinct keys.
+        assert_eq!(removed.registry_removed.len(), 8, "{removed:?}");
+        for key in keys(&name) {
+            assert_eq!(registry::get_default("HKCU", &key), None, "{key} is still there");
+        }
+        for c in &report.configured {
+            let Target::Registry { manifest, .. } = &c.target else { unreachable!() };
+            assert!(!manifest.exists(), "{}", manifest.display());
+        }
+        assert!(!report.host_path.exists());
+        assert!(!opts.record_path.exists());
+    }
+
+    #[test]
+    fn a_failed_install_puts_every_key_back_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("com.bitnet.rollback{}", std::process::id());
+        let chrome = format!(r"Software\Google\Chrome\NativeMessagingHosts\{name}");
+        registry::set_default("HKCU", &chrome, Path::new(r"C:\old\manifest.json")).unwrap();
+        let mut opts = options(dir.path(), &name);
+        // The binary and the Chromium-family manifest are written and every
+        // Chromium-family key set; then the Firefox manifest's write fails.
+        opts.fail_after = Some(2);
+        assert!(install(&opts).is_err());
+        assert_eq!(registry::get_default("HKCU", &chrome).as_deref(), Some(r"C:\old\manifest.json"));
+        for key in keys(&name).into_iter().filter(|k| *k != chrome) {
+            assert_eq!(registry::get_default("HKCU", &key), None, "{key} was left behind");
+        }
+        registry::delete("HKCU", &chrome).unwrap();
+    }
 }

@@ -21,6 +21,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::locations::Os;
+
 const CHROMIUM_TEMPLATE: &str = include_str!("../../manifests/chromium.json");
 const FIREFOX_TEMPLATE: &str = include_str!("../../manifests/firefox.json");
 
@@ -74,12 +76,20 @@ fn valid_firefox_id(id: &str) -> bool {
 
 /// Renders the manifest for `family`. Returns the JSON text, ready to be
 /// written as `<name>.json`.
-pub fn render(family: Family, name: &str, host_path: &Path, extension_ids: &[&str]) -> Result<String, InstallerError> {
+/// The manifest for a host at `host_path` on `os` (absolute by that OS's
+/// rule, whichever OS renders it).
+pub fn render(
+    os: Os,
+    family: Family,
+    name: &str,
+    host_path: &Path,
+    extension_ids: &[&str],
+) -> Result<String, InstallerError> {
     if !valid_name(name) {
         return Err(InstallerError::BadName(name.into()));
     }
     let path = host_path.to_string_lossy();
-    if !host_path.is_absolute() {
+    if !os.is_absolute(&path) {
         return Err(InstallerError::RelativePath(path.into_owned()));
     }
     if extension_ids.is_empty() {
@@ -117,9 +127,14 @@ mod tests {
 
     #[test]
     fn chromium_manifest_has_origins_with_trailing_slash() {
-        let text =
-            render(Family::Chromium, DEFAULT_NAME, Path::new("/opt/bitnet/bitnet-host"), &[TABAGENT_EXTENSION_ID])
-                .unwrap();
+        let text = render(
+            Os::Linux,
+            Family::Chromium,
+            DEFAULT_NAME,
+            Path::new("/opt/bitnet/bitnet-host"),
+            &[TABAGENT_EXTENSION_ID],
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["name"], DEFAULT_NAME);
         assert_eq!(v["type"], "stdio");
@@ -130,7 +145,8 @@ mod tests {
 
     #[test]
     fn firefox_manifest_has_allowed_extensions_and_never_origins() {
-        let text = render(Family::Firefox, TABAGENT_NAME, Path::new("/opt/b"), &["tabagent@example.org"]).unwrap();
+        let text =
+            render(Os::Linux, Family::Firefox, TABAGENT_NAME, Path::new("/opt/b"), &["tabagent@example.org"]).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["allowed_extensions"], json!(["tabagent@example.org"]));
         assert!(v.get("allowed_origins").is_none());
@@ -139,24 +155,40 @@ mod tests {
     #[test]
     fn paths_with_quotes_and_backslashes_stay_valid_json() {
         let p = Path::new("/home/o\"brien/b\\in/bitnet-host");
-        let v: Value = serde_json::from_str(&render(Family::Firefox, "a.b", p, &["x@y"]).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&render(Os::Linux, Family::Firefox, "a.b", p, &["x@y"]).unwrap()).unwrap();
         assert_eq!(v["path"], "/home/o\"brien/b\\in/bitnet-host");
+    }
+
+    #[test]
+    fn a_windows_manifest_takes_a_windows_path_wherever_it_is_rendered() {
+        let exe = Path::new(r"C:\Users\a b\AppData\Local\bitnet\bitnet-host.exe");
+        let text = render(Os::Windows, Family::Chromium, DEFAULT_NAME, exe, &[TABAGENT_EXTENSION_ID]).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["path"], r"C:\Users\a b\AppData\Local\bitnet\bitnet-host.exe");
+        let unix = render(Os::Windows, Family::Chromium, DEFAULT_NAME, Path::new("/opt/x"), &[TABAGENT_EXTENSION_ID]);
+        assert!(matches!(unix, Err(InstallerError::RelativePath(_))));
     }
 
     #[test]
     fn every_browser_rule_is_a_typed_error() {
         let p = Path::new("/x");
         assert_eq!(
-            render(Family::Chromium, "Com.Bad", p, &[TABAGENT_EXTENSION_ID]),
+            render(Os::Linux, Family::Chromium, "Com.Bad", p, &[TABAGENT_EXTENSION_ID]),
             Err(InstallerError::BadName("Com.Bad".into()))
         );
         assert!(matches!(
-            render(Family::Chromium, "a.b", Path::new("rel/host"), &[TABAGENT_EXTENSION_ID]),
+            render(Os::Linux, Family::Chromium, "a.b", Path::new("rel/host"), &[TABAGENT_EXTENSION_ID]),
             Err(InstallerError::RelativePath(_))
         ));
-        assert!(matches!(render(Family::Chromium, "a.b", p, &["xyz"]), Err(InstallerError::BadChromiumId(_))));
-        assert!(matches!(render(Family::Firefox, "a.b", p, &["no spaces@x y"]), Err(InstallerError::BadFirefoxId(_))));
-        assert_eq!(render(Family::Firefox, "a.b", p, &[]), Err(InstallerError::NoExtensions));
+        assert!(matches!(
+            render(Os::Linux, Family::Chromium, "a.b", p, &["xyz"]),
+            Err(InstallerError::BadChromiumId(_))
+        ));
+        assert!(matches!(
+            render(Os::Linux, Family::Firefox, "a.b", p, &["no spaces@x y"]),
+            Err(InstallerError::BadFirefoxId(_))
+        ));
+        assert_eq!(render(Os::Linux, Family::Firefox, "a.b", p, &[]), Err(InstallerError::NoExtensions));
         assert!(valid_firefox_id("{12345678-1234-1234-1234-123456789012}"));
         assert!(!valid_name(".a") && !valid_name("a..b") && valid_name("com.bitnet.host"));
     }

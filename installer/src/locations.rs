@@ -77,6 +77,32 @@ impl Os {
             _ => Os::Linux,
         }
     }
+
+    /// Whether `path` is absolute on this OS, judged the same wherever the
+    /// code runs: `/...` on Linux and macOS; `C:\...` (or `C:/...`) and
+    /// `\\server\share` on Windows.
+    pub fn is_absolute(self, path: &str) -> bool {
+        match self {
+            Os::Linux | Os::Macos => path.starts_with('/'),
+            Os::Windows => {
+                let b = path.as_bytes();
+                (b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && (b[2] == b'\\' || b[2] == b'/'))
+                    || path.starts_with(r"\\")
+            }
+        }
+    }
+
+    /// `base` and the `/`-separated `rel` joined with this OS's separator,
+    /// so a table of another OS's paths reads the same on every OS.
+    pub fn join(self, base: &Path, rel: &str) -> PathBuf {
+        let (sep, rel) = match self {
+            Os::Windows => ('\\', rel.replace('/', "\\")),
+            Os::Linux | Os::Macos => ('/', rel.to_owned()),
+        };
+        let base = base.to_string_lossy();
+        let base = base.trim_end_matches(['/', sep]);
+        PathBuf::from(format!("{base}{sep}{rel}"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,22 +138,22 @@ pub struct Roots {
 /// None where that browser has no such location.
 pub fn target(os: Os, browser: Browser, scope: Scope, roots: &Roots, name: &str) -> Option<Target> {
     let file = format!("{name}.json");
-    let in_dir = |d: PathBuf| Some(Target::File { path: d.join(&file) });
+    let in_dir = |d: PathBuf| Some(Target::File { path: os.join(&d, &file) });
     use Browser::*;
     match (os, scope) {
         (Os::Linux, Scope::User) => {
-            let c = &roots.config_home;
-            let h = &roots.home;
+            let c = |rel| os.join(&roots.config_home, rel);
+            let h = |rel| os.join(&roots.home, rel);
             in_dir(match browser {
-                Chrome => c.join("google-chrome/NativeMessagingHosts"),
-                Chromium => c.join("chromium/NativeMessagingHosts"),
-                Edge => c.join("microsoft-edge/NativeMessagingHosts"),
-                Brave => c.join("BraveSoftware/Brave-Browser/NativeMessagingHosts"),
-                Vivaldi => c.join("vivaldi/NativeMessagingHosts"),
-                Opera => c.join("opera/NativeMessagingHosts"),
-                Firefox => h.join(".mozilla/native-messaging-hosts"),
-                Librewolf => h.join(".librewolf/native-messaging-hosts"),
-                Waterfox => h.join(".waterfox/native-messaging-hosts"),
+                Chrome => c("google-chrome/NativeMessagingHosts"),
+                Chromium => c("chromium/NativeMessagingHosts"),
+                Edge => c("microsoft-edge/NativeMessagingHosts"),
+                Brave => c("BraveSoftware/Brave-Browser/NativeMessagingHosts"),
+                Vivaldi => c("vivaldi/NativeMessagingHosts"),
+                Opera => c("opera/NativeMessagingHosts"),
+                Firefox => h(".mozilla/native-messaging-hosts"),
+                Librewolf => h(".librewolf/native-messaging-hosts"),
+                Waterfox => h(".waterfox/native-messaging-hosts"),
             })
         }
         (Os::Linux, Scope::System) => in_dir(PathBuf::from(match browser {
@@ -142,17 +168,17 @@ pub fn target(os: Os, browser: Browser, scope: Scope, roots: &Roots, name: &str)
             Waterfox => "/usr/lib/waterfox/native-messaging-hosts",
         })),
         (Os::Macos, Scope::User) => {
-            let a = roots.home.join("Library/Application Support");
+            let a = |rel: &str| os.join(&roots.home, &format!("Library/Application Support/{rel}"));
             in_dir(match browser {
-                Chrome => a.join("Google/Chrome/NativeMessagingHosts"),
-                Chromium => a.join("Chromium/NativeMessagingHosts"),
-                Edge => a.join("Microsoft Edge/NativeMessagingHosts"),
-                Brave => a.join("BraveSoftware/Brave-Browser/NativeMessagingHosts"),
-                Vivaldi => a.join("Vivaldi/NativeMessagingHosts"),
-                Opera => a.join("com.operasoftware.Opera/NativeMessagingHosts"),
-                Firefox => a.join("Mozilla/NativeMessagingHosts"),
-                Librewolf => a.join("LibreWolf/NativeMessagingHosts"),
-                Waterfox => a.join("Waterfox/NativeMessagingHosts"),
+                Chrome => a("Google/Chrome/NativeMessagingHosts"),
+                Chromium => a("Chromium/NativeMessagingHosts"),
+                Edge => a("Microsoft Edge/NativeMessagingHosts"),
+                Brave => a("BraveSoftware/Brave-Browser/NativeMessagingHosts"),
+                Vivaldi => a("Vivaldi/NativeMessagingHosts"),
+                Opera => a("com.operasoftware.Opera/NativeMessagingHosts"),
+                Firefox => a("Mozilla/NativeMessagingHosts"),
+                Librewolf => a("LibreWolf/NativeMessagingHosts"),
+                Waterfox => a("Waterfox/NativeMessagingHosts"),
             })
         }
         (Os::Macos, Scope::System) => in_dir(PathBuf::from(match browser {
@@ -185,7 +211,7 @@ pub fn target(os: Os, browser: Browser, scope: Scope, roots: &Roots, name: &str)
             Some(Target::Registry {
                 hive: hive.into(),
                 key: format!(r"{vendor}\NativeMessagingHosts\{name}"),
-                manifest: roots.manifest_dir.join(family).join(&file),
+                manifest: os.join(&roots.manifest_dir, &format!("{family}/{file}")),
             })
         }
     }
@@ -325,11 +351,31 @@ mod tests {
         let Target::Registry { hive, key, manifest } = t else { panic!() };
         assert_eq!(hive, "HKCU");
         assert_eq!(key, r"Software\Microsoft\Edge\NativeMessagingHosts\com.bitnet.host");
-        assert!(manifest.ends_with("chromium/com.bitnet.host.json"));
+        assert_eq!(
+            manifest.to_str(),
+            Some(r"C:\Users\u\AppData\Roaming\bitnet\manifests\chromium\com.bitnet.host.json")
+        );
         let t = target(Os::Windows, Browser::Firefox, Scope::System, &roots(), "com.bitnet.host").unwrap();
         let Target::Registry { hive, key, manifest } = t else { panic!() };
         assert_eq!((hive.as_str(), key.as_str()), ("HKLM", r"Software\Mozilla\NativeMessagingHosts\com.bitnet.host"));
-        assert!(manifest.ends_with("firefox/com.bitnet.host.json"));
+        assert_eq!(
+            manifest.to_str(),
+            Some(r"C:\Users\u\AppData\Roaming\bitnet\manifests\firefox\com.bitnet.host.json")
+        );
+    }
+
+    #[test]
+    fn each_os_judges_and_joins_its_own_paths_wherever_this_runs() {
+        assert!(Os::Linux.is_absolute("/opt/x") && !Os::Linux.is_absolute("opt/x") && !Os::Linux.is_absolute(r"C:\x"));
+        assert!(Os::Macos.is_absolute("/Users/a") && !Os::Macos.is_absolute("Users/a"));
+        assert!(
+            Os::Windows.is_absolute(r"C:\x") && Os::Windows.is_absolute("d:/x") && Os::Windows.is_absolute(r"\\srv\s")
+        );
+        assert!(
+            !Os::Windows.is_absolute("/opt/x") && !Os::Windows.is_absolute(r"bin\x") && !Os::Windows.is_absolute("C:")
+        );
+        assert_eq!(Os::Linux.join(Path::new("/h/"), "a/b.json"), PathBuf::from("/h/a/b.json"));
+        assert_eq!(Os::Windows.join(Path::new(r"C:\d\"), "a/b.json").to_str(), Some(r"C:\d\a\b.json"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Windows registry writes, the only platform-specific part of installing:
-//! the key's default value is the manifest path. Thin on purpose (it cannot
-//! be compiled on this project's Linux CI); elsewhere it refuses.
+//! the key's default value is the manifest path. Thin on purpose; elsewhere
+//! it refuses. Run for real under Wine by scripts/cross-test (install.rs's
+//! Windows tests read every key back).
 
 use std::path::Path;
 
@@ -22,6 +23,19 @@ pub fn delete(hive: &str, key: &str) -> std::io::Result<()> {
     use winreg::enums::{HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE};
     let root = winreg::RegKey::predef(if hive == "HKLM" { HKEY_LOCAL_MACHINE } else { HKEY_CURRENT_USER });
     root.delete_subkey(key)
+}
+
+/// The key's default value, when the key exists and holds a string.
+#[cfg(windows)]
+pub fn get_default(hive: &str, key: &str) -> Option<String> {
+    use winreg::enums::{HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE};
+    let root = winreg::RegKey::predef(if hive == "HKLM" { HKEY_LOCAL_MACHINE } else { HKEY_CURRENT_USER });
+    root.open_subkey(key).ok()?.get_value::<String, _>("").ok()
+}
+
+#[cfg(not(windows))]
+pub fn get_default(_hive: &str, _key: &str) -> Option<String> {
+    None
 }
 
 #[cfg(not(windows))]

@@ -22,9 +22,11 @@ pub enum ServiceError {
     BadPath,
 }
 
-fn check(exec: &Path) -> Result<String, ServiceError> {
+/// `exec` as text, absolute by `os`'s rule (the file is for that OS,
+/// whichever OS renders it).
+fn check(os: Os, exec: &Path) -> Result<String, ServiceError> {
     let s = exec.to_string_lossy().into_owned();
-    if !exec.is_absolute() {
+    if !os.is_absolute(&s) {
         return Err(ServiceError::RelativePath(s));
     }
     if s.contains(['\n', '\r', '\0']) {
@@ -40,41 +42,27 @@ fn xml_escape(s: &str) -> String {
 /// The systemd user unit. The path is quoted the way systemd unquotes it
 /// (spaces survive; `\` and `"` escaped; `%` doubled for specifiers).
 pub fn systemd_unit(exec: &Path) -> Result<String, ServiceError> {
-    let s = check(exec)?;
+    let s = check(Os::Linux, exec)?;
     let quoted = format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%"));
     Ok(SYSTEMD.replace("{{exec}}", &quoted))
 }
 
 pub fn launchd_plist(exec: &Path) -> Result<String, ServiceError> {
-    Ok(LAUNCHD.replace("{{exec}}", &xml_escape(&check(exec)?)))
-}
-
-/// Whether `s` is an absolute Windows path (`C:\...` or `\\server\...`),
-/// judged the same on every OS.
-fn windows_absolute(s: &str) -> bool {
-    let b = s.as_bytes();
-    (b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && (b[2] == b'\\' || b[2] == b'/'))
-        || s.starts_with(r"\\")
+    Ok(LAUNCHD.replace("{{exec}}", &xml_escape(&check(Os::Macos, exec)?)))
 }
 
 /// The Task Scheduler XML (declared UTF-16: write it as UTF-16LE with a BOM).
 pub fn windows_task(exec: &Path, user: &str) -> Result<String, ServiceError> {
-    let s = exec.to_string_lossy().into_owned();
-    if !windows_absolute(&s) {
-        return Err(ServiceError::RelativePath(s));
-    }
-    if s.contains(['\n', '\r', '\0']) {
-        return Err(ServiceError::BadPath);
-    }
+    let s = check(Os::Windows, exec)?;
     Ok(WINDOWS_TASK.replace("{{exec}}", &xml_escape(&s)).replace("{{user}}", &xml_escape(user)))
 }
 
 /// Where the service file goes for the current user.
 pub fn location(os: Os, roots: &Roots) -> PathBuf {
     match os {
-        Os::Linux => roots.config_home.join("systemd/user").join(SYSTEMD_UNIT),
-        Os::Macos => roots.home.join("Library/LaunchAgents").join(format!("{LAUNCHD_LABEL}.plist")),
-        Os::Windows => roots.manifest_dir.join("bitnet-host-task.xml"),
+        Os::Linux => os.join(&roots.config_home, &format!("systemd/user/{SYSTEMD_UNIT}")),
+        Os::Macos => os.join(&roots.home, &format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist")),
+        Os::Windows => os.join(&roots.manifest_dir, "bitnet-host-task.xml"),
     }
 }
 
@@ -123,9 +111,9 @@ mod tests {
 
     #[test]
     fn each_os_has_its_place() {
-        let r = Roots { home: "/h".into(), config_home: "/h/.config".into(), manifest_dir: "/d/manifests".into() };
+        let r = Roots { home: "/h".into(), config_home: "/h/.config".into(), manifest_dir: r"C:\d\manifests".into() };
         assert_eq!(location(Os::Linux, &r), PathBuf::from("/h/.config/systemd/user/bitnet-host.service"));
         assert_eq!(location(Os::Macos, &r), PathBuf::from("/h/Library/LaunchAgents/org.bitnet.host.plist"));
-        assert_eq!(location(Os::Windows, &r), PathBuf::from("/d/manifests/bitnet-host-task.xml"));
+        assert_eq!(location(Os::Windows, &r), PathBuf::from(r"C:\d\manifests\bitnet-host-task.xml"));
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use bitnet_installer::locations::Os;
 use bitnet_installer::{render, Family};
 use serde_json::Value;
 
@@ -98,7 +99,7 @@ fn install_for_every_browser_writes_the_tables_manifests_and_uninstall_removes_t
     for (dir, family) in &expect {
         let file = dir.join("com.bitnet.host.json");
         let ids: &[&str] = if *family == Family::Chromium { &[CHROMIUM_ID] } else { &[FIREFOX_ID] };
-        let want = render(*family, "com.bitnet.host", &host, ids).unwrap();
+        let want = render(Os::current(), *family, "com.bitnet.host", &host, ids).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), want, "{file:?}");
     }
     assert!(configured.iter().all(|c| c["change"] == "created"));
