@@ -22,6 +22,7 @@ mod select;
 mod server;
 mod supervisor;
 mod update;
+mod windows;
 
 use std::path::Path;
 
