@@ -205,25 +205,16 @@ fn run_daemon() -> anyhow::Result<()> {
     let _guard = crate::logging::init(Some(&dirs), "info");
     let app = Arc::new(App::new(Some(dirs.clone())));
     let rt = runtime()?;
-    #[cfg(unix)]
-    {
-        let won = rt.block_on(crate::daemon::serve(app, &dirs))?;
-        if !won {
-            eprintln!("bitnet-host: a daemon is already running for this user");
-        }
-        Ok(())
+    let won = rt.block_on(crate::daemon::serve(app, &dirs))?;
+    if !won {
+        eprintln!("bitnet-host: a daemon is already running for this user");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (app, rt);
-        Err(anyhow::anyhow!("the daemon needs a named-pipe transport on this OS, which is not built yet"))
-    }
+    Ok(())
 }
 
 fn run_native(caller: Caller) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve();
     let _guard = crate::logging::init(dirs.as_ref(), "warn");
-    #[cfg(unix)]
     if crate::daemon::enabled() && dirs.as_ref().is_some_and(crate::daemon::usable) {
         let dirs = dirs.ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
         tracing::info!(?caller, "relaying to the daemon");
@@ -422,7 +413,24 @@ fn process_alive(pid: i64) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn process_alive(pid: i64) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
+    // SAFETY: a handle we open, query and close.
+    unsafe {
+        let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid as u32);
+        if h.is_null() {
+            return false;
+        }
+        let mut code = 0u32;
+        let running = GetExitCodeProcess(h, &mut code) != 0 && code == STILL_ACTIVE as u32;
+        CloseHandle(h);
+        running
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
 fn process_alive(_: i64) -> bool {
     false
 }

@@ -17,9 +17,10 @@
 //!   tells every relay to send new requests elsewhere, finishes what runs,
 //!   and exits. No request is cut.
 //!
-//! Unix only for now: Windows needs a named pipe with an owner-only ACL.
-//! Until that transport shares this code, most of it is unused there.
-#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
+//! Transports: an owner-only Unix socket in an owner-only folder (flock
+//! for the lock; peers of another uid refused), or on Windows a named pipe
+//! whose DACL admits only this user, remote clients rejected (a file opened
+//! without sharing for the lock). Everything else is the same code.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::dirs::HostDirs;
@@ -116,197 +117,243 @@ fn idle_from_env() -> Option<Duration> {
     }
 }
 
-#[cfg(unix)]
-mod unix {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-    use tokio::net::{UnixListener, UnixStream};
+/// One connection to the daemon, whatever carries it (a Unix socket, a
+/// named pipe): the relay and the daemon's sessions see only this.
+pub struct Conn {
+    pub rd: Box<dyn AsyncRead + Send + Unpin>,
+    pub wr: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The daemon's pid on the relay's side, the relay's on the daemon's
+    /// (a dead daemon's endpoint can answer for a moment: tell it apart).
+    pub pid: Option<i32>,
+}
 
-    /// The exclusive lock that makes one daemon win.
-    struct Lock {
-        _file: std::fs::File,
+/// What the daemon listens on.
+trait Listener {
+    /// The next connection from this user (others are refused before).
+    async fn accept(&mut self) -> std::io::Result<Conn>;
+    /// Stop listening and free the name, so that a new daemon can start.
+    fn release(&mut self);
+}
+
+/// The daemon's life once it holds the lock and listens: serve each
+/// connection as a session, exit when idle, terminated, or retired (after
+/// letting running requests finish). `lock` is held until then.
+async fn serve_with<L: Listener, K>(
+    app: Arc<App>,
+    dirs: &HostDirs,
+    mut listener: L,
+    lock: K,
+    terminated: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<bool> {
+    let dir = run_dir(dirs);
+    std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())?;
+    tracing::info!(pid = std::process::id(), "daemon listening");
+    tokio::spawn(crate::update::background_checks(app.clone(), dirs.clone()));
+    if let Some(port) = crate::http_api::port(&app) {
+        tokio::spawn(crate::http_api::serve(app.clone(), port));
     }
-
-    fn try_lock(path: &Path) -> std::io::Result<Option<Lock>> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-        // SAFETY: flock on a descriptor we own.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            Ok(Some(Lock { _file: f }))
-        } else {
-            Ok(None)
-        }
-    }
-
-    fn same_user(s: &UnixStream) -> bool {
-        // SAFETY: plain syscall.
-        let me = unsafe { libc::geteuid() };
-        s.peer_cred().map(|c| c.uid() == me).unwrap_or(false)
-    }
-
-    pub async fn serve(app: Arc<App>, dirs: &HostDirs) -> anyhow::Result<bool> {
-        let _ = identity();
-        app.is_daemon.store(true, Ordering::SeqCst);
-        let dir = run_dir(dirs);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        let Some(lock) = try_lock(&dir.join("daemon.lock"))? else {
-            tracing::info!("another daemon holds the lock");
-            return Ok(false);
+    let idle = idle_from_env();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<()>();
+    tokio::pin!(terminated);
+    loop {
+        let idle_timer = async {
+            match idle {
+                Some(d) if connections.load(Ordering::SeqCst) == 0 => tokio::time::sleep(d).await,
+                _ => std::future::pending().await,
+            }
         };
-        let sock = dir.join("daemon.sock");
-        let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock)?;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())?;
-        tracing::info!(socket = %sock.display(), pid = std::process::id(), "daemon listening");
-        tokio::spawn(crate::update::background_checks(app.clone(), dirs.clone()));
-        if let Some(port) = crate::http_api::port(&app) {
-            tokio::spawn(crate::http_api::serve(app.clone(), port));
-        }
-        let idle = idle_from_env();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<()>();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            let idle_timer = async {
-                match idle {
-                    Some(d) if connections.load(Ordering::SeqCst) == 0 => tokio::time::sleep(d).await,
-                    _ => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    if !same_user(&stream) {
-                        tracing::warn!("refused a connection from another user");
+        tokio::select! {
+            accepted = listener.accept() => {
+                let conn = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
-                    connections.fetch_add(1, Ordering::SeqCst);
-                    let (app, n, gone) = (app.clone(), connections.clone(), gone_tx.clone());
-                    tokio::spawn(async move {
-                        connection(app, stream).await;
-                        n.fetch_sub(1, Ordering::SeqCst);
-                        let _ = gone.send(());
-                    });
-                }
-                _ = gone_rx.recv() => {} // re-arm the idle timer
-                _ = idle_timer => {
-                    tracing::info!(idle = ?idle, "no connections: daemon exiting");
-                    break;
-                }
-                _ = term.recv() => break,
-                _ = app.retire.cancelled() => {
-                    // Let a new daemon start now; tell the relays to send new
-                    // requests there; finish what runs here, then go.
-                    drop(listener);
-                    let _ = std::fs::remove_file(&sock);
-                    let _ = std::fs::remove_file(dir.join("daemon.pid"));
-                    drop(lock);
-                    app.released.cancel();
-                    app.broadcast("daemon_retiring");
-                    tracing::info!(in_flight = app.in_flight.load(Ordering::SeqCst), "retiring");
-                    let t = std::time::Instant::now();
-                    while app.in_flight.load(Ordering::SeqCst) > 0 && t.elapsed() < RETIRE_DRAIN {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    app.backend.unload().await;
-                    return Ok(true);
-                }
+                };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (app, n, gone) = (app.clone(), connections.clone(), gone_tx.clone());
+                tokio::spawn(async move {
+                    connection(app, conn).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    let _ = gone.send(());
+                });
             }
-        }
-        let _ = std::fs::remove_file(&sock);
-        let _ = std::fs::remove_file(dir.join("daemon.pid"));
-        app.backend.unload().await;
-        Ok(true)
-    }
-
-    async fn connection(app: Arc<App>, stream: UnixStream) {
-        let stream_pid = peer_pid(&stream);
-        let (mut rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel::<Wire>(1024);
-        let writer = tokio::spawn(crate::native::writer_loop(wr, rx));
-        // Who it is arrives with the relay's hello.
-        let pid = stream_pid;
-        let session = Session::new(app, tx, json!({"browser": null, "relay_pid": pid}));
-        while let Ok(inbound) = read_frame(&mut rd, MAX_INBOUND).await {
-            if !session.handle_inbound(inbound).await {
+            _ = gone_rx.recv() => {} // re-arm the idle timer
+            _ = idle_timer => {
+                tracing::info!(idle = ?idle, "no connections: daemon exiting");
                 break;
             }
-        }
-        session.shutdown(Duration::from_millis(700)).await;
-        drop(session);
-        let _ = tokio::time::timeout(Duration::from_millis(300), writer).await;
-    }
-
-    /// The daemon's pid on the other end of a connection.
-    pub fn peer_pid(s: &UnixStream) -> Option<i32> {
-        s.peer_cred().ok().and_then(|c| c.pid())
-    }
-
-    /// Connect to the daemon, starting it if nobody answers. `dead` is a
-    /// daemon that just went away: a connection still reaching it (its
-    /// listening socket outlives it by a moment) is dropped and retried.
-    pub async fn connect(dirs: &HostDirs, dead: Option<i32>) -> anyhow::Result<UnixStream> {
-        let sock = socket_path(dirs);
-        let t = std::time::Instant::now();
-        while dead.is_some() && t.elapsed() < Duration::from_secs(2) {
-            match UnixStream::connect(&sock).await {
-                Ok(s) if peer_pid(&s) != dead => return Ok(s),
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                Err(_) => break,
-            }
-        }
-        if let Ok(s) = UnixStream::connect(&sock).await {
-            if dead.is_none() || peer_pid(&s) != dead {
-                return Ok(s);
-            }
-        }
-        let exe = exe_path()?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("daemon")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        {
-            use std::os::unix::process::CommandExt;
-            // Detached: its own session, so the browser killing the relay's
-            // group does not take the daemon (shared by other browsers) with it.
-            cmd.process_group(0);
-        }
-        let mut child = cmd.spawn()?;
-        let t = std::time::Instant::now();
-        // Ours exiting is normal when another starter won the lock; that
-        // one then has two seconds to listen.
-        let mut deadline = Duration::from_secs(10);
-        loop {
-            if let Ok(s) = UnixStream::connect(&sock).await.map_err(|_| ()).and_then(|s| {
-                if dead.is_some() && peer_pid(&s) == dead {
-                    Err(())
-                } else {
-                    Ok(s)
+            _ = &mut terminated => break,
+            _ = app.retire.cancelled() => {
+                // Let a new daemon start now; tell the relays to send new
+                // requests there; finish what runs here, then go.
+                listener.release();
+                let _ = std::fs::remove_file(dir.join("daemon.pid"));
+                drop(lock);
+                app.released.cancel();
+                app.broadcast("daemon_retiring");
+                tracing::info!(in_flight = app.in_flight.load(Ordering::SeqCst), "retiring");
+                let t = std::time::Instant::now();
+                while app.in_flight.load(Ordering::SeqCst) > 0 && t.elapsed() < RETIRE_DRAIN {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            }) {
+                app.backend.unload().await;
+                return Ok(true);
+            }
+        }
+    }
+    listener.release();
+    let _ = std::fs::remove_file(dir.join("daemon.pid"));
+    app.backend.unload().await;
+    Ok(true)
+}
+
+/// One relay's connection, served as a session with native messaging's
+/// framing.
+async fn connection(app: Arc<App>, conn: Conn) {
+    let Conn { mut rd, wr, pid } = conn;
+    let (tx, rx) = mpsc::channel::<Wire>(1024);
+    let writer = tokio::spawn(crate::native::writer_loop(wr, rx));
+    // Who it is arrives with the relay's hello.
+    let session = Session::new(app, tx, json!({"browser": null, "relay_pid": pid}));
+    while let Ok(inbound) = read_frame(&mut rd, MAX_INBOUND).await {
+        if !session.handle_inbound(inbound).await {
+            break;
+        }
+    }
+    session.shutdown(Duration::from_millis(700)).await;
+    drop(session);
+    let _ = tokio::time::timeout(Duration::from_millis(300), writer).await;
+}
+
+/// Start a daemon, detached from the relay (the browser ends the relay,
+/// never the daemon other browsers share). Its outcome is watched by the
+/// caller: an early exit is a loser of the lock race, or a failure.
+fn start_daemon() -> std::io::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new(exe_path()?);
+    cmd.arg("daemon")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group, so the browser killing the relay's group
+        // does not take the daemon with it.
+        cmd.process_group(0);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        const DETACHED_PROCESS: u32 = 0x0000_0008;
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+        // Out of the browser's job where the job allows it (else the
+        // daemon lives as long as that browser's job).
+        cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_BREAKAWAY_FROM_JOB);
+        if let Ok(child) = cmd.spawn() {
+            return Ok(child);
+        }
+        cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
+    }
+    cmd.spawn()
+}
+
+/// Connect to the daemon, starting it if nobody answers. `dead` is a
+/// daemon that just went away: a connection still reaching it is dropped
+/// and retried.
+pub async fn connect(dirs: &HostDirs, dead: Option<i32>) -> anyhow::Result<Conn> {
+    let t = std::time::Instant::now();
+    while dead.is_some() && t.elapsed() < Duration::from_secs(2) {
+        match transport::open(dirs).await {
+            Ok(c) if c.pid != dead => return Ok(c),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => break,
+        }
+    }
+    if let Ok(c) = transport::open(dirs).await {
+        if dead.is_none() || c.pid != dead {
+            return Ok(c);
+        }
+    }
+    let mut child = start_daemon()?;
+    let t = std::time::Instant::now();
+    // Ours exiting is normal when another starter won the lock; that one
+    // then has two seconds to listen.
+    let mut deadline = Duration::from_secs(10);
+    loop {
+        if let Ok(c) = transport::open(dirs).await {
+            if dead.is_none() || c.pid != dead {
                 // Reap the starter when it exits (it may be a loser of the lock race).
                 std::thread::spawn(move || {
                     let _ = child.wait();
                 });
-                return Ok(s);
+                return Ok(c);
             }
-            if deadline == Duration::from_secs(10) && child.try_wait().ok().flatten().is_some() {
-                deadline = t.elapsed() + Duration::from_secs(2);
-            }
-            if t.elapsed() > deadline {
-                anyhow::bail!("no daemon is listening on {}", sock.display());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if deadline == Duration::from_secs(10) && child.try_wait().ok().flatten().is_some() {
+            deadline = t.elapsed() + Duration::from_secs(2);
+        }
+        if t.elapsed() > deadline {
+            anyhow::bail!("no daemon is listening on {}", transport::endpoint(dirs));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// Run the daemon: take the lock (exactly one per user, however many
+/// start at once) and listen. Ok(false): another daemon holds the lock.
+pub async fn serve(app: Arc<App>, dirs: &HostDirs) -> anyhow::Result<bool> {
+    let _ = identity();
+    app.is_daemon.store(true, Ordering::SeqCst);
+    let Some((listener, lock)) = transport::listen(dirs)? else {
+        tracing::info!("another daemon holds the lock");
+        return Ok(false);
+    };
+    serve_with(app, dirs, listener, lock, transport::terminated()?).await
+}
+
 #[cfg(unix)]
-pub use unix::{connect, peer_pid, serve};
+mod unix;
+#[cfg(unix)]
+use unix as transport;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as transport;
+
+#[cfg(not(any(unix, windows)))]
+mod transport {
+    use super::*;
+
+    pub struct Never;
+    impl Listener for Never {
+        async fn accept(&mut self) -> std::io::Result<Conn> {
+            std::future::pending().await
+        }
+        fn release(&mut self) {}
+    }
+    pub fn listen(_: &HostDirs) -> anyhow::Result<Option<(Never, ())>> {
+        anyhow::bail!("the daemon has no transport on this OS")
+    }
+    pub fn terminated() -> std::io::Result<std::future::Pending<()>> {
+        Ok(std::future::pending())
+    }
+    pub async fn open(_: &HostDirs) -> std::io::Result<Conn> {
+        Err(std::io::Error::other("the daemon has no transport on this OS"))
+    }
+    pub fn endpoint(_: &HostDirs) -> String {
+        "(none on this OS)".into()
+    }
+}
+
+/// A connection to a running daemon, if one answers (never starts one).
+pub async fn open(dirs: &HostDirs) -> Option<Conn> {
+    transport::open(dirs).await.ok()
+}
 
 /// The id of a message and whether it is a final reply (v1: `id` without
 /// `event`; legacy: `messageId` with `status`). Requests: final = false.
@@ -339,28 +386,24 @@ enum DaemonNews {
 
 /// One connection to a daemon: `generation` tells them apart while an old,
 /// retiring daemon still answers its last requests.
-#[cfg(unix)]
 struct Link {
     generation: u64,
-    to_daemon: tokio::net::unix::OwnedWriteHalf,
+    to_daemon: Box<dyn AsyncWrite + Send + Unpin>,
     pid: Option<i32>,
 }
 
 /// Connect (starting a daemon if needed), introduce ourselves, and make a
 /// daemon of another build retire in favour of one of ours.
-#[cfg(unix)]
 async fn open_link(
     dirs: &HostDirs,
     caller: &Value,
     generation: u64,
     dead: Option<i32>,
-) -> anyhow::Result<(Link, tokio::net::unix::OwnedReadHalf)> {
+) -> anyhow::Result<(Link, Box<dyn AsyncRead + Send + Unpin>)> {
     let mine = current_identity();
     let mut dead = dead;
     for _ in 0..3 {
-        let stream = connect(dirs, dead).await?;
-        let pid = peer_pid(&stream);
-        let (mut rd, mut wr) = stream.into_split();
+        let Conn { mut rd, mut wr, pid } = connect(dirs, dead).await?;
         let hello = json!({"id": HELLO_ID, "type": "relay_hello", "caller": caller,
             "relay_pid": std::process::id(), "identity": mine});
         wr.write_all(&frame(&hello)).await?;
@@ -398,7 +441,6 @@ async fn open_link(
 /// Connects when a request needs it (a stopped daemon stays stopped until
 /// the browser asks for something); fails the requests a dying daemon had;
 /// moves new requests to a new daemon when the old one retires.
-#[cfg(unix)]
 pub async fn relay(dirs: HostDirs, caller: Value) -> anyhow::Result<()> {
     let mut stdin = tokio::io::stdin();
     #[allow(clippy::disallowed_methods)] // the relay owns stdout in native mode
@@ -505,9 +547,8 @@ pub async fn relay(dirs: HostDirs, caller: Value) -> anyhow::Result<()> {
 }
 
 /// Copies one daemon connection's frames to stdout, noting final replies.
-#[cfg(unix)]
 async fn read_daemon(
-    mut rd: tokio::net::unix::OwnedReadHalf,
+    mut rd: Box<dyn AsyncRead + Send + Unpin>,
     generation: u64,
     stdout: Arc<tokio::sync::Mutex<tokio::io::Stdout>>,
     in_flight: Arc<std::sync::Mutex<HashMap<String, (bool, u64)>>>,
@@ -539,7 +580,6 @@ fn is_notice(bytes: &[u8], name: &str) -> bool {
 }
 
 /// Answers every request a vanished daemon connection had with an error.
-#[cfg(unix)]
 async fn fail_lost(
     stdout: &tokio::sync::Mutex<tokio::io::Stdout>,
     in_flight: &std::sync::Mutex<HashMap<String, (bool, u64)>>,

@@ -372,18 +372,17 @@ fn replace_self(archive: &Path, work: &Path, previous: &Path) -> Result<PathBuf,
 
 /// One request to a running daemon (never starts one): its reply frame
 /// (`result` or `error`), or None when no daemon answers.
-#[cfg(unix)]
 pub async fn daemon_request(dirs: &HostDirs, kind: &str) -> Option<serde_json::Value> {
     use tokio::io::AsyncWriteExt;
-    let sock = crate::daemon::socket_path(dirs);
-    let mut s = tokio::net::UnixStream::connect(&sock).await.ok()?;
+    let mut conn = crate::daemon::open(dirs).await?;
     let body = serde_json::json!({"id": "update", "type": kind}).to_string();
-    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    // The daemon reads native messaging's framing: native byte order.
+    let mut frame = (body.len() as u32).to_ne_bytes().to_vec();
     frame.extend_from_slice(body.as_bytes());
-    s.write_all(&frame).await.ok()?;
+    conn.wr.write_all(&frame).await.ok()?;
     // Events (`load`) may come first; the reply carries `result` or `error`.
     loop {
-        let bytes = match crate::protocol::frame::read_frame(&mut s, 16 << 20).await.ok()? {
+        let bytes = match crate::protocol::frame::read_frame(&mut conn.rd, 16 << 20).await.ok()? {
             crate::protocol::frame::Inbound::Frame(b) => b,
             _ => return None,
         };
@@ -392,11 +391,6 @@ pub async fn daemon_request(dirs: &HostDirs, kind: &str) -> Option<serde_json::V
             return Some(v);
         }
     }
-}
-
-#[cfg(not(unix))]
-pub async fn daemon_request(_: &HostDirs, _: &str) -> Option<serde_json::Value> {
-    None
 }
 
 /// The model a running daemon has loaded.
