@@ -231,16 +231,45 @@ mod tests {
     fn features_agree_with_proc_cpuinfo() {
         let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
         let key = if cfg!(target_arch = "aarch64") { "Features" } else { "flags" };
-        let flags: Vec<&str> = info
+        let Some(flags) = info
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.split_whitespace().collect())
-            .expect("a flags line");
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<&str>>())
+        else {
+            // Under qemu-user /proc/cpuinfo is the host CPU's; the hwcap test
+            // below checks aarch64 features against what the kernel (or
+            // the emulator) tells this process.
+            assert!(cfg!(target_arch = "aarch64"), "no {key} line in /proc/cpuinfo");
+            eprintln!("skipped: /proc/cpuinfo describes another CPU (emulation)");
+            return;
+        };
         let ours = features();
         for (name, flag) in FEATURES {
             assert_eq!(ours.iter().any(|f| f == name), flags.contains(flag), "feature {name} vs cpuinfo flag {flag}");
         }
+    }
+
+    /// Every aarch64 feature we report agrees with the kernel's hardware
+    /// capability bits for this process (AT_HWCAP / AT_HWCAP2).
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    #[test]
+    fn aarch64_features_agree_with_the_hwcap_bits() {
+        // SAFETY: getauxval reads the process's auxiliary vector.
+        let (hwcap, hwcap2) = unsafe { (libc::getauxval(libc::AT_HWCAP), libc::getauxval(libc::AT_HWCAP2)) };
+        let bits = [
+            ("neon", hwcap & (1 << 1)),
+            ("fp16", hwcap & (1 << 9)),
+            ("dotprod", hwcap & (1 << 20)),
+            ("sve", hwcap & (1 << 22)),
+            ("i8mm", hwcap2 & (1 << 13)),
+            ("sme", hwcap2 & (1 << 23)),
+        ];
+        let ours = features();
+        for (name, bit) in bits {
+            assert_eq!(ours.iter().any(|f| f == name), bit != 0, "feature {name} vs hwcap");
+        }
+        assert_eq!(bits.len(), FEATURES.len(), "every feature is checked");
     }
 
     #[test]

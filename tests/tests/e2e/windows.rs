@@ -1,10 +1,10 @@
 //! The Windows build of the host, run under Wine: `scripts/cross-test`
 //! sets BITNET_WINDOWS_HOST to the Wine loader and `bitnet-host.exe` (and
-//! WINEPREFIX to its prefix). Native messaging in-process (the daemon has
-//! no Windows transport yet): a ping, a streamed chat from the built-in
-//! engine (`bitnet-host.exe runner`, a Windows child of the host), and the
-//! kill-on-close Job Object ending that runner when the host is
-//! terminated.
+//! WINEPREFIX to its prefix). In-process: a ping, a streamed chat from the
+//! built-in engine (`bitnet-host.exe runner`, a Windows child of the host),
+//! and the kill-on-close Job Object ending that runner when the host is
+//! terminated. Through the daemon over its named pipe: relays racing to
+//! start it end up with one, which serves them all one model.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,4 +85,67 @@ fn the_windows_host_answers_a_ping_and_streams_a_chat_and_its_job_object_ends_th
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("runner {runners:?} ended {:?} after its host", t.elapsed());
+}
+
+/// The Windows pid of the process answering `b` (the daemon, for a relay).
+fn answering_pid(b: &mut FakeBrowser, id: &str) -> u64 {
+    let r = b.request(&json!({"id": id, "type": "hello"}));
+    r["result"]["host"]["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {r}"))
+}
+
+#[test]
+fn windows_relays_racing_to_start_the_daemon_share_one_over_its_named_pipe() {
+    let Some(argv) = windows_host() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = argv[1..].to_vec();
+    args.extend(chromium_args("abcdefghijklmnopabcdefghijklmnop"));
+    let env = [("WINEDEBUG", "-all"), ("BITNET_HOST_DAEMON", "1"), ("BITNET_DAEMON_IDLE_MS", "2000")];
+    // Three browsers' relays at once: each asks first, so each may start a daemon.
+    let mut relays: Vec<FakeBrowser> =
+        (0..3).map(|_| FakeBrowser::spawn_shared(Path::new(&argv[0]), &args, &env, home.path())).collect();
+    for (i, r) in relays.iter_mut().enumerate() {
+        r.send(&json!({"id": format!("h{i}"), "type": "hello"}));
+    }
+    let pids: Vec<u64> = relays
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| {
+            let (_, m) = r.collect("id", &json!(format!("h{i}")), Duration::from_secs(120));
+            m.value["result"]["host"]["pid"].as_u64().unwrap_or_else(|| panic!("{}", m.value))
+        })
+        .collect();
+    assert!(pids.windows(2).all(|w| w[0] == w[1]), "one daemon answers all: {pids:?}");
+    let t = Instant::now();
+    while processes_with(&["bitnet-host.exe", "daemon"]).len() != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "daemons: {:?}", processes_with(&["bitnet-host.exe", "daemon"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // One model for all: loaded through one relay, used through another.
+    let model = home.path().join("wine-shared-fixture.gguf");
+    std::fs::copy(fixture_model("bitnet-b1.58-i2_s.gguf"), &model).unwrap();
+    relays[0].send(&json!({"id": "l", "type": "load_model", "model": wine_path(&model)}));
+    let (_, loaded) = relays[0].collect("id", &json!("l"), Duration::from_secs(180));
+    assert_eq!(loaded.value["ok"], true, "{}", loaded.value);
+    let status = relays[1].request(&json!({"id": "s", "type": "status"}));
+    assert_eq!(status["result"]["server"]["pid"], loaded.value["result"]["pid"], "{status}");
+    relays[1].send(&json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4, "temperature": 0}));
+    let (events, done) = relays[1].collect("id", &json!("c"), Duration::from_secs(120));
+    assert_eq!(done.value["ok"], true, "{}", done.value);
+    assert!(events.iter().any(|e| e["event"] == "delta"), "{events:?}");
+    assert_eq!(answering_pid(&mut relays[2], "h"), pids[0]);
+
+    // The browsers go; the daemon (and its runner) leave after the idle period.
+    for mut r in relays {
+        r.close_stdin();
+        r.kill();
+    }
+    let t = Instant::now();
+    while !processes_with(&["bitnet-host.exe", "daemon"]).is_empty()
+        || !processes_with(&["runner", "wine-shared-fixture.gguf"]).is_empty()
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "the daemon or its runner stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
