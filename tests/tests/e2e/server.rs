@@ -223,18 +223,25 @@ fn group_members(pgid: u32) -> Vec<u32> {
     out
 }
 
-/// What macOS and the BSDs rely on (they have no parent-death signal):
-/// with PR_SET_PDEATHSIG off, the pipe guard alone ends the server.
-#[test]
-fn with_the_parent_death_signal_off_the_pipe_guard_ends_the_server_of_a_sigkilled_host() {
+/// A host with the parent-death signal off (BITNET_PARENT_DEATH=guard)
+/// and a loaded server: the host, the server's pid, and its group (the
+/// server and one guard).
+fn guarded_host_with_a_server() -> (FakeBrowser, u32, Vec<u32>) {
     let (home, report) = home_with_server(&[]);
     let env = [("BITNET_HOST_HARDWARE", report.as_str()), ("BITNET_PARENT_DEATH", "guard")];
     let mut b = FakeBrowser::spawn_in_home(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), &env, home);
     let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
     let pid = r["result"]["pid"].as_u64().expect("pid") as u32;
-    // The server leads its group, and one guard shares it.
     let members = group_members(pid);
-    assert_eq!(members.len(), 2, "group {pid}: {members:?}");
+    assert_eq!(members.len(), 2, "group {pid}: the server and one guard: {members:?}");
+    (b, pid, members)
+}
+
+/// What macOS and the BSDs rely on (they have no parent-death signal):
+/// with PR_SET_PDEATHSIG off, the pipe guard alone ends the server.
+#[test]
+fn with_the_parent_death_signal_off_the_pipe_guard_ends_the_server_of_a_sigkilled_host() {
+    let (mut b, pid, members) = guarded_host_with_a_server();
     let guard = *members.iter().find(|&&p| p != pid).unwrap();
     // No parent-death signal was asked for: only the guard can end it.
     b.kill();
@@ -246,13 +253,7 @@ fn with_the_parent_death_signal_off_the_pipe_guard_ends_the_server_of_a_sigkille
 /// A normal unload ends the guard with its server: none are left behind.
 #[test]
 fn an_unloaded_servers_guard_goes_with_it() {
-    let (home, report) = home_with_server(&[]);
-    let env = [("BITNET_HOST_HARDWARE", report.as_str()), ("BITNET_PARENT_DEATH", "guard")];
-    let mut b = FakeBrowser::spawn_in_home(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), &env, home);
-    let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
-    let pid = r["result"]["pid"].as_u64().expect("pid") as u32;
-    let members = group_members(pid);
-    assert_eq!(members.len(), 2, "group {pid}: {members:?}");
+    let (mut b, pid, members) = guarded_host_with_a_server();
     let r = b.request(&json!({"id": "u", "type": "unload_model"}));
     assert_eq!(r["ok"], true, "{r}");
     for p in members {
