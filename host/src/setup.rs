@@ -332,8 +332,9 @@ fn last_errors(dir: &Path, n: usize) -> Vec<String> {
 }
 
 /// `bitnet-host service install|uninstall|status`. Linux: a systemd user
-/// unit, enabled with `systemctl --user` when systemd runs; elsewhere the
-/// file is written and the command to load it is printed.
+/// unit, enabled with `systemctl --user` when systemd runs; Windows: a
+/// logon task registered with `schtasks`; macOS: the launchd agent is
+/// written and the command to load it printed.
 pub fn service(action: &str) -> anyhow::Result<()> {
     use bitnet_installer::service;
     let dirs = HostDirs::resolve().context("no home directory for the host's folders")?;
@@ -348,21 +349,20 @@ pub fn service(action: &str) -> anyhow::Result<()> {
             std::env::current_exe()?
         }
     };
-    let systemctl = |args: &[&str]| -> Option<bool> {
-        // Tests (and anyone) can keep the real service manager out of it.
+    // The OS's service manager; None when there is none to ask. Tests (and
+    // anyone) can keep the real one out of it.
+    let manager = |program: &str, args: &[&str]| -> Option<bool> {
         if std::env::var("BITNET_SERVICE_MANAGER").is_ok_and(|v| v == "none") {
             return None;
         }
-        which::which("systemctl").ok()?;
-        Command::new("systemctl")
-            .arg("--user")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .ok()
-            .map(|s| s.success())
+        which::which(program).ok()?;
+        Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().ok().map(|s| s.success())
     };
+    let systemctl = |args: &[&str]| -> Option<bool> {
+        let args: Vec<&str> = std::iter::once("--user").chain(args.iter().copied()).collect();
+        manager("systemctl", &args)
+    };
+    let task = service::WINDOWS_TASK_NAME;
     match action {
         "install" => {
             let text = match os {
@@ -373,7 +373,9 @@ pub fn service(action: &str) -> anyhow::Result<()> {
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
             }
-            std::fs::write(&path, text)?;
+            // Task Scheduler reads the XML it declares: UTF-16.
+            let bytes = if os == Os::Windows { service::utf16le_with_bom(&text) } else { text.into_bytes() };
+            std::fs::write(&path, bytes)?;
             let mut msg = format!("wrote {}\n", path.display());
             match os {
                 Os::Linux => match (systemctl(&["daemon-reload"]), systemctl(&["enable", "--now", service::SYSTEMD_UNIT])) {
@@ -381,13 +383,27 @@ pub fn service(action: &str) -> anyhow::Result<()> {
                     _ => msg.push_str(&format!("systemd is not running for this user: start it with `systemctl --user enable --now {}` when it is\n", service::SYSTEMD_UNIT)),
                 },
                 Os::Macos => msg.push_str(&format!("load it: launchctl bootstrap gui/$(id -u) '{}'\n", path.display())),
-                Os::Windows => msg.push_str(&format!("register it: schtasks /Create /TN \"{}\" /XML \"{}\"\n", service::WINDOWS_TASK_NAME, path.display())),
+                Os::Windows => {
+                    let xml = path.to_string_lossy();
+                    match manager("schtasks", &["/Create", "/TN", task, "/XML", &xml, "/F"]) {
+                        Some(true) => msg.push_str(&format!("registered the logon task \"{task}\"\n")),
+                        _ => msg.push_str(&format!("register it: schtasks /Create /TN \"{task}\" /XML \"{xml}\"\n")),
+                    }
+                }
             }
             out(&msg);
         }
         "uninstall" => {
-            if os == Os::Linux {
-                let _ = systemctl(&["disable", "--now", service::SYSTEMD_UNIT]);
+            match os {
+                Os::Linux => {
+                    let _ = systemctl(&["disable", "--now", service::SYSTEMD_UNIT]);
+                }
+                Os::Windows => {
+                    if manager("schtasks", &["/Delete", "/TN", task, "/F"]) == Some(true) {
+                        out(&format!("removed the logon task \"{task}\"\n"));
+                    }
+                }
+                Os::Macos => {}
             }
             match std::fs::remove_file(&path) {
                 Ok(()) => out(&format!("removed {}\n", path.display())),

@@ -57,6 +57,12 @@ pub fn windows_task(exec: &Path, user: &str) -> Result<String, ServiceError> {
     Ok(WINDOWS_TASK.replace("{{exec}}", &xml_escape(&s)).replace("{{user}}", &xml_escape(user)))
 }
 
+/// `text` as UTF-16LE with a byte-order mark: how the Task Scheduler
+/// reads an XML that declares `encoding="UTF-16"`.
+pub fn utf16le_with_bom(text: &str) -> Vec<u8> {
+    [0xFF, 0xFE].into_iter().chain(text.encode_utf16().flat_map(u16::to_le_bytes)).collect()
+}
+
 /// Where the service file goes for the current user.
 pub fn location(os: Os, roots: &Roots) -> PathBuf {
     match os {
@@ -107,6 +113,14 @@ mod tests {
         assert!(doc.descendants().any(|n| n.has_tag_name("LogonTrigger")));
         assert!(windows_task(Path::new(r"bin\x.exe"), "u").is_err());
         assert!(windows_task(Path::new(r"\\srv\share\x.exe"), "u").is_ok());
+    }
+
+    #[test]
+    fn the_task_file_is_utf16le_with_a_bom() {
+        let b = utf16le_with_bom("<T>é</T>");
+        assert_eq!(&b[..4], &[0xFF, 0xFE, b'<', 0]);
+        let units: Vec<u16> = b[2..].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        assert_eq!(String::from_utf16(&units).unwrap(), "<T>é</T>");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! built-in engine (`bitnet-host.exe runner`, a Windows child of the host),
 //! and the kill-on-close Job Object ending that runner when the host is
 //! terminated. Through the daemon over its named pipe: relays racing to
-//! start it end up with one, which serves them all one model.
+//! start it end up with one, which serves them all one model. The logon
+//! task registered and removed with schtasks.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,4 +149,43 @@ fn windows_relays_racing_to_start_the_daemon_share_one_over_its_named_pipe() {
         assert!(t.elapsed() < Duration::from_secs(30), "the daemon or its runner stayed");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `service install` registers the daemon's logon task with schtasks (Wine
+/// keeps it in the prefix's system32\tasks), and `service uninstall`
+/// removes it and the task file.
+#[test]
+fn windows_service_install_registers_the_logon_task_and_uninstall_removes_it() {
+    let Some(argv) = windows_host() else { return };
+    let prefix = std::path::PathBuf::from(std::env::var("WINEPREFIX").expect("cross-test sets WINEPREFIX"));
+    let registered = prefix.join("drive_c/windows/system32/tasks/bitnet-host daemon");
+    let home = tempfile::tempdir().unwrap();
+    let run = |action: &str| {
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["service", action])
+            .env("BITNET_HOST_HOME", home.path())
+            .env("WINEDEBUG", "-all")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "service {action}: {text} {}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let text = run("install");
+    assert!(text.contains("registered the logon task"), "{text}");
+    // What the Task Scheduler stored: our daemon at logon.
+    // (Windows keeps it as UTF-16, Wine as UTF-8: either reads here.)
+    let stored = std::fs::read(&registered).unwrap();
+    let stored = match stored.strip_prefix(&[0xFF, 0xFE]) {
+        Some(u16le) => String::from_utf16_lossy(
+            &u16le.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>(),
+        ),
+        None => String::from_utf8_lossy(&stored).into_owned(),
+    };
+    assert!(stored.contains("bitnet-host.exe") && stored.contains("<Arguments>daemon</Arguments>"), "{stored}");
+    assert!(stored.contains("LogonTrigger"), "{stored}");
+    let text = run("uninstall");
+    assert!(text.contains("removed the logon task"), "{text}");
+    assert!(!registered.exists(), "the task is still registered");
 }
