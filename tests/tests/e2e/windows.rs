@@ -30,11 +30,18 @@ fn wine_path(p: &Path) -> String {
     format!("Z:{}", p.to_str().unwrap().replace('/', "\\"))
 }
 
-/// Linux pids of Wine processes whose command line has every one of `words`.
-fn processes_with(words: &[&str]) -> Vec<u32> {
+/// Linux pids of this test's Wine processes (their environment names
+/// `home` as BITNET_HOST_HOME: other runs on the machine do not count)
+/// whose command line has every one of `words`.
+fn processes_with(home: &Path, words: &[&str]) -> Vec<u32> {
+    let ours = format!("BITNET_HOST_HOME={}\0", home.display());
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if !String::from_utf8_lossy(&env).contains(&ours) {
+            continue;
+        }
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -76,12 +83,12 @@ fn the_windows_host_answers_a_ping_and_streams_a_chat_and_its_job_object_ends_th
     let streamed: String = deltas.iter().filter_map(|e| e["text"].as_str()).collect();
     assert_eq!(Some(streamed.as_str()), done.value["result"]["text"].as_str(), "{events:?} {}", done.value);
 
-    let runners = processes_with(&["runner", "wine-fixture.gguf"]);
+    let runners = processes_with(home.path(), &["runner", "wine-fixture.gguf"]);
     assert!(!runners.is_empty(), "no runner process found");
     // Terminated, as Chrome ends a host: nothing of it may run on.
     b.kill();
     let t = Instant::now();
-    while !processes_with(&["runner", "wine-fixture.gguf"]).is_empty() {
+    while !processes_with(home.path(), &["runner", "wine-fixture.gguf"]).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(10), "the runner outlived its host (home {home_arg})");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -117,8 +124,12 @@ fn windows_relays_racing_to_start_the_daemon_share_one_over_its_named_pipe() {
         .collect();
     assert!(pids.windows(2).all(|w| w[0] == w[1]), "one daemon answers all: {pids:?}");
     let t = Instant::now();
-    while processes_with(&["bitnet-host.exe", "daemon"]).len() != 1 {
-        assert!(t.elapsed() < Duration::from_secs(10), "daemons: {:?}", processes_with(&["bitnet-host.exe", "daemon"]));
+    while processes_with(home.path(), &["bitnet-host.exe", "daemon"]).len() != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "daemons: {:?}",
+            processes_with(home.path(), &["bitnet-host.exe", "daemon"])
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -143,8 +154,8 @@ fn windows_relays_racing_to_start_the_daemon_share_one_over_its_named_pipe() {
         r.kill();
     }
     let t = Instant::now();
-    while !processes_with(&["bitnet-host.exe", "daemon"]).is_empty()
-        || !processes_with(&["runner", "wine-shared-fixture.gguf"]).is_empty()
+    while !processes_with(home.path(), &["bitnet-host.exe", "daemon"]).is_empty()
+        || !processes_with(home.path(), &["runner", "wine-shared-fixture.gguf"]).is_empty()
     {
         assert!(t.elapsed() < Duration::from_secs(30), "the daemon or its runner stayed");
         std::thread::sleep(Duration::from_millis(100));
