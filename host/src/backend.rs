@@ -213,6 +213,20 @@ impl Backend {
         Ok(Slot { _permit: p })
     }
 
+    /// Every slot: returns once the requests using the server have finished;
+    /// requests that come later queue behind (the semaphore is fair) until
+    /// the returned permit is dropped. For switching what serves them
+    /// without cutting anyone.
+    pub async fn drain(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ProtoError> {
+        let all = self.settings().parallel.max(1);
+        self.slots.acquire_many(all).await.map_err(|_| ProtoError::new(ErrorCode::Internal, "slots closed"))
+    }
+
+    /// Requests using the server now (holding a slot).
+    pub fn running(&self) -> usize {
+        (self.settings().parallel.max(1) as usize).saturating_sub(self.slots.available_permits())
+    }
+
     /// Requests waiting for a slot now.
     pub fn queued(&self) -> usize {
         self.waiting.load(std::sync::atomic::Ordering::SeqCst)
@@ -271,9 +285,7 @@ impl Backend {
     /// requests in flight finish and new ones queue behind (none is cut),
     /// swap the server, give the slots back. Whether a model was loaded.
     pub async fn reload_binaries(&self, report: &HardwareReport) -> Result<bool, ProtoError> {
-        let all = self.settings().parallel.max(1);
-        let _drained =
-            self.slots.acquire_many(all).await.map_err(|_| ProtoError::new(ErrorCode::Internal, "slots closed"))?;
+        let _drained = self.drain().await?;
         let mut slot = self.job.lock().await;
         let Some((old, info)) = slot.take() else { return Ok(false) };
         old.stop().await;

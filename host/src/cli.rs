@@ -390,7 +390,7 @@ fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Resul
 fn stop() -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let rt = runtime()?;
-    let Some(reply) = rt.block_on(crate::update::daemon_request(&dirs, "retire")) else {
+    let Some(reply) = rt.block_on(crate::daemon::control_request(&dirs, "retire")) else {
         out("no daemon is running\n");
         return Ok(());
     };

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::protocol::message::PROTOCOL_VERSIONS;
 use crate::protocol::{ErrorCode, ProtoError, RequestId};
-use crate::session::Ctx;
+use crate::session::{Ctx, Role};
 
 type Params = Map<String, Value>;
 type Outcome = Result<Value, ProtoError>;
@@ -20,7 +20,11 @@ type Outcome = Result<Value, ProtoError>;
 /// made-up success.
 const NOT_YET: &[(&str, &str)] = &[("settings", "settings are not available yet")];
 
-/// Request types this host answers (for `hello`'s capabilities).
+/// Requests only this user's CLI may send the daemon (not in `hello`'s
+/// capabilities: an extension gets `forbidden`).
+pub const CONTROLS: &[&str] = &["retire", "reload_binaries"];
+
+/// Request types this host answers an extension (`hello`'s capabilities).
 pub const IMPLEMENTED: &[&str] = &[
     "hello",
     "ping",
@@ -30,9 +34,6 @@ pub const IMPLEMENTED: &[&str] = &[
     "model_state",
     "load_model",
     "unload_model",
-    "reload_binaries",
-    "relay_hello",
-    "retire",
     "logs",
     "chat",
     "complete",
@@ -54,12 +55,13 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "model_state" => Ok(model_state(ctx).await),
         "load_model" => crate::handlers_server::load_model(ctx, params).await,
         "unload_model" => crate::handlers_server::unload_model(ctx).await,
+        "relay_hello" => Err(ProtoError::new(ErrorCode::Forbidden, "`relay_hello` is only a relay's first message")),
+        "retire" | "reload_binaries" if ctx.role != Role::Control => Err(ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("`{kind}` is a daemon control: only this user's bitnet-host CLI may send it"),
+        )),
+        "retire" => Ok(retire(ctx).await),
         "reload_binaries" => crate::handlers_server::reload_binaries(ctx).await,
-        "relay_hello" => Ok(relay_hello(ctx, params)),
-        "retire" if ctx.app.is_daemon.load(std::sync::atomic::Ordering::SeqCst) => Ok(retire(ctx).await),
-        "retire" => {
-            Err(ProtoError::new(ErrorCode::NotAvailable, "`retire` is for the daemon; this host serves one browser"))
-        }
         "logs" => crate::handlers_server::logs(ctx, params).await,
         "chat" => crate::handlers_infer::chat(ctx, params).await,
         "complete" => crate::handlers_infer::complete(ctx, params).await,
@@ -78,7 +80,7 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
 }
 
 fn known_types() -> Vec<&'static str> {
-    IMPLEMENTED.iter().copied().chain(NOT_YET.iter().map(|(k, _)| *k)).collect()
+    IMPLEMENTED.iter().chain(CONTROLS).copied().chain(NOT_YET.iter().map(|(k, _)| *k)).collect()
 }
 
 async fn hello(ctx: &Ctx, params: &Params) -> Outcome {
@@ -129,19 +131,6 @@ async fn status(ctx: &Ctx) -> Value {
         "update": ctx.app.dirs.as_ref().and_then(crate::update::last_check),
         "connections": ctx.app.connections(),
     })
-}
-
-/// A relay introduces itself and its browser; the answer says which daemon
-/// build this is, so a relay of another build can ask it to retire.
-fn relay_hello(ctx: &Ctx, params: &Params) -> Value {
-    let mut caller = params.get("caller").cloned().unwrap_or(Value::Null);
-    if let (Value::Object(c), Some(pid)) = (&mut caller, params.get("relay_pid")) {
-        c.insert("relay_pid".into(), pid.clone());
-    }
-    if caller.is_object() {
-        ctx.app.set_caller(ctx.connection, caller);
-    }
-    json!({"version": crate::VERSION, "identity": crate::daemon::identity(), "pid": std::process::id()})
 }
 
 /// Stop taking connections, finish what runs, exit (a daemon; `stop` and

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod pull;
 pub mod session;
 pub mod setup;
+pub mod stdio;
 pub mod update;
 mod update_cli;
 

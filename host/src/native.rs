@@ -1,27 +1,24 @@
 //! Browser-facing mode: native messaging on stdin/stdout.
 //!
-//! One reader loop feeds the session; one writer task owns stdout and is the
-//! only code that writes to it. When stdin closes (the browser is done) or
+//! A reader thread feeds the session; a writer thread owns stdout and is the
+//! only code that writes to it (see [`crate::stdio`]). When stdin closes (the browser is done) or
 //! SIGTERM arrives, every running request is cancelled and the process exits
 //! well inside Chromium's ~2 s before SIGKILL.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
-use crate::protocol::frame::{self, read_frame, MAX_INBOUND};
+use crate::protocol::frame::MAX_INBOUND;
 use crate::protocol::Wire;
-use crate::session::Session;
+use crate::session::{Role, Session};
 use crate::App;
 
 /// How long running requests get to finish after the browser leaves.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
 /// How long the writer gets to flush what is queued.
-const FLUSH_GRACE: Duration = Duration::from_millis(300);
-/// Frames the writer coalesces into one write at most.
-const MAX_BATCH_BYTES: usize = 4 << 20;
+pub const FLUSH_GRACE: Duration = Duration::from_millis(300);
 
 /// Who started us, as far as the arguments tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,27 +42,6 @@ pub fn browser_launch(args: &[String]) -> Option<Caller> {
         return Some(Caller::Firefox { manifest: first.clone(), extension_id: args[1].clone() });
     }
     None
-}
-
-/// Owns stdout (or any writer): encodes and writes frames until every
-/// sender is gone. Queued frames are coalesced into one write.
-pub async fn writer_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Wire>) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        first.encode_into(&mut buf);
-        while buf.len() < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(w) => w.encode_into(&mut buf),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = frame::write_all(&mut w, &buf).await {
-            // The browser closed its end: nobody is listening any more.
-            tracing::info!(error = %e, "output closed");
-            return;
-        }
-    }
 }
 
 async fn terminate_signal() {
@@ -92,34 +68,33 @@ async fn terminate_signal() {
 pub async fn serve_stdio(app: Arc<App>, caller: Caller) {
     tracing::info!(?caller, pid = std::process::id(), "native messaging session started");
     let (tx, rx) = mpsc::channel::<Wire>(1024);
-    #[allow(clippy::disallowed_methods)] // the one place that owns stdout in native mode
-    let stdout = tokio::io::stdout();
-    let writer = tokio::spawn(writer_loop(stdout, rx));
-    let session = Session::new(app, tx, crate::caller_json(&caller));
-    let mut stdin = tokio::io::stdin();
+    let written = crate::stdio::spawn_writer(rx);
+    let session = Session::new(app, tx, crate::caller_json(&caller), Role::Browser);
+    let mut frames = crate::stdio::spawn_reader(MAX_INBOUND);
     let signal = terminate_signal();
     tokio::pin!(signal);
     loop {
         let inbound = tokio::select! {
-            r = read_frame(&mut stdin, MAX_INBOUND) => r,
+            r = frames.recv() => r,
             _ = &mut signal => break,
         };
         match inbound {
-            Ok(inbound) => {
+            Some(Ok(inbound)) => {
                 if !session.handle_inbound(inbound).await {
                     break;
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "stdin failed");
                 break;
             }
+            None => break,
         }
     }
     tracing::info!("input closed: cancelling requests and exiting");
     session.shutdown(SHUTDOWN_GRACE).await;
     drop(session);
-    let _ = tokio::time::timeout(FLUSH_GRACE, writer).await;
+    let _ = tokio::time::timeout(FLUSH_GRACE, written).await;
 }
 
 #[cfg(test)]

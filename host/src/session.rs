@@ -2,7 +2,7 @@
 //! own task, route every event and reply back by id, cancel on demand and on
 //! shutdown.
 //!
-//! The transport (stdin/stdout today, the daemon's socket later) feeds
+//! The transport (stdin/stdout in native mode, a daemon connection) feeds
 //! [`Session::handle_inbound`] and drains the [`Wire`] channel; the session
 //! knows nothing about it.
 
@@ -24,6 +24,18 @@ use crate::App;
 /// is answered `busy` rather than queued without bound.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
+/// Who is at the other end of a connection, which decides what it may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A browser's extension, served in-process (native mode).
+    Browser,
+    /// A relay carrying a browser's extension to the daemon.
+    Relay,
+    /// The user's own CLI on the daemon's socket (`stop`, `update`): the
+    /// only one that may send daemon controls (`retire`, `reload_binaries`).
+    Control,
+}
+
 struct InFlight {
     kind: String,
     cancel: CancellationToken,
@@ -41,6 +53,7 @@ pub struct Ctx {
     pub id: Option<RequestId>,
     pub dialect: Dialect,
     pub cancel: CancellationToken,
+    pub role: Role,
     out: mpsc::Sender<Wire>,
     in_flight: InFlightMap,
 }
@@ -104,14 +117,16 @@ pub struct Session {
     in_flight: InFlightMap,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    role: Role,
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, out: mpsc::Sender<Wire>, caller: Value) -> Self {
+    pub fn new(app: Arc<App>, out: mpsc::Sender<Wire>, caller: Value, role: Role) -> Self {
         let connection = app.connect(caller, Some(out.clone()));
         Self {
             app,
             connection,
+            role,
             out,
             in_flight: Arc::default(),
             tasks: TaskTracker::new(),
@@ -120,8 +135,8 @@ impl Session {
     }
 
     /// Sends a reply that belongs to no running task (errors about frames).
-    async fn reply_now(&self, dialect: &Dialect, id: Option<&RequestId>, result: Result<Value, ProtoError>) {
-        let _ = self.out.send(protocol::encode(dialect, id, Outgoing::Final(result))).await;
+    async fn reply_now(&self, dialect: &Dialect, id: Option<&RequestId>, error: ProtoError) {
+        let _ = self.out.send(protocol::error_reply(dialect, id, error)).await;
     }
 
     /// Handles one read from the transport. Returns false when the stream
@@ -134,19 +149,12 @@ impl Session {
             }
             Inbound::Oversized { declared } => {
                 tracing::warn!(declared, "frame over the inbound limit skipped");
-                let e = ProtoError::new(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame of {declared} bytes exceeds the {MAX_INBOUND}-byte limit; it was skipped"),
-                )
-                .with_details(serde_json::json!({"declared": declared, "limit": MAX_INBOUND}));
-                self.reply_now(&Dialect::V1, None, Err(e)).await;
+                self.reply_now(&Dialect::V1, None, ProtoError::frame_too_large(declared, MAX_INBOUND)).await;
                 true
             }
             Inbound::Truncated { declared, received } => {
                 tracing::warn!(?declared, received, "stream ended inside a frame");
-                let e = ProtoError::new(ErrorCode::TruncatedFrame, "the stream ended inside a frame")
-                    .with_details(serde_json::json!({"declared": declared, "received": received}));
-                self.reply_now(&Dialect::V1, None, Err(e)).await;
+                self.reply_now(&Dialect::V1, None, ProtoError::truncated_frame(declared, received)).await;
                 false
             }
             Inbound::Eof => false,
@@ -158,7 +166,7 @@ impl Session {
             Ok(req) => self.dispatch(req).await,
             Err(rejected) => {
                 tracing::debug!(error = %rejected.error, "rejected frame");
-                self.reply_now(&rejected.dialect, rejected.id.as_ref(), Err(rejected.error)).await;
+                self.reply_now(&rejected.dialect, rejected.id.as_ref(), rejected.error).await;
             }
         }
     }
@@ -170,7 +178,7 @@ impl Session {
             let refusal = {
                 let mut map = self.in_flight.lock().expect("in-flight map poisoned");
                 if map.contains_key(key) {
-                    Some(ProtoError::new(ErrorCode::InvalidRequest, "a request with this id is still running"))
+                    Some(ProtoError::duplicate_id())
                 } else if map.len() >= MAX_IN_FLIGHT {
                     Some(ProtoError::new(ErrorCode::Busy, format!("{MAX_IN_FLIGHT} requests already running")))
                 } else {
@@ -179,7 +187,7 @@ impl Session {
                 }
             };
             if let Some(e) = refusal {
-                self.reply_now(&req.dialect, req.id.as_ref(), Err(e)).await;
+                self.reply_now(&req.dialect, req.id.as_ref(), e).await;
                 return;
             }
         }
@@ -189,6 +197,7 @@ impl Session {
             id: req.id.clone(),
             dialect: req.dialect.clone(),
             cancel: cancel.clone(),
+            role: self.role,
             out: self.out.clone(),
             in_flight: self.in_flight.clone(),
         };

@@ -1,7 +1,7 @@
 //! `install`, `uninstall` and `doctor`: the thin edge over
 //! bitnet-installer's table, transaction and checks.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::cli::out;
 use crate::dirs::HostDirs;
+use crate::protocol::frame::{push_frame, BlockingFrameReader, Inbound, MAX_OUTBOUND};
 
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
@@ -159,20 +160,18 @@ fn handshake(host: &Path) -> Result<Value, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", host.display()))?;
-    let msg = json!({"id": "doctor", "type": "hello"}).to_string();
+    let mut frame = Vec::new();
+    push_frame(&mut frame, json!({"id": "doctor", "type": "hello"}).to_string().as_bytes());
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
-    let mut frame = (msg.len() as u32).to_ne_bytes().to_vec();
-    frame.extend(msg.as_bytes());
     stdin.write_all(&frame).map_err(|e| e.to_string())?;
-    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut len = [0u8; 4];
-        let r = stdout.read_exact(&mut len).map_err(|e| e.to_string()).and_then(|_| {
-            let mut body = vec![0u8; u32::from_ne_bytes(len) as usize];
-            stdout.read_exact(&mut body).map_err(|e| e.to_string())?;
-            serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
-        });
+        let r = match BlockingFrameReader::new(stdout, MAX_OUTBOUND).next() {
+            Ok(Inbound::Frame(body)) => serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string()),
+            Ok(other) => Err(format!("no reply frame: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
         let _ = tx.send(r);
     });
     let r = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| Err("no answer within 10 s".into()));

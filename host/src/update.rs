@@ -370,32 +370,9 @@ fn replace_self(archive: &Path, work: &Path, previous: &Path) -> Result<PathBuf,
     Ok(current)
 }
 
-/// One request to a running daemon (never starts one): its reply frame
-/// (`result` or `error`), or None when no daemon answers.
-pub async fn daemon_request(dirs: &HostDirs, kind: &str) -> Option<serde_json::Value> {
-    use tokio::io::AsyncWriteExt;
-    let mut conn = crate::daemon::open(dirs).await?;
-    let body = serde_json::json!({"id": "update", "type": kind}).to_string();
-    // The daemon reads native messaging's framing: native byte order.
-    let mut frame = (body.len() as u32).to_ne_bytes().to_vec();
-    frame.extend_from_slice(body.as_bytes());
-    conn.wr.write_all(&frame).await.ok()?;
-    // Events (`load`) may come first; the reply carries `result` or `error`.
-    loop {
-        let bytes = match crate::protocol::frame::read_frame(&mut conn.rd, 16 << 20).await.ok()? {
-            crate::protocol::frame::Inbound::Frame(b) => b,
-            _ => return None,
-        };
-        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        if v.get("result").is_some() || v.get("error").is_some() {
-            return Some(v);
-        }
-    }
-}
-
 /// The model a running daemon has loaded.
 pub async fn daemon_model(dirs: &HostDirs) -> Option<PathBuf> {
-    let v = daemon_request(dirs, "status").await?;
+    let v = crate::daemon::control_request(dirs, "status").await?;
     v["result"]["server"]["model"]["path"].as_str().map(PathBuf::from)
 }
 

@@ -51,7 +51,7 @@ fn installed_line(i: &Installed) -> String {
 }
 
 async fn tell_daemon(dirs: &HostDirs) -> String {
-    match update::daemon_request(dirs, "reload_binaries").await {
+    match crate::daemon::control_request(dirs, "reload_binaries").await {
         None => String::new(),
         Some(v) if v.get("error").is_some() => format!("the running daemon could not reload: {}\n", v["error"]),
         Some(v) if v["result"]["reloaded"] == true => {
@@ -146,7 +146,7 @@ pub fn update(a: Args) -> anyhow::Result<()> {
             let path = update::replace_host(&dirs, archive).await?;
             // A running daemon is the old build: it finishes its requests and
             // the next browser request starts the new one.
-            if update::daemon_request(&dirs, "retire").await.is_some() {
+            if crate::daemon::control_request(&dirs, "retire").await.is_some() {
                 text.push_str("the running daemon hands over to the new host once its requests finish\n");
             }
             text.push_str(&format!(

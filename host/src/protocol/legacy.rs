@@ -36,7 +36,13 @@ fn first_str<'a>(obj: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value
 }
 
 pub(super) fn parse(obj: Map<String, Value>, action: &Value) -> Result<Request, Rejected> {
-    let id = obj.get("messageId").and_then(RequestId::from_json);
+    let id = match RequestId::read(&obj, "messageId") {
+        Ok(id) => id,
+        Err(error) => {
+            let action = action.as_str().unwrap_or_default().to_owned();
+            return Err(Rejected { error, id: None, dialect: Dialect::Legacy { action } });
+        }
+    };
     let reject = |error: ProtoError, action: &str| Rejected {
         error,
         id: id.clone(),

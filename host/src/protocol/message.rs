@@ -102,6 +102,32 @@ impl ProtoError {
     }
 }
 
+/// The errors every transport sends alike (native mode, the relay, the
+/// daemon): one constructor each, so the words and details match.
+impl ProtoError {
+    pub fn frame_too_large(declared: u64, limit: usize) -> Self {
+        Self::new(
+            ErrorCode::FrameTooLarge,
+            format!("frame of {declared} bytes exceeds the {limit}-byte limit; it was skipped"),
+        )
+        .with_details(serde_json::json!({"declared": declared, "limit": limit}))
+    }
+
+    pub fn truncated_frame(declared: Option<u32>, received: usize) -> Self {
+        Self::new(ErrorCode::TruncatedFrame, "the stream ended inside a frame")
+            .with_details(serde_json::json!({"declared": declared, "received": received}))
+    }
+
+    pub fn duplicate_id() -> Self {
+        Self::new(ErrorCode::InvalidRequest, "a request with this id is still running")
+    }
+
+    /// The daemon connection carrying the request ended before its reply.
+    pub fn daemon_lost() -> Self {
+        Self::new(ErrorCode::BackendCrashed, "the bitnet-host daemon stopped while answering; send the request again")
+    }
+}
+
 impl std::fmt::Display for ProtoError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
@@ -109,6 +135,11 @@ impl std::fmt::Display for ProtoError {
 }
 
 impl std::error::Error for ProtoError {}
+
+/// Longest request id accepted, as JSON text: every frame of a reply
+/// repeats the id, so an unbounded one could push a single frame over the
+/// browser's 1 MiB limit.
+pub const MAX_ID_BYTES: usize = 1024;
 
 /// A request id: any JSON string or number the client chose. Kept as the
 /// exact JSON value so it is echoed back unchanged.
@@ -127,6 +158,25 @@ impl RequestId {
             Value::Number(_) => Some(Self(v.clone())),
             _ => None,
         }
+    }
+
+    /// The id of a request, read from `field` (`id` or `messageId`): None
+    /// when there is none, an error when it is not a string or number or is
+    /// longer than [`MAX_ID_BYTES`].
+    pub(super) fn read(obj: &Map<String, Value>, field: &str) -> Result<Option<Self>, ProtoError> {
+        let Some(v) = obj.get(field) else { return Ok(None) };
+        let Some(id) = Self::from_json(v) else {
+            return Err(ProtoError::new(ErrorCode::InvalidRequest, format!("`{field}` must be a string or a number")));
+        };
+        let len = id.key().len();
+        if len > MAX_ID_BYTES {
+            return Err(ProtoError::new(
+                ErrorCode::InvalidRequest,
+                format!("`{field}` is {len} bytes long; ids are at most {MAX_ID_BYTES}"),
+            )
+            .with_details(serde_json::json!({"id_bytes": len, "limit": MAX_ID_BYTES})));
+        }
+        Ok(Some(id))
     }
 }
 
@@ -184,14 +234,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, Rejected> {
         let action = action.clone();
         return super::legacy::parse(obj, &action);
     }
-    let id = obj.get("id").and_then(RequestId::from_json);
+    let id = RequestId::read(&obj, "id").map_err(|e| Rejected::v1(e, None))?;
     let Some(id) = id else {
-        let msg = if obj.contains_key("id") {
-            "`id` must be a string or a number"
-        } else {
-            "a request needs an `id` (string or number)"
-        };
-        return Err(Rejected::v1(ProtoError::new(ErrorCode::InvalidRequest, msg), None));
+        return Err(Rejected::v1(
+            ProtoError::new(ErrorCode::InvalidRequest, "a request needs an `id` (string or number)"),
+            None,
+        ));
     };
     match obj.get("type") {
         Some(Value::String(kind)) => {
@@ -229,6 +277,19 @@ mod tests {
         assert_eq!(err_of(br#"{"id":{},"type":"ping"}"#), (ErrorCode::InvalidRequest, None));
         assert_eq!(err_of(br#"{"id":"a"}"#), (ErrorCode::InvalidRequest, Some(json!("a"))));
         assert_eq!(err_of(br#"{"id":"a","type":3}"#), (ErrorCode::InvalidRequest, Some(json!("a"))));
+    }
+
+    #[test]
+    fn ids_longer_than_the_bound_are_refused_without_echoing_them() {
+        let fits = "x".repeat(MAX_ID_BYTES - 2); // plus its two quotes
+        assert!(parse_request(json!({"id": fits, "type": "ping"}).to_string().as_bytes()).is_ok());
+        let long = "x".repeat(MAX_ID_BYTES - 1);
+        for req in [json!({"id": long, "type": "ping"}), json!({"action": "ping", "messageId": long})] {
+            let r = parse_request(req.to_string().as_bytes()).unwrap_err();
+            assert_eq!(r.error.code, ErrorCode::InvalidRequest, "{req}");
+            assert_eq!(r.id, None);
+            assert_eq!(r.error.details.unwrap()["id_bytes"], MAX_ID_BYTES + 1);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod frame;
 pub mod legacy;
 pub mod message;
+pub mod route;
 
 pub use message::{parse_request, Dialect, ErrorCode, ProtoError, Rejected, Request, RequestId};
 
@@ -26,17 +27,27 @@ pub struct Wire {
     pub message: Value,
     pub chunk_tag: Map<String, Value>,
     pub event_key: &'static str,
+    /// A final reply (its chunks say so, for relays that count finals).
+    pub final_reply: bool,
 }
 
 impl Wire {
     /// Appends the frames of this message to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        frame::encode_message(out, &self.message, &self.chunk_tag, self.event_key, frame::MAX_OUTBOUND);
+        let chunking =
+            frame::Chunking { tag: &self.chunk_tag, event_key: self.event_key, final_reply: self.final_reply };
+        frame::encode_message(out, &self.message, &chunking, frame::MAX_OUTBOUND);
     }
+}
+
+/// The final reply `error` to a request, in its dialect.
+pub fn error_reply(dialect: &Dialect, id: Option<&RequestId>, error: ProtoError) -> Wire {
+    encode(dialect, id, Outgoing::Final(Err(error)))
 }
 
 /// Turns a handler's output into the message of the request's dialect.
 pub fn encode(dialect: &Dialect, id: Option<&RequestId>, out: Outgoing) -> Wire {
+    let final_reply = matches!(out, Outgoing::Final(_));
     match dialect {
         Dialect::V1 => {
             let id_value = id.map(|i| i.0.clone()).unwrap_or(Value::Null);
@@ -58,7 +69,7 @@ pub fn encode(dialect: &Dialect, id: Option<&RequestId>, out: Outgoing) -> Wire 
             }
             let mut tag = Map::new();
             tag.insert("id".into(), id_value);
-            Wire { message: Value::Object(m), chunk_tag: tag, event_key: "event" }
+            Wire { message: Value::Object(m), chunk_tag: tag, event_key: "event", final_reply }
         }
         Dialect::Legacy { action } => {
             let mut m = match out {
@@ -71,7 +82,7 @@ pub fn encode(dialect: &Dialect, id: Option<&RequestId>, out: Outgoing) -> Wire 
                 m.insert("messageId".into(), id.0.clone());
                 tag.insert("messageId".into(), id.0.clone());
             }
-            Wire { message: Value::Object(m), chunk_tag: tag, event_key: "type" }
+            Wire { message: Value::Object(m), chunk_tag: tag, event_key: "type", final_reply }
         }
     }
 }
