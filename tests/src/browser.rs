@@ -204,29 +204,38 @@ impl FakeBrowser {
                 Ok(Output::Closed { leftover }) => panic!("host closed stdout ({leftover} stray bytes)"),
                 Err(_) => panic!("no message from the host within {timeout:?}"),
             };
-            assert!(bytes.len() <= MAX_OUTBOUND, "frame of {} bytes is over the browser's limit", bytes.len());
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!("host wrote a frame that is not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes))
-            });
-            let is_chunk = value.get("event").or_else(|| value.get("type")).and_then(Value::as_str) == Some("chunk");
-            if !is_chunk {
-                return Message { value, frames: 1, largest_frame: bytes.len() };
-            }
-            let index = value["index"].as_u64().expect("chunk index") as usize;
-            let count = value["count"].as_u64().expect("chunk count") as usize;
-            assert_eq!(index, self.partial.len(), "chunks arrive in order");
-            self.partial.push(value["data"].as_str().expect("chunk data").to_owned());
-            self.partial_frames += 1;
-            self.partial_largest = self.partial_largest.max(bytes.len());
-            if self.partial.len() == count {
-                let text: String = self.partial.drain(..).collect();
-                let value = serde_json::from_str(&text).expect("reassembled chunks are JSON");
-                let m = Message { value, frames: self.partial_frames, largest_frame: self.partial_largest };
-                self.partial_frames = 0;
-                self.partial_largest = 0;
+            if let Some(m) = self.absorb(&bytes) {
                 return m;
             }
         }
+    }
+
+    /// One frame: the message it completes, if any (a chunk may not).
+    fn absorb(&mut self, bytes: &[u8]) -> Option<Message> {
+        assert!(bytes.len() <= MAX_OUTBOUND, "frame of {} bytes is over the browser's limit", bytes.len());
+        let value: Value = serde_json::from_slice(bytes).unwrap_or_else(|e| {
+            panic!("host wrote a frame that is not JSON ({e}): {:?}", String::from_utf8_lossy(bytes))
+        });
+        let is_chunk = value.get("event").or_else(|| value.get("type")).and_then(Value::as_str) == Some("chunk");
+        if !is_chunk {
+            assert!(self.partial.is_empty(), "a frame landed between the chunks of another message: {value}");
+            return Some(Message { value, frames: 1, largest_frame: bytes.len() });
+        }
+        let index = value["index"].as_u64().expect("chunk index") as usize;
+        let count = value["count"].as_u64().expect("chunk count") as usize;
+        assert_eq!(index, self.partial.len(), "chunks arrive in order");
+        self.partial.push(value["data"].as_str().expect("chunk data").to_owned());
+        self.partial_frames += 1;
+        self.partial_largest = self.partial_largest.max(bytes.len());
+        if self.partial.len() < count {
+            return None;
+        }
+        let text: String = self.partial.drain(..).collect();
+        let value = serde_json::from_str(&text).expect("reassembled chunks are JSON");
+        let m = Message { value, frames: self.partial_frames, largest_frame: self.partial_largest };
+        self.partial_frames = 0;
+        self.partial_largest = 0;
+        Some(m)
     }
 
     pub fn recv(&mut self, timeout: Duration) -> Value {
@@ -265,6 +274,17 @@ impl FakeBrowser {
     pub fn request(&mut self, message: &Value) -> Value {
         self.send(message);
         self.collect("id", &message["id"], Duration::from_secs(10)).1.value
+    }
+
+    /// Every message that arrives within `period` (chunks reassembled),
+    /// after those already read and not yet asked for.
+    pub fn messages_for(&mut self, period: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + period;
+        let mut out: Vec<Value> = self.pending.drain(..).map(|m| m.value).collect();
+        while let Ok(Output::Frame(b)) = self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            out.extend(self.absorb(&b).map(|m| m.value));
+        }
+        out
     }
 
     /// Waits for the process to exit; None if it is still running at the end.

@@ -23,6 +23,9 @@ mod server;
 mod supervisor;
 mod update;
 mod windows;
+// Both native modes; the relay's daemon is reached over its Unix socket.
+#[cfg(unix)]
+mod wire;
 
 use std::path::Path;
 
