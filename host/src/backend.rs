@@ -1,6 +1,7 @@
 //! The model server behind this host: the config file, which candidates fit
 //! this machine and model, and the supervisor job that runs one. One model is
-//! loaded at a time; loading another stops the first.
+//! loaded at a time; loading another stops the first once its requests are
+//! done. Errors are [`BackendError`]; the handlers give them wire codes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,24 @@ use bitnet_supervisor::{Catalog, ConfigFile, Inputs, Job, JobSpec, Policy, Selec
 use bitnet_ternary::Gguf;
 
 use crate::dirs::HostDirs;
-use crate::protocol::{ErrorCode, ProtoError};
+
+/// What can go wrong with the model server, before the handlers turn it
+/// into the wire's error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("`model` must be an absolute path to a .gguf file")]
+    NotAbsolute,
+    #[error("no model file at {}", .0.display())]
+    NotFound(PathBuf),
+    #[error("{} is not a usable model: {reason}", path.display())]
+    Unusable { path: PathBuf, reason: String },
+    #[error("{max} requests are already waiting for the model; try again later")]
+    Busy { max: usize },
+    #[error("nothing here can run a {format} model")]
+    NothingCanRun { format: String, skipped: Vec<String> },
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// What the host knows about a model file after validating it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -126,14 +144,13 @@ pub fn selection_in(
 
 /// Validate a model file as GGUF (off the async threads: it reads the whole
 /// header, which holds the vocabulary).
-pub async fn inspect_model(path: &Path) -> Result<ModelInfo, ProtoError> {
+pub async fn inspect_model(path: &Path) -> Result<ModelInfo, BackendError> {
     if !path.is_absolute() {
-        return Err(ProtoError::new(ErrorCode::InvalidRequest, "`model` must be an absolute path to a .gguf file"));
+        return Err(BackendError::NotAbsolute);
     }
     let p = path.to_path_buf();
-    let parsed = tokio::task::spawn_blocking(move || Gguf::open(&p))
-        .await
-        .map_err(|e| ProtoError::new(ErrorCode::Internal, e.to_string()))?;
+    let parsed =
+        tokio::task::spawn_blocking(move || Gguf::open(&p)).await.map_err(|e| BackendError::Internal(e.to_string()))?;
     match parsed {
         Ok(g) => Ok(ModelInfo {
             path: path.to_path_buf(),
@@ -143,11 +160,9 @@ pub async fn inspect_model(path: &Path) -> Result<ModelInfo, ProtoError> {
             tensors: g.tensors.len(),
         }),
         Err(bitnet_ternary::GgufError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Err(ProtoError::new(ErrorCode::NotFound, format!("no model file at {}", path.display())))
+            Err(BackendError::NotFound(path.to_path_buf()))
         }
-        Err(e) => {
-            Err(ProtoError::new(ErrorCode::InvalidRequest, format!("{} is not a usable model: {e}", path.display())))
-        }
+        Err(e) => Err(BackendError::Unusable { path: path.to_path_buf(), reason: e.to_string() }),
     }
 }
 
@@ -190,7 +205,7 @@ impl Backend {
 
     /// Wait for a slot at the server, in arrival order; `busy` when
     /// `max_queue` requests already wait.
-    pub async fn slot(&self) -> Result<Slot, ProtoError> {
+    pub async fn slot(&self) -> Result<Slot, BackendError> {
         use std::sync::atomic::Ordering;
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(Slot { _permit: p });
@@ -198,18 +213,10 @@ impl Backend {
         let max = self.settings().max_queue;
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= max {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(ProtoError::new(
-                ErrorCode::Busy,
-                format!("{max} requests are already waiting for the model; try again later"),
-            ));
+            return Err(BackendError::Busy { max });
         }
         let _w = Waiting(self.waiting.clone());
-        let p = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ProtoError::new(ErrorCode::Internal, "slots closed"))?;
+        let p = self.slots.clone().acquire_owned().await.map_err(|_| BackendError::Internal("slots closed".into()))?;
         Ok(Slot { _permit: p })
     }
 
@@ -217,9 +224,9 @@ impl Backend {
     /// requests that come later queue behind (the semaphore is fair) until
     /// the returned permit is dropped. For switching what serves them
     /// without cutting anyone.
-    pub async fn drain(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ProtoError> {
+    pub async fn drain(&self) -> Result<tokio::sync::SemaphorePermit<'_>, BackendError> {
         let all = self.settings().parallel.max(1);
-        self.slots.acquire_many(all).await.map_err(|_| ProtoError::new(ErrorCode::Internal, "slots closed"))
+        self.slots.acquire_many(all).await.map_err(|_| BackendError::Internal("slots closed".into()))
     }
 
     /// Requests using the server now (holding a slot).
@@ -240,8 +247,16 @@ impl Backend {
         &self.config
     }
 
-    /// The job serving `model`, started if needed (stopping any other).
-    pub async fn load(&self, report: &HardwareReport, info: ModelInfo) -> Result<Job, ProtoError> {
+    /// The job serving `model`, started if needed. Another model's server
+    /// is stopped once the requests it serves have finished (new ones queue
+    /// behind the switch): a load never cuts a stream.
+    pub async fn load(&self, report: &HardwareReport, info: ModelInfo) -> Result<Job, BackendError> {
+        if let Some((job, current)) = self.job.lock().await.as_ref() {
+            if current.path == info.path {
+                return Ok(job.clone());
+            }
+        }
+        let _drained = self.drain().await?;
         let mut slot = self.job.lock().await;
         if let Some((job, current)) = slot.as_ref() {
             if current.path == info.path {
@@ -256,15 +271,17 @@ impl Backend {
         Ok(job)
     }
 
-    fn start_job(&self, report: &HardwareReport, info: &ModelInfo) -> Result<Job, ProtoError> {
+    /// Whether loading `path` means switching from another loaded model.
+    pub async fn is_switch(&self, path: &Path) -> bool {
+        self.job.lock().await.as_ref().is_some_and(|(_, current)| current.path != path)
+    }
+
+    fn start_job(&self, report: &HardwareReport, info: &ModelInfo) -> Result<Job, BackendError> {
         let sel = selection(self.dirs.as_ref(), &self.config, report, info.format.as_deref());
         if sel.candidates.is_empty() {
             let reasons: Vec<String> = sel.skipped.iter().map(|s| format!("{}: {}", s.id, s.reason)).collect();
-            return Err(ProtoError::new(
-                ErrorCode::NotAvailable,
-                format!("nothing here can run a {} model", info.format.as_deref().unwrap_or("?")),
-            )
-            .with_details(serde_json::json!({"skipped": reasons})));
+            let format = info.format.clone().unwrap_or_else(|| "?".into());
+            return Err(BackendError::NothingCanRun { format, skipped: reasons });
         }
         let remote_api_key = self.config.remote.as_ref().and_then(|r| r.api_key.clone());
         let spec = JobSpec {
@@ -284,7 +301,7 @@ impl Backend {
     /// update), at a point where no request uses it: take every slot, so
     /// requests in flight finish and new ones queue behind (none is cut),
     /// swap the server, give the slots back. Whether a model was loaded.
-    pub async fn reload_binaries(&self, report: &HardwareReport) -> Result<bool, ProtoError> {
+    pub async fn reload_binaries(&self, report: &HardwareReport) -> Result<bool, BackendError> {
         let _drained = self.drain().await?;
         let mut slot = self.job.lock().await;
         let Some((old, info)) = slot.take() else { return Ok(false) };

@@ -139,8 +139,9 @@ async fn models(State(api): State<Api>) -> Response {
     }
     if let Some(dirs) = api.app.dirs.as_ref() {
         let root = dirs.data.join("models");
-        let found =
-            tokio::task::spawn_blocking(move || crate::handlers_infer::scan_models(&root)).await.unwrap_or_default();
+        let found = tokio::task::spawn_blocking(move || crate::session::handlers::infer::scan_models(&root))
+            .await
+            .unwrap_or_default();
         for p in found {
             if !data.iter().any(|d| d["id"] == json!(p)) {
                 data.push(json!({"id": p, "object": "model", "owned_by": "bitnet-host", "loaded": false}));
@@ -181,7 +182,7 @@ async fn forward(State(api): State<Api>, req: Request) -> Response {
         (Some(w), _) => {
             let info = match crate::backend::inspect_model(&w).await {
                 Ok(i) => i,
-                Err(e) => return error(StatusCode::BAD_REQUEST, &e.message),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
             };
             let report = match app.hardware().await {
                 Ok(r) => r,
@@ -189,7 +190,7 @@ async fn forward(State(api): State<Api>, req: Request) -> Response {
             };
             match app.backend.load(&report, info).await {
                 Ok(j) => j,
-                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.message),
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
             }
         }
         (None, Some((job, _))) => job,
@@ -198,7 +199,7 @@ async fn forward(State(api): State<Api>, req: Request) -> Response {
     // Same queue as the browsers' requests.
     let slot = match app.backend.slot().await {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, &e.message),
+        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
     };
     let ep = match job.ready().await {
         Ok(ep) => ep,

@@ -1,26 +1,23 @@
 //! bitnet-host: the native-messaging host that runs local BitNet models for
 //! browser extensions. See ARCHITECTURE.md for the code map.
 
-pub mod backend;
-pub mod chat;
+// The wire (pure: framing, messages, dialects, routing peeks).
+pub mod protocol;
+// A connection's life and the request handlers.
+pub mod session;
+// Front-ends: the browser's pipes, the per-user daemon and its relay, the
+// OpenAI-compatible HTTP API, the CLI.
 pub mod cli;
 pub mod daemon;
-pub mod dirs;
-pub mod handlers;
-pub mod handlers_infer;
-pub mod handlers_server;
-pub mod logging;
-pub mod native;
-pub mod protocol;
-pub mod pull;
-pub mod session;
-pub mod setup;
-pub mod stdio;
-pub mod update;
-mod update_cli;
-
-pub mod hardware;
 pub mod http_api;
+pub mod native;
+// Services the handlers and front-ends use.
+pub mod backend;
+pub mod dirs;
+pub mod hardware;
+pub mod logging;
+pub mod pull;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,8 +49,6 @@ pub struct App {
     pub retire: tokio_util::sync::CancellationToken,
     /// Set once a retiring daemon has let go of its socket and lock.
     pub released: tokio_util::sync::CancellationToken,
-    /// Whether this process is the per-user daemon.
-    pub is_daemon: std::sync::atomic::AtomicBool,
 }
 
 /// One connection, as `status` lists it.
@@ -79,15 +74,6 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// What `status` says about a caller.
-pub fn caller_json(c: &native::Caller) -> Value {
-    match c {
-        native::Caller::Chromium { origin } => json!({"browser": "chromium", "origin": origin}),
-        native::Caller::Firefox { extension_id, .. } => json!({"browser": "firefox", "extension_id": extension_id}),
-        native::Caller::Manual => json!({"browser": null}),
-    }
-}
-
 impl App {
     pub fn new(dirs: Option<dirs::HostDirs>) -> Self {
         let prober = hardware::prober(dirs.as_ref());
@@ -103,7 +89,6 @@ impl App {
             in_flight: Arc::default(),
             retire: tokio_util::sync::CancellationToken::new(),
             released: tokio_util::sync::CancellationToken::new(),
-            is_daemon: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

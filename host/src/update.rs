@@ -298,7 +298,7 @@ async fn health_check(
     model: Option<&Path>,
 ) -> Result<(), String> {
     let Some(model) = model else { return Ok(()) };
-    let info = crate::backend::inspect_model(model).await.map_err(|e| e.message)?;
+    let info = crate::backend::inspect_model(model).await.map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(dir.join(bitnet_installer::release::VARIANTS)).map_err(|e| e.to_string())?;
     let catalog = Catalog::parse(&text).map_err(|e| e.to_string())?;
     let sel = crate::backend::selection_in(&catalog, Some(dir), config, report, info.format.as_deref(), None);
@@ -368,12 +368,6 @@ fn replace_self(archive: &Path, work: &Path, previous: &Path) -> Result<PathBuf,
     std::fs::copy(&current, previous.join(exe_name)).map_err(|e| fail(&e))?;
     self_replace::self_replace(&new_exe).map_err(|e| fail(&e))?;
     Ok(current)
-}
-
-/// The model a running daemon has loaded.
-pub async fn daemon_model(dirs: &HostDirs) -> Option<PathBuf> {
-    let v = crate::daemon::control_request(dirs, "status").await?;
-    v["result"]["server"]["model"]["path"].as_str().map(PathBuf::from)
 }
 
 /// What the last availability check found (`<state>/update-check.json`,
@@ -468,7 +462,7 @@ async fn check_once(app: &crate::App, dirs: &HostDirs, config: &ConfigFile) -> C
                 record.applied = Some(inst.version.clone());
                 if let Ok(report) = app.hardware().await {
                     if let Err(e) = app.backend.reload_binaries(&report).await {
-                        tracing::warn!("moving to the new servers: {}", e.message);
+                        tracing::warn!("moving to the new servers: {e}");
                     }
                 }
             }

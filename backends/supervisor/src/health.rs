@@ -44,7 +44,7 @@ pub async fn check_remote(http: &reqwest::Client, base: &str, key: Option<&str>)
         Ok(r) => {
             let status = r.status();
             let body = r.text().await.unwrap_or_default();
-            Err((format!("HTTP {status}: {}", crate::proxy::error_message(&body)), Some(status.as_u16())))
+            Err((format!("HTTP {status}: {}", crate::endpoint::error_message(&body)), Some(status.as_u16())))
         }
         Err(e) => Err((e.to_string(), None)),
     }

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::classify::{classify_exit, Exit, Failure, Step};
 use crate::config::{Policy, Settings};
+pub use crate::endpoint::Endpoint;
 use crate::output::{drain, Ring, Stream};
 use crate::select::{Candidate, Launch};
 use crate::sweep::PidRecord;
@@ -50,16 +51,6 @@ pub struct JobSpec {
     pub log_dir: Option<PathBuf>,
     /// Where pid files go, for the sweep after a crash of the owner.
     pub run_dir: Option<PathBuf>,
-}
-
-/// Where to send requests once the job is ready.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
-    pub candidate: String,
-    /// Base URL without `/v1`.
-    pub url: String,
-    pub api_key: Option<String>,
-    pub pid: Option<u32>,
 }
 
 /// One failed launch, kept for the final report.

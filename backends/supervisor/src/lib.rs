@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod endpoint;
 pub mod health;
 pub mod job;
 pub mod output;

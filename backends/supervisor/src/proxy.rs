@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::job::Endpoint;
+use crate::endpoint::{error_message, Endpoint};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProxyError {
@@ -129,15 +129,6 @@ async fn read_json(resp: reqwest::Response, timeout: Duration) -> Result<Value, 
         Ok(Ok(b)) => b,
     };
     serde_json::from_slice(&bytes).map_err(|e| ProxyError::BadResponse(e.to_string()))
-}
-
-/// The message inside an OpenAI / llama-server error body, or the body itself.
-pub fn error_message(body: &str) -> String {
-    let v: Option<Value> = serde_json::from_str(body).ok();
-    let from_json = v.as_ref().and_then(|v| {
-        v["error"]["message"].as_str().or(v["error"].as_str()).or(v["message"].as_str()).map(String::from)
-    });
-    from_json.unwrap_or_else(|| body.chars().take(500).collect::<String>().trim().to_string())
 }
 
 /// An SSE response being read.

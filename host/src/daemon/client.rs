@@ -118,7 +118,7 @@ pub async fn control_request(dirs: &HostDirs, kind: &str) -> Option<Value> {
     // Events (`load`) may come first; the reply carries `result` or `error`.
     let mut frames = FrameReader::new(rd, MAX_OUTBOUND);
     loop {
-        let Inbound::Frame(bytes) = frames.next().await.ok()? else { return None };
+        let Inbound::Frame(bytes) = frames.read_frame().await.ok()? else { return None };
         let v: Value = serde_json::from_slice(&bytes).ok()?;
         if v.get("result").is_some() || v.get("error").is_some() {
             return Some(v);

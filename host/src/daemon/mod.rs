@@ -149,17 +149,14 @@ trait Listener {
 async fn serve_with<L: Listener, K>(
     app: Arc<App>,
     dirs: &HostDirs,
-    mut listener: L,
-    lock: K,
+    (mut listener, lock): (L, K),
     terminated: impl std::future::Future<Output = ()>,
+    listening: impl FnOnce(Arc<App>),
 ) -> anyhow::Result<bool> {
     let dir = run_dir(dirs);
     std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())?;
     tracing::info!(pid = std::process::id(), "daemon listening");
-    tokio::spawn(crate::update::background_checks(app.clone(), dirs.clone()));
-    if let Some(port) = crate::http_api::port(&app) {
-        tokio::spawn(crate::http_api::serve(app.clone(), port));
-    }
+    listening(app.clone());
     let idle = idle_from_env();
     let connections = Arc::new(AtomicUsize::new(0));
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<()>();
@@ -226,8 +223,8 @@ async fn connection(app: Arc<App>, conn: Conn) {
     let Conn { rd, wr, pid } = conn;
     let mut frames = FrameReader::new(rd, MAX_INBOUND);
     let (tx, rx) = mpsc::channel::<Wire>(1024);
-    let writer = tokio::spawn(crate::stdio::write_loop_async(wr, rx));
-    let first = frames.next().await;
+    let writer = tokio::spawn(crate::native::stdio::write_loop_async(wr, rx));
+    let first = frames.read_frame().await;
     let hello = match &first {
         Ok(Inbound::Frame(b)) => crate::protocol::parse_request(b).ok().filter(|r| r.kind == "relay_hello"),
         _ => None,
@@ -250,7 +247,7 @@ async fn connection(app: Arc<App>, conn: Conn) {
             session
         }
     };
-    while let Ok(inbound) = frames.next().await {
+    while let Ok(inbound) = frames.read_frame().await {
         if !session.handle_inbound(inbound).await {
             break;
         }
@@ -271,7 +268,7 @@ fn relay_caller(pid: Option<i32>, claimed: Option<&Value>) -> Value {
     let launch = pid.and_then(peer_args).and_then(|args| crate::native::browser_launch(args.get(1..)?));
     let mut caller = match launch {
         Some(c) => {
-            let mut v = crate::caller_json(&c);
+            let mut v = crate::native::caller_json(&c);
             v["verified"] = Value::Bool(true);
             v
         }
@@ -307,15 +304,15 @@ fn peer_args(pid: i32) -> Option<Vec<String>> {
 }
 
 /// Run the daemon: take the lock (exactly one per user, however many
-/// start at once) and listen. Ok(false): another daemon holds the lock.
-pub async fn serve(app: Arc<App>, dirs: &HostDirs) -> anyhow::Result<bool> {
+/// start at once) and listen; `listening` starts what only the winner runs
+/// (update checks, the HTTP API). Ok(false): another daemon holds the lock.
+pub async fn serve(app: Arc<App>, dirs: &HostDirs, listening: impl FnOnce(Arc<App>)) -> anyhow::Result<bool> {
     let _ = identity();
-    app.is_daemon.store(true, Ordering::SeqCst);
-    let Some((listener, lock)) = transport::listen(dirs)? else {
+    let Some(held) = transport::listen(dirs)? else {
         tracing::info!("another daemon holds the lock");
         return Ok(false);
     };
-    serve_with(app, dirs, listener, lock, transport::terminated()?).await
+    serve_with(app, dirs, held, transport::terminated()?, listening).await
 }
 
 #[cfg(unix)]

@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use super::client::{connect, control_request};
 use super::{current_identity, Conn};
 use crate::dirs::HostDirs;
+use crate::native::stdio::Encoded;
 use crate::protocol::frame::{push_frame, FrameReader, Inbound, MAX_INBOUND, MAX_OUTBOUND};
 use crate::protocol::route::{self, Kind};
 use crate::protocol::{self, Dialect, ErrorCode, ProtoError, RequestId};
-use crate::stdio::Encoded;
 
 /// The relay's private request id for its hello (never forwarded).
 pub(super) const HELLO_ID: &str = "bitnet-relay-hello";
@@ -93,7 +93,7 @@ async fn open_link(
         wr.write_all(&hello).await?;
         let mut frames = FrameReader::new(rd, MAX_OUTBOUND);
         let theirs = loop {
-            match frames.next().await? {
+            match frames.read_frame().await? {
                 Inbound::Frame(b) => {
                     let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                     if v["id"] == HELLO_ID {
@@ -117,8 +117,8 @@ async fn open_link(
 /// The relay: stdin/stdout <-> the daemon. Returns when stdin closes.
 pub async fn relay(dirs: HostDirs, caller: Value) -> anyhow::Result<()> {
     let (out, out_rx) = mpsc::channel::<Encoded>(256);
-    let written = crate::stdio::spawn_writer(out_rx);
-    let mut frames = crate::stdio::spawn_reader(MAX_INBOUND);
+    let written = crate::native::stdio::spawn_writer(out_rx);
+    let mut frames = crate::native::stdio::spawn_reader(MAX_INBOUND);
     let pending: PendingMap = Arc::default();
     let (news_tx, mut news) = mpsc::unbounded_channel::<DaemonNews>();
     let mut link: Option<Link> = None;
@@ -233,7 +233,7 @@ async fn read_daemon(
     let mut batch = Vec::with_capacity(BATCH_BYTES);
     // The chunks of a message still arriving.
     let mut chunks = Vec::new();
-    while let Ok(Inbound::Frame(bytes)) = frames.next().await {
+    while let Ok(Inbound::Frame(bytes)) = frames.read_frame().await {
         match route::reply(&bytes) {
             Some(r) if r.key.is_none() && r.notice.as_deref() == Some("daemon_retiring") => {
                 let _ = news.send(DaemonNews::Retiring(generation));

@@ -167,7 +167,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame, an oversized or truncated one, or the end. I/O errors
     /// other than end-of-stream are returned. Not cancel-safe.
-    pub async fn next(&mut self) -> std::io::Result<Inbound> {
+    pub async fn read_frame(&mut self) -> std::io::Result<Inbound> {
         loop {
             if let Some(f) = self.decoder.next_frame() {
                 return Ok(f);
@@ -184,7 +184,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Whether a frame is already buffered (the next `next()` returns
+    /// Whether a frame is already buffered (the next `read_frame()` returns
     /// without reading).
     pub fn has_frame(&self) -> bool {
         self.decoder.has_frame()
@@ -204,8 +204,8 @@ impl<R: std::io::Read> BlockingFrameReader<R> {
         Self { inner, decoder: Decoder::new(max), ended: false }
     }
 
-    /// As [`FrameReader::next`], blocking.
-    pub fn next(&mut self) -> std::io::Result<Inbound> {
+    /// As [`FrameReader::read_frame`], blocking.
+    pub fn read_frame(&mut self) -> std::io::Result<Inbound> {
         loop {
             if let Some(f) = self.decoder.next_frame() {
                 return Ok(f);
@@ -342,7 +342,7 @@ mod tests {
         let mut r = FrameReader::new(input, max);
         let mut out = Vec::new();
         loop {
-            let f = r.next().await.unwrap();
+            let f = r.read_frame().await.unwrap();
             let end = matches!(f, Inbound::Eof | Inbound::Truncated { .. });
             out.push(f);
             if end {
@@ -378,11 +378,11 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         client.write_all(&(1u32 << 30).to_ne_bytes()).await.unwrap();
         let mut r = FrameReader::new(server, 100);
-        let first = tokio::time::timeout(std::time::Duration::from_secs(5), r.next()).await;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), r.read_frame()).await;
         assert_eq!(first.expect("answered at once").unwrap(), Inbound::Oversized { declared: 1 << 30 });
         client.write_all(&[0u8; 500]).await.unwrap();
         drop(client);
-        assert_eq!(r.next().await.unwrap(), Inbound::Truncated { declared: Some(1 << 30), received: 500 });
+        assert_eq!(r.read_frame().await.unwrap(), Inbound::Truncated { declared: Some(1 << 30), received: 500 });
     }
 
     #[tokio::test]
@@ -438,11 +438,11 @@ mod tests {
         input.extend(frame(b"[1]"));
         input.extend_from_slice(&[9, 0]);
         let mut r = BlockingFrameReader::new(&input[..], 100);
-        assert_eq!(r.next().unwrap(), Inbound::Frame(b"{}".to_vec()));
-        assert_eq!(r.next().unwrap(), Inbound::Oversized { declared: 300 });
-        assert_eq!(r.next().unwrap(), Inbound::Frame(b"[1]".to_vec()));
-        assert_eq!(r.next().unwrap(), Inbound::Truncated { declared: None, received: 2 });
-        assert_eq!(r.next().unwrap(), Inbound::Eof);
+        assert_eq!(r.read_frame().unwrap(), Inbound::Frame(b"{}".to_vec()));
+        assert_eq!(r.read_frame().unwrap(), Inbound::Oversized { declared: 300 });
+        assert_eq!(r.read_frame().unwrap(), Inbound::Frame(b"[1]".to_vec()));
+        assert_eq!(r.read_frame().unwrap(), Inbound::Truncated { declared: None, received: 2 });
+        assert_eq!(r.read_frame().unwrap(), Inbound::Eof);
     }
 
     #[test]

@@ -35,13 +35,13 @@ pub async fn load_model(ctx: &Ctx, params: &Params) -> Outcome {
     let info = backend::inspect_model(Path::new(model)).await?;
     let report = ctx.app.hardware().await.map_err(|e| ProtoError::new(ErrorCode::Internal, e))?;
     // Another model is loaded: the requests it is serving (other tabs,
-    // other browsers) finish first, and the ones that come meanwhile queue
-    // behind this load; none is cut.
-    let switching = ctx.app.backend.current().await.is_some_and(|(_, current)| current.path != info.path);
-    let drained = if switching { Some(wait_for_running(ctx, "switching models").await?) } else { None };
+    // other browsers) finish first (the backend waits), and the ones that
+    // come meanwhile queue behind this load; none is cut. Say so.
+    if ctx.app.backend.is_switch(&info.path).await {
+        say_waiting(ctx, "switching models").await;
+    }
     let job = ctx.app.backend.load(&report, info.clone()).await?;
-    drop(drained);
-    let ep = crate::handlers_infer::ready_with_progress(ctx, &job).await?;
+    let ep = crate::session::handlers::infer::ready_with_progress(ctx, &job).await?;
     let mut out = state_fields(&job.state());
     out.insert("model".into(), json!(info));
     out.insert("backend".into(), Value::from(ep.candidate));
@@ -55,7 +55,7 @@ pub async fn reload_binaries(ctx: &Ctx) -> Outcome {
     let reloaded = ctx.app.backend.reload_binaries(&report).await?;
     let backend = match ctx.app.backend.current().await {
         Some((job, _)) if reloaded => {
-            let ep = crate::handlers_infer::ready_with_progress(ctx, &job).await?;
+            let ep = crate::session::handlers::infer::ready_with_progress(ctx, &job).await?;
             Value::from(ep.candidate)
         }
         _ => Value::Null,
@@ -63,9 +63,9 @@ pub async fn reload_binaries(ctx: &Ctx) -> Outcome {
     Ok(json!({"reloaded": reloaded, "backend": backend}))
 }
 
-/// Every slot of the server, after saying (a `load` event) how many
-/// requests it waits for when any are running.
-async fn wait_for_running<'a>(ctx: &'a Ctx, why: &str) -> Result<tokio::sync::SemaphorePermit<'a>, ProtoError> {
+/// A `load` event saying how many running requests a switch waits for,
+/// when any are running.
+async fn say_waiting(ctx: &Ctx, why: &str) {
     let running = ctx.app.backend.running();
     if running > 0 {
         let mut f = Map::new();
@@ -74,11 +74,11 @@ async fn wait_for_running<'a>(ctx: &'a Ctx, why: &str) -> Result<tokio::sync::Se
         f.insert("message".into(), Value::from(format!("{why}: waiting for {running} running request(s) to finish")));
         ctx.event("load", f).await;
     }
-    ctx.app.backend.drain().await
 }
 
 pub async fn unload_model(ctx: &Ctx) -> Outcome {
-    let _drained = wait_for_running(ctx, "unloading").await?;
+    say_waiting(ctx, "unloading").await;
+    let _drained = ctx.app.backend.drain().await?;
     match ctx.app.backend.unload().await {
         Some(info) => Ok(json!({"unloaded": true, "model": info.path})),
         None => Ok(json!({"unloaded": false, "model": null})),

@@ -15,10 +15,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handlers;
 use crate::protocol::frame::{Inbound, MAX_INBOUND};
 use crate::protocol::{self, Dialect, ErrorCode, Outgoing, ProtoError, Request, RequestId, Wire};
 use crate::App;
+
+pub mod handlers;
 
 /// Most requests one connection may have running at once; past it a request
 /// is answered `busy` rather than queued without bound.

@@ -67,9 +67,9 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
 }
 
 async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow::Result<()> {
-    let info = crate::backend::inspect_model(model).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let info = crate::backend::inspect_model(model).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let report = app.hardware().await.map_err(|e| anyhow::anyhow!(e))?;
-    let job = app.backend.load(&report, info).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let job = app.backend.load(&report, info).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let ep = match job.ready().await {
         Ok(ep) => ep,
         Err(e) => {

@@ -81,9 +81,9 @@ pub fn update(a: Args) -> anyhow::Result<()> {
     let r = rt.block_on(async {
         let model = match a.model {
             Some(m) => Some(std::path::absolute(&m)?),
-            None => match update::daemon_model(&dirs).await {
+            None => match daemon_model(&dirs).await {
                 Some(m) => Some(m),
-                None => Some(crate::chat::default_model_path(&dirs)).filter(|p| p.is_file()),
+                None => Some(crate::cli::chat::default_model_path(&dirs)).filter(|p| p.is_file()),
             },
         };
         if let Some(zip) = a.bundle {
@@ -162,4 +162,10 @@ pub fn update(a: Args) -> anyhow::Result<()> {
     // A verified host archive that was not installed (a later step failed).
     let _ = std::fs::remove_dir_all(dirs.data.join("updates"));
     r
+}
+
+/// The model a running daemon has loaded.
+async fn daemon_model(dirs: &HostDirs) -> Option<std::path::PathBuf> {
+    let v = crate::daemon::control_request(dirs, "status").await?;
+    v["result"]["server"]["model"]["path"].as_str().map(std::path::PathBuf::from)
 }

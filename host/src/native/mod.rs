@@ -8,12 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::protocol::frame::MAX_INBOUND;
 use crate::protocol::Wire;
 use crate::session::{Role, Session};
 use crate::App;
+
+pub mod stdio;
 
 /// How long running requests get to finish after the browser leaves.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
@@ -68,9 +71,9 @@ async fn terminate_signal() {
 pub async fn serve_stdio(app: Arc<App>, caller: Caller) {
     tracing::info!(?caller, pid = std::process::id(), "native messaging session started");
     let (tx, rx) = mpsc::channel::<Wire>(1024);
-    let written = crate::stdio::spawn_writer(rx);
-    let session = Session::new(app, tx, crate::caller_json(&caller), Role::Browser);
-    let mut frames = crate::stdio::spawn_reader(MAX_INBOUND);
+    let written = crate::native::stdio::spawn_writer(rx);
+    let session = Session::new(app, tx, crate::native::caller_json(&caller), Role::Browser);
+    let mut frames = crate::native::stdio::spawn_reader(MAX_INBOUND);
     let signal = terminate_signal();
     tokio::pin!(signal);
     loop {
@@ -95,6 +98,15 @@ pub async fn serve_stdio(app: Arc<App>, caller: Caller) {
     session.shutdown(SHUTDOWN_GRACE).await;
     drop(session);
     let _ = tokio::time::timeout(FLUSH_GRACE, written).await;
+}
+
+/// What `status` says about a caller.
+pub fn caller_json(c: &Caller) -> Value {
+    match c {
+        Caller::Chromium { origin } => json!({"browser": "chromium", "origin": origin}),
+        Caller::Firefox { extension_id, .. } => json!({"browser": "firefox", "extension_id": extension_id}),
+        Caller::Manual => json!({"browser": null}),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use crate::protocol::message::PROTOCOL_VERSIONS;
 use crate::protocol::{ErrorCode, ProtoError, RequestId};
 use crate::session::{Ctx, Role};
 
+pub mod infer;
+pub mod server;
+
 type Params = Map<String, Value>;
 type Outcome = Result<Value, ProtoError>;
 
@@ -53,22 +56,22 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
         "cancel" => cancel(ctx, params),
         "hardware" => hardware(ctx).await,
         "model_state" => Ok(model_state(ctx).await),
-        "load_model" => crate::handlers_server::load_model(ctx, params).await,
-        "unload_model" => crate::handlers_server::unload_model(ctx).await,
+        "load_model" => crate::session::handlers::server::load_model(ctx, params).await,
+        "unload_model" => crate::session::handlers::server::unload_model(ctx).await,
         "relay_hello" => Err(ProtoError::new(ErrorCode::Forbidden, "`relay_hello` is only a relay's first message")),
         "retire" | "reload_binaries" if ctx.role != Role::Control => Err(ProtoError::new(
             ErrorCode::Forbidden,
             format!("`{kind}` is a daemon control: only this user's bitnet-host CLI may send it"),
         )),
         "retire" => Ok(retire(ctx).await),
-        "reload_binaries" => crate::handlers_server::reload_binaries(ctx).await,
-        "logs" => crate::handlers_server::logs(ctx, params).await,
-        "chat" => crate::handlers_infer::chat(ctx, params).await,
-        "complete" => crate::handlers_infer::complete(ctx, params).await,
-        "embed" => crate::handlers_infer::embed(ctx, params).await,
-        "tokenize" => crate::handlers_infer::tokenize(ctx, params).await,
-        "detokenize" => crate::handlers_infer::detokenize(ctx, params).await,
-        "models" => crate::handlers_infer::models(ctx, params).await,
+        "reload_binaries" => crate::session::handlers::server::reload_binaries(ctx).await,
+        "logs" => crate::session::handlers::server::logs(ctx, params).await,
+        "chat" => crate::session::handlers::infer::chat(ctx, params).await,
+        "complete" => crate::session::handlers::infer::complete(ctx, params).await,
+        "embed" => crate::session::handlers::infer::embed(ctx, params).await,
+        "tokenize" => crate::session::handlers::infer::tokenize(ctx, params).await,
+        "detokenize" => crate::session::handlers::infer::detokenize(ctx, params).await,
+        "models" => crate::session::handlers::infer::models(ctx, params).await,
         "pull" => pull(ctx, params).await,
         "echo" => echo(ctx, params).await,
         other => match NOT_YET.iter().find(|(k, _)| *k == other) {
@@ -76,6 +79,25 @@ pub async fn handle(ctx: &Ctx, kind: &str, params: &Params) -> Outcome {
             None => Err(ProtoError::new(ErrorCode::UnknownType, format!("unknown request type `{other}`"))
                 .with_details(json!({"known": known_types()}))),
         },
+    }
+}
+
+/// The backend's errors as the wire says them.
+impl From<crate::backend::BackendError> for ProtoError {
+    fn from(e: crate::backend::BackendError) -> Self {
+        use crate::backend::BackendError as B;
+        let code = match &e {
+            B::NotAbsolute | B::Unusable { .. } => ErrorCode::InvalidRequest,
+            B::NotFound(_) => ErrorCode::NotFound,
+            B::Busy { .. } => ErrorCode::Busy,
+            B::NothingCanRun { .. } => ErrorCode::NotAvailable,
+            B::Internal(_) => ErrorCode::Internal,
+        };
+        let error = ProtoError::new(code, e.to_string());
+        match e {
+            B::NothingCanRun { skipped, .. } => error.with_details(json!({"skipped": skipped})),
+            _ => error,
+        }
     }
 }
 
@@ -125,7 +147,7 @@ async fn status(ctx: &Ctx) -> Value {
         "uptime_ms": ctx.app.started.elapsed().as_millis() as u64,
         // The status request itself is one of them.
         "requests_in_flight": ctx.in_flight_count(),
-        "server": crate::handlers_server::server_status(ctx).await,
+        "server": crate::session::handlers::server::server_status(ctx).await,
         "queued": ctx.app.backend.queued(),
         "config_error": ctx.app.backend.config_error(),
         "update": ctx.app.dirs.as_ref().and_then(crate::update::last_check),

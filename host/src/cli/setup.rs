@@ -167,7 +167,7 @@ fn handshake(host: &Path) -> Result<Value, String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let r = match BlockingFrameReader::new(stdout, MAX_OUTBOUND).next() {
+        let r = match BlockingFrameReader::new(stdout, MAX_OUTBOUND).read_frame() {
             Ok(Inbound::Frame(body)) => serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string()),
             Ok(other) => Err(format!("no reply frame: {other:?}")),
             Err(e) => Err(e.to_string()),

@@ -43,7 +43,7 @@ pub fn spawn_reader(max: usize) -> mpsc::Receiver<std::io::Result<Inbound>> {
     let spawned = std::thread::Builder::new().name("stdin".into()).spawn(move || {
         let mut frames = BlockingFrameReader::new(std::io::stdin().lock(), max);
         loop {
-            let r = frames.next();
+            let r = frames.read_frame();
             let more = matches!(r, Ok(Inbound::Frame(_) | Inbound::Oversized { .. }));
             if tx.blocking_send(r).is_err() || !more {
                 return;

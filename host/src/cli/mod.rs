@@ -10,6 +10,10 @@ use crate::dirs::HostDirs;
 use crate::native::{self, Caller};
 use crate::App;
 
+pub mod chat;
+pub mod setup;
+mod update;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bitnet-host",
@@ -80,7 +84,7 @@ enum Command {
     /// Start the daemon at login: install | uninstall | status (systemd user unit, launchd agent, logon task)
     Service { action: String },
     /// Register the host with the browsers on this machine (native-messaging manifests)
-    Install(crate::setup::InstallArgs),
+    Install(crate::cli::setup::InstallArgs),
     /// Remove exactly what `install` wrote
     Uninstall {
         #[arg(long)]
@@ -205,7 +209,13 @@ fn run_daemon() -> anyhow::Result<()> {
     let _guard = crate::logging::init(Some(&dirs), "info");
     let app = Arc::new(App::new(Some(dirs.clone())));
     let rt = runtime()?;
-    let won = rt.block_on(crate::daemon::serve(app, &dirs))?;
+    let listening = |app: Arc<App>| {
+        tokio::spawn(crate::update::background_checks(app.clone(), dirs.clone()));
+        if let Some(port) = crate::http_api::port(&app) {
+            tokio::spawn(crate::http_api::serve(app, port));
+        }
+    };
+    let won = rt.block_on(crate::daemon::serve(app, &dirs, listening))?;
     if !won {
         eprintln!("bitnet-host: a daemon is already running for this user");
     }
@@ -219,7 +229,7 @@ fn run_native(caller: Caller) -> anyhow::Result<()> {
         let dirs = dirs.ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
         tracing::info!(?caller, "relaying to the daemon");
         let rt = runtime()?;
-        let r = rt.block_on(crate::daemon::relay(dirs, crate::caller_json(&caller)));
+        let r = rt.block_on(crate::daemon::relay(dirs, crate::native::caller_json(&caller)));
         rt.shutdown_timeout(std::time::Duration::from_millis(50));
         return r;
     }
@@ -248,7 +258,7 @@ pub fn main() -> ExitCode {
         Command::Models { json } => models(json),
         Command::Stop => stop(),
         Command::Update { check, channel, bundle, model, servers_only, rollback, json } => {
-            crate::update_cli::update(crate::update_cli::Args {
+            crate::cli::update::update(crate::cli::update::Args {
                 check,
                 channel,
                 bundle,
@@ -261,13 +271,13 @@ pub fn main() -> ExitCode {
         Command::Rm { name } => rm(&name),
         Command::Pull { source, file, sha256 } => pull(&source, file.as_deref(), sha256.as_deref()),
         Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
-        Command::Install(a) => crate::setup::install(a),
+        Command::Install(a) => crate::cli::setup::install(a),
         Command::Daemon => run_daemon(),
-        Command::Service { action } => crate::setup::service(&action),
-        Command::Uninstall { json } => crate::setup::uninstall(json),
-        Command::Doctor { json } => crate::setup::doctor(json),
+        Command::Service { action } => crate::cli::setup::service(&action),
+        Command::Uninstall { json } => crate::cli::setup::uninstall(json),
+        Command::Doctor { json } => crate::cli::setup::doctor(json),
         Command::Chat { prompt, model, max_tokens, temperature, seed } => {
-            crate::chat::run(crate::chat::ChatArgs { prompt, model, max_tokens, temperature, seed })
+            crate::cli::chat::run(crate::cli::chat::ChatArgs { prompt, model, max_tokens, temperature, seed })
         }
         Command::Runner(args) => runner(args),
     })
@@ -378,7 +388,7 @@ fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Resul
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let _guard = crate::logging::init(Some(&dirs), "warn");
     let rt = runtime()?;
-    let (bar, mut show) = crate::update_cli::progress_bar("model");
+    let (bar, mut show) = crate::cli::update::progress_bar("model");
     let path = rt.block_on(crate::pull::pull(&dirs, source, file, sha256, &mut show));
     bar.finish_and_clear();
     let path = path?;
@@ -438,7 +448,7 @@ fn process_alive(_: i64) -> bool {
 fn models(json: bool) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let root = dirs.data.join("models");
-    let list: Vec<serde_json::Value> = crate::handlers_infer::scan_models(&root)
+    let list: Vec<serde_json::Value> = crate::session::handlers::infer::scan_models(&root)
         .into_iter()
         .map(|p| {
             let g = bitnet_ternary::Gguf::open(&p);
