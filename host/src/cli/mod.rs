@@ -204,6 +204,14 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
+/// Native mode's runtime: one thread. Its work is I/O (the pipes have
+/// threads of their own; heavy work goes to the blocking pool or a child),
+/// and a request that stays on the thread that read it answers without a
+/// hop between workers.
+fn native_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 fn run_daemon() -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let _guard = crate::logging::init(Some(&dirs), "info");
@@ -228,13 +236,13 @@ fn run_native(caller: Caller) -> anyhow::Result<()> {
     if crate::daemon::enabled() && dirs.as_ref().is_some_and(crate::daemon::usable) {
         let dirs = dirs.ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
         tracing::info!(?caller, "relaying to the daemon");
-        let rt = runtime()?;
+        let rt = native_runtime()?;
         let r = rt.block_on(crate::daemon::relay(dirs, crate::native::caller_json(&caller)));
         rt.shutdown_timeout(std::time::Duration::from_millis(50));
         return r;
     }
     let app = Arc::new(App::new(dirs));
-    let rt = runtime()?;
+    let rt = native_runtime()?;
     rt.block_on(native::serve_stdio(app, caller));
     // A blocking stdin read may still be parked in the runtime's pool (after
     // SIGTERM); do not wait for it.

@@ -88,7 +88,7 @@ pub fn reply(bytes: &[u8]) -> Option<Routing> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{encode_message, Chunking};
+    use crate::protocol::frame::{encode_message, Chunking, Decoder, Inbound, MAX_OUTBOUND};
     use crate::protocol::{encode, Dialect, ErrorCode, Outgoing, ProtoError, RequestId};
     use serde_json::{json, Map, Value};
 
@@ -136,11 +136,10 @@ mod tests {
             let c = Chunking { tag: &w.chunk_tag, event_key: w.event_key, final_reply: w.final_reply };
             encode_message(&mut bytes, &w.message, &c, 2048);
             let mut frames = Vec::new();
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let n = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
-                frames.push(reply(&rest[4..4 + n]).unwrap());
-                rest = &rest[4 + n..];
+            let mut decoder = Decoder::new(MAX_OUTBOUND);
+            decoder.feed(&bytes);
+            while let Some(Inbound::Frame(f)) = decoder.next_frame() {
+                frames.push(reply(&f).unwrap());
             }
             assert!(frames.len() > 2);
             for (i, f) in frames.iter().enumerate() {
