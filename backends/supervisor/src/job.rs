@@ -16,7 +16,7 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -273,6 +273,8 @@ struct Running {
     pid: u32,
     port: u16,
     api_key: String,
+    /// Where the server reads its key; removed once it is ready.
+    key_file: Option<crate::secret::KeyFile>,
     pid_file: Option<PathBuf>,
     drains: Vec<tokio::task::JoinHandle<()>>,
     /// The ring's line count at launch: what this process wrote comes after.
@@ -392,6 +394,8 @@ impl Runner {
             let started = Instant::now();
             let exit = match self.watch_loading(&cand.id, &mut run, started).await {
                 Event::Ready(load) => {
+                    // It has read its key.
+                    run.key_file = None;
                     let ep = Endpoint {
                         candidate: cand.id.clone(),
                         url: format!("http://127.0.0.1:{}", run.port),
@@ -483,7 +487,11 @@ impl Runner {
     async fn launch(&mut self, cand: &Candidate) -> Result<Running, Failure> {
         let port = port::pick().map_err(|e| Failure::SpawnFailed { error: format!("no free port: {e}") })?;
         let api_key = random_key();
-        let (program, args) = command_line(cand, &self.spec, port, &api_key)?;
+        let key_dir = self.spec.run_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let key_file = crate::secret::KeyFile::create(&key_dir, &api_key).map_err(|e| Failure::SpawnFailed {
+            error: format!("cannot write the key file in {}: {e}", key_dir.display()),
+        })?;
+        let (program, args) = command_line(cand, &self.spec, port, &api_key, key_file.path())?;
         let shown: Vec<String> =
             args.iter().map(|a| if *a == api_key { "<api-key>".to_string() } else { a.clone() }).collect();
         self.ring.push(Stream::Supervisor, format!("starting {}: {} {}", cand.id, program.display(), shown.join(" ")));
@@ -509,7 +517,7 @@ impl Runner {
             rec.write(dir).map_err(|e| tracing::warn!("cannot write pid file: {e}")).ok()
         });
         tracing::info!(candidate = %cand.id, pid, port, "server started");
-        Ok(Running { child, pid, port, api_key, pid_file, drains, first_line })
+        Ok(Running { child, pid, port, api_key, key_file: Some(key_file), pid_file, drains, first_line })
     }
 
     /// Poll /health until ready, the process exits, or the load deadline
@@ -656,8 +664,8 @@ pub const DEFAULT_ARGS: &[&str] = &[
     "{ctx_size}",
     "--parallel",
     "{parallel}",
-    "--api-key",
-    "{api_key}",
+    "--api-key-file",
+    "{api_key_file}",
 ];
 
 /// The program and arguments that start `cand`. Pure apart from reading the
@@ -667,6 +675,7 @@ pub fn command_line(
     spec: &JobSpec,
     port: u16,
     api_key: &str,
+    api_key_file: &Path,
 ) -> Result<(PathBuf, Vec<String>), Failure> {
     let (program, mut args) = match &cand.launch {
         Launch::Bundled { path } | Launch::Path { path } => (path.clone(), Vec::new()),
@@ -689,6 +698,7 @@ pub fn command_line(
                 .replace("{ctx_size}", &s.ctx_size.to_string())
                 .replace("{gpu_layers}", &s.gpu_layers.to_string())
                 .replace("{parallel}", &s.parallel.to_string())
+                .replace("{api_key_file}", &api_key_file.to_string_lossy())
                 .replace("{api_key}", api_key),
         );
     }
@@ -744,14 +754,14 @@ mod tests {
     #[test]
     fn command_lines_follow_the_template_and_add_gpu_layers_for_gpu_builds() {
         let c = cand("v", Launch::Bundled { path: "/b/llama-server-vulkan".into() }, true, None);
-        let (p, a) = command_line(&c, &spec(vec![]), 31234, "k3y").unwrap();
+        let (p, a) = command_line(&c, &spec(vec![]), 31234, "k3y", Path::new("/run/k")).unwrap();
         assert_eq!(p, PathBuf::from("/b/llama-server-vulkan"));
         assert_eq!(
             a.join(" "),
-            "--model /m/model.gguf --host 127.0.0.1 --port 31234 --threads 6 --ctx-size 2048 --parallel 4 --api-key k3y --n-gpu-layers 33"
+            "--model /m/model.gguf --host 127.0.0.1 --port 31234 --threads 6 --ctx-size 2048 --parallel 4 --api-key-file /run/k --n-gpu-layers 33"
         );
         let b = cand("builtin", Launch::Builtin, false, None);
-        let (p, a) = command_line(&b, &spec(vec![]), 1, "k").unwrap();
+        let (p, a) = command_line(&b, &spec(vec![]), 1, "k", Path::new("/run/k")).unwrap();
         assert_eq!(p, PathBuf::from("/opt/bitnet-host"));
         assert_eq!(a[0], "runner");
         assert!(!a.contains(&"--n-gpu-layers".to_string()));
@@ -761,7 +771,7 @@ mod tests {
             true,
             Some(vec!["-m".into(), "{model}".into(), "-ngl".into(), "{gpu_layers}".into()]),
         );
-        let (_, a) = command_line(&t, &spec(vec![]), 1, "k").unwrap();
+        let (_, a) = command_line(&t, &spec(vec![]), 1, "k", Path::new("/run/k")).unwrap();
         assert_eq!(a, vec!["-m", "/m/model.gguf", "-ngl", "33"]);
     }
 

@@ -12,6 +12,7 @@ pub mod output;
 pub mod port;
 pub mod process;
 pub mod proxy;
+pub mod secret;
 pub mod select;
 pub mod stats;
 pub mod sweep;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::dirs::HostDirs;
@@ -183,8 +184,13 @@ struct RunnerArgs {
     ctx_size: usize,
     #[arg(long, short = 'p', alias = "np", default_value_t = 4)]
     parallel: usize,
+    /// The key clients must send (visible to every local user in `ps`:
+    /// prefer --api-key-file).
     #[arg(long = "api-key")]
     api_key: Option<String>,
+    /// A file holding the key (what the supervisor passes: owner-only).
+    #[arg(long = "api-key-file", conflicts_with = "api_key")]
+    api_key_file: Option<std::path::PathBuf>,
     /// Accepted for compatibility; the engine runs on the CPU.
     #[arg(long = "n-gpu-layers", alias = "ngl")]
     n_gpu_layers: Option<u32>,
@@ -539,13 +545,28 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
         model: a.model,
         host: if a.host == "localhost" { "127.0.0.1".into() } else { a.host },
         port: a.port,
-        api_key: a.api_key,
+        api_key: match &a.api_key_file {
+            Some(f) => Some(read_key_file(f)?),
+            None => a.api_key,
+        },
         ctx_size: a.ctx_size,
         parallel: a.parallel,
     };
     let _ = a.n_gpu_layers;
     rt.block_on(bitnet_ternary::server::serve(opts))?;
     Ok(())
+}
+
+/// A key from a file: a regular file, at most 4 KiB, whitespace trimmed.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open the key file {}", path.display()))?;
+    anyhow::ensure!(f.metadata()?.is_file(), "the key file {} is not a regular file", path.display());
+    let mut key = String::new();
+    f.take(4096).read_to_string(&mut key).with_context(|| format!("cannot read the key file {}", path.display()))?;
+    let key = key.trim();
+    anyhow::ensure!(!key.is_empty(), "the key file {} is empty", path.display());
+    Ok(key.to_string())
 }
 
 fn paths() -> anyhow::Result<()> {

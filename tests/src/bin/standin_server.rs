@@ -3,7 +3,7 @@
 //! SSE), with faults injected on request, so that the supervisor and the
 //! proxy are tested against real processes that fail the way real servers do.
 //!
-//! It takes llama-server's flags (`--model --host --port --api-key --threads
+//! It takes llama-server's flags (`--model --host --port --api-key(-file) --threads
 //! --ctx-size --n-gpu-layers`) and, from flags or the environment:
 //!
 //! | `--fault X` / `STANDIN_FAULT=X,Y` | behaviour |
@@ -84,6 +84,9 @@ fn parse_args() -> Opts {
             "--host" => o.host = val(),
             "--port" => o.port = val().parse().unwrap_or(8080),
             "--api-key" => o.api_key = Some(val()),
+            "--api-key-file" => {
+                o.api_key = std::fs::read_to_string(val()).ok().map(|k| k.trim().to_string());
+            }
             "--threads" | "-t" | "--ctx-size" | "-c" | "--n-gpu-layers" | "-ngl" | "--parallel" | "-np" => {
                 val();
             }

@@ -97,9 +97,17 @@ async fn a_slow_loading_server_goes_loading_then_ready_and_answers_with_its_key(
     assert_eq!(key.len(), 64);
     assert_eq!(get(&format!("{}/v1/models", ep.url), Some(&key)).await, 200);
     assert_eq!(get(&format!("{}/v1/models", ep.url), None).await, 401);
-    // ...and never appears in the log.
+    // ...and never appears in the log, nor on the server's command line
+    // (which every local user can read): it went in a file only we can
+    // read, gone once the server has read it.
     assert!(job.logs(1000).iter().all(|l| !l.contains(&key)));
-    assert!(job.logs(1000).iter().any(|l| l.contains("<api-key>")));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(!args.iter().any(|a| a.contains(&key)), "{args:?}");
+    let key_file =
+        args.iter().position(|a| a == "--api-key-file").map(|i| args[i + 1].clone()).expect("--api-key-file");
+    assert!(key_file.starts_with(&dir.path().join("run").to_string_lossy().into_owned()), "{key_file}");
+    assert!(!Path::new(&key_file).exists(), "the key file outlived the start");
 
     let stats = job.stats().expect("stats of a running server");
     assert_eq!(stats.pid, pid);
