@@ -54,6 +54,9 @@ pub struct Backend {
     slots: Arc<tokio::sync::Semaphore>,
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     pub proxy: bitnet_supervisor::Proxy,
+    /// Headers of the models folder's files, by path, read again only when
+    /// a file's size or mtime changed.
+    described: std::sync::Mutex<std::collections::HashMap<PathBuf, (Stamp, FoundModel)>>,
 }
 
 /// A request's turn at the server; dropping it frees the slot.
@@ -166,6 +169,41 @@ pub async fn inspect_model(path: &Path) -> Result<ModelInfo, BackendError> {
     }
 }
 
+/// The GGUF files under `root` (two folder levels; symlinks and anything
+/// that is not a regular file are left out).
+pub fn scan_models(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && depth < 2 {
+                dirs.push((p, depth + 1));
+            } else if ft.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A GGUF file found in the models folder, as `models` lists it.
+#[derive(Debug, Clone)]
+pub struct FoundModel {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub format: Option<String>,
+    pub architecture: Option<String>,
+    /// Why the file cannot be used, when it cannot.
+    pub error: Option<String>,
+}
+
+/// A file's identity for the header cache: its size and mtime.
+type Stamp = (u64, Option<std::time::SystemTime>);
+
 /// The number of physical cores, the default thread count.
 fn physical_cores() -> usize {
     sysinfo::System::physical_core_count()
@@ -193,7 +231,34 @@ impl Backend {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.parallel as usize)),
             waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             proxy: bitnet_supervisor::Proxy::new(),
+            described: Default::default(),
         }
+    }
+
+    /// Every model file under `root`, described from its header (cached by
+    /// size and mtime). Blocking: call it off the async threads.
+    pub fn found_models(&self, root: &Path) -> Vec<FoundModel> {
+        let paths = scan_models(root);
+        let mut cache = self.described.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|p, _| paths.contains(p));
+        paths
+            .into_iter()
+            .map(|path| {
+                let stamp = std::fs::metadata(&path).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
+                if let Some((s, found)) = cache.get(&path) {
+                    if *s == stamp {
+                        return found.clone();
+                    }
+                }
+                let (format, architecture, error) = match Gguf::open(&path) {
+                    Ok(g) => (g.weight_format(), g.architecture().map(String::from), None),
+                    Err(e) => (None, None, Some(e.to_string())),
+                };
+                let found = FoundModel { path: path.clone(), bytes: stamp.0, format, architecture, error };
+                cache.insert(path, (stamp, found.clone()));
+                found
+            })
+            .collect()
     }
 
     /// Settings with the thread default resolved.

@@ -139,9 +139,7 @@ async fn models(State(api): State<Api>) -> Response {
     }
     if let Some(dirs) = api.app.dirs.as_ref() {
         let root = dirs.data.join("models");
-        let found = tokio::task::spawn_blocking(move || crate::session::handlers::infer::scan_models(&root))
-            .await
-            .unwrap_or_default();
+        let found = tokio::task::spawn_blocking(move || crate::backend::scan_models(&root)).await.unwrap_or_default();
         for p in found {
             if !data.iter().any(|d| d["id"] == json!(p)) {
                 data.push(json!({"id": p, "object": "model", "owned_by": "bitnet-host", "loaded": false}));

@@ -16,12 +16,18 @@ const MAX_ARRAY: u64 = 1 << 24;
 const MAX_KV: u64 = 1 << 20;
 const MAX_TENSORS: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
+/// Memory the decoded metadata may take (values as held, strings' bytes): a
+/// real model's vocabulary takes tens of MB, while a header of one huge
+/// array of bytes would otherwise cost 32x its size.
+const MAX_DECODED: u64 = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot read {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("not a GGUF file (magic {0:02x?})")]
+    #[error("{path} is {kind}, not a regular file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error("not a GGUF file (it does not start with `GGUF`)")]
     BadMagic([u8; 4]),
     #[error("GGUF version {0} is not supported (2 and 3 are)")]
     Version(u32),
@@ -31,8 +37,8 @@ pub enum GgufError {
     TooLarge { what: &'static str, n: u64, at: u64, limit: u64 },
     #[error("metadata value type {0} is unknown")]
     ValueType(u32),
-    #[error("`{0}` is not valid UTF-8")]
-    Utf8(String),
+    #[error("the string at byte {0} is not valid UTF-8")]
+    Utf8(u64),
     #[error("tensor `{name}`: {problem}")]
     Tensor { name: String, problem: String },
     #[error("metadata `{key}`: {problem}")]
@@ -298,6 +304,8 @@ pub struct Gguf {
 struct Reader<R> {
     inner: R,
     pos: u64,
+    /// What decoding may still allocate (see MAX_DECODED).
+    budget: u64,
 }
 
 impl<R: Read> Reader<R> {
@@ -327,18 +335,30 @@ impl<R: Read> Reader<R> {
         }
         Ok(n)
     }
+    /// Takes `bytes` of the decoding budget.
+    fn spend(&mut self, bytes: u64) -> Result<(), GgufError> {
+        self.budget = self.budget.checked_sub(bytes).ok_or(GgufError::TooLarge {
+            what: "decoded metadata",
+            n: MAX_DECODED + bytes,
+            at: self.pos,
+            limit: MAX_DECODED,
+        })?;
+        Ok(())
+    }
     fn string(&mut self) -> Result<String, GgufError> {
+        let at = self.pos;
         let n = self.len("string length", MAX_STRING)?;
+        self.spend(n)?;
         let mut buf = Vec::new();
         (&mut self.inner).take(n).read_to_end(&mut buf).map_err(|_| GgufError::Truncated(self.pos))?;
         if buf.len() as u64 != n {
             return Err(GgufError::Truncated(self.pos + buf.len() as u64));
         }
         self.pos += n;
-        String::from_utf8(buf)
-            .map_err(|e| GgufError::Utf8(String::from_utf8_lossy(e.as_bytes()).chars().take(64).collect()))
+        String::from_utf8(buf).map_err(|_| GgufError::Utf8(at))
     }
     fn value(&mut self, ty: u32, depth: u32) -> Result<Value, GgufError> {
+        self.spend(std::mem::size_of::<Value>() as u64)?;
         Ok(match ty {
             0 => Value::U8(self.u8()?),
             1 => Value::I8(self.u8()? as i8),
@@ -368,22 +388,67 @@ impl<R: Read> Reader<R> {
     }
 }
 
+/// What a path that is not a regular file is, in words.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if t.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading only if it is a regular file (symlinks
+/// followed), never blocking: a FIFO would block `open` until a writer came,
+/// a device would never end. Checked before opening and again on the open
+/// file (the path may have changed in between).
+pub fn open_regular(path: &Path) -> Result<std::fs::File, GgufError> {
+    let io = |source| GgufError::Io { path: path.display().to_string(), source };
+    let not_a_file = |t| GgufError::NotAFile { path: path.display().to_string(), kind: kind_of(t) };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_a_file(meta.file_type()));
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_a_file(meta.file_type()));
+    }
+    Ok(file)
+}
+
 impl Gguf {
     /// Parse the header of the file at `path` and check every tensor lies
     /// inside it.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file = open_regular(path)?;
         let io = |source| GgufError::Io { path: path.display().to_string(), source };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(io(std::io::Error::other("not a regular file")));
-        }
-        Self::parse(BufReader::with_capacity(1 << 16, file), meta.len())
+        let len = file.metadata().map_err(io)?.len();
+        Self::parse(BufReader::with_capacity(1 << 16, file), len)
     }
 
     /// Parse from a reader positioned at the start of a file of `file_len` bytes.
     pub fn parse<R: Read>(inner: R, file_len: u64) -> Result<Self, GgufError> {
-        let mut r = Reader { inner, pos: 0 };
+        let mut r = Reader { inner, pos: 0, budget: MAX_DECODED };
         let magic = r.bytes::<4>()?;
         if &magic != MAGIC {
             return Err(GgufError::BadMagic(magic));
@@ -534,6 +599,52 @@ mod tests {
             let last = g.tensors.iter().max_by_key(|t| t.offset).unwrap();
             assert!(g.data_offset + last.offset + last.size.unwrap() <= g.file_len);
         }
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_and_never_block() {
+        let dir = std::env::temp_dir().join(format!("gguf-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = Gguf::open(&dir).unwrap_err();
+        assert!(matches!(e, GgufError::NotAFile { kind: "a folder", .. }), "{e}");
+        #[cfg(unix)]
+        {
+            // A FIFO with no writer would block open(2) forever.
+            let fifo = dir.join("model.gguf");
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let e = Gguf::open(&fifo).unwrap_err();
+            assert!(matches!(e, GgufError::NotAFile { kind: "a FIFO", .. }), "{e}");
+            // A symlink to a device: followed, and refused.
+            let link = dir.join("zero.gguf");
+            std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+            let e = Gguf::open(&link).unwrap_err();
+            assert!(matches!(e, GgufError::NotAFile { kind: "a device", .. }), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_header_of_one_huge_array_is_refused_before_it_costs_its_size_many_times() {
+        // 16 Mi one-byte elements: 16 MiB of file, 512 MiB as values.
+        let n: u64 = 16 << 20;
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&1u64.to_le_bytes()); // kv
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(b"junk");
+        b.extend_from_slice(&9u32.to_le_bytes()); // array
+        b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+        b.extend_from_slice(&n.to_le_bytes());
+        b.resize(b.len() + n as usize, 7);
+        let e = Gguf::parse(&b[..], b.len() as u64).unwrap_err();
+        assert!(matches!(e, GgufError::TooLarge { what: "decoded metadata", .. }), "{e}");
+        // Its message names the problem, not the file's bytes.
+        assert!(!e.to_string().contains('\u{7}'));
+        let e = Gguf::parse(&b"\x7fELF\x02\x01\x01\0"[..], 8).unwrap_err();
+        assert_eq!(e.to_string(), "not a GGUF file (it does not start with `GGUF`)");
     }
 
     #[test]

@@ -462,7 +462,7 @@ fn process_alive(_: i64) -> bool {
 fn models(json: bool) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let root = dirs.data.join("models");
-    let list: Vec<serde_json::Value> = crate::session::handlers::infer::scan_models(&root)
+    let list: Vec<serde_json::Value> = crate::backend::scan_models(&root)
         .into_iter()
         .map(|p| {
             let g = bitnet_ternary::Gguf::open(&p);

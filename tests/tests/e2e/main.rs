@@ -8,6 +8,8 @@ mod cli;
 mod daemon;
 mod extension_ui;
 mod hardware;
+#[cfg(unix)]
+mod hostile;
 mod http_api;
 mod infer;
 // Linux and macOS layouts, file modes and systemd; Windows install is the

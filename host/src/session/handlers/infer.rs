@@ -349,19 +349,16 @@ pub async fn models(ctx: &Ctx, params: &Params) -> Outcome {
         if let Some(dirs) = ctx.app.dirs.as_ref() {
             let root = dirs.data.join("models");
             let loaded_path = current.as_ref().map(|(_, i)| i.path.clone());
-            let found = tokio::task::spawn_blocking(move || scan_models(&root)).await.unwrap_or_default();
-            for p in found {
-                if Some(&p) == loaded_path.as_ref() {
+            // Reading headers is file I/O: off the async threads.
+            let app = ctx.app.clone();
+            let found = tokio::task::spawn_blocking(move || app.backend.found_models(&root)).await.unwrap_or_default();
+            for m in found {
+                if Some(&m.path) == loaded_path.as_ref() {
                     continue;
                 }
-                let (format, arch, error) = match bitnet_ternary::Gguf::open(&p) {
-                    Ok(g) => (g.weight_format(), g.architecture().map(String::from), None),
-                    Err(e) => (None, None, Some(e.to_string())),
-                };
-                let bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
                 out.push(json!({
-                    "path": p, "name": file_name(&p), "bytes": bytes, "format": format,
-                    "architecture": arch, "loaded": false, "error": error,
+                    "path": m.path, "name": file_name(&m.path), "bytes": m.bytes, "format": m.format,
+                    "architecture": m.architecture, "loaded": false, "error": m.error,
                 }));
             }
         }
@@ -371,23 +368,4 @@ pub async fn models(ctx: &Ctx, params: &Params) -> Outcome {
 
 fn file_name(p: &std::path::Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-pub fn scan_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(root.to_path_buf(), 0)];
-    while let Some((d, depth)) = dirs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() && depth < 2 {
-                dirs.push((p, depth + 1));
-            } else if ft.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
