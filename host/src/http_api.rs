@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -24,6 +25,23 @@ use serde_json::{json, Value};
 use crate::App;
 
 pub const DEFAULT_PORT: u16 = 11435;
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers, and how long an
+/// idle keep-alive connection stays open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The header timeout (BITNET_HTTP_HEADER_TIMEOUT_MS for tests).
+fn header_timeout() -> Duration {
+    std::env::var("BITNET_HTTP_HEADER_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(HEADER_TIMEOUT)
+}
 
 /// The port to serve on, when the API is on.
 pub fn port(app: &App) -> Option<u16> {
@@ -94,8 +112,43 @@ pub async fn serve(app: Arc<App>, port: u16) {
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api);
     tracing::info!(port, "HTTP API on 127.0.0.1");
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::error!("HTTP API stopped: {e}");
+    accept_loop(listener, router).await;
+}
+
+/// Serves each connection with a header timeout (which also closes idle
+/// keep-alive connections), at most MAX_CONNECTIONS at once; an accept
+/// error (descriptors exhausted) backs off instead of spinning.
+async fn accept_loop(listener: tokio::net::TcpListener, router: axum::Router) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let timeout = header_timeout();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Ok(permit) = open.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                tracing::warn!("HTTP API accept: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("HTTP API connection: {e}");
+            }
+        });
     }
 }
 
@@ -118,6 +171,14 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
 
 async fn guard(State(api): State<Api>, req: Request, next: axum::middleware::Next) -> Response {
     let h = req.headers();
+    // Origin-form targets only (`/v1/...`): an absolute URI would name a
+    // host the Host check does not see.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        return error(StatusCode::BAD_REQUEST, "request targets must be paths (origin-form)");
+    }
+    if h.get_all(header::HOST).iter().count() != 1 {
+        return error(StatusCode::BAD_REQUEST, "exactly one Host header is required");
+    }
     if !host_allowed(h.get(header::HOST).and_then(|v| v.to_str().ok()), api.port) {
         return error(StatusCode::FORBIDDEN, "Host must be 127.0.0.1 or localhost with this port");
     }
@@ -163,9 +224,10 @@ fn named_model(app: &App, name: &str) -> Option<PathBuf> {
 
 async fn forward(State(api): State<Api>, req: Request) -> Response {
     let path = req.uri().path().to_string();
-    let bytes = match axum::body::to_bytes(req.into_body(), 64 << 20).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 64 MiB"),
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), 64 << 20)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 64 MiB"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"),
     };
     let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v @ Value::Object(_)) => v,

@@ -160,3 +160,77 @@ fn the_http_api_is_off_unless_asked() {
     assert_eq!(b.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
     assert!(!home.path().join("config/http-token").exists(), "no token, no listener");
 }
+
+#[test]
+fn slow_idle_and_odd_http_clients_are_cut_off_and_never_crowd_out_others() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut b = FakeBrowser::spawn_shared(
+        host_bin(),
+        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
+        &[
+            ("BITNET_HOST_HARDWARE", report.as_str()),
+            ("BITNET_HOST_DAEMON", "1"),
+            ("BITNET_DAEMON_IDLE_MS", "3000"),
+            ("BITNET_HTTP_PORT", port_s.as_str()),
+            ("BITNET_HTTP_HEADER_TIMEOUT_MS", "400"),
+        ],
+        home.path(),
+    );
+    assert_eq!(b.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
+    let token_file = home.path().join("config/http-token");
+    let t = std::time::Instant::now();
+    while !token_file.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let host = format!("127.0.0.1:{port}");
+    let auth = format!("Bearer {token}");
+    // More half-sent requests than the server serves at once (slowloris).
+    let slow: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: ").unwrap();
+            s
+        })
+        .collect();
+    // A real client still gets its answer once the header timeout has cut
+    // them off.
+    let t = std::time::Instant::now();
+    let (st, _, body) = http(port, "GET", "/v1/models", &[("Host", &host), ("Authorization", &auth)], "");
+    assert_eq!(st, 200, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        // Closed by the server (maybe after a 408): EOF or a reset.
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            assert!(total < 4096);
+        }
+    }
+    // An idle keep-alive connection is closed too.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    assert!(matches!(idle.read(&mut buf), Ok(0) | Err(_)));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Two Host headers (the first one ours), and an absolute-form target.
+    let (st, _, _) =
+        http(port, "GET", "/v1/models", &[("Host", &host), ("Host", "evil.example"), ("Authorization", &auth)], "");
+    assert_eq!(st, 400, "two Host headers");
+    let (st, _, _) =
+        http(port, "GET", &format!("http://evil.example/v1/models"), &[("Host", &host), ("Authorization", &auth)], "");
+    assert_eq!(st, 400, "an absolute-form target");
+    // A body that is not JSON.
+    let (st, _, _) =
+        http(port, "POST", "/v1/chat/completions", &[("Host", &host), ("Authorization", &auth)], "{not json");
+    assert_eq!(st, 400);
+}
