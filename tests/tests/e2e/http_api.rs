@@ -227,7 +227,7 @@ fn slow_idle_and_odd_http_clients_are_cut_off_and_never_crowd_out_others() {
         http(port, "GET", "/v1/models", &[("Host", &host), ("Host", "evil.example"), ("Authorization", &auth)], "");
     assert_eq!(st, 400, "two Host headers");
     let (st, _, _) =
-        http(port, "GET", &format!("http://evil.example/v1/models"), &[("Host", &host), ("Authorization", &auth)], "");
+        http(port, "GET", "http://evil.example/v1/models", &[("Host", &host), ("Authorization", &auth)], "");
     assert_eq!(st, 400, "an absolute-form target");
     // A body that is not JSON.
     let (st, _, _) =
