@@ -162,9 +162,7 @@ pub async fn inspect_model(path: &Path) -> Result<ModelInfo, BackendError> {
             bytes: g.file_len,
             tensors: g.tensors.len(),
         }),
-        Err(bitnet_ternary::GgufError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Err(BackendError::NotFound(path.to_path_buf()))
-        }
+        Err(bitnet_ternary::GgufError::File(e)) if e.is_not_found() => Err(BackendError::NotFound(path.to_path_buf())),
         Err(e) => Err(BackendError::Unusable { path: path.to_path_buf(), reason: e.to_string() }),
     }
 }

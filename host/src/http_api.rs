@@ -55,7 +55,7 @@ pub fn port(app: &App) -> Option<u16> {
 /// The token, created (random, owner-only file) on first use.
 pub fn token(config_dir: &Path) -> std::io::Result<String> {
     let path = config_dir.join("http-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    if let Ok(t) = bitnet_safefs::read_to_string(&path, 4096) {
         if t.trim().len() >= 32 {
             return Ok(t.trim().to_string());
         }

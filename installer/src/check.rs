@@ -16,11 +16,14 @@ fn p(problem: impl Into<String>, fix: impl Into<String>) -> Problem {
     Problem { problem: problem.into(), fix: fix.into() }
 }
 
+/// Largest manifest read: real ones are a few hundred bytes.
+const MAX_MANIFEST: u64 = 1 << 20;
+
 /// Problems with the manifest at `path` for a browser of `family`; empty
 /// when a browser would accept it and could start the host.
 pub fn check_manifest(path: &Path, family: Family) -> Vec<Problem> {
     let reinstall = "run `bitnet-host install` again";
-    let text = match std::fs::read_to_string(path) {
+    let text = match bitnet_safefs::read_to_string(path, MAX_MANIFEST) {
         Ok(t) => t,
         Err(e) => return vec![p(format!("cannot read {}: {e}", path.display()), reinstall)],
     };

@@ -73,7 +73,7 @@ pub struct Record {
 
 impl Record {
     pub fn load(path: &Path) -> Record {
-        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        bitnet_safefs::read(path, 1 << 20).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 }
 
@@ -113,7 +113,9 @@ struct Tx {
 impl Tx {
     /// Write `bytes` to `path` (temp file + rename), remembering what was there.
     fn write(&mut self, path: &Path, bytes: &[u8], executable: bool) -> Result<Change, InstallError> {
-        let before = std::fs::read(path).ok();
+        // What is there now, to put back on failure (bounded: a manifest,
+        // or our own binary).
+        let before = bitnet_safefs::read(path, 1 << 30).ok();
         if before.as_deref() == Some(bytes) {
             return Ok(Change::Unchanged);
         }
@@ -233,7 +235,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
                 let path = match &target {
                     Target::File { path } | Target::Registry { manifest: path, .. } => path,
                 };
-                let change = match std::fs::read(path) {
+                let change = match bitnet_safefs::read(path, 1 << 20) {
                     Ok(b) if b == text.as_bytes() => Change::Unchanged,
                     Ok(_) => Change::Updated,
                     Err(_) => Change::Created,

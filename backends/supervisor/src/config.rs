@@ -112,10 +112,10 @@ impl ConfigFile {
     /// Read the config; a missing file is the default config.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
+        let text = match bitnet_safefs::read_to_string(path, 1 << 20) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(ConfigError::Read { path: shown, source }),
+            Err(e) if e.is_not_found() => return Ok(Self::default()),
+            Err(e) => return Err(ConfigError::Read { path: shown, source: std::io::Error::other(e.to_string()) }),
         };
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown.clone(), source },

@@ -62,7 +62,8 @@ pub fn sweep(
         if path.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        let rec: Option<PidRecord> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let rec: Option<PidRecord> =
+            bitnet_safefs::read(&path, 64 * 1024).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let Some(rec) = rec else {
             let _ = std::fs::remove_file(&path);
             report.removed_stale += 1;

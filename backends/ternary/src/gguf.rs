@@ -25,8 +25,8 @@ const MAX_DECODED: u64 = 128 << 20;
 pub enum GgufError {
     #[error("cannot read {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("{path} is {kind}, not a regular file")]
-    NotAFile { path: String, kind: &'static str },
+    #[error(transparent)]
+    File(#[from] bitnet_safefs::SafeFsError),
     #[error("not a GGUF file (it does not start with `GGUF`)")]
     BadMagic([u8; 4]),
     #[error("GGUF version {0} is not supported (2 and 3 are)")]
@@ -388,59 +388,11 @@ impl<R: Read> Reader<R> {
     }
 }
 
-/// What a path that is not a regular file is, in words.
-fn kind_of(t: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-    }
-    if t.is_dir() {
-        "a folder"
-    } else {
-        "not a regular file"
-    }
-}
-
-/// Opens `path` for reading only if it is a regular file (symlinks
-/// followed), never blocking: a FIFO would block `open` until a writer came,
-/// a device would never end. Checked before opening and again on the open
-/// file (the path may have changed in between).
-pub fn open_regular(path: &Path) -> Result<std::fs::File, GgufError> {
-    let io = |source| GgufError::Io { path: path.display().to_string(), source };
-    let not_a_file = |t| GgufError::NotAFile { path: path.display().to_string(), kind: kind_of(t) };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(not_a_file(meta.file_type()));
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = opts.open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(not_a_file(meta.file_type()));
-    }
-    Ok(file)
-}
-
 impl Gguf {
     /// Parse the header of the file at `path` and check every tensor lies
     /// inside it.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = open_regular(path)?;
+        let file = bitnet_safefs::open_regular(path)?;
         let io = |source| GgufError::Io { path: path.display().to_string(), source };
         let len = file.metadata().map_err(io)?.len();
         Self::parse(BufReader::with_capacity(1 << 16, file), len)
@@ -573,6 +525,7 @@ impl Gguf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitnet_safefs::SafeFsError;
 
     fn fixture(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
@@ -606,7 +559,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gguf-open-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let e = Gguf::open(&dir).unwrap_err();
-        assert!(matches!(e, GgufError::NotAFile { kind: "a folder", .. }), "{e}");
+        assert!(matches!(e, GgufError::File(SafeFsError::NotAFile { kind: "a folder", .. })), "{e}");
         #[cfg(unix)]
         {
             // A FIFO with no writer would block open(2) forever.
@@ -615,12 +568,12 @@ mod tests {
             // SAFETY: a valid NUL-terminated path.
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
             let e = Gguf::open(&fifo).unwrap_err();
-            assert!(matches!(e, GgufError::NotAFile { kind: "a FIFO", .. }), "{e}");
+            assert!(matches!(e, GgufError::File(SafeFsError::NotAFile { kind: "a FIFO", .. })), "{e}");
             // A symlink to a device: followed, and refused.
             let link = dir.join("zero.gguf");
             std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
             let e = Gguf::open(&link).unwrap_err();
-            assert!(matches!(e, GgufError::NotAFile { kind: "a device", .. }), "{e}");
+            assert!(matches!(e, GgufError::File(SafeFsError::NotAFile { kind: "a device", .. })), "{e}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

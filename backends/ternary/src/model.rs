@@ -176,7 +176,8 @@ impl Model {
     /// format's reference uses.
     pub fn load(path: &Path, scheme: Option<ActScheme>) -> Result<Self, ModelError> {
         let gguf = Gguf::open(path)?;
-        let file = std::fs::File::open(path).map_err(ModelError::Map)?;
+        let file =
+            bitnet_safefs::open_regular(path).map_err(|e| ModelError::Map(std::io::Error::other(e.to_string())))?;
         // SAFETY: the file is opened read-only; a concurrent writer could
         // change bytes under us, which at worst gives wrong numbers (every
         // range was bounds-checked against the length when parsing).

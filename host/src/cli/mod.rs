@@ -559,11 +559,7 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
 
 /// A key from a file: a regular file, at most 4 KiB, whitespace trimmed.
 fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open the key file {}", path.display()))?;
-    anyhow::ensure!(f.metadata()?.is_file(), "the key file {} is not a regular file", path.display());
-    let mut key = String::new();
-    f.take(4096).read_to_string(&mut key).with_context(|| format!("cannot read the key file {}", path.display()))?;
+    let key = bitnet_safefs::read_to_string(path, 4096).context("the key file")?;
     let key = key.trim();
     anyhow::ensure!(!key.is_empty(), "the key file {} is empty", path.display());
     Ok(key.to_string())

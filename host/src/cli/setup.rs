@@ -199,7 +199,7 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
             let found = bitnet_installer::check::check_manifest(&path, b.family());
             let mut entry = json!({"browser": b.name(), "name": name, "manifest": path, "problems": found});
             if found.is_empty() {
-                let host = std::fs::read(&path)
+                let host = bitnet_safefs::read(&path, 1 << 20)
                     .ok()
                     .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
                     .and_then(|v| v["path"].as_str().map(PathBuf::from));

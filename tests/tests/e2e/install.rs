@@ -210,6 +210,42 @@ fn doctor_names_each_problem_of_a_broken_install_with_its_fix() {
 }
 
 #[test]
+fn doctor_names_a_manifest_that_is_a_device_or_a_fifo_without_reading_it() {
+    // 'static, so that a doctor that hangs fails the test instead of
+    // holding it (the thread is left behind).
+    let h: &'static FakeHome = Box::leak(Box::new(FakeHome::new()));
+    h.json(&[
+        "install",
+        "--browser",
+        "chromium,firefox",
+        "--extension-id",
+        CHROMIUM_ID,
+        "--extension-id",
+        FIREFOX_ID,
+        "--json",
+    ]);
+    // One manifest a symlink to an endless device, the other a FIFO no one
+    // writes: reading either would grow without end or block for ever.
+    let chromium = h.home().join(".config/chromium/NativeMessagingHosts/com.bitnet.host.json");
+    std::fs::remove_file(&chromium).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &chromium).unwrap();
+    let firefox = h.home().join(".mozilla/native-messaging-hosts/com.bitnet.host.json");
+    std::fs::remove_file(&firefox).unwrap();
+    let c = std::ffi::CString::new(firefox.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(h.run(&["doctor", "--json"], &[])));
+    let o = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("doctor answers");
+    assert!(!o.status.success());
+    let d: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = d["problems"].to_string();
+    assert!(problems.contains("is a device, not a regular file"), "{problems}");
+    assert!(problems.contains("is a FIFO, not a regular file"), "{problems}");
+    let _ = std::fs::remove_dir_all(h.home());
+}
+
+#[test]
 fn service_install_writes_the_systemd_user_unit_and_uninstall_removes_it() {
     let h = FakeHome::new();
     // Never the real user's systemd: the unit is written and the next step named.
