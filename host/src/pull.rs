@@ -42,8 +42,10 @@ pub async fn pull(
     let (url, name) = resolve(source, file, &base_url()).map_err(PullError::Source)?;
     let dir = dirs.data.join("models");
     let dest = dir.join(&name);
-    if dest.exists() {
-        return Ok(dest);
+    match std::fs::symlink_metadata(&dest) {
+        Ok(m) if m.file_type().is_file() => return Ok(dest),
+        Ok(_) => return Err(PullError::Source(format!("{} exists and is not a model file", dest.display()))),
+        Err(_) => {}
     }
     let _ = std::fs::create_dir_all(&dir);
     let client = reqwest::Client::builder()

@@ -149,16 +149,22 @@ pub async fn fetch(
 /// A model source: a URL as is, or `owner/repo` + file on a Hugging Face
 /// style server at `base`.
 pub fn resolve(source: &str, file: Option<&str>, base: &str) -> Result<(String, String), String> {
+    // A name the file gets in the models folder: letters, digits, `-_.`,
+    // and not a dot-only name (`.` and `..` are folders).
+    let ok = |s: &str| {
+        !s.is_empty()
+            && !s.contains("..")
+            && !s.chars().all(|c| c == '.')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
     if source.starts_with("http://") || source.starts_with("https://") {
-        let name = source.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("").to_string();
-        if name.is_empty() {
-            return Err(format!("cannot tell a file name from {source}"));
+        let path = source.split(['?', '#']).next().unwrap_or("");
+        let name = path.rsplit('/').next().unwrap_or("").to_string();
+        if !ok(&name) {
+            return Err(format!("cannot tell a file name from {source}: name the file with --file"));
         }
         return Ok((source.to_string(), name));
     }
-    let ok = |s: &str| {
-        !s.is_empty() && !s.contains("..") && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
     let Some((owner, repo)) = source.split_once('/').filter(|(o, r)| ok(o) && ok(r)) else {
         return Err(format!("`{source}` is neither a URL nor owner/repo"));
     };
@@ -184,6 +190,13 @@ mod tests {
         assert!(resolve("a/b", Some("../../etc/passwd"), "https://h").is_err());
         assert!(resolve("../x", Some("f.gguf"), "https://h").is_err());
         assert!(resolve("http://h/", None, "").is_err());
+        // Names that are folders, not files.
+        for bad in ["http://h/m/.", "http://h/m/..", "http://h/m/..?x=1", "http://h/a%2F..%2Fb"] {
+            assert!(resolve(bad, None, "").is_err(), "{bad}");
+        }
+        for bad in [".", "..", "..."] {
+            assert!(resolve("a/b", Some(bad), "https://h").is_err(), "{bad}");
+        }
     }
 
     #[test]

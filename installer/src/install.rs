@@ -297,25 +297,59 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
 pub struct UninstallReport {
     pub removed: Vec<PathBuf>,
     pub registry_removed: Vec<String>,
+    /// Paths in the record that are not what install writes (left alone).
+    pub refused: Vec<PathBuf>,
 }
 
 /// Remove what the record lists, then the record.
-pub fn uninstall(record_path: &Path) -> UninstallReport {
+pub fn uninstall(record_path: &Path, bin_dir: &Path) -> UninstallReport {
     let record = Record::load(record_path);
     let mut removed = Vec::new();
-    for f in record.files.iter().chain(record.binary.iter()) {
-        if std::fs::remove_file(f).is_ok() {
+    let mut refused = Vec::new();
+    // A record is a file anyone with our uid may have edited: delete only
+    // what install itself writes, as it wrote it.
+    let hosts: Vec<PathBuf> = record.binary.iter().cloned().chain(std::env::current_exe().ok()).collect();
+    let files = record.files.iter().map(|f| (f, is_our_manifest(f, &hosts)));
+    let binary = record.binary.iter().map(|b| (b, is_our_binary(b, bin_dir)));
+    for (f, ours) in files.chain(binary) {
+        if !ours {
+            refused.push(f.clone());
+        } else if std::fs::remove_file(f).is_ok() {
             removed.push(f.clone());
         }
     }
     let mut registry_removed = Vec::new();
     for (hive, key) in &record.registry {
-        if crate::registry::delete(hive, key).is_ok() {
+        // Only the browsers' native-messaging keys install creates.
+        let ours =
+            ["HKCU", "HKLM"].contains(&hive.as_str()) && key.to_ascii_lowercase().contains("\\nativemessaginghosts\\");
+        if !ours {
+            refused.push(PathBuf::from(format!(r"{hive}\{key}")));
+        } else if crate::registry::delete(hive, key).is_ok() {
             registry_removed.push(format!(r"{hive}\{key}"));
         }
     }
     let _ = std::fs::remove_file(record_path);
-    UninstallReport { removed, registry_removed }
+    UninstallReport { removed, registry_removed, refused }
+}
+
+/// A regular file (not a link to one) that is a native-messaging manifest
+/// naming one of `hosts` (the binary install copied, or this program when
+/// it was installed in place): what install writes into browsers' folders.
+fn is_our_manifest(path: &Path, hosts: &[PathBuf]) -> bool {
+    let plain = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    if !plain || path.extension().is_none_or(|e| e != "json") {
+        return false;
+    }
+    let Ok(bytes) = bitnet_safefs::read(path, 1 << 20) else { return false };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return false };
+    v["type"] == "stdio" && v["path"].as_str().is_some_and(|p| hosts.iter().any(|h| h == Path::new(p)))
+}
+
+/// The host binary install copied: a regular file directly in our `bin_dir`.
+fn is_our_binary(path: &Path, bin_dir: &Path) -> bool {
+    let plain = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    plain && path.parent() == Some(bin_dir)
 }
 
 /// Install and uninstall against the real registry: Windows only (under
@@ -382,7 +416,7 @@ mod windows_tests {
         let again = install(&opts).unwrap();
         assert!(again.configured.iter().all(|c| c.change == Change::Unchanged), "{again:?}");
 
-        let removed = uninstall(&opts.record_path);
+        let removed = uninstall(&opts.record_path, &opts.bin_dir);
         // Opera shares Chrome's key: eight distinct keys.
         assert_eq!(removed.registry_removed.len(), 8, "{removed:?}");
         for key in keys(&name) {

@@ -505,6 +505,20 @@ fn rm(name: &str) -> anyhow::Result<()> {
     let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
     anyhow::ensure!(inside && !name.is_empty(), "`{name}` is not a model name inside {}", root.display());
     let path = root.join(rel);
+    // Neither the file nor a folder on the way may be a symlink: a link in
+    // models/ must not lead a delete outside it.
+    let mut at = root.clone();
+    for c in rel.components() {
+        at.push(c);
+        let m =
+            std::fs::symlink_metadata(&at).map_err(|_| anyhow::anyhow!("no model `{name}` in {}", root.display()))?;
+        anyhow::ensure!(
+            !m.file_type().is_symlink(),
+            "{} is a symlink; rm removes only files inside {}",
+            at.display(),
+            root.display()
+        );
+    }
     anyhow::ensure!(path.is_file(), "no model `{name}` in {}", root.display());
     std::fs::remove_file(&path)?;
     let _ = std::fs::remove_file(bitnet_installer::download::part_path(&path));

@@ -130,7 +130,7 @@ pub fn install(a: InstallArgs) -> anyhow::Result<()> {
 
 pub fn uninstall(json: bool) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().context("no home directory for the host's folders")?;
-    let r = do_uninstall(&record_path(&dirs));
+    let r = do_uninstall(&record_path(&dirs), &dirs.data.join("bin"));
     if json {
         out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
     } else if r.removed.is_empty() && r.registry_removed.is_empty() {
@@ -142,6 +142,9 @@ pub fn uninstall(json: bool) -> anyhow::Result<()> {
         }
         for k in &r.registry_removed {
             t.push_str(&format!("removed {k}\n"));
+        }
+        for f in &r.refused {
+            t.push_str(&format!("left {} alone: install does not write it\n", f.display()));
         }
         out(&t);
     }

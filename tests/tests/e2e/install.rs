@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use bitnet_installer::locations::Os;
 use bitnet_installer::{render, Family};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::host_bin;
 
@@ -119,6 +119,31 @@ fn install_for_every_browser_writes_the_tables_manifests_and_uninstall_removes_t
     assert_eq!(u["removed"].as_array().unwrap().len(), 10, "{u}");
     assert_eq!(h.files_outside_host_dirs(), Vec::<PathBuf>::new());
     assert!(!host.exists());
+}
+
+#[test]
+fn uninstall_deletes_only_what_install_writes_whatever_the_record_says() {
+    let h = FakeHome::new();
+    h.json(&["install", "--browser", "chromium", "--extension-id", CHROMIUM_ID, "--json"]);
+    let manifest = h.home().join(".config/chromium/NativeMessagingHosts/com.bitnet.host.json");
+    // Someone with our uid edits the record to name files install never wrote.
+    let victim = h.home().join("thesis.json");
+    std::fs::write(&victim, b"{\"type\": \"stdio\", \"path\": \"/usr/bin/other\"}").unwrap();
+    let doc = h.home().join("notes.txt");
+    std::fs::write(&doc, b"mine").unwrap();
+    let record = h.home().join("bitnet/state/install-record.json");
+    let mut r: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    r["files"].as_array_mut().unwrap().extend([json!(victim), json!(doc)]);
+    r["registry"] = json!([["HKCU", "Software\\Microsoft\\Windows\\CurrentVersion\\Run"]]);
+    std::fs::write(&record, r.to_string()).unwrap();
+    let u = h.json(&["uninstall", "--json"]);
+    assert!(victim.exists() && doc.exists(), "{u}");
+    assert!(!manifest.exists(), "{u}");
+    let refused = u["refused"].to_string();
+    assert!(
+        refused.contains("thesis.json") && refused.contains("notes.txt") && refused.contains("CurrentVersion"),
+        "{u}"
+    );
 }
 
 #[test]

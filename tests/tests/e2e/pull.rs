@@ -132,6 +132,21 @@ fn pull_verifies_resumes_and_refuses_bad_files_leaving_nothing() {
 }
 
 #[test]
+fn pull_of_a_name_that_is_a_folder_is_refused_and_reports_no_success() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("data/models")).unwrap();
+    for args in [
+        &["http://127.0.0.1:9/m/.."][..],
+        &["http://127.0.0.1:9/m/."],
+        &["a/b", "--file", "."],
+        &["a/b", "--file", ".."],
+    ] {
+        let o = pull(home.path(), "http://127.0.0.1:9", args);
+        assert!(!o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stdout));
+    }
+}
+
+#[test]
 fn models_lists_the_folder_and_rm_removes_only_inside_it() {
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("data/models/sub");
@@ -149,6 +164,16 @@ fn models_lists_the_folder_and_rm_removes_only_inside_it() {
     assert!(!run(&["rm", "../../keep.gguf"]).status.success());
     assert!(!run(&["rm", "/etc/passwd"]).status.success());
     assert!(outside.exists());
+    // A symlinked folder inside models/ does not lead a delete outside it.
+    let elsewhere = home.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep.gguf"), b"x").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, home.path().join("data/models/link")).unwrap();
+    let o = run(&["rm", "link/keep.gguf"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a symlink"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(elsewhere.join("keep.gguf").exists());
+    std::fs::remove_file(home.path().join("data/models/link")).unwrap();
     assert!(run(&["rm", "sub/tiny.gguf"]).status.success());
     assert!(!dir.join("tiny.gguf").exists());
     let text = String::from_utf8(run(&["models"]).stdout).unwrap();
