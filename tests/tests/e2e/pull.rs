@@ -165,15 +165,18 @@ fn models_lists_the_folder_and_rm_removes_only_inside_it() {
     assert!(!run(&["rm", "/etc/passwd"]).status.success());
     assert!(outside.exists());
     // A symlinked folder inside models/ does not lead a delete outside it.
-    let elsewhere = home.path().join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    std::fs::write(elsewhere.join("keep.gguf"), b"x").unwrap();
-    std::os::unix::fs::symlink(&elsewhere, home.path().join("data/models/link")).unwrap();
-    let o = run(&["rm", "link/keep.gguf"]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is a symlink"), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(elsewhere.join("keep.gguf").exists());
-    std::fs::remove_file(home.path().join("data/models/link")).unwrap();
+    #[cfg(unix)]
+    {
+        let elsewhere = home.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("keep.gguf"), b"x").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, home.path().join("data/models/link")).unwrap();
+        let o = run(&["rm", "link/keep.gguf"]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("is a symlink"), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(elsewhere.join("keep.gguf").exists());
+        std::fs::remove_file(home.path().join("data/models/link")).unwrap();
+    }
     assert!(run(&["rm", "sub/tiny.gguf"]).status.success());
     assert!(!dir.join("tiny.gguf").exists());
     let text = String::from_utf8(run(&["models"]).stdout).unwrap();
