@@ -343,8 +343,14 @@ impl Ternary {
 
     /// y = W x with the given activation scheme (rows in parallel).
     pub fn matvec(&self, x: &[f32], scheme: ActScheme, y: &mut [f32]) {
-        debug_assert_eq!(x.len(), self.cols);
-        debug_assert_eq!(y.len(), self.rows);
+        assert!(
+            x.len() == self.cols && y.len() == self.rows,
+            "matvec of {}x{} with x {} and y {}",
+            self.rows,
+            self.cols,
+            x.len(),
+            y.len()
+        );
         // Rows in parallel; each part is the same computation on fewer rows.
         crate::pool::for_each_rows_mut(y, 1, self.cols, |first, ys| self.matvec_rows(first, x, scheme, ys));
     }

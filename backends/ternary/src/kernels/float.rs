@@ -133,7 +133,7 @@ fn attend_avx512(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: 
 /// `attend_lanes` with the widest build this CPU runs.
 #[inline]
 pub fn attend(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
-    debug_assert_eq!(q.len(), out.len());
+    assert_eq!(q.len(), out.len(), "attention: query and output differ in length");
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F.

@@ -204,11 +204,31 @@ pub fn dot_i2s_scalar(row: &[u8], q: &[i8]) -> i32 {
     acc
 }
 
+/// The shape a block kernel reads: `row` whole blocks of `block_bytes`,
+/// `per_block` activations and one output for each. Checked in release
+/// builds: the SIMD kernels read by these lengths, so a short slice must be
+/// a panic, never a read out of bounds.
+#[inline]
+#[track_caller]
+pub(crate) fn check_blocks(row: usize, block_bytes: usize, per_block: usize, q: usize, out: usize) {
+    let blocks = row / block_bytes;
+    assert!(
+        row % block_bytes == 0 && q == blocks * per_block && out >= blocks,
+        "kernel shape: {row} row bytes in {block_bytes}-byte blocks, {q} activations, {out} outputs"
+    );
+}
+
+/// I2_S: 32 bytes of codes per 128 weights.
+#[inline]
+#[track_caller]
+fn check_i2s(row: usize, q: usize) {
+    assert!(row * 4 == q && q % 128 == 0, "I2_S kernel shape: {row} row bytes, {q} activations");
+}
+
 /// sum code * q over an I2_S row, with the best kernel here.
 #[inline]
 pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
-    debug_assert_eq!(row.len() * 4, q.len());
-    debug_assert_eq!(q.len() % 128, 0);
+    check_i2s(row.len(), q.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2.
@@ -259,7 +279,7 @@ fn interleave(q: &[i8]) -> Vec<i8> {
 /// `dot_i2s` on prepared activations.
 #[inline]
 pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
-    debug_assert_eq!(row.len() * 4, a.q.len());
+    check_i2s(row.len(), a.q.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2;
@@ -272,8 +292,8 @@ pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
 /// `dot_i2s_prepared` for each `row_bytes` row of `rows`, into `out`.
 #[inline]
 pub fn i2s_rows_prepared(rows: &[u8], row_bytes: usize, a: &Prepared, out: &mut [i32]) {
-    debug_assert_eq!(row_bytes * 4, a.q.len());
-    debug_assert_eq!(rows.len(), row_bytes * out.len());
+    check_i2s(row_bytes, a.q.len());
+    assert_eq!(rows.len(), row_bytes * out.len(), "I2_S rows: {} bytes for {} rows", rows.len(), out.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in dot_i2s_prepared.
@@ -328,8 +348,8 @@ pub fn tq2_finish(row: &[u8], dots: &[i32], bsums: &[i32], d: &[f32]) -> f32 {
 /// block dots, bit for bit.
 pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &[f32], out: &mut [f32]) {
     let blocks = row_bytes / 66;
-    debug_assert_eq!(blocks * 256, a.q.len());
-    debug_assert_eq!(rows.len(), row_bytes * out.len());
+    check_blocks(row_bytes, 66, 256, a.q.len(), blocks);
+    assert!(rows.len() == row_bytes * out.len() && bsums.len() >= blocks && d.len() >= blocks, "TQ2_0 rows shape");
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new interleaved for it.
@@ -375,7 +395,7 @@ pub fn tq1_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
 /// Per-block `sum code * q` over a TQ1_0 row, with the best kernel here.
 #[inline]
 pub fn tq1_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
-    debug_assert_eq!(row.len() / 54 * 256, q.len());
+    check_blocks(row.len(), 54, 256, q.len(), out.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2.
@@ -401,6 +421,9 @@ pub fn tq2_block_dots_x4_scalar(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4])
 /// `tq2_block_dots` for four tokens, with the best kernel here.
 #[inline]
 pub fn tq2_block_dots_x4(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
+    for (q, out) in q.iter().zip(&out) {
+        check_blocks(row.len(), 66, 256, q.len(), out.len());
+    }
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
@@ -415,7 +438,7 @@ pub fn tq2_block_dots_x4(row: &[u8], q: [&[i8]; 4], out: [&mut [i32]; 4]) {
 /// Per-block `sum code * q` over a TQ2_0 row, with the best kernel here.
 #[inline]
 pub fn tq2_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
-    debug_assert_eq!(row.len() / 66 * 256, q.len());
+    check_blocks(row.len(), 66, 256, q.len(), out.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2 (also under Avx512Vnni).
@@ -435,7 +458,9 @@ pub fn dot_i2s_x4_scalar(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
 /// `dot_i2s` for four tokens at once, with the best kernel here.
 #[inline]
 pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
-    debug_assert!(q.iter().all(|q| q.len() == row.len() * 4));
+    for q in &q {
+        check_i2s(row.len(), q.len());
+    }
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2 (also under Avx512Vnni).
@@ -509,7 +534,7 @@ pub fn dot_f16_scalar(row: &[f16], x: &[f32]) -> f32 {
 /// An f16 row times f32 activations.
 #[inline]
 pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
-    debug_assert_eq!(row.len(), x.len());
+    assert_eq!(row.len(), x.len(), "f16 dot of {} weights with {} activations", row.len(), x.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F with AVX2, FMA and F16C.
@@ -526,6 +551,34 @@ pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel entry point refuses a slice shorter than its shape (in
+    /// release builds too): the SIMD kernels would read past it.
+    #[test]
+    fn short_slices_panic_instead_of_reading_out_of_bounds() {
+        let row = vec![0u8; 66 * 2];
+        let q = vec![0i8; 256 * 2];
+        let panics = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        assert!(panics(&|| {
+            dot_i2s(&row[..32], &q[..100]);
+        }));
+        assert!(panics(&|| {
+            dot_i2s_x4(&row[..32], [&q[..128], &q[..128], &q[..128], &q[..64]]);
+        }));
+        assert!(panics(&|| tq2_block_dots(&row, &q[..256], &mut [0; 2])));
+        assert!(panics(&|| tq2_block_dots(&row, &q, &mut [0; 1])));
+        assert!(panics(&|| tq2_block_dots(&row[..100], &q[..256], &mut [0; 2])));
+        assert!(panics(&|| tq1_block_dots(&row[..108], &q[..256], &mut [0; 2])));
+        assert!(panics(&|| vocab::q8_0_block_dots(&row[..68], &q[..32], &mut [0; 2])));
+        assert!(panics(&|| vocab::q6k_block_dots(&row[..0], &q[..1], &mut [])));
+        assert!(panics(&|| {
+            dot_f16(&[half::f16::ZERO; 4], &[0.0; 3]);
+        }));
+        // The right shapes pass.
+        tq2_block_dots(&row, &q, &mut [0; 2]);
+        tq1_block_dots(&row[..108], &q, &mut [0; 2]);
+        assert_eq!(dot_i2s(&row[..32], &q[..128]), 0);
+    }
     use crate::quant::{decode_i2s, dot_codes};
     use crate::sampler::Rng;
 

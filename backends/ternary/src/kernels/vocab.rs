@@ -54,7 +54,7 @@ pub fn q6k_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
 
 /// `q8_0_block_dots_scalar` with the best kernel here.
 pub fn q8_0_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
-    debug_assert_eq!(row.len() / Q8_0_BLOCK, out.len());
+    super::check_blocks(row.len(), Q8_0_BLOCK, 32, q.len(), out.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2.
@@ -68,7 +68,7 @@ pub fn q8_0_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
 
 /// `q6k_block_dots_scalar` with the best kernel here.
 pub fn q6k_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
-    debug_assert_eq!(row.len() / Q6K_BLOCK, out.len());
+    super::check_blocks(row.len(), Q6K_BLOCK, 256, q.len(), out.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2.
