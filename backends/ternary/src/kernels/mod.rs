@@ -213,7 +213,7 @@ pub fn dot_i2s_scalar(row: &[u8], q: &[i8]) -> i32 {
 pub(crate) fn check_blocks(row: usize, block_bytes: usize, per_block: usize, q: usize, out: usize) {
     let blocks = row / block_bytes;
     assert!(
-        row % block_bytes == 0 && q == blocks * per_block && out >= blocks,
+        row.is_multiple_of(block_bytes) && q == blocks * per_block && out >= blocks,
         "kernel shape: {row} row bytes in {block_bytes}-byte blocks, {q} activations, {out} outputs"
     );
 }
@@ -222,7 +222,7 @@ pub(crate) fn check_blocks(row: usize, block_bytes: usize, per_block: usize, q: 
 #[inline]
 #[track_caller]
 fn check_i2s(row: usize, q: usize) {
-    assert!(row * 4 == q && q % 128 == 0, "I2_S kernel shape: {row} row bytes, {q} activations");
+    assert!(row * 4 == q && q.is_multiple_of(128), "I2_S kernel shape: {row} row bytes, {q} activations");
 }
 
 /// sum code * q over an I2_S row, with the best kernel here.
