@@ -149,9 +149,7 @@ impl SseStream {
                     self.done = true;
                     return None;
                 }
-                return Some(
-                    serde_json::from_str(&data).map_err(|e| ProxyError::BadResponse(format!("{e}: {data:.200}"))),
-                );
+                return Some(event(&data));
             }
             if self.done {
                 return None;
@@ -170,9 +168,7 @@ impl SseStream {
                     self.parser.finish();
                     if let Some(data) = self.parser.pop() {
                         if data != "[DONE]" {
-                            return Some(
-                                serde_json::from_str(&data).map_err(|e| ProxyError::BadResponse(e.to_string())),
-                            );
+                            return Some(event(&data));
                         }
                         return None;
                     }
@@ -181,6 +177,19 @@ impl SseStream {
                 Ok(Ok(Some(bytes))) => self.parser.feed(&bytes),
             }
         }
+    }
+}
+
+/// One SSE `data` payload: its JSON, or the error a server sends as an
+/// event (`{"error": {code, message}}`) when it fails mid-stream.
+fn event(data: &str) -> Result<Value, ProxyError> {
+    let v: Value = serde_json::from_str(data).map_err(|e| ProxyError::BadResponse(format!("{e}: {data:.200}")))?;
+    match v.get("error") {
+        Some(e) if !e.is_null() => {
+            let status = e["code"].as_u64().and_then(|c| u16::try_from(c).ok()).filter(|c| *c >= 400).unwrap_or(500);
+            Err(ProxyError::Http { status, message: error_message(data) })
+        }
+        _ => Ok(v),
     }
 }
 

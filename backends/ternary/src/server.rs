@@ -240,6 +240,20 @@ async fn completion(State(app): State<Shared>, headers: HeaderMap, body: String)
 async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, shape: Shape) -> Response {
     let n_probs =
         if shape == Shape::LlamaCompletion { body["n_probs"].as_u64().unwrap_or(0).min(100) as usize } else { 0 };
+    // Refused before anything streams, with llama-server's error type and
+    // figures, so the client learns why (a stream would have to end in an
+    // error event instead).
+    if prompt.is_empty() || prompt.len() >= engine.n_ctx {
+        let (n, ctx) = (prompt.len(), engine.n_ctx);
+        let message = if n == 0 {
+            "the prompt is empty".to_string()
+        } else {
+            format!("the request exceeds the available context size: the prompt is {n} tokens, the context {ctx}")
+        };
+        let body = json!({"error": {"code": 400, "message": message, "type": "exceed_context_size_error",
+            "n_prompt_tokens": n, "n_ctx": ctx}});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
     let req =
         Generate { prompt, max_tokens: max_tokens(body, &engine), sampler: sampler(body), stop: stops(body), n_probs };
     let stream = body["stream"] == true;

@@ -162,6 +162,39 @@ fn a_build_that_dies_of_sigill_falls_back_to_the_builtin_engine_which_serves() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["result"]["backend"], "builtin");
     assert_eq!(r["result"]["usage"]["completion_tokens"], 4, "{r}");
+    // A prompt longer than the context: that request is refused with the
+    // figures, streamed or not; the next one is served.
+    let long = "word ".repeat(20_000);
+    for stream in [true, false] {
+        let r = b.request(&json!({"id": "long", "type": "chat", "messages": [{"role": "user", "content": long}],
+                                 "stream": stream}));
+        assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("exceeds the available context size") && msg.contains("the context"), "{msg}");
+    }
+    let r = b.request(&json!({"id": "c2", "type": "chat", "messages": [{"role": "user", "content": "Hi"}],
+                             "max_tokens": 2}));
+    assert_eq!(r["ok"], true, "{r}");
+    // Parameters of the wrong type or range name the field.
+    for (field, bad) in [
+        ("max_tokens", json!(-5)),
+        ("max_tokens", json!(1e12)),
+        ("max_tokens", json!("16")),
+        ("temperature", json!(-1)),
+        ("top_p", json!(2)),
+        ("stop", json!(7)),
+        ("stream", json!("yes")),
+    ] {
+        let mut req = json!({"id": "p", "type": "chat", "messages": [{"role": "user", "content": "Hi"}]});
+        req[field] = bad.clone();
+        let r = b.request(&req);
+        assert_eq!(r["error"]["code"], "invalid_request", "{field}={bad}: {r}");
+        assert_eq!(r["error"]["details"]["field"], field, "{r}");
+    }
+    // The built-in engine has no embeddings: said as such.
+    let r = b.request(&json!({"id": "e", "type": "embed", "input": "Hi"}));
+    assert_eq!(r["error"]["code"], "not_available", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("does not serve embeddings"), "{r}");
 }
 
 #[test]

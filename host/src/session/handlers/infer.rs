@@ -129,6 +129,51 @@ async fn loaded(ctx: &Ctx) -> Result<(Job, Endpoint), ProtoError> {
     Ok((job, ep))
 }
 
+/// Most tokens one request may ask for (`max_tokens`).
+const MAX_TOKENS: u64 = 1 << 20;
+
+/// The generation parameters a request may set, each checked by type and
+/// range: a bad one is `invalid_request` naming it, never a silent default
+/// (`max_tokens: -5` or `"16"` used to mean "unlimited").
+fn check_params(params: &Params) -> Result<(), ProtoError> {
+    let bad = |field: &str, want: &str| {
+        ProtoError::new(ErrorCode::InvalidRequest, format!("`{field}` must be {want}"))
+            .with_details(json!({"field": field}))
+    };
+    let number = |field: &str, lo: f64, hi: f64| -> Result<(), ProtoError> {
+        match params.get(field) {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) if v.as_f64().is_some_and(|x| (lo..=hi).contains(&x)) => Ok(()),
+            Some(_) => Err(bad(field, &format!("a number from {lo} to {hi}"))),
+        }
+    };
+    let integer = |field: &str, lo: i64, hi: i64| -> Result<(), ProtoError> {
+        match params.get(field) {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) if v.as_i64().is_some_and(|x| (lo..=hi).contains(&x)) => Ok(()),
+            Some(_) => Err(bad(field, &format!("an integer from {lo} to {hi}"))),
+        }
+    };
+    number("temperature", 0.0, 10.0)?;
+    number("top_p", 0.0, 1.0)?;
+    number("min_p", 0.0, 1.0)?;
+    number("repeat_penalty", 0.0, 10.0)?;
+    number("presence_penalty", -2.0, 2.0)?;
+    number("frequency_penalty", -2.0, 2.0)?;
+    integer("top_k", 0, 1_000_000)?;
+    integer("seed", -1, i64::from(u32::MAX))?;
+    integer("max_tokens", 1, MAX_TOKENS as i64)?;
+    match params.get("stop") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if a.len() <= 16 && a.iter().all(Value::is_string) => {}
+        Some(_) => return Err(bad("stop", "a string or an array of at most 16 strings")),
+    }
+    match params.get("stream") {
+        None | Some(Value::Bool(_)) => Ok(()),
+        Some(_) => Err(bad("stream", "true or false")),
+    }
+}
+
 fn validate_messages(params: &Params) -> Result<Value, ProtoError> {
     let bad = |m: &str| ProtoError::new(ErrorCode::InvalidRequest, m.to_string());
     let Some(Value::Array(msgs)) = params.get("messages") else {
@@ -195,6 +240,7 @@ fn piece(chunk: &Value) -> Option<&str> {
 }
 
 async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) -> Outcome {
+    check_params(params)?;
     let stream = params.get("stream").and_then(Value::as_bool).unwrap_or(true);
     let idle = idle_timeout(ctx, params)?;
     // The slot first: a server swap (reload_binaries) holds every slot, so
@@ -296,7 +342,15 @@ pub async fn embed(ctx: &Ctx, params: &Params) -> Outcome {
         .proxy
         .post_json(&ep, "/v1/embeddings", &json!({"input": input}), CALL_TIMEOUT)
         .await
-        .map_err(proxy_error)?;
+        .map_err(|e| match e {
+            // No such endpoint (the built-in engine; llama-server without
+            // --embeddings): say what is missing, not "not found".
+            ProxyError::Http { status: 404 | 501, .. } => ProtoError::new(
+                ErrorCode::NotAvailable,
+                format!("the loaded backend ({}) does not serve embeddings; load the model on a llama-server build started with embeddings on", ep.candidate),
+            ),
+            e => proxy_error(e),
+        })?;
     let mut data: Vec<Value> = r["data"].as_array().cloned().unwrap_or_default();
     data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
     let embeddings: Vec<Value> = data.into_iter().map(|d| d["embedding"].clone()).collect();
