@@ -253,7 +253,8 @@ impl TensorType {
         })
     }
 
-    /// Bytes of a tensor with `n` elements, when known.
+    /// Bytes of a tensor with `n` elements, when known (None too when `n`
+    /// is not whole blocks, or the size does not fit in a u64).
     pub fn bytes(self, n: u64) -> Option<u64> {
         if self == TensorType::I2S {
             return Some(n / 4 + 32);
@@ -262,7 +263,7 @@ impl TensorType {
         if !n.is_multiple_of(per) {
             return None;
         }
-        Some(n / per * bytes)
+        (n / per).checked_mul(bytes)
     }
 
     /// Whether weights of this type are ternary.
@@ -458,8 +459,12 @@ impl Gguf {
                 return Err(bad(format!("offset {offset} is not a multiple of the alignment {alignment}")));
             }
             let size = ty.bytes(n);
-            if size.is_none() && ty.block().is_some() {
-                return Err(bad(format!("{n} elements is not a whole number of {} blocks", ty.name())));
+            if let (None, Some((_, per))) = (size, ty.block()) {
+                return Err(bad(if n.is_multiple_of(per) {
+                    format!("{n} elements of {} is more bytes than a file can hold", ty.name())
+                } else {
+                    format!("{n} elements is not a whole number of {} blocks", ty.name())
+                }));
             }
             tensors.push(TensorInfo { name, dims, ty, offset, size });
         }
@@ -598,6 +603,17 @@ mod tests {
         assert!(!e.to_string().contains('\u{7}'));
         let e = Gguf::parse(&b"\x7fELF\x02\x01\x01\0"[..], 8).unwrap_err();
         assert_eq!(e.to_string(), "not a GGUF file (it does not start with `GGUF`)");
+    }
+
+    #[test]
+    fn inputs_the_fuzzer_found_are_typed_errors() {
+        // A tensor whose byte size overflows u64 (it wrapped to a small size
+        // in release builds and passed the range check).
+        for name in ["tensor-size-overflow.gguf"] {
+            let b = std::fs::read(fixture(&format!("fuzz/{name}"))).unwrap();
+            let e = Gguf::parse(&b[..], b.len() as u64).unwrap_err();
+            assert!(matches!(e, GgufError::Tensor { .. }), "{name}: {e}");
+        }
     }
 
     #[test]
