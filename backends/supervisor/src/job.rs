@@ -668,6 +668,12 @@ pub const DEFAULT_ARGS: &[&str] = &[
     "{api_key_file}",
 ];
 
+/// Whether `cand`'s launch puts the API key itself on the command line (a
+/// catalog entry whose args use `{api_key}`): visible to every local user.
+pub fn key_on_command_line(cand: &Candidate) -> bool {
+    cand.args.as_ref().is_some_and(|a| a.iter().any(|x| x.contains("{api_key}")))
+}
+
 /// The program and arguments that start `cand`. Pure apart from reading the
 /// spec.
 pub fn command_line(
@@ -773,6 +779,16 @@ mod tests {
         );
         let (_, a) = command_line(&t, &spec(vec![]), 1, "k", Path::new("/run/k")).unwrap();
         assert_eq!(a, vec!["-m", "/m/model.gguf", "-ngl", "33"]);
+        // The default args take the key from a file; an entry that asks for
+        // {api_key} is told apart.
+        assert!(!key_on_command_line(&c) && !key_on_command_line(&t));
+        let k =
+            cand("k", Launch::Path { path: "/x".into() }, false, Some(vec!["--api-key".into(), "{api_key}".into()]));
+        assert!(key_on_command_line(&k));
+        assert!(command_line(&k, &spec(vec![]), 1, "s3cret", Path::new("/run/k"))
+            .unwrap()
+            .1
+            .contains(&"s3cret".into()));
     }
 
     #[test]

@@ -350,6 +350,13 @@ fn select(model: Option<&std::path::Path>, format: Option<&str>, explain: bool, 
             Launch::Remote { url } => url.clone(),
         };
         text.push_str(&format!("  {}. {:<28} {}\n", i + 1, c.id, how));
+        if explain && bitnet_supervisor::job::key_on_command_line(c) {
+            text.push_str(&format!(
+                "     {:<28} takes its API key on the command line, which every local user can read \
+                 ({{api_key}} in its catalog args; {{api_key_file}} keeps it in an owner-only file)\n",
+                ""
+            ));
+        }
     }
     if explain {
         text.push_str("Skipped:\n");
