@@ -54,6 +54,8 @@ pub struct Backend {
     slots: Arc<tokio::sync::Semaphore>,
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     pub proxy: bitnet_supervisor::Proxy,
+    /// The last `load` that failed (its file and why), until one succeeds.
+    last_failure: std::sync::Mutex<Option<(PathBuf, String)>>,
     /// Headers of the models folder's files, by path, read again only when
     /// a file's size or mtime changed.
     described: std::sync::Mutex<std::collections::HashMap<PathBuf, (Stamp, FoundModel)>>,
@@ -230,6 +232,7 @@ impl Backend {
             waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             proxy: bitnet_supervisor::Proxy::new(),
             described: Default::default(),
+            last_failure: Default::default(),
         }
     }
 
@@ -332,6 +335,33 @@ impl Backend {
         let job = self.start_job(report, &info)?;
         *slot = Some((job.clone(), info));
         Ok(job)
+    }
+
+    /// A load of `path` failed for good (every candidate gave up): its job is
+    /// stopped and forgotten, so the next request says no model is loaded
+    /// and why, instead of retrying the same failure.
+    pub async fn forget_failed(&self, path: &Path, why: &str) {
+        let taken = {
+            let mut slot = self.job.lock().await;
+            match slot.as_ref() {
+                Some((_, info)) if info.path == path => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some((job, _)) = taken {
+            job.stop().await;
+        }
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), why.to_string()));
+    }
+
+    /// The last load that failed, if none succeeded since.
+    pub fn last_failure(&self) -> Option<(PathBuf, String)> {
+        self.last_failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A load succeeded: the last failure is history.
+    pub fn clear_failure(&self) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Whether loading `path` means switching from another loaded model.

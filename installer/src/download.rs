@@ -73,7 +73,23 @@ pub async fn fetch(
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let part = part_path(&req.dest);
-    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    // The partial download is ours to resume only as a plain file: a
+    // symlink (or FIFO) put in its place must not lead the writes (or a
+    // blocking read) elsewhere; it is removed, not followed.
+    let have = match std::fs::symlink_metadata(&part) {
+        Ok(m) if m.file_type().is_file() => m.len(),
+        Ok(m) if m.is_dir() => {
+            return Err(DownloadError::Io {
+                path: part.clone(),
+                source: std::io::Error::other("a folder is in the way"),
+            })
+        }
+        Ok(_) => {
+            std::fs::remove_file(&part).map_err(io(&part))?;
+            0
+        }
+        Err(_) => 0,
+    };
     let mut r = client.get(&req.url);
     if have > 0 {
         r = r.header("range", format!("bytes={have}-"));
@@ -98,9 +114,17 @@ pub async fn fetch(
     // Hash what is already there, then append.
     let mut hasher = Sha256::new();
     let mut file = if resumed {
-        let bytes = std::fs::read(&part).map_err(io(&part))?;
-        hasher.update(&bytes);
-        std::fs::OpenOptions::new().append(true).open(&part).map_err(io(&part))?
+        // Hashed in pieces: a partial model may be gigabytes.
+        let mut f = std::fs::OpenOptions::new().read(true).append(true).open(&part).map_err(io(&part))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(io(&part))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        f
     } else {
         std::fs::File::create(&part).map_err(io(&part))?
     };

@@ -115,6 +115,20 @@ fn pull_verifies_resumes_and_refuses_bad_files_leaving_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach"));
     let left: Vec<_> = std::fs::read_dir(&models).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("good.gguf")]);
+    // A symlink planted where the partial download goes is removed, not
+    // written through (nor read as the start of the file).
+    #[cfg(unix)]
+    {
+        let outside = home.path().join("precious.txt");
+        std::fs::write(&outside, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&outside, models.join("good2.gguf.part")).unwrap();
+        files.files.lock().unwrap().insert("good2.gguf".into(), (model.clone(), sha(&model)));
+        let o = pull(home.path(), &base, &["org/repo", "--file", "good2.gguf"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(models.join("good2.gguf")).unwrap(), model);
+        std::fs::remove_file(models.join("good2.gguf")).unwrap();
+    }
 
     // Over the protocol: progress events, then the path; a model it can load.
     let mut b = bitnet_host_tests::browser::FakeBrowser::spawn_with_env(

@@ -213,6 +213,19 @@ fn when_every_candidate_fails_the_error_carries_each_attempt_and_the_last_output
     assert_eq!(attempts.len(), 2, "{r}");
     let tail = r["error"]["details"]["tail"].to_string();
     assert!(tail.contains("error loading model"), "{tail}");
+    // The failed model is not left loaded: a chat says what happened at
+    // once instead of trying the same failing load again.
+    let t = std::time::Instant::now();
+    let r = b.request(&json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "Hi"}]}));
+    assert_eq!(r["error"]["code"], "not_available", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("vocab-only.gguf failed") && msg.contains("load_model"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let st = b.request(&json!({"id": "s", "type": "model_state"}));
+    assert_eq!(st["result"]["state"], "stopped", "{st}");
+    // A good model afterwards clears it.
+    let (_, r) = load(&mut b, "load2", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+    assert_eq!(r["ok"], true, "{r}");
 }
 
 /// A GGUF with an architecture and no tensors.

@@ -123,7 +123,14 @@ async fn restarted(ctx: &Ctx, job: &Job, dead: &Endpoint) -> Result<Endpoint, Pr
 
 async fn loaded(ctx: &Ctx) -> Result<(Job, Endpoint), ProtoError> {
     let Some((job, _)) = ctx.app.backend.current().await else {
-        return Err(ProtoError::new(ErrorCode::NotAvailable, "no model is loaded: send `load_model` first"));
+        let message = match ctx.app.backend.last_failure() {
+            Some((path, why)) => format!(
+                "no model is loaded: loading {} failed ({why}); send `load_model` again, or with another model",
+                path.display()
+            ),
+            None => "no model is loaded: send `load_model` first".to_string(),
+        };
+        return Err(ProtoError::new(ErrorCode::NotAvailable, message));
     };
     let ep = ready_with_progress(ctx, &job).await?;
     Ok((job, ep))

@@ -41,7 +41,16 @@ pub async fn load_model(ctx: &Ctx, params: &Params) -> Outcome {
         say_waiting(ctx, "switching models").await;
     }
     let job = ctx.app.backend.load(&report, info.clone()).await?;
-    let ep = crate::session::handlers::infer::ready_with_progress(ctx, &job).await?;
+    let ep = match crate::session::handlers::infer::ready_with_progress(ctx, &job).await {
+        Ok(ep) => ep,
+        Err(e) => {
+            if matches!(e.code, ErrorCode::BackendCrashed | ErrorCode::Unauthorized) {
+                ctx.app.backend.forget_failed(&info.path, &e.message).await;
+            }
+            return Err(e);
+        }
+    };
+    ctx.app.backend.clear_failure();
     let mut out = state_fields(&job.state());
     out.insert("model".into(), json!(info));
     out.insert("backend".into(), Value::from(ep.candidate));
