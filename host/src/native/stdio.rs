@@ -75,18 +75,24 @@ pub fn spawn_writer<T: Frames>(rx: mpsc::Receiver<T>) -> oneshot::Receiver<()> {
     done_rx
 }
 
+/// Encodes `first` and whatever else is queued (up to MAX_BATCH_BYTES)
+/// into `buf`, for one write.
+fn gather<T: Frames>(first: T, rx: &mut mpsc::Receiver<T>, buf: &mut Vec<u8>) {
+    buf.clear();
+    first.encode_into(buf);
+    while buf.len() < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(next) => next.encode_into(buf),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Blocking: writes each batch of queued frames with one write and flush.
 pub fn write_loop<W: std::io::Write, T: Frames>(mut w: W, mut rx: mpsc::Receiver<T>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.blocking_recv() {
-        buf.clear();
-        first.encode_into(&mut buf);
-        while buf.len() < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(next) => next.encode_into(&mut buf),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut rx, &mut buf);
         if let Err(e) = w.write_all(&buf).and_then(|()| w.flush()) {
             // The browser closed its end: nobody is listening any more.
             tracing::info!(error = %e, "output closed");
@@ -104,14 +110,7 @@ where
     use tokio::io::AsyncWriteExt;
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
-        buf.clear();
-        first.encode_into(&mut buf);
-        while buf.len() < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(next) => next.encode_into(&mut buf),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut rx, &mut buf);
         if let Err(e) = async {
             w.write_all(&buf).await?;
             w.flush().await

@@ -51,23 +51,28 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn the_http_api_needs_the_token_our_host_name_and_no_origin_and_serves_the_shared_model() {
+/// A relay to a daemon with the stand-in server and the HTTP API on a free
+/// port (plus `extra` environment): its home, the port, the browser.
+fn daemon_with_api(extra: &[(&str, &str)]) -> (tempfile::TempDir, u16, FakeBrowser) {
     let (home, report) = host_home(host_bin(), standin_bin(), &[]);
     let report = report.to_str().unwrap().to_string();
     let port = free_port();
     let port_s = port.to_string();
-    let mut b = FakeBrowser::spawn_shared(
-        host_bin(),
-        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
-        &[
-            ("BITNET_HOST_HARDWARE", report.as_str()),
-            ("BITNET_HOST_DAEMON", "1"),
-            ("BITNET_DAEMON_IDLE_MS", "3000"),
-            ("BITNET_HTTP_PORT", port_s.as_str()),
-        ],
-        home.path(),
-    );
+    let mut env = vec![
+        ("BITNET_HOST_HARDWARE", report.as_str()),
+        ("BITNET_HOST_DAEMON", "1"),
+        ("BITNET_DAEMON_IDLE_MS", "3000"),
+        ("BITNET_HTTP_PORT", port_s.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let b =
+        FakeBrowser::spawn_shared(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), &env, home.path());
+    (home, port, b)
+}
+
+#[test]
+fn the_http_api_needs_the_token_our_host_name_and_no_origin_and_serves_the_shared_model() {
+    let (home, port, mut b) = daemon_with_api(&[]);
     let model = fixture_model("bitnet-b1.58-i2_s.gguf");
     let r = b.request(&json!({"id": "l", "type": "load_model", "model": model}));
     let server_pid = r["result"]["pid"].clone();
@@ -163,22 +168,7 @@ fn the_http_api_is_off_unless_asked() {
 
 #[test]
 fn slow_idle_and_odd_http_clients_are_cut_off_and_never_crowd_out_others() {
-    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
-    let report = report.to_str().unwrap().to_string();
-    let port = free_port();
-    let port_s = port.to_string();
-    let mut b = FakeBrowser::spawn_shared(
-        host_bin(),
-        &chromium_args("abcdefghijklmnopabcdefghijklmnop"),
-        &[
-            ("BITNET_HOST_HARDWARE", report.as_str()),
-            ("BITNET_HOST_DAEMON", "1"),
-            ("BITNET_DAEMON_IDLE_MS", "3000"),
-            ("BITNET_HTTP_PORT", port_s.as_str()),
-            ("BITNET_HTTP_HEADER_TIMEOUT_MS", "400"),
-        ],
-        home.path(),
-    );
+    let (home, port, mut b) = daemon_with_api(&[("BITNET_HTTP_HEADER_TIMEOUT_MS", "400")]);
     assert_eq!(b.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
     let token_file = home.path().join("config/http-token");
     let t = std::time::Instant::now();
