@@ -190,6 +190,20 @@ pub fn scan_models(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The model a request or command names: an absolute path as it is, else a
+/// name as `models` lists it (`sub/file.gguf`, relative to the models
+/// folder, plain components only: no `..`, no root). None when neither
+/// names a file.
+pub fn resolve_model_name(models: &Path, name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return Some(p.to_path_buf());
+    }
+    let plain = !name.is_empty() && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    let candidate = models.join(p);
+    (plain && candidate.is_file()).then_some(candidate)
+}
+
 /// A GGUF file found in the models folder, as `models` lists it.
 #[derive(Debug, Clone)]
 pub struct FoundModel {

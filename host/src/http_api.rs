@@ -210,16 +210,9 @@ async fn models(State(api): State<Api>) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// The model a request names: an absolute path, or a file in the models folder.
+/// The model a request names: an absolute path, or a name in the models folder.
 fn named_model(app: &App, name: &str) -> Option<PathBuf> {
-    let p = Path::new(name);
-    if p.is_absolute() {
-        return Some(p.to_path_buf());
-    }
-    let inside = p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
-    let dirs = app.dirs.as_ref()?;
-    let candidate = dirs.data.join("models").join(p);
-    (inside && candidate.is_file()).then_some(candidate)
+    crate::backend::resolve_model_name(&app.dirs.as_ref()?.data.join("models"), name)
 }
 
 async fn forward(State(api): State<Api>, req: Request) -> Response {

@@ -30,11 +30,23 @@ pub fn default_model_path(dirs: &HostDirs) -> PathBuf {
 /// The seed of the default model: fixed, so every install has the same one.
 const DEFAULT_SEED: u64 = 0xB17E7;
 
+/// A model given on the command line: a file (relative to here or
+/// absolute), else a name as `bitnet-host models` lists it.
+pub(crate) fn model_arg(dirs: &HostDirs, m: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if m.is_file() {
+        return std::path::absolute(m).with_context(|| format!("{}", m.display()));
+    }
+    let models = dirs.data.join("models");
+    crate::backend::resolve_model_name(&models, &m.to_string_lossy()).ok_or_else(|| {
+        anyhow::anyhow!("no model file `{}` here or in {} (see `bitnet-host models`)", m.display(), models.display())
+    })
+}
+
 /// The model to use: the one named, else the generated default (made on
 /// first use, atomically).
 fn resolve_model(dirs: &HostDirs, named: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(m) = named {
-        return std::path::absolute(&m).with_context(|| format!("{}", m.display()));
+        return model_arg(dirs, &m);
     }
     let path = default_model_path(dirs);
     if !path.is_file() {

@@ -62,11 +62,12 @@ enum Command {
     /// Chat with a model: one answer to PROMPT, or a conversation when no
     /// prompt is given (the same path as an extension: probe, select,
     /// launch, stream)
+    #[command(visible_alias = "run")]
     Chat {
         /// What to say; omit for an interactive conversation
         prompt: Option<String>,
-        /// A GGUF model file (default: the installed default, or a generated
-        /// random-weight model)
+        /// A GGUF model file, or a name as `models` lists it (default: the
+        /// installed default, or a generated random-weight model)
         #[arg(long, short = 'm')]
         model: Option<std::path::PathBuf>,
         /// Most tokens in an answer
@@ -98,6 +99,7 @@ enum Command {
     },
     /// Measure the built-in engine on a model: prompt and generation tokens/s (like llama-bench)
     Bench {
+        /// A GGUF model file, or a name as `models` lists it
         #[arg(long, short = 'm')]
         model: std::path::PathBuf,
         /// Prompt tokens
@@ -146,6 +148,7 @@ enum Command {
         json: bool,
     },
     /// List the models in the models folder, with size, format and architecture
+    #[command(visible_aliases = ["list", "ls"])]
     Models {
         #[arg(long)]
         json: bool,
@@ -378,6 +381,8 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
 }
 
 fn bench(model: &std::path::Path, p: usize, n: usize, threads: Vec<usize>) -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let model = &crate::cli::chat::model_arg(&dirs, model)?;
     let m = bitnet_ternary::model::Model::load(model, None)?;
     let threads =
         if threads.is_empty() { vec![sysinfo::System::physical_core_count().unwrap_or(1).max(1)] } else { threads };

@@ -60,4 +60,37 @@ fn chat_hello_works_on_a_fresh_home_with_the_generated_default_model() {
     assert!(second.status.success());
     assert_eq!(second.stdout, first.stdout);
     assert_eq!(std::fs::read_dir(home.path().join("state/run")).unwrap().count(), 0);
+    // Ollama's verbs, and the model by the name `models` lists.
+    let cmd = |args: &[&str]| {
+        std::process::Command::new(host_bin())
+            .args(args)
+            .env("BITNET_HOST_HOME", home.path())
+            .env_remove("BITNET_HOST_HARDWARE")
+            .output()
+            .unwrap()
+    };
+    let listed = cmd(&["ls"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("default/bitnet-b1.58-random-tiny.gguf"));
+    assert_eq!(cmd(&["list"]).stdout, listed.stdout);
+    let named = cmd(&[
+        "run",
+        "Hello",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--model",
+        "default/bitnet-b1.58-random-tiny.gguf",
+    ]);
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+    assert_eq!(named.stdout, first.stdout, "the same model, so the same greedy answer");
+    let missing = cmd(&["run", "Hi", "--model", "nosuch.gguf"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("bitnet-host models"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let outside = cmd(&["run", "Hi", "--model", "../../etc/passwd"]);
+    assert!(!outside.status.success());
 }

@@ -144,6 +144,16 @@ fn models_that_are_not_gguf_or_not_there_are_refused_before_any_server_starts() 
     let r = b.request(&json!({"id": "none", "type": "load_model"}));
     assert_eq!(r["error"]["code"], "invalid_request", "{r}");
     assert!(!b.home().join("state/logs/servers/server.log").exists(), "no server was started");
+    // A name as `models` lists it loads the file in the models folder; a
+    // name leading out of it is no name.
+    let dir = b.home().join("data/models/org");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_model("bitnet-b1.58-i2_s.gguf"), dir.join("m.gguf")).unwrap();
+    let r = b.request(&json!({"id": "../x", "type": "load_model", "model": "../org/m.gguf"}));
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    let (_, r) = load(&mut b, "byname", Path::new("org/m.gguf"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["model"]["path"], json!(dir.join("m.gguf")), "{r}");
 }
 
 #[test]

@@ -29,10 +29,14 @@ pub async fn load_model(ctx: &Ctx, params: &Params) -> Outcome {
     let Some(model) = params.get("model").and_then(Value::as_str) else {
         return Err(ProtoError::new(
             ErrorCode::InvalidRequest,
-            "`model` is required: an absolute path to a .gguf file",
+            "`model` is required: an absolute path to a .gguf file, or a name as `models` lists it",
         ));
     };
-    let info = backend::inspect_model(Path::new(model)).await?;
+    // A name from `models` (inside the models folder) or an absolute path;
+    // anything else goes to inspect_model as given, which says why not.
+    let named = ctx.app.dirs.as_ref().and_then(|d| backend::resolve_model_name(&d.data.join("models"), model));
+    let path = named.unwrap_or_else(|| Path::new(model).to_path_buf());
+    let info = backend::inspect_model(&path).await?;
     let report = ctx.app.hardware().await.map_err(|e| ProtoError::new(ErrorCode::Internal, e))?;
     // Another model is loaded: the requests it is serving (other tabs,
     // other browsers) finish first (the backend waits), and the ones that
