@@ -109,17 +109,18 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut answer = String::new();
         let mut pieces = 0u32;
+        let mut first: Option<std::time::Instant> = None;
         while let Some(chunk) = sse.next().await {
             let chunk = chunk.map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(p) = chunk["choices"][0]["delta"]["content"].as_str() {
+                first.get_or_insert_with(std::time::Instant::now);
                 answer.push_str(p);
                 pieces += 1;
                 out(&printable(p));
             }
         }
         out("\n");
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!("[{pieces} pieces in {secs:.2} s, {:.1}/s]", f64::from(pieces) / secs.max(1e-9));
+        eprintln!("[{}]", stats(pieces, started, first));
         history.push(json!({"role": "assistant", "content": answer}));
         job.touch();
         Ok(())
@@ -127,25 +128,77 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
     match &args.prompt {
         Some(p) => ask(&mut history, p.clone()).await,
         None => {
+            eprintln!("(/help for commands, /bye or Ctrl-D to leave)");
             let stdin = std::io::stdin();
             loop {
                 eprint!("> ");
                 let _ = std::io::stderr().flush();
                 let mut line = String::new();
                 if stdin.lock().read_line(&mut line)? == 0 {
+                    // Ctrl-D: leave the shell's prompt on a line of its own.
+                    eprintln!();
                     return Ok(());
                 }
-                let line = line.trim().to_string();
-                if line.is_empty() {
-                    continue;
+                match command(&line) {
+                    Line::Empty => {}
+                    Line::Bye => return Ok(()),
+                    Line::Help => eprint!("{HELP}"),
+                    Line::Unknown(c) => eprint!("unknown command {c}\n{HELP}"),
+                    Line::Clear => {
+                        history.retain(|m| m["role"] == "system");
+                        eprintln!("(conversation cleared)");
+                    }
+                    Line::System(text) => {
+                        history.retain(|m| m["role"] != "system");
+                        history.insert(0, json!({"role": "system", "content": text}));
+                        eprintln!("(system message set)");
+                    }
+                    Line::Say(text) => ask(&mut history, text).await?,
                 }
-                if line == "/exit" || line == "/quit" {
-                    return Ok(());
-                }
-                ask(&mut history, line).await?;
             }
         }
     }
+}
+
+const HELP: &str =
+    "  /bye           leave (also /exit, /quit, Ctrl-D)\n  /clear         forget the conversation so far\n  \
+                    /system TEXT   set the system message\n  /help          this list\n";
+
+/// What a line typed in the conversation asks for.
+#[derive(Debug, PartialEq)]
+enum Line {
+    Empty,
+    Bye,
+    Help,
+    Clear,
+    System(String),
+    Unknown(String),
+    Say(String),
+}
+
+/// Lines starting with `/` are commands, never sent to the model.
+fn command(line: &str) -> Line {
+    let line = line.trim();
+    let Some(cmd) = line.strip_prefix('/') else {
+        return if line.is_empty() { Line::Empty } else { Line::Say(line.to_string()) };
+    };
+    let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
+    match name {
+        "bye" | "exit" | "quit" => Line::Bye,
+        "help" | "?" => Line::Help,
+        "clear" => Line::Clear,
+        "system" if !rest.trim().is_empty() => Line::System(rest.trim().to_string()),
+        _ => Line::Unknown(format!("/{name}")),
+    }
+}
+
+/// The line after an answer: tokens, time to the first, decode speed.
+fn stats(pieces: u32, started: std::time::Instant, first: Option<std::time::Instant>) -> String {
+    let Some(first) = first else { return format!("no tokens in {:.2} s", started.elapsed().as_secs_f64()) };
+    let ttft = (first - started).as_secs_f64() * 1e3;
+    let decode = first.elapsed().as_secs_f64();
+    let rate = if pieces > 1 && decode > 0.0 { f64::from(pieces - 1) / decode } else { 0.0 };
+    format!("{pieces} tokens, first after {ttft:.0} ms, {rate:.1} tokens/s")
 }
 
 /// Model text for a terminal: control characters (escape sequences could
@@ -156,6 +209,21 @@ fn printable(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{command, Line};
+
+    #[test]
+    fn slash_lines_are_commands_and_never_reach_the_model() {
+        assert_eq!(command("  /bye \n"), Line::Bye);
+        assert_eq!(command("/exit"), Line::Bye);
+        assert_eq!(command("/help"), Line::Help);
+        assert_eq!(command("/clear"), Line::Clear);
+        assert_eq!(command("/system  Be brief. "), Line::System("Be brief.".into()));
+        assert_eq!(command("/system"), Line::Unknown("/system".into()));
+        assert_eq!(command("/frobnicate x"), Line::Unknown("/frobnicate".into()));
+        assert_eq!(command("   "), Line::Empty);
+        assert_eq!(command("hello /bye"), Line::Say("hello /bye".into()));
+    }
+
     #[test]
     fn control_characters_never_reach_the_terminal() {
         assert_eq!(super::printable("a\x1b[2Jb\n\tc\x07"), "a\u{FFFD}[2Jb\n\tc\u{FFFD}");

@@ -93,4 +93,34 @@ fn chat_hello_works_on_a_fresh_home_with_the_generated_default_model() {
     );
     let outside = cmd(&["run", "Hi", "--model", "../../etc/passwd"]);
     assert!(!outside.status.success());
+    // A conversation: slash commands stay out of the model's context; the
+    // stats line says the first-token time; Ctrl-D (end of input) leaves
+    // cleanly on a new line.
+    let converse = |input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(host_bin())
+            .args(["chat", "--temperature", "0", "--max-tokens", "6"])
+            .env("BITNET_HOST_HOME", home.path())
+            .env_remove("BITNET_HOST_HARDWARE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = converse("/help\n/system Be brief.\nHello\n/clear\n/nonsense\n/bye\nnever sent\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("/system TEXT") && err.contains("(system message set)") && err.contains("(conversation cleared)"),
+        "{err}"
+    );
+    assert!(err.contains("unknown command /nonsense"), "{err}");
+    assert!(err.contains("tokens, first after"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "one answer, to Hello only");
+    let o = converse("Hello\n");
+    assert!(o.status.success());
+    assert!(o.stderr.ends_with(b"> \n"), "{:?}", String::from_utf8_lossy(&o.stderr));
 }
