@@ -199,9 +199,38 @@ pub fn resolve_model_name(models: &Path, name: &str) -> Option<PathBuf> {
     if p.is_absolute() {
         return Some(p.to_path_buf());
     }
+    // A catalog name once pulled: `bitnet-2b`.
+    if let Some(path) = crate::catalog::find(name).map(|m| m.path(models)).filter(|p| p.is_file()) {
+        return Some(path);
+    }
     let plain = !name.is_empty() && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
     let candidate = models.join(p);
     (plain && candidate.is_file()).then_some(candidate)
+}
+
+/// The model used when none is named: a pulled catalog model (catalog
+/// order), else the generated random-weight default when it exists.
+pub fn default_model(models: &Path) -> Option<PathBuf> {
+    crate::catalog::pulled(models)
+        .into_iter()
+        .map(|(_, p)| p)
+        .next()
+        .or_else(|| Some(models.join(GENERATED_DEFAULT)).filter(|p| p.is_file()))
+}
+
+/// Where the generated default model lives, inside the models folder.
+pub const GENERATED_DEFAULT: &str = "default/bitnet-b1.58-random-tiny.gguf";
+
+/// How `models` names a file: its path inside the models folder with `/`
+/// between parts (what `resolve_model_name` takes back), else the whole
+/// path for a file outside it.
+pub fn model_name(models: &Path, path: &Path) -> String {
+    match path.strip_prefix(models) {
+        Ok(rel) if !rel.as_os_str().is_empty() => {
+            rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+        }
+        _ => path.display().to_string(),
+    }
 }
 
 /// A GGUF file found in the models folder, as `models` lists it.

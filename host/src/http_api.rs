@@ -194,16 +194,23 @@ async fn guard(State(api): State<Api>, req: Request, next: axum::middleware::Nex
 }
 
 async fn models(State(api): State<Api>) -> Response {
+    // Ids are names as `models` lists them (what clients show and users
+    // type back); a loaded file outside the models folder keeps its path.
+    let root = api.app.dirs.as_ref().map(|d| d.data.join("models"));
+    let name = |p: &std::path::Path| match &root {
+        Some(r) => crate::backend::model_name(r, p),
+        None => p.display().to_string(),
+    };
     let mut data = Vec::new();
     if let Some((_, info)) = api.app.backend.current().await {
-        data.push(json!({"id": info.path, "object": "model", "owned_by": "bitnet-host", "loaded": true}));
+        data.push(json!({"id": name(&info.path), "object": "model", "owned_by": "bitnet-host", "loaded": true}));
     }
-    if let Some(dirs) = api.app.dirs.as_ref() {
-        let root = dirs.data.join("models");
+    if let Some(root) = root.clone() {
         let found = tokio::task::spawn_blocking(move || crate::backend::scan_models(&root)).await.unwrap_or_default();
         for p in found {
-            if !data.iter().any(|d| d["id"] == json!(p)) {
-                data.push(json!({"id": p, "object": "model", "owned_by": "bitnet-host", "loaded": false}));
+            let id = name(&p);
+            if !data.iter().any(|d| d["id"] == json!(id)) {
+                data.push(json!({"id": id, "object": "model", "owned_by": "bitnet-host", "loaded": false}));
             }
         }
     }

@@ -39,9 +39,24 @@ pub async fn pull(
     sha256: Option<&str>,
     progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
 ) -> Result<PathBuf, PullError> {
-    let (url, name) = resolve(source, file, &base_url()).map_err(PullError::Source)?;
-    let dir = dirs.data.join("models");
-    let dest = dir.join(&name);
+    let models = dirs.data.join("models");
+    // A catalog name (`bitnet-2b`) goes to its own folder and is checked
+    // against the catalog's sha256 when it has one.
+    let catalog = crate::catalog::find(source).filter(|_| file.is_none());
+    let (url, dest) = match catalog {
+        Some(m) => (m.url(&base_url()), m.path(&models)),
+        None => {
+            let (url, name) = resolve(source, file, &base_url()).map_err(|e| {
+                let names: Vec<&str> = crate::catalog::CATALOG.iter().map(|m| m.name).collect();
+                PullError::Source(format!("{e} (or a catalog name: {})", names.join(", ")))
+            })?;
+            (url, models.join(name))
+        }
+    };
+    let sha256 = sha256.or(catalog.and_then(|m| m.sha256));
+    let Some(dir) = dest.parent().map(Path::to_path_buf) else {
+        return Err(PullError::Source(format!("no folder for {}", dest.display())));
+    };
     match std::fs::symlink_metadata(&dest) {
         Ok(m) if m.file_type().is_file() => return Ok(dest),
         Ok(_) => return Err(PullError::Source(format!("{} exists and is not a model file", dest.display()))),

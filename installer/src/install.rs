@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::locations::{detect_linux, target, Browser, Os, Presence, Roots, Scope, Target, ALL_BROWSERS};
+use crate::detect::{detect, Presence, RealMachine};
+use crate::locations::{target, Browser, Os, Roots, Scope, Target, ALL_BROWSERS};
 use crate::{render, Family, InstallerError};
 
 #[derive(Debug, Clone)]
@@ -190,8 +191,8 @@ fn choose(opts: &InstallOptions) -> (Vec<Browser>, Vec<Skipped>) {
             skipped.push(Skipped { browser: b, reason: format!("no {what} given (--extension-id)") });
             continue;
         }
-        if opts.os == Os::Linux && opts.scope == Scope::User {
-            match detect_linux(b, &opts.roots, &|p| p.exists()) {
+        if opts.scope == Scope::User && opts.os == Os::current() {
+            match detect(opts.os, b, &opts.roots, &RealMachine) {
                 Presence::Sandboxed { evidence, advice } => {
                     skipped.push(Skipped { browser: b, reason: format!("{evidence}: {advice}") });
                     continue;
@@ -286,6 +287,37 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     })();
     match result {
         Ok((configured, _)) => Ok(InstallReport { host_path, configured, skipped, dry_run: false }),
+        Err(e) => {
+            tx.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Copy the host binary `source` into `bin_dir` (unless it already runs
+/// from there or the copy is the same), recorded so `uninstall` removes it:
+/// what `service install` points the login service at, so the service never
+/// runs a build tree's binary. Returns the placed path.
+pub fn place_binary(source: &Path, bin_dir: &Path, record_path: &Path) -> Result<PathBuf, InstallError> {
+    let placed = bin_dir.join(source.file_name().unwrap_or_else(|| "bitnet-host".as_ref()));
+    if placed == source {
+        return Ok(placed);
+    }
+    let mut tx = Tx { done: Vec::new(), keys: Vec::new(), writes: 0, fail_after: None };
+    let result = (|| -> Result<(), InstallError> {
+        let bytes = std::fs::read(source).map_err(|e| InstallError::Write { path: source.into(), source: e })?;
+        tx.write(&placed, &bytes, true)?;
+        let mut record = Record::load(record_path);
+        if record.binary.as_ref() != Some(&placed) {
+            record.binary = Some(placed.clone());
+            let rec = serde_json::to_vec_pretty(&record)
+                .map_err(|e| InstallError::Write { path: record_path.into(), source: std::io::Error::other(e) })?;
+            tx.write(record_path, &rec, false)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(placed),
         Err(e) => {
             tx.rollback();
             Err(e)

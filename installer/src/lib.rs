@@ -10,6 +10,7 @@
 //! `doctor` asks of a manifest.
 
 pub mod check;
+pub mod detect;
 pub mod download;
 pub mod install;
 pub mod locations;

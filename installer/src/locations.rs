@@ -217,67 +217,6 @@ pub fn target(os: Os, browser: Browser, scope: Scope, roots: &Roots, name: &str)
     }
 }
 
-/// How a browser is present on this machine.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Presence {
-    Installed {
-        evidence: String,
-    },
-    /// Installed as a Snap or Flatpak: the sandbox needs more than a manifest.
-    Sandboxed {
-        evidence: String,
-        advice: String,
-    },
-    Absent,
-}
-
-/// Evidence of `browser` on Linux: its profile folder, or a Snap / Flatpak
-/// install. `exists` is the filesystem query (injected for tests).
-pub fn detect_linux(browser: Browser, roots: &Roots, exists: &dyn Fn(&Path) -> bool) -> Presence {
-    use Browser::*;
-    let (snap, flatpak) = match browser {
-        Chromium => (Some("chromium"), Some("org.chromium.Chromium")),
-        Firefox => (Some("firefox"), Some("org.mozilla.firefox")),
-        Brave => (Some("brave"), Some("com.brave.Browser")),
-        Chrome => (None, Some("com.google.Chrome")),
-        Edge => (None, Some("com.microsoft.Edge")),
-        Librewolf => (None, Some("io.gitlab.librewolf-community")),
-        _ => (None, None),
-    };
-    if let Some(Target::File { path }) = target(Os::Linux, browser, Scope::User, roots, "x") {
-        // The profile folder is the parent of NativeMessagingHosts.
-        if let Some(profile) = path.parent().and_then(Path::parent) {
-            if exists(profile) {
-                return Presence::Installed { evidence: profile.display().to_string() };
-            }
-        }
-    }
-    if let Some(s) = snap {
-        let p = roots.home.join("snap").join(s);
-        if exists(&p) || exists(&Path::new("/snap").join(s)) {
-            return Presence::Sandboxed {
-                evidence: format!("Snap package `{s}`"),
-                advice: format!(
-                    "the {s} Snap cannot start programs outside its sandbox; install the browser from a .deb/.rpm or its vendor, or use the Flatpak with the native-messaging portal"
-                ),
-            };
-        }
-    }
-    if let Some(f) = flatpak {
-        let p = roots.home.join(".var/app").join(f);
-        if exists(&p) {
-            return Presence::Sandboxed {
-                evidence: format!("Flatpak `{f}`"),
-                advice: format!(
-                    "Flatpak browsers need the host exposed to the sandbox: `flatpak override --user --talk-name=org.freedesktop.Flatpak {f}` and a wrapper that runs it with flatpak-spawn --host"
-                ),
-            };
-        }
-    }
-    Presence::Absent
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,19 +328,5 @@ mod tests {
         }
         assert_eq!(Browser::parse("LibreWolf"), Some(Browser::Librewolf));
         assert_eq!(Browser::parse("netscape"), None);
-    }
-
-    #[test]
-    fn detection_finds_profiles_and_names_snap_and_flatpak_problems() {
-        let have = |paths: &'static [&'static str]| move |p: &Path| paths.iter().any(|x| Path::new(x) == p);
-        let r = roots();
-        assert!(matches!(
-            detect_linux(Browser::Chromium, &r, &have(&["/h/.config/chromium"])),
-            Presence::Installed { .. }
-        ));
-        assert!(matches!(detect_linux(Browser::Chromium, &r, &have(&["/snap/chromium"])), Presence::Sandboxed { .. }));
-        let f = detect_linux(Browser::Firefox, &r, &have(&["/h/.var/app/org.mozilla.firefox"]));
-        assert!(matches!(&f, Presence::Sandboxed { advice, .. } if advice.contains("flatpak")), "{f:?}");
-        assert_eq!(detect_linux(Browser::Vivaldi, &r, &have(&[])), Presence::Absent);
     }
 }

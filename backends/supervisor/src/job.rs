@@ -141,6 +141,7 @@ pub struct Job {
     model: PathBuf,
     stats: Arc<Mutex<crate::stats::Sampler>>,
     failures: Arc<Mutex<VecDeque<Attempt>>>,
+    keep_alive: Option<Duration>,
 }
 
 impl Job {
@@ -152,6 +153,7 @@ impl Job {
         let last_used = Arc::new(Mutex::new(Instant::now()));
         let model = spec.model.clone();
         let failures = Arc::new(Mutex::new(VecDeque::new()));
+        let keep_alive = spec.settings.keep_alive;
         let runner = Runner {
             failures: failures.clone(),
             spec,
@@ -164,7 +166,16 @@ impl Job {
             http: health::client(),
         };
         tokio::spawn(runner.run());
-        Job { cmds, state, ring, last_used, model, stats: Arc::new(Mutex::new(crate::stats::Sampler::new())), failures }
+        Job {
+            cmds,
+            state,
+            ring,
+            last_used,
+            model,
+            stats: Arc::new(Mutex::new(crate::stats::Sampler::new())),
+            failures,
+            keep_alive,
+        }
     }
 
     pub fn model(&self) -> &PathBuf {
@@ -193,6 +204,14 @@ impl Job {
     /// Mark the server as in use (resets the keep-alive timer).
     pub fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// How long until a ready server that stays unused is stopped (its
+    /// keep-alive less the time since it was last used); None when it is
+    /// kept loaded for good.
+    pub fn unload_in(&self) -> Option<Duration> {
+        let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        self.keep_alive.map(|k| k.saturating_sub(last.elapsed()))
     }
 
     /// Stop the server (SIGTERM, then SIGKILL after the grace period) and

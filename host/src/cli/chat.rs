@@ -24,7 +24,7 @@ pub struct ChatArgs {
 
 /// Where the generated default model lives.
 pub fn default_model_path(dirs: &HostDirs) -> PathBuf {
-    dirs.data.join("models").join("default").join("bitnet-b1.58-random-tiny.gguf")
+    dirs.data.join("models").join(crate::backend::GENERATED_DEFAULT)
 }
 
 /// The seed of the default model: fixed, so every install has the same one.
@@ -42,32 +42,87 @@ pub(crate) fn model_arg(dirs: &HostDirs, m: &std::path::Path) -> anyhow::Result<
     })
 }
 
-/// The model to use: the one named, else the generated default (made on
-/// first use, atomically).
-fn resolve_model(dirs: &HostDirs, named: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The model to use: the one named; else the one the daemon has loaded;
+/// else a pulled catalog model; else, on a terminal (`offer`), the offer to
+/// download the catalog's first model; else the generated default (made on
+/// first use, atomically), said plainly.
+pub(crate) fn resolve_model(dirs: &HostDirs, named: Option<PathBuf>, offer: bool) -> anyhow::Result<PathBuf> {
     if let Some(m) = named {
         return model_arg(dirs, &m);
     }
+    if let Some(loaded) = daemon_model(dirs) {
+        eprintln!("Using the model the daemon has loaded: {}", loaded.display());
+        return Ok(loaded);
+    }
+    let models = dirs.data.join("models");
+    if let Some((m, path)) = crate::catalog::pulled(&models).into_iter().next() {
+        eprintln!("Using {} ({})", m.name, m.title);
+        return Ok(path);
+    }
     let path = default_model_path(dirs);
+    if offer && !path.is_file() {
+        if let Some(pulled) = offer_pull()? {
+            return Ok(pulled);
+        }
+    }
     if !path.is_file() {
         eprintln!(
             "No model given: using the built-in default, a small BitNet b1.58 model with RANDOM weights\n\
              generated on this machine ({}). It exercises the whole machinery but writes gibberish.\n\
-             For real answers pass --model <file.gguf> (e.g. BitNet b1.58 2B4T in I2_S or TQ2_0 format).",
-            path.display()
+             For real answers: `bitnet-host pull {}`, or --model <file.gguf>.",
+            path.display(),
+            crate::catalog::CATALOG[0].name
         );
         let bytes = bitnet_ternary::writer::random_model(&bitnet_ternary::writer::Shape::default_model(), DEFAULT_SEED);
         bitnet_ternary::writer::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
     } else {
-        eprintln!("Using the built-in random-weight default model (gibberish by design); pass --model for a real one.");
+        eprintln!(
+            "Using the built-in random-weight default model (gibberish by design); `bitnet-host pull {}` gets a real one.",
+            crate::catalog::CATALOG[0].name
+        );
     }
     Ok(path)
+}
+
+/// The model a running daemon has loaded (never starts one).
+fn daemon_model(dirs: &HostDirs) -> Option<PathBuf> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let reply = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(2), crate::daemon::control_request(dirs, "status")).await
+    });
+    let path = reply.ok()??["result"]["server"]["model"]["path"].as_str().map(PathBuf::from)?;
+    path.is_file().then_some(path)
+}
+
+/// On a terminal with nothing pulled: ask to download the catalog's first
+/// model. Some(path) once pulled; None when declined (or not a terminal).
+fn offer_pull() -> anyhow::Result<Option<PathBuf>> {
+    use std::io::IsTerminal;
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Ok(None);
+    }
+    let m = &crate::catalog::CATALOG[0];
+    let size = m.approx_bytes.map(|b| format!(", {:.1} GB", b as f64 / 1e9)).unwrap_or_default();
+    eprint!("No model here yet. Download {} ({}{size}) from Hugging Face now? [Y/n] ", m.title, m.name);
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !wants(&answer) {
+        return Ok(None);
+    }
+    crate::cli::pull(m.name, None, None).map(Some)
+}
+
+/// A yes to "[Y/n]": empty (Enter) or anything starting with y.
+fn wants(answer: &str) -> bool {
+    let a = answer.trim().to_ascii_lowercase();
+    a.is_empty() || a.starts_with('y')
 }
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let _guard = crate::logging::init(Some(&dirs), "warn");
-    let model = resolve_model(&dirs, args.model.clone())?;
+    let model = resolve_model(&dirs, args.model.clone(), true)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let app = Arc::new(App::new(Some(dirs)));
     let result = rt.block_on(session(&app, &model, &args));
@@ -110,8 +165,10 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
         let mut answer = String::new();
         let mut pieces = 0u32;
         let mut first: Option<std::time::Instant> = None;
+        let mut prompt_tokens = None;
         while let Some(chunk) = sse.next().await {
             let chunk = chunk.map_err(|e| anyhow::anyhow!("{e}"))?;
+            prompt_tokens = chunk["usage"]["prompt_tokens"].as_u64().or(prompt_tokens);
             if let Some(p) = chunk["choices"][0]["delta"]["content"].as_str() {
                 first.get_or_insert_with(std::time::Instant::now);
                 answer.push_str(p);
@@ -120,7 +177,7 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
             }
         }
         out("\n");
-        eprintln!("[{}]", stats(pieces, started, first));
+        eprintln!("[{}]", stats(pieces, prompt_tokens, started, first));
         history.push(json!({"role": "assistant", "content": answer}));
         job.touch();
         Ok(())
@@ -192,13 +249,21 @@ fn command(line: &str) -> Line {
     }
 }
 
-/// The line after an answer: tokens, time to the first, decode speed.
-fn stats(pieces: u32, started: std::time::Instant, first: Option<std::time::Instant>) -> String {
+/// The line after an answer: tokens, time to the first, prompt speed (the
+/// prompt's tokens over the time to the first token, when the server says
+/// how many there were) and decode speed.
+fn stats(pieces: u32, prompt: Option<u64>, started: std::time::Instant, first: Option<std::time::Instant>) -> String {
     let Some(first) = first else { return format!("no tokens in {:.2} s", started.elapsed().as_secs_f64()) };
-    let ttft = (first - started).as_secs_f64() * 1e3;
-    let decode = first.elapsed().as_secs_f64();
-    let rate = if pieces > 1 && decode > 0.0 { f64::from(pieces - 1) / decode } else { 0.0 };
-    format!("{pieces} tokens, first after {ttft:.0} ms, {rate:.1} tokens/s")
+    stats_line(pieces, prompt, (first - started).as_secs_f64(), first.elapsed().as_secs_f64())
+}
+
+fn stats_line(pieces: u32, prompt: Option<u64>, ttft_s: f64, decode_s: f64) -> String {
+    let rate = if pieces > 1 && decode_s > 0.0 { f64::from(pieces - 1) / decode_s } else { 0.0 };
+    let prompt = match prompt {
+        Some(n) if ttft_s > 0.0 => format!("prompt {n} tokens at {:.1} tokens/s, ", n as f64 / ttft_s),
+        _ => String::new(),
+    };
+    format!("{pieces} tokens, first after {:.0} ms, {prompt}decode {rate:.1} tokens/s", ttft_s * 1e3)
 }
 
 /// Model text for a terminal: control characters (escape sequences could
@@ -222,6 +287,25 @@ mod tests {
         assert_eq!(command("/frobnicate x"), Line::Unknown("/frobnicate".into()));
         assert_eq!(command("   "), Line::Empty);
         assert_eq!(command("hello /bye"), Line::Say("hello /bye".into()));
+    }
+
+    #[test]
+    fn the_stats_line_gives_first_token_time_and_prompt_and_decode_speed() {
+        assert_eq!(
+            super::stats_line(11, Some(40), 0.5, 2.0),
+            "11 tokens, first after 500 ms, prompt 40 tokens at 80.0 tokens/s, decode 5.0 tokens/s"
+        );
+        assert_eq!(super::stats_line(1, None, 0.25, 0.0), "1 tokens, first after 250 ms, decode 0.0 tokens/s");
+    }
+
+    #[test]
+    fn enter_or_yes_accepts_the_download_and_anything_else_declines() {
+        for yes in ["\n", "y\n", " Yes ", "Y"] {
+            assert!(super::wants(yes), "{yes:?}");
+        }
+        for no in ["n\n", "no", "later"] {
+            assert!(!super::wants(no), "{no:?}");
+        }
     }
 
     #[test]

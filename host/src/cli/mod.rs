@@ -12,6 +12,7 @@ use crate::native::{self, Caller};
 use crate::App;
 
 pub mod chat;
+mod ps;
 pub mod setup;
 mod update;
 
@@ -71,11 +72,12 @@ enum Command {
         #[arg(long, short = 'm')]
         model: Option<std::path::PathBuf>,
         /// Most tokens in an answer
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, short = 'n', default_value_t = 128)]
         max_tokens: u32,
-        /// 0 = greedy
+        /// Sampling temperature; 0 always picks the likeliest token (default: the server's)
         #[arg(long)]
         temperature: Option<f32>,
+        /// Sampling seed: the same seed and prompt give the same answer
         #[arg(long)]
         seed: Option<u64>,
     },
@@ -83,43 +85,62 @@ enum Command {
     /// it unless BITNET_HOST_DAEMON=0; it exits after BITNET_DAEMON_IDLE_MS
     /// without connections)
     Daemon,
-    /// Start the daemon at login: install | uninstall | status (systemd user unit, launchd agent, logon task)
-    Service { action: String },
+    /// Start the daemon at login (systemd user unit, launchd agent, Windows logon task)
+    Service {
+        /// install (copying this binary to the data folder first), uninstall, or status
+        #[arg(value_enum)]
+        action: ServiceAction,
+    },
     /// Register the host with the browsers on this machine (native-messaging manifests)
     Install(crate::cli::setup::InstallArgs),
     /// Remove exactly what `install` wrote
     Uninstall {
+        /// Print what was removed as JSON
         #[arg(long)]
         json: bool,
     },
     /// Check the installation, the hardware, the backend and the models; say how to fix each problem
     Doctor {
+        /// Print every check as JSON
         #[arg(long)]
         json: bool,
     },
     /// Measure the built-in engine on a model: prompt and generation tokens/s (like llama-bench)
     Bench {
-        /// A GGUF model file, or a name as `models` lists it
+        /// A GGUF model file, or a name as `models` lists it (default: as for `chat`)
         #[arg(long, short = 'm')]
-        model: std::path::PathBuf,
-        /// Prompt tokens
-        #[arg(short = 'p', default_value_t = 128)]
+        model: Option<std::path::PathBuf>,
+        /// Prompt tokens to process (llama-bench's -p)
+        #[arg(long = "n-prompt", short = 'p', default_value_t = 128)]
         prompt: usize,
-        /// Generated tokens
-        #[arg(short = 'n', default_value_t = 128)]
+        /// Tokens to generate (llama-bench's -n)
+        #[arg(long = "n-gen", short = 'n', default_value_t = 128)]
         generate: usize,
         /// Threads (default: physical cores); give several to compare, e.g. -t 1,2
-        #[arg(short = 't', value_delimiter = ',')]
+        #[arg(long, short = 't', value_delimiter = ',')]
         threads: Vec<usize>,
     },
-    /// Download a model into the models folder (verified, resumable): a URL, or owner/repo --file F
+    /// Download a model into the models folder (verified, resumable): a catalog name
+    /// (`pull --list`), a URL, or a Hugging Face owner/repo with --file
     Pull {
-        source: String,
+        /// bitnet-2b (or another name `pull --list` shows), https://..., or owner/repo
+        #[arg(required_unless_present = "list")]
+        source: Option<String>,
+        /// The file in owner/repo to download (e.g. ggml-model-i2_s.gguf)
         #[arg(long)]
         file: Option<String>,
+        /// List the catalog: known BitNet models by short name
+        #[arg(long, conflicts_with_all = ["source", "file", "sha256"])]
+        list: bool,
         /// Expected sha256 (otherwise the server's, when it gives one)
         #[arg(long)]
         sha256: Option<String>,
+    },
+    /// Show what the daemon has loaded: model, backend, pid, memory, when it unloads, who is connected
+    Ps {
+        /// Print it as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the per-user daemon once its running requests finish
     Stop,
@@ -144,21 +165,26 @@ enum Command {
         /// Go back to the previously installed server bundle
         #[arg(long, conflicts_with_all = ["check", "bundle"])]
         rollback: bool,
+        /// Print the outcome as JSON
         #[arg(long)]
         json: bool,
     },
     /// List the models in the models folder, with size, format and architecture
     #[command(visible_aliases = ["list", "ls"])]
     Models {
+        /// Print the list as JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove a model from the models folder (by its name as `models` lists it)
-    Rm { name: String },
+    Rm {
+        /// The model's name as `models` lists it (e.g. bitnet-2b/ggml-model-i2_s.gguf)
+        name: String,
+    },
     /// Show the last lines the model servers wrote (the supervisor's log)
     Logs {
         /// How many lines
-        #[arg(short = 'n', long, default_value_t = 50)]
+        #[arg(long, short = 'l', default_value_t = 50)]
         lines: usize,
     },
     /// Run the built-in engine as a llama-server-compatible HTTP server
@@ -172,20 +198,36 @@ enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ServiceAction {
+    /// Register the daemon to start at login, and start it
+    Install,
+    /// Remove the registration
+    Uninstall,
+    /// Say whether it is registered and running
+    Status,
+}
+
 /// llama-server's flags, as the supervisor passes them.
 #[derive(Debug, clap::Args)]
 struct RunnerArgs {
+    /// The GGUF model file to serve
     #[arg(long, short = 'm')]
     model: std::path::PathBuf,
+    /// The address to listen on (loopback unless you mean otherwise)
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// The port to listen on
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Compute threads (default: physical cores)
     #[arg(long, short = 't')]
     threads: Option<usize>,
+    /// Context size in tokens, per request
     #[arg(long = "ctx-size", short = 'c', default_value_t = 4096)]
     ctx_size: usize,
-    #[arg(long, short = 'p', alias = "np", default_value_t = 4)]
+    /// Requests served at once (llama-server's --parallel / -np)
+    #[arg(long, alias = "np", default_value_t = 4)]
     parallel: usize,
     /// The key clients must send (visible to every local user in `ps`:
     /// prefer --api-key-file).
@@ -274,6 +316,7 @@ pub fn main() -> ExitCode {
         Command::Logs { lines } => logs(lines),
         Command::Models { json } => models(json),
         Command::Stop => stop(),
+        Command::Ps { json } => ps::ps(json),
         Command::Update { check, channel, bundle, model, servers_only, rollback, json } => {
             crate::cli::update::update(crate::cli::update::Args {
                 check,
@@ -286,11 +329,18 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Rm { name } => rm(&name),
-        Command::Pull { source, file, sha256 } => pull(&source, file.as_deref(), sha256.as_deref()),
-        Command::Bench { model, prompt, generate, threads } => bench(&model, prompt, generate, threads),
+        Command::Pull { source, file, list, sha256 } => match source {
+            Some(source) if !list => pull(&source, file.as_deref(), sha256.as_deref()).map(|_| ()),
+            _ => catalog_list(),
+        },
+        Command::Bench { model, prompt, generate, threads } => bench(model.as_deref(), prompt, generate, threads),
         Command::Install(a) => crate::cli::setup::install(a),
         Command::Daemon => run_daemon(),
-        Command::Service { action } => crate::cli::setup::service(&action),
+        Command::Service { action } => crate::cli::setup::service(match action {
+            ServiceAction::Install => "install",
+            ServiceAction::Uninstall => "uninstall",
+            ServiceAction::Status => "status",
+        }),
         Command::Uninstall { json } => crate::cli::setup::uninstall(json),
         Command::Doctor { json } => crate::cli::setup::doctor(json),
         Command::Chat { prompt, model, max_tokens, temperature, seed } => {
@@ -380,9 +430,9 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(model: &std::path::Path, p: usize, n: usize, threads: Vec<usize>) -> anyhow::Result<()> {
+fn bench(model: Option<&std::path::Path>, p: usize, n: usize, threads: Vec<usize>) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
-    let model = &crate::cli::chat::model_arg(&dirs, model)?;
+    let model = &crate::cli::chat::resolve_model(&dirs, model.map(std::path::Path::to_path_buf), false)?;
     let m = bitnet_ternary::model::Model::load(model, None)?;
     let threads =
         if threads.is_empty() { vec![sysinfo::System::physical_core_count().unwrap_or(1).max(1)] } else { threads };
@@ -410,7 +460,8 @@ fn bench(model: &std::path::Path, p: usize, n: usize, threads: Vec<usize>) -> an
     Ok(())
 }
 
-fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Result<()> {
+/// Download a model with a progress bar; prints and returns where it is.
+pub(crate) fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let _guard = crate::logging::init(Some(&dirs), "warn");
     let rt = runtime()?;
@@ -419,6 +470,27 @@ fn pull(source: &str, file: Option<&str>, sha256: Option<&str>) -> anyhow::Resul
     bar.finish_and_clear();
     let path = path?;
     out(&format!("{}\n", path.display()));
+    Ok(path)
+}
+
+/// `pull --list`: the catalog, and which entries are here already.
+fn catalog_list() -> anyhow::Result<()> {
+    let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+    let models = dirs.data.join("models");
+    let mut t = format!("{:<14} {:>9}  {:<10} {}\n", "NAME", "SIZE", "HERE", "MODEL");
+    for m in crate::catalog::CATALOG {
+        t.push_str(&format!(
+            "{:<14} {:>9}  {:<10} {} ({}/{})\n",
+            m.name,
+            m.approx_bytes.map(|b| format!("{:.1} GB", b as f64 / 1e9)).unwrap_or("?".into()),
+            if m.path(&models).is_file() { "pulled" } else { "-" },
+            m.title,
+            m.repo,
+            m.file
+        ));
+    }
+    t.push_str("download one: bitnet-host pull <NAME>\n");
+    out(&t);
     Ok(())
 }
 

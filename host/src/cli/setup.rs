@@ -40,6 +40,7 @@ pub struct InstallArgs {
     /// Show what would be written, write nothing
     #[arg(long)]
     dry_run: bool,
+    /// Print what was written (or would be) as JSON
     #[arg(long)]
     json: bool,
 }
@@ -115,14 +116,13 @@ pub fn install(a: InstallArgs) -> anyhow::Result<()> {
             Target::File { path } => path.display().to_string(),
             Target::Registry { hive, key, .. } => format!(r"{hive}\{key}"),
         };
-        text.push_str(&format!(
-            "  {:<10} {:<9} {where_}\n",
-            c.browser.name(),
-            format!("{:?}", c.change).to_lowercase()
-        ));
+        let change = format!("{:?}", c.change).to_lowercase();
+        // A dry run changes nothing: say what it would do.
+        let change = if report.dry_run { format!("would be {change}") } else { change };
+        text.push_str(&format!("  {:<10} {:<18} {where_}\n", c.browser.name(), change));
     }
     for s in &report.skipped {
-        text.push_str(&format!("  {:<10} skipped   {}\n", s.browser.name(), s.reason));
+        text.push_str(&format!("  {:<10} {:<18} {}\n", s.browser.name(), "skipped", s.reason));
     }
     out(&text);
     Ok(())
@@ -209,7 +209,7 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
                 if let Some(host) = host {
                     match handshake(&host) {
                         Ok(v) if v["ok"] == true => entry["handshake"] = json!("ok"),
-                        Ok(v) => problems.push(json!({"problem": format!("{}: the host answered hello with {v}", path.display()), "fix": "run `bitnet-host install` again"})),
+                        Ok(v) => problems.push(json!({"problem": format!("{}: the host answered hello with an error: {}", path.display(), v["error"]["message"].as_str().unwrap_or("?")), "fix": "run `bitnet-host install` again"})),
                         Err(e) => problems.push(json!({"problem": format!("{}: the host does not answer: {e}", path.display()), "fix": "run `bitnet-host install` again"})),
                     }
                 }
@@ -236,7 +236,7 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
         Ok(r) => {
             let sel = crate::backend::selection(Some(&dirs), &config, r, None);
             (
-                json!({"os": r.os.family, "cpu": r.cpu.brand, "features": r.cpu.features.len(), "memory_bytes": r.memory.total_bytes}),
+                json!({"os": r.os.family, "cpu": r.cpu.brand, "features": r.cpu.features.len(), "feature_list": r.cpu.features, "memory_bytes": r.memory.total_bytes}),
                 json!({"candidates": sel.candidates.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                        "skipped": sel.skipped.iter().map(|s| format!("{}: {}", s.id, s.reason)).collect::<Vec<_>>()}),
             )
@@ -248,12 +248,8 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
             (Value::Null, Value::Null)
         }
     };
-    let models: Vec<Value> = std::fs::read_dir(dirs.data.join("models"))
+    let models: Vec<Value> = crate::backend::scan_models(&dirs.data.join("models"))
         .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten().map(|f| f.path()).chain([e.path()]))
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .map(|p| {
             let fmt = bitnet_ternary::Gguf::open(&p).map(|g| g.weight_format()).map_err(|e| e.to_string());
             json!({"path": p, "format": fmt.as_ref().ok().cloned().flatten(), "error": fmt.err()})
@@ -270,6 +266,7 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
         problems.push(json!({"problem": format!("only {} MiB free where models live", free.unwrap_or(0) >> 20), "fix": "free disk space before downloading a model"}));
     }
     let errors = last_errors(&dirs.logs(), 5);
+    let daemon = daemon_check(&dirs);
     let doc = json!({
         "ok": problems.is_empty(),
         "problems": problems,
@@ -278,7 +275,7 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
         "selection": selection,
         "models": models,
         "disk_free_bytes": free,
-        "daemon": "not part of this build yet",
+        "daemon": daemon,
         "recent_errors": errors,
     });
     if json_out {
@@ -287,16 +284,43 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
         let mut t = String::new();
         for m in &manifests {
             let status = if m["problems"].as_array().is_some_and(|p| p.is_empty()) { "ok" } else { "PROBLEM" };
+            let answers = if m["handshake"] == "ok" { ", the host answers" } else { "" };
             t.push_str(&format!(
-                "manifest  {:<10} {:<8} {}\n",
+                "manifest  {:<10} {status}{answers}: {}\n",
                 m["browser"].as_str().unwrap_or(""),
-                status,
                 m["manifest"].as_str().unwrap_or("")
             ));
         }
-        t.push_str(&format!("hardware  {}\n", doc["hardware"]));
-        t.push_str(&format!("backends  {}\n", doc["selection"]["candidates"]));
-        t.push_str(&format!("models    {} found\n", models.len()));
+        t.push_str(&format!("hardware  {}\n", hardware_line(&doc["hardware"])));
+        let candidates: Vec<&str> =
+            doc["selection"]["candidates"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        t.push_str(&format!(
+            "backends  {}\n",
+            if candidates.is_empty() {
+                "none can run here".to_string()
+            } else {
+                candidates.join(", ") + " (best first)"
+            }
+        ));
+        t.push_str(&format!("daemon    {}\n", daemon_line(&doc["daemon"])));
+        let names: Vec<String> = models
+            .iter()
+            .map(|m| {
+                let path = Path::new(m["path"].as_str().unwrap_or(""));
+                crate::backend::model_name(&dirs.data.join("models"), path)
+            })
+            .collect();
+        t.push_str(&format!(
+            "models    {}\n",
+            if names.is_empty() {
+                format!("none yet (bitnet-host pull {})", crate::catalog::CATALOG[0].name)
+            } else {
+                format!("{}: {}", names.len(), names.join(", "))
+            }
+        ));
+        if let Some(f) = free {
+            t.push_str(&format!("disk      {:.1} GiB free where models live\n", f as f64 / (1u64 << 30) as f64));
+        }
         for e in &errors {
             t.push_str(&format!("log error {e}\n"));
         }
@@ -316,6 +340,54 @@ pub fn doctor(json_out: bool) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Whether this user's daemon runs, and what it serves (never starts one).
+fn daemon_check(dirs: &HostDirs) -> Value {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return Value::Null };
+    let reply = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), crate::daemon::control_request(dirs, "status")).await
+    });
+    match reply {
+        Ok(Some(r)) => json!({
+            "running": true,
+            "pid": r["result"]["pid"],
+            "version": r["result"]["version"],
+            "model": r["result"]["server"].get("name").or(r["result"]["server"]["model"].get("path")),
+        }),
+        Ok(None) => json!({"running": false}),
+        Err(_) => json!({"running": null, "error": "the daemon did not answer within 5 s"}),
+    }
+}
+
+fn daemon_line(d: &Value) -> String {
+    match d["running"].as_bool() {
+        Some(true) => format!(
+            "running, pid {}, version {}, {}",
+            d["pid"],
+            d["version"].as_str().unwrap_or("?"),
+            match d["model"].as_str() {
+                Some(m) => format!("serving {m}"),
+                None => "no model loaded".into(),
+            }
+        ),
+        Some(false) => "not running (the first browser connection starts it)".into(),
+        None => d["error"].as_str().unwrap_or("unknown").into(),
+    }
+}
+
+fn hardware_line(h: &Value) -> String {
+    if h.is_null() {
+        return "unknown (the probe failed)".into();
+    }
+    let features: Vec<&str> = h["feature_list"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    format!(
+        "{} ({}), {:.1} GiB memory, {}",
+        h["cpu"].as_str().unwrap_or("unknown CPU"),
+        if features.is_empty() { "no SIMD features found".to_string() } else { features.join(" ") },
+        h["memory_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+        h["os"].as_str().unwrap_or("?")
+    )
 }
 
 /// The last `n` ERROR lines of the newest host log.
@@ -343,13 +415,14 @@ pub fn service(action: &str) -> anyhow::Result<()> {
     let roots = roots(&dirs)?;
     let os = Os::current();
     let path = service::location(os, &roots);
-    let exec = {
-        let placed = dirs.data.join("bin").join(std::env::current_exe()?.file_name().unwrap_or_default());
-        if placed.is_file() {
-            placed
-        } else {
-            std::env::current_exe()?
-        }
+    // The service runs the installed copy (placed now if `install` has not
+    // put one there), never whatever build tree this command ran from.
+    let exec = || -> anyhow::Result<PathBuf> {
+        Ok(bitnet_installer::install::place_binary(
+            &std::env::current_exe()?,
+            &dirs.data.join("bin"),
+            &record_path(&dirs),
+        )?)
     };
     // The OS's service manager; None when there is none to ask. Tests (and
     // anyone) can keep the real one out of it.
@@ -367,6 +440,7 @@ pub fn service(action: &str) -> anyhow::Result<()> {
     let task = service::WINDOWS_TASK_NAME;
     match action {
         "install" => {
+            let exec = exec()?;
             let text = match os {
                 Os::Linux => service::systemd_unit(&exec)?,
                 Os::Macos => service::launchd_plist(&exec)?,

@@ -124,3 +124,54 @@ fn chat_hello_works_on_a_fresh_home_with_the_generated_default_model() {
     assert!(o.status.success());
     assert!(o.stderr.ends_with(b"> \n"), "{:?}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The subcommands `--help` lists (not `help` itself).
+fn subcommands() -> Vec<String> {
+    let out = Command::new(host_bin()).arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn every_flag_and_argument_has_help_and_each_short_flag_means_one_thing() {
+    let subs = subcommands();
+    assert!(subs.len() >= 15 && subs.iter().any(|s| s == "ps"), "{subs:?}");
+    // short flag -> the long flags it stands for anywhere; one meaning each.
+    let meaning = |short: char| -> &'static [&'static str] {
+        match short {
+            'm' => &["--model"],
+            'n' => &["--max-tokens", "--n-gen"], // tokens to generate (llama.cpp's -n)
+            'p' => &["--n-prompt"],
+            't' => &["--threads"],
+            'c' => &["--ctx-size"],
+            'l' => &["--lines"],
+            'h' => &["--help"],
+            _ => &[],
+        }
+    };
+    for sub in &subs {
+        let out = Command::new(host_bin()).args([sub.as_str(), "-h"]).output().unwrap();
+        assert!(out.status.success(), "{sub} -h");
+        let text = String::from_utf8(out.stdout).unwrap();
+        for line in text.lines().filter(|l| l.starts_with("  ")) {
+            let entry = line.trim_start();
+            // `-x, --long <V>  help` or `<ARG>  help`: the help follows two spaces.
+            let (spec, help) = entry.split_once("  ").unwrap_or((entry, ""));
+            assert!(!help.trim().is_empty(), "`{sub}`: `{spec}` has no help text:\n{text}");
+            if let Some(short) = spec.strip_prefix('-').and_then(|r| r.chars().next()).filter(|c| *c != '-') {
+                let long = spec.split_whitespace().nth(1).unwrap_or("");
+                assert!(
+                    meaning(short).contains(&long),
+                    "`{sub}`: -{short} is {long}; elsewhere -{short} means {:?}",
+                    meaning(short)
+                );
+            }
+        }
+    }
+}

@@ -306,3 +306,58 @@ fn an_unusable_daemon_folder_means_serving_in_process() {
     let pid = daemon_pid(&mut a, "h");
     assert_eq!(pid, u64::from(a.pid()), "the browser's own process answers");
 }
+
+#[test]
+fn ps_shows_the_loaded_model_its_server_and_who_is_connected() {
+    let (home, report) = host_home(host_bin(), standin_bin(), &[]);
+    let report = report.to_str().unwrap().to_string();
+    let ps = |args: &[&str]| {
+        std::process::Command::new(host_bin())
+            .arg("ps")
+            .args(args)
+            .env("BITNET_HOST_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let o = ps(&[]);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "no daemon is running\n");
+    let mut a = relay_with(host_bin(), &chromium_args("abcdefghijklmnopabcdefghijklmnop"), home.path(), &report);
+    let pid = daemon_pid(&mut a, "h");
+    let text = String::from_utf8(ps(&[]).stdout).unwrap();
+    assert!(text.starts_with(&format!("daemon {pid} (version ")), "{text}");
+    assert!(
+        text.contains("1 browser connection\n  chromium chrome-extension://abcdefghijklmnopabcdefghijklmnop/"),
+        "{text}"
+    );
+    assert!(text.ends_with("no model loaded\n"), "{text}");
+    // A model in the models folder, loaded by its name.
+    let dir = home.path().join("data/models/bitnet");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_model("bitnet-b1.58-i2_s.gguf"), dir.join("tiny.gguf")).unwrap();
+    let r = a.request(&json!({"id": "l", "type": "load_model", "model": "bitnet/tiny.gguf"}));
+    assert_eq!(r["ok"], true, "{r}");
+    let server_pid = r["result"]["pid"].as_u64().unwrap();
+    let v: Value = serde_json::from_slice(&ps(&["--json"]).stdout).unwrap();
+    assert_eq!(v["daemon"]["pid"], pid, "{v}");
+    let m = &v["model"];
+    assert_eq!(m["name"], "bitnet/tiny.gguf", "{v}");
+    assert_eq!(m["state"], "ready");
+    assert_eq!(m["pid"], server_pid);
+    assert!(m["backend"].as_str().is_some_and(|b| !b.is_empty()), "{v}");
+    assert!(m["rss_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+    // Unused, it unloads after the keep-alive (5 minutes by default).
+    let left = m["unload_in_ms"].as_u64().unwrap();
+    assert!(left > 200_000 && left <= 300_000, "{v}");
+    let text = String::from_utf8(ps(&[]).stdout).unwrap();
+    let row = text.lines().last().unwrap();
+    assert!(row.starts_with("bitnet/tiny.gguf ") && row.contains(&server_pid.to_string()), "{text}");
+    assert!(row.contains(" MB ") && row.contains("ready") && row.contains("unloads in 4 minutes"), "{row}");
+    // While a request runs it is in use.
+    a.send(
+        &json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "[[tokens 30]] [[slow 20]] go"}]}),
+    );
+    wait_for("the request to run", || String::from_utf8(ps(&[]).stdout).unwrap().ends_with("in use (1 request)\n"));
+    let (_, fin) = a.collect("id", &json!("c"), T);
+    assert_eq!(fin.value["ok"], true);
+}

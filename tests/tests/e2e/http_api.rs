@@ -233,3 +233,39 @@ fn slow_idle_and_odd_http_clients_are_cut_off_and_never_crowd_out_others() {
         http(port, "POST", "/v1/chat/completions", &[("Host", &host), ("Authorization", &auth)], "{not json");
     assert_eq!(st, 400);
 }
+
+#[test]
+fn v1_models_gives_names_as_models_lists_them_and_a_name_loads_that_model() {
+    let (home, port, mut b) = daemon_with_api(&[]);
+    // The daemon is up once the relay has an answer.
+    assert_eq!(b.request(&json!({"id": "p", "type": "ping"}))["ok"], true);
+    let dir = home.path().join("data/models/bitnet");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_model("bitnet-b1.58-i2_s.gguf"), dir.join("tiny.gguf")).unwrap();
+    let token = std::fs::read_to_string(home.path().join("config/http-token")).unwrap();
+    let (host, auth) = (format!("127.0.0.1:{port}"), format!("Bearer {token}"));
+    let list = || {
+        let (st, _, body) = http(port, "GET", "/v1/models", &[("Host", &host), ("Authorization", &auth)], "");
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let v = list();
+    assert_eq!(
+        v["data"],
+        json!([{"id": "bitnet/tiny.gguf", "object": "model", "owned_by": "bitnet-host", "loaded": false}])
+    );
+    // A client types back the id it was shown.
+    let chat = json!({"model": "bitnet/tiny.gguf", "messages": [{"role": "user", "content": "[[tokens 3]] hi"}]});
+    let (st, _, body) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("Host", &host), ("Authorization", &auth), ("Content-Type", "application/json")],
+        &chat.to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v = list();
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["data"][0]["id"], "bitnet/tiny.gguf");
+    assert_eq!(v["data"][0]["loaded"], true, "{v}");
+}

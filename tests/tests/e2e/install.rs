@@ -180,7 +180,37 @@ fn all_means_the_browsers_found_here_and_sandboxed_ones_are_explained() {
     assert!(firefox["reason"].as_str().unwrap().contains("Flatpak"), "{firefox}");
     let vivaldi = skipped.iter().find(|s| s["browser"] == "vivaldi").unwrap();
     assert_eq!(vivaldi["reason"], "not found on this machine");
-    // Dry run writes nothing.
+    // Installed but never started (no profile folder yet): found by the
+    // executable on PATH, as Debian's chromium and firefox-esr install them.
+    let h3 = FakeHome::new();
+    let bin = h3.home().join("usr-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for exe in ["chromium", "firefox-esr"] {
+        std::fs::write(bin.join(exe), "#!/bin/sh\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(bin.join(exe), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let path = bin.display().to_string();
+    let o = h3.run(
+        &["install", "--extension-id", CHROMIUM_ID, "--extension-id", FIREFOX_ID, "--json"],
+        &[("PATH", path.as_str())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let configured: Vec<&str> =
+        r["configured"].as_array().unwrap().iter().map(|c| c["browser"].as_str().unwrap()).collect();
+    assert!(configured.contains(&"chromium") && configured.contains(&"firefox"), "{r}");
+    assert!(h3.home().join(".config/chromium/NativeMessagingHosts/com.bitnet.host.json").is_file());
+    assert!(h3.home().join(".mozilla/native-messaging-hosts/com.bitnet.host.json").is_file());
+    let h4 = FakeHome::new();
+    // Dry run writes nothing, and says so.
+    let o = h4.run(&["install", "--browser", "firefox", "--extension-id", FIREFOX_ID, "--dry-run"], &[]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("(dry run: nothing written)") && text.contains("would be created"), "{text}");
+    assert!(!text.contains(" created "), "{text}");
     let h2 = FakeHome::new();
     let r = h2.json(&["install", "--browser", "firefox", "--extension-id", FIREFOX_ID, "--dry-run", "--json"]);
     assert_eq!(r["dry_run"], true);
@@ -279,14 +309,23 @@ fn service_install_writes_the_systemd_user_unit_and_uninstall_removes_it() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let unit = h.home().join(".config/systemd/user/bitnet-host.service");
     let text = std::fs::read_to_string(&unit).unwrap();
-    assert!(text.contains(&format!("ExecStart=\"{}\" daemon", host_bin().display())), "{text}");
+    // The installed copy, placed by `service install` itself, never the
+    // build tree's binary (which `cargo clean` or a rebuild takes away).
+    let placed = h.home().join("bitnet/data/bin").join(host_bin().file_name().unwrap());
+    assert!(text.contains(&format!("ExecStart=\"{}\" daemon", placed.display())), "{text}");
+    assert_eq!(std::fs::read(&placed).unwrap(), std::fs::read(host_bin()).unwrap());
     assert!(text.contains("BITNET_DAEMON_IDLE_MS=0"));
     let status = String::from_utf8(h.run(&["service", "status"], &env).stdout).unwrap();
     assert!(status.contains(&unit.display().to_string()), "{status}");
     let o = h.run(&["service", "uninstall"], &env);
     assert!(o.status.success());
     assert!(!unit.exists());
-    assert!(!h.run(&["service", "restart"], &env).status.success());
+    let o = h.run(&["service", "restart"], &env);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("possible values: install, uninstall, status"));
+    // `uninstall` removes the copy the service used.
+    assert!(h.run(&["uninstall"], &[]).status.success());
+    assert!(!placed.exists());
 }
 
 /// systemd-analyze, or None where it is not installed (then the test is

@@ -196,3 +196,53 @@ fn models_lists_the_folder_and_rm_removes_only_inside_it() {
     let text = String::from_utf8(run(&["models"]).stdout).unwrap();
     assert!(text.starts_with("no models in"), "{text}");
 }
+
+#[test]
+fn pull_bitnet_2b_by_its_catalog_name_and_every_command_then_finds_it_by_that_name() {
+    let model = std::fs::read(fixture_model("bitnet-b1.58-i2_s.gguf")).unwrap();
+    let files = Arc::new(Files::default());
+    files.files.lock().unwrap().insert("ggml-model-i2_s.gguf".into(), (model.clone(), sha(&model)));
+    let base = start_server(files.clone());
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(host_bin())
+            .args(args)
+            .env("BITNET_HOST_HOME", home.path())
+            .env("BITNET_MODELS_BASE", &base)
+            .env_remove("BITNET_HOST_HARDWARE")
+            .output()
+            .unwrap()
+    };
+    let list = String::from_utf8(run(&["pull", "--list"]).stdout).unwrap();
+    let row = list.lines().find(|l| l.starts_with("bitnet-2b ")).unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains("microsoft/bitnet-b1.58-2B-4T-gguf") && row.contains(" - "), "{row}");
+
+    let o = pull(home.path(), &base, &["bitnet-2b"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Its own folder: another repository's ggml-model-i2_s.gguf cannot clash.
+    let placed = home.path().join("data/models/bitnet-2b/ggml-model-i2_s.gguf");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), placed.display().to_string());
+    assert_eq!(std::fs::read(&placed).unwrap(), model);
+    let list = String::from_utf8(run(&["pull", "--list"]).stdout).unwrap();
+    assert!(list.lines().any(|l| l.starts_with("bitnet-2b ") && l.contains("pulled")), "{list}");
+    let models = String::from_utf8(run(&["ls"]).stdout).unwrap();
+    assert!(models.starts_with("bitnet-2b/ggml-model-i2_s.gguf "), "{models}");
+
+    // chat with no model takes it (and says so); by its short name, the same answer.
+    let default = run(&["chat", "Hello", "-n", "6", "--temperature", "0"]);
+    let err = String::from_utf8_lossy(&default.stderr);
+    assert!(default.status.success(), "{err}");
+    assert!(err.contains("Using bitnet-2b") && !err.contains("RANDOM"), "{err}");
+    let named = run(&["chat", "Hello", "-m", "bitnet-2b", "-n", "6", "--temperature", "0"]);
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+    assert_eq!(named.stdout, default.stdout);
+    // bench takes the same default.
+    let bench = run(&["bench", "-p", "8", "-n", "4", "-t", "1"]);
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success() && text.contains("bitnet-2b"), "{text}{}", String::from_utf8_lossy(&bench.stderr));
+
+    // A name that is in no catalog: the error lists the names there are.
+    let o = pull(home.path(), &base, &["bitnet-9000b"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("catalog name: bitnet-2b"), "{o:?}");
+}

@@ -118,7 +118,7 @@ fn load_model_starts_the_installed_build_and_status_logs_unload_follow_it() {
     assert!(lines.iter().any(|l| l["line"].as_str().unwrap().starts_with("stopped pid")), "{logs}");
 
     // The CLI shows the same file.
-    let out = Command::new(host_bin()).args(["logs", "-n", "3"]).env("BITNET_HOST_HOME", b.home()).output().unwrap();
+    let out = Command::new(host_bin()).args(["logs", "-l", "3"]).env("BITNET_HOST_HOME", b.home()).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }

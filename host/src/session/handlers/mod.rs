@@ -168,7 +168,10 @@ async fn retire(ctx: &Ctx) -> Value {
 /// `progress` events {received, total}; the result is its path.
 async fn pull(ctx: &Ctx, params: &Params) -> Outcome {
     let Some(source) = params.get("model").and_then(Value::as_str) else {
-        return Err(ProtoError::new(ErrorCode::InvalidRequest, "`model` is required: a URL or owner/repo"));
+        return Err(ProtoError::new(
+            ErrorCode::InvalidRequest,
+            "`model` is required: a catalog name (bitnet-2b), a URL, or owner/repo with `file`",
+        ));
     };
     let Some(dirs) = ctx.app.dirs.clone() else {
         return Err(ProtoError::new(ErrorCode::Internal, "no data folder to download into"));

@@ -147,8 +147,20 @@ pub async fn server_status(ctx: &Ctx) -> Value {
     let Some((job, info)) = ctx.app.backend.current().await else {
         return json!({"state": "stopped", "model": null});
     };
-    let mut out = state_fields(&job.state());
+    let state = job.state();
+    let mut out = state_fields(&state);
+    if let Some(d) = &ctx.app.dirs {
+        out.insert("name".into(), json!(backend::model_name(&d.data.join("models"), &info.path)));
+    }
     out.insert("model".into(), json!(info));
+    // Requests being answered now; an idle ready server is stopped when
+    // `unload_in_ms` reaches 0 (absent: kept loaded).
+    out.insert("running".into(), json!(ctx.app.backend.running()));
+    if matches!(state, JobState::Ready { .. }) {
+        if let Some(d) = job.unload_in() {
+            out.insert("unload_in_ms".into(), json!(d.as_millis() as u64));
+        }
+    }
     out.insert("failures".into(), json!(job.failures()));
     out.insert("resources".into(), json!(job.stats()));
     out.insert("log_file".into(), json!(job.log_path()));
