@@ -209,13 +209,19 @@ pub fn resolve_model_name(models: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// The model used when none is named: a pulled catalog model (catalog
-/// order), else the generated random-weight default when it exists.
+/// order), else the first usable model file in the folder, else the
+/// generated random-weight default when it exists.
 pub fn default_model(models: &Path) -> Option<PathBuf> {
-    crate::catalog::pulled(models)
+    if let Some((_, p)) = crate::catalog::pulled(models).into_iter().next() {
+        return Some(p);
+    }
+    let generated = models.join(GENERATED_DEFAULT);
+    let usable = |p: &PathBuf| bitnet_ternary::Gguf::open(p).ok().and_then(|g| g.weight_format()).is_some();
+    scan_models(models)
         .into_iter()
-        .map(|(_, p)| p)
-        .next()
-        .or_else(|| Some(models.join(GENERATED_DEFAULT)).filter(|p| p.is_file()))
+        .filter(|p| *p != generated)
+        .find(usable)
+        .or(generated.is_file().then_some(generated))
 }
 
 /// Where the generated default model lives, inside the models folder.

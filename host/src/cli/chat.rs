@@ -55,11 +55,15 @@ pub(crate) fn resolve_model(dirs: &HostDirs, named: Option<PathBuf>, offer: bool
         return Ok(loaded);
     }
     let models = dirs.data.join("models");
-    if let Some((m, path)) = crate::catalog::pulled(&models).into_iter().next() {
-        eprintln!("Using {} ({})", m.name, m.title);
-        return Ok(path);
-    }
     let path = default_model_path(dirs);
+    if let Some(found) = crate::backend::default_model(&models).filter(|p| *p != path) {
+        let name = crate::backend::model_name(&models, &found);
+        match crate::catalog::pulled(&models).into_iter().find(|(_, p)| *p == found) {
+            Some((m, _)) => eprintln!("Using {} ({})", m.name, m.title),
+            None => eprintln!("Using {name} (the first model in {})", models.display()),
+        }
+        return Ok(found);
+    }
     if offer && !path.is_file() {
         if let Some(pulled) = offer_pull()? {
             return Ok(pulled);

@@ -168,18 +168,6 @@ fn firefox(home: &Home, exe: &Path) -> (Browser, Bidi) {
     (b, bidi)
 }
 
-/// Polls `f` until it gives Some, or panics saying `what`.
-fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(t.elapsed() < within, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The page's visible state, as JSON text.
 /// "null" while the page is still loading.
 const STATE: &str = r##"(() => { try { return JSON.stringify({
@@ -194,6 +182,10 @@ const STATE: &str = r##"(() => { try { return JSON.stringify({
   hint: document.getElementById("hint").hidden ? null : document.getElementById("hint").textContent,
   sending: document.getElementById("send").disabled,
   options: document.getElementById("model").options.length,
+  offer: document.getElementById("offer").hidden ? null : document.getElementById("offer").textContent,
+  input: document.getElementById("input").value,
+  log_scroll_width: document.getElementById("log").scrollWidth,
+  log_client_width: document.getElementById("log").clientWidth,
 }) } catch (e) { return "null" } })()"##;
 
 fn send_js(text: &str) -> String {
@@ -212,8 +204,17 @@ trait Page {
         let v = self.js(STATE);
         serde_json::from_str(v.as_str().unwrap_or("null")).unwrap_or(Value::Null)
     }
+    /// Waits for the page's state to satisfy `f`; a timeout shows the last state.
     fn until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        wait(what, Duration::from_secs(60), || Some(self.state()).filter(|s| f(s)))
+        let t = Instant::now();
+        loop {
+            let s = self.state();
+            if f(&s) {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "timed out waiting for {what}; the page: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     /// Sends `text` and waits for the answer to finish streaming.
     fn chat(&mut self, text: &str) -> Value {
@@ -341,7 +342,8 @@ fn the_example_page_cancels_a_stream_and_recovers_from_a_crash() {
     // The server dies mid-stream: an error in the page, and the next message works.
     page.js(&send_js("[[tokens 50]] [[crash]] boom"));
     let s = page.until("the crash to show", |s| s["sending"] == false);
-    assert!(s["error"].as_str().is_some_and(|e| e.starts_with("backend_crashed")), "{s}");
+    let error = s["error"].as_str().unwrap_or("");
+    assert!(error.starts_with("The model server stopped unexpectedly") && error.ends_with("[backend_crashed]"), "{s}");
     let s = page.chat("[[tokens 5]] again");
     let last = s["turns"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
     assert!(!last.is_empty() && s["error"].is_null(), "{s}");
@@ -358,4 +360,103 @@ fn the_example_page_says_how_to_install_when_the_host_is_missing() {
     let hint = s["hint"].as_str().expect("the install hint is shown");
     assert!(hint.contains(&format!("bitnet-host install --extension-id {CHROMIUM_ID}")), "{s}");
     assert_eq!(s["host"], "not installed", "{s}");
+}
+
+fn stop_daemon(home: &Home) {
+    let o = home.cmd(host_bin()).arg("stop").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("stopped daemon "), "{o:?}");
+}
+
+#[test]
+fn the_example_page_loads_a_model_by_itself_for_the_first_message_in_both_browsers() {
+    let Some(chromium_exe) = tool(&["/usr/bin/chromium"], "chromium") else { return };
+    let Some(firefox_exe) = tool(&["/usr/bin/firefox-esr"], "firefox-esr") else { return };
+    let home = Home::new(true, &[]);
+    // A model in the models folder; nothing loaded, no ?model= in the URL,
+    // Load never pressed.
+    let dir = home.path().join("bitnet/data/models/bitnet");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_model("bitnet-b1.58-i2_s.gguf"), dir.join("tiny.gguf")).unwrap();
+
+    let (_c, mut cdp) = chromium(&home, &chromium_exe);
+    let session = cdp.open_page(&format!("chrome-extension://{CHROMIUM_ID}/chat.html"));
+    let mut chrome = ChromiumPage(&mut cdp, session.clone());
+    let s = chrome.until("the page", |s| s["ready"] == true);
+    assert_eq!(s["model"], "none", "{s}");
+    assert!(s["offer"].is_null(), "a model is here: no download offer: {s}");
+    let s = chrome.chat("Hello");
+    let answer = s["turns"][1].as_str().unwrap().to_string();
+    assert!(!answer.is_empty() && !answer.starts_with("loading"), "{s}");
+    assert!(s["error"].is_null(), "{s}");
+    assert!(s["backend"].as_str().unwrap().starts_with("builtin (pid "), "{s}");
+    assert!(s["model"].as_str().unwrap().starts_with("bitnet/tiny.gguf (i2_s)"), "{s}");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("chromium-first-message.png"), cdp.screenshot(&session)).unwrap();
+
+    // A long word (a URL, a hash) wraps instead of widening the page.
+    let mut chrome = ChromiumPage(&mut cdp, session.clone());
+    let s = chrome.chat(&"x".repeat(120));
+    assert!(s["error"].is_null(), "{s}");
+    assert!(s["log_scroll_width"].as_u64() <= s["log_client_width"].as_u64(), "{s}");
+
+    // The daemon goes (stop, an update, its idle exit): the next message
+    // starts a new one and loads the model used last, by itself.
+    stop_daemon(&home);
+    chrome.js(&send_js("Hello again"));
+    let s = chrome.until("the answer after the restart", |s| {
+        let turns = s["turns"].as_array().cloned().unwrap_or_default();
+        s["sending"] == false && turns.len() >= 6 && turns.last().and_then(Value::as_str).is_some_and(|t| !t.is_empty())
+    });
+    assert!(s["error"].is_null(), "{s}");
+    assert!(s["model"].as_str().unwrap().starts_with("bitnet/tiny.gguf"), "{s}");
+    // The conversation no longer fits the fixture's 256-token context: the
+    // page left the oldest exchange out, and said so.
+    let turns: Vec<&str> = s["turns"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(turns.iter().any(|t| t.contains("no longer fit the model's context")), "{s}");
+    assert_eq!(turns[turns.len() - 2], "Hello again", "{s}");
+
+    // Firefox, on a fresh daemon and with nothing remembered: the host's
+    // default (the folder's one model), the same greedy answer.
+    stop_daemon(&home);
+    std::fs::write(home.ext().join("config.json"), json!({"open": "chat.html"}).to_string()).unwrap();
+    let (_f, mut bidi) = firefox(&home, &firefox_exe);
+    let ctx = bidi.find_page(&format!("moz-extension://{GECKO_UUID}/chat.html"));
+    let mut fox = FirefoxPage(&mut bidi, ctx);
+    let s = fox.until("the Firefox page", |s| s["ready"] == true);
+    assert_eq!(s["model"], "none", "{s}");
+    let s = fox.chat("Hello");
+    assert!(s["error"].is_null(), "{s}");
+    assert_eq!(s["turns"][1].as_str().unwrap(), answer, "{s}");
+}
+
+#[test]
+fn with_no_model_the_example_page_offers_the_catalog_model_and_downloads_it() {
+    let Some(chromium_exe) = tool(&["/usr/bin/chromium"], "chromium") else { return };
+    // Hugging Face on 127.0.0.1, serving a small model as the catalog's file.
+    let files = std::sync::Arc::new(bitnet_host_tests::files::ModelFiles::default());
+    files.add("ggml-model-i2_s.gguf", std::fs::read(fixture_model("bitnet-b1.58-i2_s.gguf")).unwrap());
+    let base = bitnet_host_tests::files::start_model_server(files);
+    let home = Home::new(true, &[("BITNET_MODELS_BASE", &base)]);
+    let (_c, mut cdp) = chromium(&home, &chromium_exe);
+    let session = cdp.open_page(&format!("chrome-extension://{CHROMIUM_ID}/chat.html"));
+    let mut page = ChromiumPage(&mut cdp, session);
+    let s = page.until("the page", |s| s["ready"] == true);
+    let offer = s["offer"].as_str().expect("the download offer is shown");
+    assert!(offer.contains("BitNet b1.58 2B4T") && offer.contains("bitnet-2b"), "{s}");
+    // Sending first: an error that says what to do; no empty turn left; the
+    // message is back in the box.
+    page.js(&send_js("Hello"));
+    let s = page.until("the refusal", |s| s["error"].is_string() && s["sending"] == false);
+    assert!(s["error"].as_str().unwrap().contains("download one above"), "{s}");
+    assert_eq!(s["turns"], json!([]), "{s}");
+    assert_eq!(s["input"], "Hello", "{s}");
+    // Download: progress, then the model is loaded and the offer gone.
+    page.js(r#"(() => { document.getElementById("pull").click(); return "clicked"; })()"#);
+    let s = page.until("the download and load", |s| s["offer"].is_null() && s["model"] != "none");
+    assert!(s["model"].as_str().unwrap().starts_with("bitnet-2b/ggml-model-i2_s.gguf"), "{s}");
+    assert!(home.path().join("bitnet/data/models/bitnet-2b/ggml-model-i2_s.gguf").is_file());
+    let s = page.chat("Hello");
+    assert!(s["error"].is_null() && !s["turns"][1].as_str().unwrap().is_empty(), "{s}");
 }

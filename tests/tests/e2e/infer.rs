@@ -246,11 +246,17 @@ fn embed_tokenize_detokenize_complete_and_models() {
     assert_eq!(models.len(), 3, "{r}");
     assert_eq!(models[0]["loaded"], true);
     assert_eq!(models[0]["format"], "i2_s");
-    let tiny = models.iter().find(|m| m["name"] == "tiny-tq2.gguf").unwrap();
+    // Names as `models` lists them: inside the models folder.
+    let tiny = models.iter().find(|m| m["name"] == "bitnet/tiny-tq2.gguf").unwrap();
     assert_eq!(tiny["format"], "tq2_0");
     assert_eq!(tiny["bytes"], 521_632);
-    let broken = models.iter().find(|m| m["name"] == "broken.gguf").unwrap();
+    let broken = models.iter().find(|m| m["name"] == "bitnet/broken.gguf").unwrap();
     assert!(broken["error"].as_str().is_some(), "{broken}");
+    // Nothing pulled: the default is the folder's first usable model (the
+    // broken file is passed over); the catalog says what can be pulled.
+    assert_eq!(r["result"]["default"], "bitnet/tiny-tq2.gguf", "{r}");
+    assert_eq!(r["result"]["catalog"][0]["name"], "bitnet-2b");
+    assert_eq!(r["result"]["catalog"][0]["pulled"], false);
     let r = b.request(&json!({"id": "m2", "type": "models", "loaded_only": true}));
     assert_eq!(r["result"]["models"].as_array().unwrap().len(), 1);
 }

@@ -4,57 +4,16 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use bitnet_host_tests::files::{start_model_server as start_server, ModelFiles as Files};
+
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::host_bin;
 use crate::server::fixture_model;
-
-#[derive(Default)]
-struct Files {
-    /// name -> (bytes, advertised sha256)
-    files: Mutex<std::collections::HashMap<String, (Vec<u8>, String)>>,
-    /// Cut the next full download of this many bytes short.
-    cut_once: AtomicBool,
-    ranges_seen: AtomicUsize,
-}
-
-async fn serve_file(
-    State(s): State<Arc<Files>>,
-    UrlPath((_o, _r, name)): UrlPath<(String, String, String)>,
-    h: HeaderMap,
-) -> Response {
-    let Some((bytes, sha)) = s.files.lock().unwrap().get(&name).cloned() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    if bitnet_host_tests::files::range_start(&h).is_some() {
-        s.ranges_seen.fetch_add(1, Ordering::SeqCst);
-    }
-    let cut = bitnet_host_tests::files::range_start(&h).is_none() && s.cut_once.swap(false, Ordering::SeqCst);
-    bitnet_host_tests::files::respond(&bytes, &h, cut, &[("x-linked-etag", format!("\"{sha}\""))])
-}
-
-fn start_server(files: Arc<Files>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new().route("/{o}/{r}/resolve/main/{f}", get(serve_file)).with_state(files);
-            axum::serve(l, app).await.unwrap();
-        });
-    });
-    format!("http://{addr}")
-}
 
 fn sha(b: &[u8]) -> String {
     format!("{:x}", Sha256::digest(b))

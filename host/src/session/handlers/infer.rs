@@ -396,35 +396,54 @@ pub async fn detokenize(ctx: &Ctx, params: &Params) -> Outcome {
 /// Loaded and available models: the loaded one, and every .gguf under the
 /// data dir's `models/` (two levels deep), each with size, format and
 /// architecture read from its header.
+/// The models folder's files (and a loaded file from elsewhere), named as
+/// `models` lists them; `default`: what to load when the user has not
+/// chosen (a pulled catalog model, else the generated default); `catalog`:
+/// the models `pull` knows by short name, and whether each is here.
 pub async fn models(ctx: &Ctx, params: &Params) -> Outcome {
     let loaded_only = params.get("loaded_only").and_then(Value::as_bool).unwrap_or(false);
     let current = ctx.app.backend.current().await;
+    let root = ctx.app.dirs.as_ref().map(|d| d.data.join("models"));
+    let name = |p: &std::path::Path| match &root {
+        Some(r) => crate::backend::model_name(r, p),
+        None => file_name(p),
+    };
     let mut out = Vec::new();
     if let Some((job, info)) = &current {
         out.push(json!({
-            "path": info.path, "name": file_name(&info.path), "bytes": info.bytes, "format": info.format,
+            "path": info.path, "name": name(&info.path), "bytes": info.bytes, "format": info.format,
             "architecture": info.architecture, "loaded": true, "state": job.state().name(),
         }));
     }
-    if !loaded_only {
-        if let Some(dirs) = ctx.app.dirs.as_ref() {
-            let root = dirs.data.join("models");
-            let loaded_path = current.as_ref().map(|(_, i)| i.path.clone());
-            // Reading headers is file I/O: off the async threads.
-            let app = ctx.app.clone();
-            let found = tokio::task::spawn_blocking(move || app.backend.found_models(&root)).await.unwrap_or_default();
-            for m in found {
-                if Some(&m.path) == loaded_path.as_ref() {
-                    continue;
-                }
-                out.push(json!({
-                    "path": m.path, "name": file_name(&m.path), "bytes": m.bytes, "format": m.format,
-                    "architecture": m.architecture, "loaded": false, "error": m.error,
-                }));
+    let mut reply = Map::new();
+    if let (false, Some(root)) = (loaded_only, root.clone()) {
+        let loaded_path = current.as_ref().map(|(_, i)| i.path.clone());
+        // Reading headers is file I/O: off the async threads.
+        let app = ctx.app.clone();
+        let scan = root.clone();
+        let found = tokio::task::spawn_blocking(move || app.backend.found_models(&scan)).await.unwrap_or_default();
+        for m in found {
+            if Some(&m.path) == loaded_path.as_ref() {
+                continue;
             }
+            out.push(json!({
+                "path": m.path, "name": name(&m.path), "bytes": m.bytes, "format": m.format,
+                "architecture": m.architecture, "loaded": false, "error": m.error,
+            }));
         }
+        let default = crate::backend::default_model(&root).map(|p| name(&p));
+        reply.insert("default".into(), json!(default));
+        let catalog: Vec<Value> = crate::catalog::CATALOG
+            .iter()
+            .map(|m| {
+                json!({"name": m.name, "title": m.title, "bytes": m.approx_bytes, "format": m.format,
+                       "pulled": m.path(&root).is_file()})
+            })
+            .collect();
+        reply.insert("catalog".into(), json!(catalog));
     }
-    Ok(json!({"models": out}))
+    reply.insert("models".into(), json!(out));
+    Ok(Value::Object(reply))
 }
 
 fn file_name(p: &std::path::Path) -> String {
