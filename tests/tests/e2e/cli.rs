@@ -118,7 +118,7 @@ fn chat_hello_works_on_a_fresh_home_with_the_generated_default_model() {
         "{err}"
     );
     assert!(err.contains("unknown command /nonsense"), "{err}");
-    assert!(err.contains("tokens, first after"), "{err}");
+    assert!(err.contains("tokens, first after") && err.contains("tokens/s, decode "), "{err}");
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "one answer, to Hello only");
     let o = converse("Hello\n");
     assert!(o.status.success());
@@ -174,4 +174,98 @@ fn every_flag_and_argument_has_help_and_each_short_flag_means_one_thing() {
             }
         }
     }
+}
+
+/// Runs `args` on a pseudo-terminal (stdin, stdout and stderr all on it),
+/// typing `typed` once `expect` shows; returns everything it printed and
+/// whether it succeeded.
+#[cfg(unix)]
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)], expect: &str, typed: &str) -> (String, bool) {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors we then own.
+    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: fresh descriptors from openpty, each owned once.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new(host_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("BITNET_HOST_HARDWARE")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let mut writer = std::fs::File::from(master);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // EIO once the child and every copy of the terminal's other end are gone.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut typed_once = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(bytes) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        if !typed_once && seen.contains(expect) {
+            writer.write_all(typed.as_bytes()).unwrap();
+            typed_once = true;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            while let Ok(bytes) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+            }
+            return (seen, status.success());
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit; the terminal showed: {seen}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn chat_on_a_terminal_with_no_model_offers_the_catalog_download_and_uses_it() {
+    let files = std::sync::Arc::new(bitnet_host_tests::files::ModelFiles::default());
+    let model = std::fs::read(crate::server::fixture_model("bitnet-b1.58-i2_s.gguf")).unwrap();
+    files.add("ggml-model-i2_s.gguf", model.clone());
+    let base = bitnet_host_tests::files::start_model_server(files);
+    let offer = "from Hugging Face now? [Y/n]";
+    // Declined: the generated default, said plainly; nothing downloaded.
+    let home = tempfile::tempdir().unwrap();
+    let home_s = home.path().display().to_string();
+    let env = [("BITNET_HOST_HOME", home_s.as_str()), ("BITNET_MODELS_BASE", base.as_str())];
+    let (seen, ok) = on_a_terminal(&["chat", "Hello", "-n", "4"], &env, offer, "n\n");
+    assert!(ok, "{seen}");
+    assert!(seen.contains("Download BitNet b1.58 2B4T") && seen.contains("RANDOM weights"), "{seen}");
+    assert!(!home.path().join("data/models/bitnet-2b").exists());
+    // Accepted (Enter): downloaded, verified, and this chat uses it.
+    let home = tempfile::tempdir().unwrap();
+    let home_s = home.path().display().to_string();
+    let env = [("BITNET_HOST_HOME", home_s.as_str()), ("BITNET_MODELS_BASE", base.as_str())];
+    let (seen, ok) = on_a_terminal(&["chat", "Hello", "-n", "4"], &env, offer, "\n");
+    assert!(ok, "{seen}");
+    assert!(!seen.contains("RANDOM"), "{seen}");
+    assert!(seen.contains("[ggml-model-i2_s.gguf on builtin]"), "{seen}");
+    let pulled = home.path().join("data/models/bitnet-2b/ggml-model-i2_s.gguf");
+    assert_eq!(std::fs::read(&pulled).unwrap(), model);
+    // Not a terminal: no question, the generated default.
+    let o = Command::new(host_bin())
+        .args(["chat", "Hi", "-n", "2"])
+        .env("BITNET_HOST_HOME", tempfile::tempdir().unwrap().path())
+        .env("BITNET_MODELS_BASE", &base)
+        .env_remove("BITNET_HOST_HARDWARE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains(offer) && err.contains("RANDOM weights"), "{err}");
 }
