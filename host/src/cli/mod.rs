@@ -47,8 +47,8 @@ enum Command {
     },
     /// Show which server builds can run here, best first, and why the others cannot
     Select {
-        /// A model file: its weight format decides what can load it
-        #[arg(long, conflicts_with = "format")]
+        /// A model file or a name as `models` lists it: its weight format decides what can load it
+        #[arg(long, short = 'm', conflicts_with = "format")]
         model: Option<std::path::PathBuf>,
         /// The model's weight format (i2_s, tq2_0, tq1_0, f16, ...)
         #[arg(long)]
@@ -373,6 +373,8 @@ fn select(model: Option<&std::path::Path>, format: Option<&str>, explain: bool, 
     let report = crate::hardware::prober(dirs.as_ref()).report(false)?;
     let format = match model {
         Some(m) => {
+            let home = dirs.as_ref().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
+            let m = &crate::cli::chat::model_arg(home, m)?;
             let g = bitnet_ternary::Gguf::open(m)?;
             let f = g.weight_format();
             if f.is_none() {

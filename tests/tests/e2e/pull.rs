@@ -200,6 +200,12 @@ fn pull_bitnet_2b_by_its_catalog_name_and_every_command_then_finds_it_by_that_na
     let text = String::from_utf8_lossy(&bench.stdout);
     assert!(bench.status.success() && text.contains("bitnet-2b"), "{text}{}", String::from_utf8_lossy(&bench.stderr));
 
+    // select reads the format from the model it names.
+    let sel = run(&["select", "-m", "bitnet-2b", "--json"]);
+    assert!(sel.status.success(), "{}", String::from_utf8_lossy(&sel.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&sel.stdout).unwrap();
+    let skipped = v["skipped"].to_string();
+    assert!(skipped.contains("cannot load i2_s models"), "{v}");
     // A name that is in no catalog: the error lists the names there are.
     let o = pull(home.path(), &base, &["bitnet-9000b"]);
     assert!(!o.status.success());
