@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::model::{Model, ModelError};
+use crate::model::{KvCache, Model, ModelError};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{Tokenizer, TokenizerError, Utf8Stream};
 
@@ -25,6 +25,102 @@ pub struct Engine {
     pub tokenizer: Tokenizer,
     /// Context size used for each request (<= the model's).
     pub n_ctx: usize,
+    /// KV caches of finished requests, for the next request that starts
+    /// with the same tokens (a chat resends its whole history each turn).
+    pub prompt_cache: PromptCache,
+}
+
+/// Finished requests' KV caches, each with the tokens it holds. A request
+/// starts from the one sharing the longest prefix with its prompt and
+/// computes only the rest: it takes that cache when all of it is a prefix
+/// of the prompt (the conversation goes on), else copies the shared part
+/// and leaves the cache for its own conversation (another conversation with
+/// the same system prompt, a regenerated answer). Caches come back when a
+/// request is done; at most `slots` are kept, the least recently used
+/// dropped first. A cache in use belongs to one request only.
+#[derive(Debug)]
+pub struct PromptCache {
+    slots: std::sync::Mutex<Vec<Slot>>,
+    max_slots: std::sync::atomic::AtomicUsize,
+    clock: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    tokens: Vec<u32>,
+    cache: KvCache,
+    used: u64,
+}
+
+/// Caches kept by default: llama-server's default slot count.
+pub const DEFAULT_CACHE_SLOTS: usize = 4;
+
+impl PromptCache {
+    pub fn new(max_slots: usize) -> Self {
+        PromptCache {
+            slots: std::sync::Mutex::new(Vec::new()),
+            max_slots: std::sync::atomic::AtomicUsize::new(max_slots),
+            clock: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many caches to keep (0: none).
+    pub fn set_slots(&self, n: usize) {
+        self.max_slots.store(n, std::sync::atomic::Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        evict_to(&mut slots, n);
+    }
+
+    /// The cache to run `prompt` on and how many of its first tokens it
+    /// already holds (never all of them: the last prompt token is fed again
+    /// for its logits). None when no kept cache shares a prefix.
+    fn take(&self, prompt: &[u32]) -> Option<(KvCache, usize)> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let (i, n) = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, common_prefix(&s.tokens, prompt)))
+            .max_by_key(|&(i, n)| (n, slots[i].used))?;
+        if n == 0 {
+            return None;
+        }
+        let reuse = n.min(prompt.len() - 1);
+        if n < slots[i].tokens.len() {
+            return Some((slots[i].cache.copy_prefix(reuse), reuse));
+        }
+        let mut slot = slots.swap_remove(i);
+        slot.cache.truncate(reuse);
+        Some((slot.cache, reuse))
+    }
+
+    /// Keep `cache`, which holds `tokens`.
+    fn give_back(&self, tokens: Vec<u32>, cache: KvCache) {
+        let max = self.max_slots.load(std::sync::atomic::Ordering::Relaxed);
+        if max == 0 || tokens.is_empty() {
+            return;
+        }
+        let used = self.clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.push(Slot { tokens, cache, used });
+        evict_to(&mut slots, max);
+    }
+
+    /// Tokens held by each kept cache (for tests and status).
+    pub fn held(&self) -> Vec<usize> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|s| s.tokens.len()).collect()
+    }
+}
+
+fn evict_to(slots: &mut Vec<Slot>, max: usize) {
+    while slots.len() > max {
+        if let Some(lru) = slots.iter().enumerate().min_by_key(|(_, s)| s.used).map(|(i, _)| i) {
+            slots.swap_remove(lru);
+        }
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +131,9 @@ pub struct Generate {
     pub stop: Vec<String>,
     /// Record the n most likely tokens (with probabilities) at each step.
     pub n_probs: usize,
+    /// Reuse a kept KV cache that starts with this prompt, and keep this
+    /// one (llama-server's `cache_prompt`).
+    pub cache_prompt: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +164,12 @@ pub struct Outcome {
     /// Per generated token (when `n_probs` > 0): the top candidates and
     /// their probabilities before sampling (softmax of the raw logits).
     pub probs: Vec<Vec<(u32, f32)>>,
+    /// Prompt tokens taken from a kept cache (not computed again).
+    pub cached_tokens: usize,
+    /// Time spent on the prompt (up to the first token's logits), and on
+    /// generating after it.
+    pub prompt_ms: f64,
+    pub decode_ms: f64,
 }
 
 /// The `n` most likely tokens of `logits`, with softmax probabilities.
@@ -110,7 +215,7 @@ impl Engine {
         let model = Model::load(path, None)?;
         let tokenizer = Tokenizer::from_gguf(&model.gguf)?;
         let n_ctx = n_ctx.clamp(16, model.hp.n_ctx.max(16));
-        Ok(Engine { model, tokenizer, n_ctx })
+        Ok(Engine { model, tokenizer, n_ctx, prompt_cache: PromptCache::new(DEFAULT_CACHE_SLOTS) })
     }
 
     /// The chat prompt. BitNet b1.58 2B4T's embedded template is wrong; its
@@ -178,12 +283,16 @@ impl Engine {
         if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.model.hp.n_vocab) {
             return Err(EngineError::BadToken(bad));
         }
-        let mut cache = self.model.new_cache(self.n_ctx);
+        let started = std::time::Instant::now();
+        let kept = if req.cache_prompt { self.prompt_cache.take(&req.prompt) } else { None };
+        let (mut cache, cached_tokens) = kept.unwrap_or_else(|| (self.model.new_cache(self.n_ctx), 0));
         let mut logits = Vec::new();
-        // The prompt in batches: each weight matrix is read once per batch.
-        for chunk in req.prompt.chunks(crate::model::PREFILL_BATCH) {
+        // The rest of the prompt in batches: each weight matrix is read once
+        // per batch.
+        for chunk in req.prompt[cached_tokens..].chunks(crate::model::PREFILL_BATCH) {
             logits = self.model.forward_batch(chunk, &mut cache);
         }
+        let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut sampler = Sampler::new(req.sampler.clone());
         let mut history = req.prompt.clone();
         let mut out = Vec::new();
@@ -237,7 +346,14 @@ impl Engine {
             }
         }
         probs.truncate(out.len());
-        Ok(Outcome { finish, prompt_tokens: n_prompt, tokens: out, probs })
+        let decode_ms = started.elapsed().as_secs_f64() * 1e3 - prompt_ms;
+        if req.cache_prompt {
+            // The cache holds every token fed so far: the prompt and all the
+            // generated ones but the last.
+            history.truncate(cache.len);
+            self.prompt_cache.give_back(history, cache);
+        }
+        Ok(Outcome { finish, prompt_tokens: n_prompt, tokens: out, probs, cached_tokens, prompt_ms, decode_ms })
     }
 }
 
@@ -257,6 +373,7 @@ mod tests {
             sampler: SamplerConfig { temperature: 0.0, ..Default::default() },
             stop: stop.iter().map(|s| s.to_string()).collect(),
             n_probs: 3,
+            cache_prompt: false,
         }
     }
 
@@ -290,6 +407,65 @@ mod tests {
             assert!(p[0].1 >= p[1].1 && p[1].1 >= p[2].1 && p[0].1 <= 1.0);
         }
         assert_eq!(o.prompt_tokens, p.len());
+    }
+
+    /// Every fixture model: a conversation's second turn, computed with the
+    /// first turn's kept cache, gives the same greedy tokens (and the same
+    /// top probabilities) as computed from nothing; the cache answered the
+    /// shared prefix.
+    #[test]
+    fn a_kept_prompt_cache_gives_the_same_greedy_tokens_as_none() {
+        for name in ["bitnet-b1.58-i2_s.gguf", "bitnet-tq2_0.gguf", "bitnet-b1.58-tq2_0.gguf", "bitnet-tq1_0.gguf"] {
+            let e = Engine::load(&fixture(name), 256).unwrap();
+            let turn1 = e.tokenizer.encode("Hello, world! The quick brown fox", true, false);
+            let cached = |prompt: Vec<u32>| Generate { cache_prompt: true, ..greedy(6, &[], prompt) };
+            let first = e.generate(&cached(turn1.clone()), |_, _| true).unwrap();
+            assert_eq!(first.cached_tokens, 0, "{name}: nothing kept yet");
+            // Turn 2: turn 1, its answer, and more.
+            let mut turn2 = turn1.clone();
+            turn2.extend(&first.tokens);
+            turn2.extend(e.tokenizer.encode(" jumps over the lazy dog", false, false));
+            let with = e.generate(&cached(turn2.clone()), |_, _| true).unwrap();
+            let without = e.generate(&greedy(6, &[], turn2.clone()), |_, _| true).unwrap();
+            assert_eq!(with.tokens, without.tokens, "{name}");
+            for (a, b) in with.probs.iter().zip(&without.probs) {
+                assert_eq!(a[0].0, b[0].0, "{name}");
+                assert!((a[0].1 - b[0].1).abs() < 1e-4, "{name}: {a:?} vs {b:?}");
+            }
+            // Everything turn 1 fed (its prompt and its answer: a token
+            // limit stops after feeding the last one) came from the cache.
+            assert_eq!(first.finish, Finish::Length);
+            assert_eq!(with.cached_tokens, turn1.len() + first.tokens.len(), "{name}");
+            assert_eq!(without.cached_tokens, 0);
+            // The same prompt again: all but its last token from the cache.
+            let again = e.generate(&cached(turn2.clone()), |_, _| true).unwrap();
+            assert_eq!(again.tokens, with.tokens, "{name}");
+            assert_eq!(again.cached_tokens, turn2.len() - 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_prompt_cache_keeps_its_slot_count_dropping_the_least_recently_used() {
+        let e = engine();
+        e.prompt_cache.set_slots(2);
+        let run = |text: &str| {
+            let p = e.tokenizer.encode(text, true, false);
+            e.generate(&Generate { cache_prompt: true, ..greedy(2, &[], p) }, |_, _| true).unwrap()
+        };
+        run("alpha beta gamma");
+        // Another conversation shares only BOS: it copies that and leaves
+        // alpha's cache alone.
+        assert_eq!(run("one two three four").cached_tokens, 1);
+        assert_eq!(e.prompt_cache.held().len(), 2);
+        // A third conversation pushes out the least recently used (alpha).
+        run("red green blue");
+        assert_eq!(e.prompt_cache.held().len(), 2);
+        assert!(run("one two three four five").cached_tokens > 1, "kept");
+        assert_eq!(run("alpha beta gamma delta").cached_tokens, 1, "dropped: only BOS is shared");
+        // Off: nothing kept, nothing reused.
+        e.prompt_cache.set_slots(0);
+        assert!(e.prompt_cache.held().is_empty());
+        assert_eq!(run("red green blue").cached_tokens, 0);
     }
 
     #[test]

@@ -120,6 +120,23 @@ impl KvCache {
         self.cap
     }
 
+    /// A new cache of the same capacity holding this one's first `n`
+    /// positions (copied: this one stays as it is).
+    pub fn copy_prefix(&self, n: usize) -> KvCache {
+        let n = n.min(self.len);
+        let take = |layers: &Vec<Vec<f32>>| {
+            layers
+                .iter()
+                .map(|l| {
+                    let mut v = Vec::with_capacity(self.cap * self.kv_dim);
+                    v.extend_from_slice(&l[..n * self.kv_dim]);
+                    v
+                })
+                .collect()
+        };
+        KvCache { k: take(&self.k), v: take(&self.v), len: n, cap: self.cap, kv_dim: self.kv_dim }
+    }
+
     /// Forget everything from position `n` on.
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.len);

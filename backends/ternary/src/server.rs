@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::engine::{Engine, Generate, Message};
+use crate::engine::{Engine, Generate, Message, Outcome};
 use crate::sampler::SamplerConfig;
 
 #[derive(Debug, Clone)]
@@ -65,7 +65,13 @@ pub async fn serve(opts: ServerOptions) -> std::io::Result<()> {
     let loader = app.clone();
     tokio::task::spawn_blocking(move || {
         eprintln!("llama_model_loader: loading model from {}", loader.opts.model.display());
-        let r = Engine::load(&loader.opts.model, loader.opts.ctx_size).map(Arc::new).map_err(|e| e.to_string());
+        let r = Engine::load(&loader.opts.model, loader.opts.ctx_size)
+            .map(|e| {
+                // One kept prompt cache per slot, as llama-server keeps one per slot.
+                e.prompt_cache.set_slots(loader.opts.parallel.max(1));
+                Arc::new(e)
+            })
+            .map_err(|e| e.to_string());
         match &r {
             Ok(e) => eprintln!(
                 "main: model loaded: {} {} layers, {} format, n_ctx {}",
@@ -254,8 +260,15 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
             "n_prompt_tokens": n, "n_ctx": ctx}});
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
-    let req =
-        Generate { prompt, max_tokens: max_tokens(body, &engine), sampler: sampler(body), stop: stops(body), n_probs };
+    let req = Generate {
+        prompt,
+        max_tokens: max_tokens(body, &engine),
+        sampler: sampler(body),
+        stop: stops(body),
+        n_probs,
+        // On unless the client says no, as in llama-server.
+        cache_prompt: body["cache_prompt"].as_bool().unwrap_or(true),
+    };
     let stream = body["stream"] == true;
     let return_tokens = body["return_tokens"] == true;
     let model = model_id(&app);
@@ -307,11 +320,8 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
                 }
             }
             let outcome = job.await;
-            let (finish, usage) = match outcome {
-                Ok(Ok(o)) => (
-                    o.finish.as_str(),
-                    json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.tokens.len(), "total_tokens": o.prompt_tokens + o.tokens.len()}),
-                ),
+            let (finish, usage, timings) = match outcome {
+                Ok(Ok(o)) => (o.finish.as_str(), usage(&o), timings(&o)),
                 Ok(Err(e)) => {
                     let _ =
                         out_tx.send(Ok(format!("data: {}\n\n", json!({"error": {"message": e.to_string()}})))).await;
@@ -319,7 +329,7 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
                 }
                 Err(_) => return,
             };
-            let last = chunk(None, Some(finish), Some(json!({"usage": usage})));
+            let last = chunk(None, Some(finish), Some(json!({"usage": usage, "timings": timings})));
             let _ = out_tx.send(Ok(format!("data: {last}\n\n"))).await;
             if shape != Shape::LlamaCompletion {
                 let _ = out_tx.send(Ok("data: [DONE]\n\n".to_string())).await;
@@ -344,20 +354,21 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", &e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e.to_string()),
     };
-    let usage = json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.tokens.len(), "total_tokens": o.prompt_tokens + o.tokens.len()});
+    let usage = usage(&o);
     let finish = o.finish.as_str();
     let v = match shape {
         Shape::Chat => {
             json!({"id": "chatcmpl-bitnet", "object": "chat.completion", "created": 0, "model": model_id(&app),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}], "usage": usage})
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}], "usage": usage, "timings": timings(&o)})
         }
         Shape::OpenAiText => {
             json!({"id": "cmpl-bitnet", "object": "text_completion", "created": 0, "model": model_id(&app),
-            "choices": [{"index": 0, "text": text, "finish_reason": finish}], "usage": usage})
+            "choices": [{"index": 0, "text": text, "finish_reason": finish}], "usage": usage, "timings": timings(&o)})
         }
         Shape::LlamaCompletion => {
             let mut v = json!({"content": text, "stop": true, "stop_type": if finish == "length" { "limit" } else { "eos" },
-                "tokens_predicted": o.tokens.len(), "tokens_evaluated": o.prompt_tokens});
+                "tokens_predicted": o.tokens.len(), "tokens_evaluated": o.prompt_tokens, "tokens_cached": o.cached_tokens,
+                "timings": timings(&o)});
             if return_tokens {
                 v["tokens"] = json!(o.tokens);
             }
@@ -380,6 +391,30 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
         }
     };
     Json(v).into_response()
+}
+
+/// OpenAI's usage, with the prompt tokens a kept cache answered
+/// (`prompt_tokens_details.cached_tokens`, as OpenAI names them).
+fn usage(o: &Outcome) -> Value {
+    json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.tokens.len(),
+        "total_tokens": o.prompt_tokens + o.tokens.len(),
+        "prompt_tokens_details": {"cached_tokens": o.cached_tokens}})
+}
+
+/// llama-server's `timings`: the prompt tokens computed (`prompt_n`, the
+/// cached ones in `cache_n`) and the generated ones, with their times.
+fn timings(o: &Outcome) -> Value {
+    let prompt_n = o.prompt_tokens - o.cached_tokens;
+    let predicted_n = o.tokens.len();
+    let per = |ms: f64, n: usize| if n > 0 { ms / n as f64 } else { 0.0 };
+    let rate = |ms: f64, n: usize| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    json!({
+        "cache_n": o.cached_tokens,
+        "prompt_n": prompt_n, "prompt_ms": o.prompt_ms,
+        "prompt_per_token_ms": per(o.prompt_ms, prompt_n), "prompt_per_second": rate(o.prompt_ms, prompt_n),
+        "predicted_n": predicted_n, "predicted_ms": o.decode_ms,
+        "predicted_per_token_ms": per(o.decode_ms, predicted_n), "predicted_per_second": rate(o.decode_ms, predicted_n),
+    })
 }
 
 async fn tokenize(State(app): State<Shared>, headers: HeaderMap, body: String) -> Response {

@@ -416,7 +416,14 @@ mod tests {
         assert_eq!(e.model.hp.n_layer, 4);
         let prompt = e.chat_tokens(&[Message { role: "user".into(), content: "Hello".into() }]);
         assert_eq!(e.tokenizer.decode(&prompt, true), "<|begin_of_text|>User: Hello<|eot_id|>Assistant: ");
-        let req = Generate { prompt, max_tokens: 5, sampler: Default::default(), stop: vec![], n_probs: 0 };
+        let req = Generate {
+            prompt,
+            max_tokens: 5,
+            sampler: Default::default(),
+            stop: vec![],
+            n_probs: 0,
+            cache_prompt: false,
+        };
         let o = e.generate(&req, |_, _| true).unwrap();
         assert!(!o.tokens.is_empty() || o.finish == crate::engine::Finish::Stop);
         let _ = std::fs::remove_dir_all(dir);

@@ -170,9 +170,13 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
         let mut pieces = 0u32;
         let mut first: Option<std::time::Instant> = None;
         let mut prompt_tokens = None;
+        let mut timings = Value::Null;
         while let Some(chunk) = sse.next().await {
             let chunk = chunk.map_err(|e| anyhow::anyhow!("{e}"))?;
             prompt_tokens = chunk["usage"]["prompt_tokens"].as_u64().or(prompt_tokens);
+            if chunk["timings"].is_object() {
+                timings = chunk["timings"].clone();
+            }
             if let Some(p) = chunk["choices"][0]["delta"]["content"].as_str() {
                 first.get_or_insert_with(std::time::Instant::now);
                 answer.push_str(p);
@@ -181,7 +185,15 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
             }
         }
         out("\n");
-        eprintln!("[{}]", stats(pieces, prompt_tokens, started, first));
+        eprintln!(
+            "[{}]",
+            server_stats(pieces, &timings, started, first).unwrap_or_else(|| stats(
+                pieces,
+                prompt_tokens,
+                started,
+                first
+            ))
+        );
         history.push(json!({"role": "assistant", "content": answer}));
         job.touch();
         Ok(())
@@ -259,6 +271,27 @@ fn command(line: &str) -> Line {
 fn stats(pieces: u32, prompt: Option<u64>, started: std::time::Instant, first: Option<std::time::Instant>) -> String {
     let Some(first) = first else { return format!("no tokens in {:.2} s", started.elapsed().as_secs_f64()) };
     stats_line(pieces, prompt, (first - started).as_secs_f64(), first.elapsed().as_secs_f64())
+}
+
+/// The stats line from the server's own `timings` (llama-server's shape:
+/// the prompt tokens it computed, those its cache answered, and its prompt
+/// and decode speeds), when it sends them.
+fn server_stats(
+    pieces: u32,
+    t: &Value,
+    started: std::time::Instant,
+    first: Option<std::time::Instant>,
+) -> Option<String> {
+    let (prompt_n, prompt_rate, decode_rate) =
+        (t["prompt_n"].as_u64()?, t["prompt_per_second"].as_f64()?, t["predicted_per_second"].as_f64()?);
+    let ttft = first.map(|f| (f - started).as_secs_f64() * 1e3)?;
+    let cached = match t["cache_n"].as_u64() {
+        Some(c) if c > 0 => format!(" (+{c} cached)"),
+        _ => String::new(),
+    };
+    Some(format!(
+        "{pieces} tokens, first after {ttft:.0} ms, prompt {prompt_n} tokens{cached} at {prompt_rate:.1} tokens/s, decode {decode_rate:.1} tokens/s"
+    ))
 }
 
 fn stats_line(pieces: u32, prompt: Option<u64>, ttft_s: f64, decode_s: f64) -> String {

@@ -123,6 +123,13 @@ fn chat_hello_works_on_a_fresh_home_with_the_generated_default_model() {
     let o = converse("Hello\n");
     assert!(o.status.success());
     assert!(o.stderr.ends_with(b"> \n"), "{:?}", String::from_utf8_lossy(&o.stderr));
+    // The second turn resends the first: the engine's prompt cache answers
+    // it, and the stats line says how much.
+    let o = converse("Hello\nAnd then?\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("tokens, first after")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(!lines[0].contains("cached)") && lines[1].contains("cached) at"), "{err}");
 }
 
 /// The subcommands `--help` lists (not `help` itself).

@@ -139,6 +139,38 @@ fn the_runner_speaks_the_llama_server_subset_with_the_engines_answers() {
 }
 
 #[test]
+fn the_runner_keeps_prompt_caches_so_a_conversations_next_turn_computes_only_what_is_new() {
+    let r = Runner::start("bitnet-b1.58-i2_s.gguf");
+    let turn = |msgs: &Value, cache: bool| -> Value {
+        let body = json!({"messages": msgs, "max_tokens": 6, "temperature": 0, "cache_prompt": cache});
+        let (s, body) = r.post("/v1/chat/completions", body);
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let mut msgs = json!([{"role": "user", "content": "Hello, who are you?"}]);
+    let first = turn(&msgs, true);
+    let t = &first["timings"];
+    assert_eq!(t["cache_n"], 0, "{first}");
+    assert_eq!(t["prompt_n"], first["usage"]["prompt_tokens"], "{first}");
+    assert_eq!(t["predicted_n"], 6);
+    assert!(t["prompt_ms"].as_f64().unwrap() > 0.0 && t["predicted_per_second"].as_f64().unwrap() > 0.0, "{t}");
+    // Turn 2 resends turn 1: the cache answers it.
+    let answer = first["choices"][0]["message"]["content"].clone();
+    msgs.as_array_mut().unwrap().push(json!({"role": "assistant", "content": answer}));
+    msgs.as_array_mut().unwrap().push(json!({"role": "user", "content": "And what can you do?"}));
+    let cached = turn(&msgs, true);
+    let prompt = cached["usage"]["prompt_tokens"].as_u64().unwrap();
+    let hit = cached["timings"]["cache_n"].as_u64().unwrap();
+    assert!(hit >= first["usage"]["prompt_tokens"].as_u64().unwrap(), "{cached}");
+    assert_eq!(cached["timings"]["prompt_n"].as_u64().unwrap(), prompt - hit);
+    assert_eq!(cached["usage"]["prompt_tokens_details"]["cached_tokens"], hit);
+    // cache_prompt false: all computed again, the same greedy answer.
+    let fresh = turn(&msgs, false);
+    assert_eq!(fresh["timings"]["cache_n"], 0);
+    assert_eq!(fresh["choices"][0]["message"]["content"], cached["choices"][0]["message"]["content"]);
+}
+
+#[test]
 fn a_runner_given_a_file_it_cannot_load_exits_with_llama_servers_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");

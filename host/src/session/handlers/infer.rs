@@ -270,11 +270,13 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
         job.touch();
         let c = &r["choices"][0];
         let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap_or("").to_string();
+        let mut timings = json!({"total_ms": started.elapsed().as_secs_f64() * 1e3});
+        merge_server_timings(&mut timings, &r["timings"]);
         return Ok(json!({
             "text": text,
             "finish_reason": c["finish_reason"],
             "usage": r["usage"],
-            "timings": {"total_ms": started.elapsed().as_secs_f64() * 1e3},
+            "timings": timings,
             "backend": ep.candidate,
         }));
     }
@@ -291,6 +293,7 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
     let mut first_at: Option<Instant> = None;
     let mut finish = Value::Null;
     let mut usage = Value::Null;
+    let mut server_timings = Value::Null;
     while let Some(chunk) = sse.next().await {
         let chunk = chunk.map_err(proxy_error)?;
         if let Some(p) = piece(&chunk) {
@@ -313,6 +316,9 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
         if chunk.get("usage").is_some_and(|u| !u.is_null()) {
             usage = chunk["usage"].clone();
         }
+        if chunk.get("timings").is_some_and(Value::is_object) {
+            server_timings = chunk["timings"].clone();
+        }
     }
     job.touch();
     let total = started.elapsed();
@@ -321,17 +327,42 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
     if usage.is_null() {
         usage = json!({"completion_tokens": pieces});
     }
+    let mut timings = json!({
+        "ttft_ms": ttft,
+        "total_ms": total.as_secs_f64() * 1e3,
+        "tokens_per_s": if pieces > 1 && gen_secs > 0.0 { Some((pieces - 1) as f64 / gen_secs) } else { None },
+    });
+    merge_server_timings(&mut timings, &server_timings);
     Ok(json!({
         "text": text,
         "finish_reason": finish,
         "usage": usage,
-        "timings": {
-            "ttft_ms": ttft,
-            "total_ms": total.as_secs_f64() * 1e3,
-            "tokens_per_s": if pieces > 1 && gen_secs > 0.0 { Some((pieces - 1) as f64 / gen_secs) } else { None },
-        },
+        "timings": timings,
         "backend": ep.candidate,
     }))
+}
+
+/// The server's own figures (llama-server's `timings`: prompt tokens
+/// computed and taken from its cache, prompt and decode time and speed)
+/// beside the host's, when the server gives them.
+fn merge_server_timings(ours: &mut Value, server: &Value) {
+    const KEYS: [&str; 8] = [
+        "cache_n",
+        "prompt_n",
+        "prompt_ms",
+        "prompt_per_second",
+        "predicted_n",
+        "predicted_ms",
+        "predicted_per_second",
+        "predicted_per_token_ms",
+    ];
+    if let (Value::Object(o), Value::Object(s)) = (ours, server) {
+        for k in KEYS {
+            if let Some(v) = s.get(k).filter(|v| v.is_number()) {
+                o.insert(k.into(), v.clone());
+            }
+        }
+    }
 }
 
 pub async fn embed(ctx: &Ctx, params: &Params) -> Outcome {
@@ -448,4 +479,26 @@ pub async fn models(ctx: &Ctx, params: &Params) -> Outcome {
 
 fn file_name(p: &std::path::Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_servers_own_timings_join_the_hosts_and_nothing_else_does() {
+        let mut ours = json!({"ttft_ms": 12.0, "total_ms": 40.0});
+        let server = json!({"cache_n": 30, "prompt_n": 5, "prompt_ms": 9.5, "predicted_per_second": 21.0,
+                            "ttft_ms": 1, "prompt_per_second": "fast", "evil": true});
+        super::merge_server_timings(&mut ours, &server);
+        assert_eq!(
+            ours,
+            json!({"ttft_ms": 12.0, "total_ms": 40.0, "cache_n": 30, "prompt_n": 5, "prompt_ms": 9.5,
+                   "predicted_per_second": 21.0})
+        );
+        // A server without timings changes nothing.
+        let before = ours.clone();
+        super::merge_server_timings(&mut ours, &serde_json::Value::Null);
+        assert_eq!(ours, before);
+    }
 }
