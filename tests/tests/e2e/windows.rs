@@ -175,7 +175,9 @@ fn windows_service_install_registers_the_logon_task_and_uninstall_removes_it() {
         let out = std::process::Command::new(&argv[0])
             .args(&argv[1..])
             .args(["service", action])
-            .env("BITNET_HOST_HOME", home.path())
+            // A Windows path: the service's binary is placed under it, and
+            // a task needs an absolute Windows path.
+            .env("BITNET_HOST_HOME", wine_path(home.path()))
             .env("WINEDEBUG", "-all")
             .output()
             .unwrap();
@@ -200,6 +202,10 @@ fn windows_service_install_registers_the_logon_task_and_uninstall_removes_it() {
     // rendered XML by the installer's unit tests.)
     assert!(stored.contains("bitnet-host daemon: local BitNet models for browser extensions"), "{stored}");
     assert!(stored.contains("<MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>"), "{stored}");
+    // The task runs the installed copy, placed by `service install`.
+    let placed = home.path().join("data/bin/bitnet-host.exe");
+    assert!(placed.is_file(), "{text}");
+    assert!(text.contains("registered the logon task"), "{text}");
     let text = run("uninstall");
     assert!(text.contains("removed the logon task"), "{text}");
     assert!(!registered.exists(), "the task is still registered");
