@@ -32,10 +32,10 @@ pub struct Engine {
 
 /// Finished requests' KV caches, each with the tokens it holds. A request
 /// starts from the one sharing the longest prefix with its prompt and
-/// computes only the rest: it takes that cache when all of it is a prefix
-/// of the prompt (the conversation goes on), else copies the shared part
-/// and leaves the cache for its own conversation (another conversation with
-/// the same system prompt, a regenerated answer). Caches come back when a
+/// computes only the rest: it takes that cache when at least half of it is
+/// shared (the conversation goes on, an answer regenerated), else copies
+/// the shared part and leaves the cache to its own conversation (another
+/// conversation with the same system prompt). Caches come back when a
 /// request is done; at most `slots` are kept, the least recently used
 /// dropped first. A cache in use belongs to one request only.
 #[derive(Debug)]
@@ -85,7 +85,10 @@ impl PromptCache {
             return None;
         }
         let reuse = n.min(prompt.len() - 1);
-        if n < slots[i].tokens.len() {
+        // Mostly shared (the conversation goes on, an answer regenerated):
+        // take it. A small shared part (a common system prompt): copy that
+        // and leave the cache to its own conversation.
+        if 2 * n < slots[i].tokens.len() {
             return Some((slots[i].cache.copy_prefix(reuse), reuse));
         }
         let mut slot = slots.swap_remove(i);
@@ -337,6 +340,10 @@ impl Engine {
                     break Finish::Cancelled;
                 }
             }
+            // The last token is not fed: its logits would go unused.
+            if out.len() >= req.max_tokens {
+                break Finish::Length;
+            }
             logits = self.model.forward(t, &mut cache);
         };
         if finish != Finish::Cancelled {
@@ -432,10 +439,10 @@ mod tests {
                 assert_eq!(a[0].0, b[0].0, "{name}");
                 assert!((a[0].1 - b[0].1).abs() < 1e-4, "{name}: {a:?} vs {b:?}");
             }
-            // Everything turn 1 fed (its prompt and its answer: a token
-            // limit stops after feeding the last one) came from the cache.
+            // Everything turn 1 fed (its prompt and its answer but the last
+            // token, whose logits nobody needs) came from the cache.
             assert_eq!(first.finish, Finish::Length);
-            assert_eq!(with.cached_tokens, turn1.len() + first.tokens.len(), "{name}");
+            assert_eq!(with.cached_tokens, turn1.len() + first.tokens.len() - 1, "{name}");
             assert_eq!(without.cached_tokens, 0);
             // The same prompt again: all but its last token from the cache.
             let again = e.generate(&cached(turn2.clone()), |_, _| true).unwrap();
