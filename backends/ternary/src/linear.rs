@@ -397,6 +397,92 @@ impl VocabMatrix {
         }
     }
 
+    /// Products with `n` vectors at once (`xs`: n rows of `cols`), each
+    /// weight row read once for all of them: the logits of several
+    /// sequences in one pass over the (largest) matrix. `ys`: n rows of
+    /// this matrix's row count. The same bits as `matvec` on each vector.
+    pub fn matmul(&self, cols: usize, xs: &[f32], n: usize, ys: &mut [f32]) {
+        if n == 1 {
+            return self.matvec(cols, xs, ys);
+        }
+        let rows = ys.len() / n;
+        // Row-major by weight row (each task fills its rows for every
+        // vector), then laid out per vector.
+        let mut by_row = vec![0f32; rows * n];
+        let vectors: Vec<&[f32]> = xs.chunks_exact(cols).collect();
+        match self {
+            VocabMatrix::F32(w) => pool::for_each_rows_mut(&mut by_row, n, 4 * cols, |first, out| {
+                for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
+                    let row = &w[r * cols..(r + 1) * cols];
+                    for (y, x) in o.iter_mut().zip(&vectors) {
+                        let mut one = [0f32];
+                        quant::matvec_f32(row, cols, x, &mut one);
+                        *y = one[0];
+                    }
+                }
+            }),
+            VocabMatrix::F16(_) | VocabMatrix::F16Mapped(_) => {
+                let w = match self {
+                    VocabMatrix::F16(w) => &w[..],
+                    VocabMatrix::F16Mapped(m) => m.f16s().expect("checked at load"),
+                    _ => unreachable!(),
+                };
+                pool::for_each_rows_mut(&mut by_row, n, 2 * cols, |first, out| {
+                    for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
+                        let row = &w[r * cols..(r + 1) * cols];
+                        for (y, x) in o.iter_mut().zip(&vectors) {
+                            *y = kernels::dot_f16(row, x);
+                        }
+                    }
+                })
+            }
+            VocabMatrix::Q8_0(m) => {
+                let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8_0(x)).collect();
+                let rb = cols / 32 * kernels::Q8_0_BLOCK;
+                let w = m.bytes();
+                pool::for_each_rows_mut(&mut by_row, n, rb, |first, out| {
+                    let mut dots = vec![0i32; cols / 32];
+                    for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
+                        let row = &w[r * rb..(r + 1) * rb];
+                        for (y, a) in o.iter_mut().zip(&acts) {
+                            kernels::q8_0_block_dots(row, &a.q, &mut dots);
+                            let mut acc = 0f32;
+                            for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
+                                acc += *dot as f32 * (kernels::f16_le_to_f32(&row[b * kernels::Q8_0_BLOCK..]) * xd);
+                            }
+                            *y = acc;
+                        }
+                    }
+                })
+            }
+            VocabMatrix::Q6K(m) => {
+                let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8k(x)).collect();
+                let rb = cols / 256 * kernels::Q6K_BLOCK;
+                let w = m.bytes();
+                pool::for_each_rows_mut(&mut by_row, n, rb, |first, out| {
+                    let mut dots = vec![0i32; cols / 256];
+                    for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
+                        let row = &w[r * rb..(r + 1) * rb];
+                        for (y, a) in o.iter_mut().zip(&acts) {
+                            kernels::q6k_block_dots(row, &a.q, &mut dots);
+                            let mut acc = 0f32;
+                            for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
+                                let o = b * kernels::Q6K_BLOCK + 208;
+                                acc += *dot as f32 * (kernels::f16_le_to_f32(&row[o..]) * xd);
+                            }
+                            *y = acc;
+                        }
+                    }
+                })
+            }
+        }
+        for (r, vals) in by_row.chunks_exact(n).enumerate() {
+            for (j, v) in vals.iter().enumerate() {
+                ys[j * rows + r] = *v;
+            }
+        }
+    }
+
     /// Bytes a product reads from this matrix.
     pub fn bytes_read(&self) -> u64 {
         match self {

@@ -432,15 +432,38 @@ impl Model {
     /// runs on all of them at once, so each weight matrix is read once per
     /// batch, not once per token. The logits of the last token.
     pub fn forward_batch(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        let mut logits = self.forward_segments(&mut [Segment { tokens, cache }]);
+        logits.pop().unwrap_or_default()
+    }
+
+    /// Feed several sequences at once, each its tokens at its own cache's
+    /// next positions (a decode step of every running request, a chunk of
+    /// a new prompt among them): every layer runs on all their tokens
+    /// together, so each weight matrix, the output matrix included, is read
+    /// once per call for all of them. Each sequence attends to its own
+    /// cache only. The logits of each segment's last token, in order.
+    pub fn forward_segments(&self, segs: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
         let hp = &self.hp;
-        let n = tokens.len();
-        assert!(n > 0, "no tokens");
-        let (d, hd, pos0) = (hp.n_embd, hp.head_dim, cache.len);
-        assert!(pos0 + n <= cache.cap, "KV cache full");
+        let n: usize = segs.iter().map(|s| s.tokens.len()).sum();
+        assert!(n > 0 && segs.iter().all(|s| !s.tokens.is_empty()), "no tokens");
+        let (d, hd) = (hp.n_embd, hp.head_dim);
+        for s in segs.iter() {
+            assert!(s.cache.len + s.tokens.len() <= s.cache.cap, "KV cache full");
+        }
+        // Each row: its segment and its position there.
+        let mut row_seg = Vec::with_capacity(n);
+        let mut row_pos = Vec::with_capacity(n);
+        for (i, s) in segs.iter().enumerate() {
+            for t in 0..s.tokens.len() {
+                row_seg.push(i);
+                row_pos.push(s.cache.len + t);
+            }
+        }
         let kv = hp.n_head_kv * hd;
         let group = hp.n_head / hp.n_head_kv;
         let mut x = vec![0f32; n * d];
-        for (t, xt) in tokens.iter().zip(x.chunks_exact_mut(d)) {
+        let tokens = segs.iter().flat_map(|s| s.tokens.iter());
+        for (t, xt) in tokens.zip(x.chunks_exact_mut(d)) {
             self.token_embd.row_into((*t as usize).min(hp.n_vocab - 1), d, xt);
         }
         let (mut h, mut q, mut k, mut v) =
@@ -454,7 +477,7 @@ impl Model {
                 rms_norm(a, w, hp.rms_eps, b);
             }
         };
-        let angles: Vec<Vec<(f32, f32)>> = (0..n).map(|t| rope_angles(hd, pos0 + t, hp.rope_base)).collect();
+        let angles: Vec<Vec<(f32, f32)>> = row_pos.iter().map(|&p| rope_angles(hd, p, hp.rope_base)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             norm_rows(&x, &layer.attn_norm, &mut h, d);
             if n == 1 {
@@ -468,23 +491,31 @@ impl Model {
                 rope(&mut q[t * d..(t + 1) * d], angles);
                 rope(&mut k[t * kv..(t + 1) * kv], angles);
             }
-            cache.k[l].extend_from_slice(&k);
-            cache.v[l].extend_from_slice(&v);
+            let mut row = 0;
+            for s in segs.iter_mut() {
+                let m = s.tokens.len();
+                s.cache.k[l].extend_from_slice(&k[row * kv..(row + m) * kv]);
+                s.cache.v[l].extend_from_slice(&v[row * kv..(row + m) * kv]);
+                row += m;
+            }
             // Query heads that share a kv head run together (each key and
             // value read once for them), as many as leaves enough tasks to
             // keep every thread busy: the same bits either way. Causal:
-            // token t sees positions 0..=pos0+t.
+            // a row at position p sees its sequence's positions 0..=p.
             let heads_per_task = heads_per_attention_task(n * hp.n_head, group, crate::pool::current_threads());
             let q = &q;
+            let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
+            let (row_seg, row_pos) = (&row_seg, &row_pos);
             crate::pool::for_each_chunk_mut(&mut att, heads_per_task * hd, |start, out| {
                 let (t, head) = (start / d, start % d / hd);
+                let cache = caches[row_seg[t]];
                 let kv_head = crate::kernels::KvHead {
                     k: &cache.k[l],
                     v: &cache.v[l],
                     stride: kv,
                     offset: head / group * hd,
                     len: hd,
-                    n: pos0 + t + 1,
+                    n: row_pos[t] + 1,
                 };
                 let qs = &q[start..start + out.len()];
                 SCORES.with_borrow_mut(|scores| crate::kernels::attend(qs, kv_head, scale, scores, out))
@@ -525,15 +556,26 @@ impl Model {
                 *a += b;
             }
         }
-        cache.len += n;
-        // Only the last token's logits are needed.
-        let last = &x[(n - 1) * d..];
-        let mut hl = vec![0f32; d];
-        rms_norm(last, &self.output_norm, hp.rms_eps, &mut hl);
-        let mut logits = vec![0f32; hp.n_vocab];
-        self.output.as_ref().unwrap_or(&self.token_embd).matvec(d, &hl, &mut logits);
-        logits
+        // Only each segment's last token's logits are needed: one pass over
+        // the output matrix for all of them.
+        let mut last_rows = vec![0f32; segs.len() * d];
+        let mut row = 0;
+        for (s, hl) in segs.iter_mut().zip(last_rows.chunks_exact_mut(d)) {
+            let m = s.tokens.len();
+            s.cache.len += m;
+            row += m;
+            rms_norm(&x[(row - 1) * d..row * d], &self.output_norm, hp.rms_eps, hl);
+        }
+        let mut logits = vec![0f32; segs.len() * hp.n_vocab];
+        self.output.as_ref().unwrap_or(&self.token_embd).matmul(d, &last_rows, segs.len(), &mut logits);
+        logits.chunks_exact(hp.n_vocab).map(<[f32]>::to_vec).collect()
     }
+}
+
+/// One sequence's share of a `forward_segments` call.
+pub struct Segment<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
 }
 
 /// Query heads per attention task: the largest divisor of `group` (the
@@ -582,6 +624,56 @@ mod tests {
         let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         let s = b.iter().fold(0f32, |m, y| m.max(y.abs()));
         d / s
+    }
+
+    /// Several sequences in one pass (a chunk of one's prompt beside
+    /// others' single decode tokens, at different positions) give each the
+    /// logits it gets alone, and leave each cache as feeding it alone does.
+    #[test]
+    fn sequences_fed_together_get_the_logits_each_gets_alone() {
+        for name in ["bitnet-b1.58-i2_s.gguf", "bitnet-tq2_0.gguf", "bitnet-tq1_0.gguf", "bitnet-b1.58-tq2_0.gguf"] {
+            let m = Model::load(&fixture(name), None).unwrap();
+            let prompts: [&[u32]; 3] = [&[1, 5, 9, 13, 2], &[7, 3], &[11, 4, 6, 8]];
+            let next: [&[u32]; 3] = [&[21], &[22, 23, 24], &[25]];
+            // Alone.
+            let mut alone = Vec::new();
+            let mut alone_caches = Vec::new();
+            for (p, n) in prompts.iter().zip(&next) {
+                let mut c = m.new_cache(32);
+                m.forward_batch(p, &mut c);
+                alone.push(m.forward_batch(n, &mut c));
+                alone_caches.push(c);
+            }
+            // Together: the prompts in one call, then the next tokens in another.
+            let mut caches: Vec<KvCache> = (0..3).map(|_| m.new_cache(32)).collect();
+            let mut segs: Vec<Segment> =
+                caches.iter_mut().zip(&prompts).map(|(cache, tokens)| Segment { tokens, cache }).collect();
+            m.forward_segments(&mut segs);
+            let mut segs: Vec<Segment> =
+                caches.iter_mut().zip(&next).map(|(cache, tokens)| Segment { tokens, cache }).collect();
+            let together = m.forward_segments(&mut segs);
+            assert_eq!(together.len(), 3);
+            for i in 0..3 {
+                assert!(rel(&together[i], &alone[i]) < 1e-4, "{name} seq {i}: {}", rel(&together[i], &alone[i]));
+                assert_eq!(argmax(&together[i]), argmax(&alone[i]), "{name} seq {i}");
+                assert_eq!(caches[i].len, alone_caches[i].len);
+                assert!(rel(&caches[i].k[0], &alone_caches[i].k[0]) < 1e-4, "{name} seq {i} keys");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vocabulary_matrix_gives_several_vectors_what_it_gives_each() {
+        let m = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
+        let d = m.hp.n_embd;
+        let xs: Vec<f32> = (0..3 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let mut together = vec![0f32; 3 * m.hp.n_vocab];
+        m.token_embd.matmul(d, &xs, 3, &mut together);
+        for (j, x) in xs.chunks_exact(d).enumerate() {
+            let mut one = vec![0f32; m.hp.n_vocab];
+            m.token_embd.matvec(d, x, &mut one);
+            assert_eq!(&together[j * m.hp.n_vocab..(j + 1) * m.hp.n_vocab], &one[..], "vector {j}");
+        }
     }
 
     fn argmax(v: &[f32]) -> usize {
@@ -799,6 +891,16 @@ mod tests {
                 let r = rel(&got, &want);
                 assert!(r < 1e-2, "{ty:?}: relative error {r} at token {t}");
                 assert!(r > 0.0, "{ty:?}: the quantized product ran");
+            }
+            // Several vectors in one pass: the bits each gets alone.
+            let d = m.hp.n_embd;
+            let xs: Vec<f32> = (0..3 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let mut together = vec![0f32; 3 * m.hp.n_vocab];
+            m.token_embd.matmul(d, &xs, 3, &mut together);
+            for (j, x) in xs.chunks_exact(d).enumerate() {
+                let mut one = vec![0f32; m.hp.n_vocab];
+                m.token_embd.matvec(d, x, &mut one);
+                assert_eq!(&together[j * m.hp.n_vocab..(j + 1) * m.hp.n_vocab], &one[..], "{ty:?} vector {j}");
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
