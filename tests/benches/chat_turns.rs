@@ -1,9 +1,11 @@
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
-//! A chat's second turn on the built-in engine, with the prompt cache and
-//! without: time to the first token of a turn that resends 1,000 tokens of
-//! history plus 20 new ones, beside a fresh 20-token prompt's (the goal:
-//! the cached turn within 1.3x of it). On a generated model with BitNet
-//! b1.58 2B4T's shape (I2_S), at 1 thread and 2.
+//! The built-in engine serving chats, on a generated model with BitNet
+//! b1.58 2B4T's shape (I2_S), at 1 thread and 2:
+//! - a chat's second turn with the prompt cache and without: time to the
+//!   first token of a turn that resends 1,000 tokens of history plus 20 new
+//!   ones, beside a fresh 20-token prompt's (the goal: within 1.3x of it);
+//! - concurrent streams through the continuous batcher: aggregate decode
+//!   tokens/s with 1, 2, 4 and 8 at once (the goal: >= 3x one stream at 4).
 //!
 //! cargo bench -p bitnet-host-tests --bench chat_turns -- --bench
 //! (a quick run on a small shape without --bench; the 2B4T-shaped file is
@@ -11,6 +13,10 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use bitnet_ternary::batch::Batcher;
 use bitnet_ternary::engine::{Engine, Generate};
 use bitnet_ternary::sampler::SamplerConfig;
 use bitnet_ternary::writer::{random_model_as, write_atomic, Shape, TernaryFormat};
@@ -28,7 +34,7 @@ fn main() {
         println!("generating {} ...", path.display());
         write_atomic(&path, &random_model_as(&shape, 42, TernaryFormat::I2S)).unwrap();
     }
-    let engine = Engine::load(&path, history + new + 64).unwrap();
+    let engine = Arc::new(Engine::load(&path, history + new + 64).unwrap());
     let vocab = engine.model.hp.n_vocab as u32;
     // Fixed ids, as llama-bench's are; the history and the new message.
     let ids = |n: usize, salt: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + salt) % vocab).collect() };
@@ -71,5 +77,41 @@ fn main() {
                 uncached / o.prompt_ms
             );
         });
+    }
+    streams(&engine, cores, if full { 32 } else { 16 });
+}
+
+/// Aggregate decode speed with 1, 2, 4 and 8 streams in the batcher.
+fn streams(engine: &Arc<Engine>, cores: usize, tokens: usize) {
+    let vocab = engine.model.hp.n_vocab as u32;
+    println!("streams: {tokens} tokens each after an 8-token prompt, greedy; aggregate tokens/s over the wall time");
+    println!("threads  streams  tokens  seconds  aggregate tok/s  vs 1 stream");
+    for threads in [1, cores.min(2)] {
+        let batcher = Batcher::start_with(engine.clone(), Some(threads));
+        let mut single = 0.0;
+        for n in [1usize, 2, 4, 8] {
+            let t = Instant::now();
+            let waiting: Vec<_> = (0..n as u32)
+                .map(|s| {
+                    let prompt: Vec<u32> = (0..8).map(|i| (i * 7919 + s * 104_729 + 5) % vocab).collect();
+                    let req = Generate {
+                        prompt,
+                        max_tokens: tokens,
+                        sampler: SamplerConfig { temperature: 0.0, ..Default::default() },
+                        stop: vec![],
+                        n_probs: 0,
+                        cache_prompt: false,
+                    };
+                    batcher.submit(req, Box::new(|_, _| true))
+                })
+                .collect();
+            let made: usize = waiting.into_iter().map(|rx| rx.recv().unwrap().unwrap().tokens.len()).sum();
+            let secs = t.elapsed().as_secs_f64();
+            let rate = made as f64 / secs;
+            if n == 1 {
+                single = rate;
+            }
+            println!("{threads:>7} {n:>8} {made:>7} {secs:>8.2} {rate:>16.2} {:>11.2}x", rate / single);
+        }
     }
 }

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use crate::model::{KvCache, Model, ModelError};
-use crate::sampler::{Sampler, SamplerConfig};
-use crate::tokenizer::{Tokenizer, TokenizerError, Utf8Stream};
+use crate::sampler::SamplerConfig;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -17,6 +17,8 @@ pub enum EngineError {
     PromptTooLong(usize, usize),
     #[error("token id {0} is outside the vocabulary")]
     BadToken(u32),
+    #[error("the engine is shutting down")]
+    Closed,
 }
 
 #[derive(Debug)]
@@ -74,7 +76,7 @@ impl PromptCache {
     /// The cache to run `prompt` on and how many of its first tokens it
     /// already holds (never all of them: the last prompt token is fed again
     /// for its logits). None when no kept cache shares a prefix.
-    fn take(&self, prompt: &[u32]) -> Option<(KvCache, usize)> {
+    pub(crate) fn take(&self, prompt: &[u32]) -> Option<(KvCache, usize)> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let (i, n) = slots
             .iter()
@@ -97,7 +99,7 @@ impl PromptCache {
     }
 
     /// Keep `cache`, which holds `tokens`.
-    fn give_back(&self, tokens: Vec<u32>, cache: KvCache) {
+    pub(crate) fn give_back(&self, tokens: Vec<u32>, cache: KvCache) {
         let max = self.max_slots.load(std::sync::atomic::Ordering::Relaxed);
         if max == 0 || tokens.is_empty() {
             return;
@@ -271,96 +273,24 @@ impl Engine {
         self.tokenizer.encode(&self.chat_prompt(messages), false, true)
     }
 
-    fn is_end(&self, t: u32) -> bool {
+    pub(crate) fn is_end(&self, t: u32) -> bool {
         Some(t) == self.tokenizer.eos || Some(t) == self.tokenizer.eot
     }
 
     /// Generate, calling `on_text(piece, token)` for each piece of text as
     /// soon as it is whole UTF-8 and cannot be the start of a stop string;
     /// `on_text` returning false cancels.
-    pub fn generate(&self, req: &Generate, mut on_text: impl FnMut(&str, u32) -> bool) -> Result<Outcome, EngineError> {
-        let n_prompt = req.prompt.len();
-        if n_prompt == 0 || n_prompt >= self.n_ctx {
-            return Err(EngineError::PromptTooLong(n_prompt, self.n_ctx));
+    pub fn generate(&self, req: &Generate, on_text: impl FnMut(&str, u32) -> bool) -> Result<Outcome, EngineError> {
+        // One sequence alone: the prompt in batches (each weight matrix read
+        // once per batch), then a token at a time. `batch::Batcher` runs the
+        // same sequences several at once.
+        let mut s = crate::batch::Sequence::start(self, req.clone(), on_text)?;
+        while s.finish.is_none() {
+            let tokens = s.pending(crate::model::PREFILL_BATCH).to_vec();
+            let logits = self.model.forward_batch(&tokens, &mut s.cache);
+            s.advance(tokens.len(), logits);
         }
-        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.model.hp.n_vocab) {
-            return Err(EngineError::BadToken(bad));
-        }
-        let started = std::time::Instant::now();
-        let kept = if req.cache_prompt { self.prompt_cache.take(&req.prompt) } else { None };
-        let (mut cache, cached_tokens) = kept.unwrap_or_else(|| (self.model.new_cache(self.n_ctx), 0));
-        let mut logits = Vec::new();
-        // The rest of the prompt in batches: each weight matrix is read once
-        // per batch.
-        for chunk in req.prompt[cached_tokens..].chunks(crate::model::PREFILL_BATCH) {
-            logits = self.model.forward_batch(chunk, &mut cache);
-        }
-        let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
-        let mut sampler = Sampler::new(req.sampler.clone());
-        let mut history = req.prompt.clone();
-        let mut out = Vec::new();
-        let mut utf8 = Utf8Stream::default();
-        let mut held = String::new();
-        let max_stop = req.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut probs = Vec::new();
-        let finish = loop {
-            if out.len() >= req.max_tokens || cache.len >= cache.capacity() {
-                break Finish::Length;
-            }
-            if req.n_probs > 0 {
-                probs.push(top_probs(&logits, req.n_probs));
-            }
-            let t = sampler.sample(&mut logits, &history);
-            if self.is_end(t) {
-                break Finish::Stop;
-            }
-            out.push(t);
-            history.push(t);
-            held.push_str(&utf8.push(&self.tokenizer.piece(t, false)));
-            if let Some(at) = req.stop.iter().filter_map(|s| held.find(s.as_str())).min() {
-                held.truncate(at);
-                if !held.is_empty() && !on_text(&held, t) {
-                    break Finish::Cancelled;
-                }
-                held.clear();
-                break Finish::Stop;
-            }
-            // Keep back what could still become a stop string.
-            let keep = (1..=max_stop.min(held.len()))
-                .rev()
-                .find(|&k| {
-                    held.is_char_boundary(held.len() - k)
-                        && req.stop.iter().any(|s| s.starts_with(&held[held.len() - k..]))
-                })
-                .unwrap_or(0);
-            let emit_to = held.len() - keep;
-            if emit_to > 0 {
-                let piece: String = held.drain(..emit_to).collect();
-                if !on_text(&piece, t) {
-                    break Finish::Cancelled;
-                }
-            }
-            // The last token is not fed: its logits would go unused.
-            if out.len() >= req.max_tokens {
-                break Finish::Length;
-            }
-            logits = self.model.forward(t, &mut cache);
-        };
-        if finish != Finish::Cancelled {
-            held.push_str(&utf8.finish());
-            if !held.is_empty() && finish == Finish::Length {
-                on_text(&held, *out.last().unwrap_or(&0));
-            }
-        }
-        probs.truncate(out.len());
-        let decode_ms = started.elapsed().as_secs_f64() * 1e3 - prompt_ms;
-        if req.cache_prompt {
-            // The cache holds every token fed so far: the prompt and all the
-            // generated ones but the last.
-            history.truncate(cache.len);
-            self.prompt_cache.give_back(history, cache);
-        }
-        Ok(Outcome { finish, prompt_tokens: n_prompt, tokens: out, probs, cached_tokens, prompt_ms, decode_ms })
+        Ok(s.outcome())
     }
 }
 

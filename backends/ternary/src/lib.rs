@@ -6,6 +6,7 @@
 // windows-gnu although ours are const (model.rs, pool.rs).
 #![cfg_attr(all(windows, target_env = "gnu"), allow(clippy::missing_const_for_thread_local))]
 
+pub mod batch;
 pub mod bench;
 pub mod engine;
 pub mod gguf;

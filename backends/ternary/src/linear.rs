@@ -430,7 +430,14 @@ impl VocabMatrix {
                 pool::for_each_rows_mut(&mut by_row, n, 2 * cols, |first, out| {
                     for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
                         let row = &w[r * cols..(r + 1) * cols];
-                        for (y, x) in o.iter_mut().zip(&vectors) {
+                        // Four vectors per pass over the row, then one.
+                        let mut j = 0;
+                        while j + 4 <= n {
+                            let d = kernels::dot_f16_x4(row, std::array::from_fn(|i| vectors[j + i]));
+                            o[j..j + 4].copy_from_slice(&d);
+                            j += 4;
+                        }
+                        for (y, x) in o[j..].iter_mut().zip(&vectors[j..]) {
                             *y = kernels::dot_f16(row, x);
                         }
                     }

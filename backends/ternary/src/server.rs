@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::batch::Batcher;
 use crate::engine::{Engine, Generate, Message, Outcome};
 use crate::sampler::SamplerConfig;
 
@@ -33,6 +34,8 @@ pub struct ServerOptions {
 
 struct App {
     engine: OnceLock<Result<Arc<Engine>, String>>,
+    /// Runs every request's generation, all of them in one pass per step.
+    batcher: OnceLock<Batcher>,
     opts: ServerOptions,
     slots: Arc<tokio::sync::Semaphore>,
 }
@@ -59,6 +62,7 @@ pub async fn serve(opts: ServerOptions) -> std::io::Result<()> {
     eprintln!("main: HTTP server is listening, hostname: {}, port: {}", opts.host, opts.port);
     let app = Arc::new(App {
         engine: OnceLock::new(),
+        batcher: OnceLock::new(),
         slots: Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1))),
         opts: opts.clone(),
     });
@@ -80,6 +84,9 @@ pub async fn serve(opts: ServerOptions) -> std::io::Result<()> {
             Err(e) => eprintln!("llama_model_load: error loading model: {e}"),
         }
         let failed = r.is_err();
+        if let Ok(e) = &r {
+            let _ = loader.batcher.set(Batcher::start(e.clone()));
+        }
         let _ = loader.engine.set(r);
         if failed {
             // As llama-server: a model that cannot load ends the process.
@@ -275,11 +282,16 @@ async fn run(app: Shared, engine: Arc<Engine>, body: &Value, prompt: Vec<u32>, s
     let Ok(permit) = app.slots.clone().acquire_owned().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "shutting down");
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<(String, u32)>(64);
-    let gen_engine = engine.clone();
+    let Some(batcher) = app.batcher.get().cloned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "Loading model");
+    };
+    // Unbounded: the batcher thread serves every request and must never
+    // wait on one slow client (a piece is at most max_tokens long in all).
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, u32)>();
+    let done = batcher.submit(req, Box::new(move |piece, tok| tx.send((piece.to_string(), tok)).is_ok()));
     let job = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        gen_engine.generate(&req, |piece, tok| tx.blocking_send((piece.to_string(), tok)).is_ok())
+        done.recv().unwrap_or(Err(crate::engine::EngineError::Closed))
     });
     let chunk = move |piece: Option<&str>, finish: Option<&str>, extra: Option<Value>| -> Value {
         let mut v = match shape {

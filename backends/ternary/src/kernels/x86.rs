@@ -473,6 +473,40 @@ pub(super) unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
     _mm_cvtss_f32(s) + dot_f16_scalar(&row[n..], &x[n..])
 }
 
+/// `dot_f16_avx2` of one row with four vectors, each f16 lane converted
+/// once for all four (the output matrix against several sequences). Each
+/// vector's sum is accumulated and reduced exactly as `dot_f16_avx2` does:
+/// the same bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_f16_x4_avx2(row: &[f16], xs: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = row.len() / 16 * 16;
+    let pf = prefetch_distance();
+    let mut a0 = [_mm256_setzero_ps(); 4];
+    let mut a1 = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 16 <= n <= row.len() == every x's len (checked by the caller).
+        let h0 = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i).cast()));
+        if i % 32 == 0 {
+            prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
+        }
+        let h1 = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i + 8).cast()));
+        for j in 0..4 {
+            a0[j] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xs[j].as_ptr().add(i)), a0[j]);
+            a1[j] = _mm256_fmadd_ps(h1, _mm256_loadu_ps(xs[j].as_ptr().add(i + 8)), a1[j]);
+        }
+        i += 16;
+    }
+    std::array::from_fn(|j| {
+        let s = _mm256_add_ps(a0[j], a1[j]);
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s) + super::dot_f16_scalar(&row[n..], &xs[j][n..])
+    })
+}
+
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(super) unsafe fn dot_f16_avx512(row: &[f16], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
