@@ -5,7 +5,9 @@
 //!   first token of a turn that resends 1,000 tokens of history plus 20 new
 //!   ones, beside a fresh 20-token prompt's (the goal: within 1.3x of it);
 //! - concurrent streams through the continuous batcher: aggregate decode
-//!   tokens/s with 1, 2, 4 and 8 at once (the goal: >= 3x one stream at 4).
+//!   tokens/s with 1, 2, 4 and 8 at once (the goal: >= 3x one stream at 4);
+//! - decoding at 512 and 4,000 tokens of context with an f16 and an f32
+//!   KV cache (2 threads; the cache filled by a real prompt).
 //!
 //! cargo bench -p bitnet-host-tests --bench chat_turns -- --bench
 //! (a quick run on a small shape without --bench; the 2B4T-shaped file is
@@ -79,6 +81,46 @@ fn main() {
         });
     }
     streams(&engine, cores, if full { 32 } else { 16 });
+    long_context(&path, cores.min(2), if full { &[512, 4000] } else { &[64, 200] });
+}
+
+/// Decode tokens/s after `contexts` tokens of prompt, f16 against f32 KV.
+fn long_context(path: &std::path::Path, threads: usize, contexts: &[usize]) {
+    use bitnet_ternary::model::{KvType, Model};
+    let mut m = Model::load(path, None).unwrap();
+    let vocab = m.hp.n_vocab as u32;
+    println!("decode after a long prompt, {threads} threads, 16 tokens: tokens/s and KV cache MB");
+    println!("context  f32 tok/s  f32 KV MB  f16 tok/s  f16 KV MB  f16 / f32");
+    let pool = bitnet_ternary::pool::Pool::new(threads);
+    for &ctx in contexts {
+        let mut row = Vec::new();
+        for ty in [KvType::F32, KvType::F16] {
+            m.kv_type = ty;
+            let (rate, mb) = pool.install(|| {
+                let mut cache = m.new_cache(ctx + 17);
+                let prompt: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 11) % vocab).collect();
+                for chunk in prompt.chunks(bitnet_ternary::model::PREFILL_BATCH) {
+                    m.forward_batch(chunk, &mut cache);
+                }
+                let t = Instant::now();
+                let mut tok = 1;
+                for _ in 0..16 {
+                    let logits = m.forward(tok, &mut cache);
+                    tok = bitnet_ternary::sampler::argmax(&logits) as u32;
+                }
+                (16.0 / t.elapsed().as_secs_f64(), cache.bytes() as f64 / 1e6)
+            });
+            row.push((rate, mb));
+        }
+        println!(
+            "{ctx:>7} {:>10.2} {:>10.0} {:>10.2} {:>10.0} {:>9.2}x",
+            row[0].0,
+            row[0].1,
+            row[1].0,
+            row[1].1,
+            row[1].0 / row[0].0
+        );
+    }
 }
 
 /// Aggregate decode speed with 1, 2, 4 and 8 streams in the batcher.

@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub api_key: Option<String>,
     pub ctx_size: usize,
     pub parallel: usize,
+    /// How the KV caches store keys and values.
+    pub kv_type: crate::model::KvType,
 }
 
 struct App {
@@ -70,7 +72,8 @@ pub async fn serve(opts: ServerOptions) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
         eprintln!("llama_model_loader: loading model from {}", loader.opts.model.display());
         let r = Engine::load(&loader.opts.model, loader.opts.ctx_size)
-            .map(|e| {
+            .map(|mut e| {
+                e.model.kv_type = loader.opts.kv_type;
                 // One kept prompt cache per slot, as llama-server keeps one per slot.
                 e.prompt_cache.set_slots(loader.opts.parallel.max(1));
                 Arc::new(e)
@@ -78,8 +81,12 @@ pub async fn serve(opts: ServerOptions) -> std::io::Result<()> {
             .map_err(|e| e.to_string());
         match &r {
             Ok(e) => eprintln!(
-                "main: model loaded: {} {} layers, {} format, n_ctx {}",
-                e.model.hp.arch, e.model.hp.n_layer, e.model.format, e.n_ctx
+                "main: model loaded: {} {} layers, {} format, n_ctx {}, KV cache {}",
+                e.model.hp.arch,
+                e.model.hp.n_layer,
+                e.model.format,
+                e.n_ctx,
+                e.model.kv_type.name()
             ),
             Err(e) => eprintln!("llama_model_load: error loading model: {e}"),
         }

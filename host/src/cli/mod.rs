@@ -239,6 +239,12 @@ struct RunnerArgs {
     /// Accepted for compatibility; the engine runs on the CPU.
     #[arg(long = "n-gpu-layers", alias = "ngl")]
     n_gpu_layers: Option<u32>,
+    /// How the KV cache stores keys: f16 (half the memory) or f32
+    #[arg(long = "cache-type-k", alias = "ctk", default_value = "f16")]
+    cache_type_k: String,
+    /// How the KV cache stores values (the same as keys: f16 or f32)
+    #[arg(long = "cache-type-v", alias = "ctv", default_value = "f16")]
+    cache_type_v: String,
 }
 
 /// Writes the CLI's own output. Only reachable from subcommands that are not
@@ -641,6 +647,12 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
         .max_blocking_threads(a.parallel.max(1) + 1)
         .enable_all()
         .build()?;
+    use bitnet_ternary::model::KvType;
+    let kv_type = match (KvType::parse(&a.cache_type_k), KvType::parse(&a.cache_type_v)) {
+        (Some(k), Some(v)) if k == v => k,
+        (Some(_), Some(_)) => anyhow::bail!("--cache-type-k and --cache-type-v must be the same type here"),
+        _ => anyhow::bail!("cache types: f16 or f32 (got {} and {})", a.cache_type_k, a.cache_type_v),
+    };
     let opts = bitnet_ternary::server::ServerOptions {
         model: a.model,
         host: if a.host == "localhost" { "127.0.0.1".into() } else { a.host },
@@ -651,6 +663,7 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
         },
         ctx_size: a.ctx_size,
         parallel: a.parallel,
+        kv_type,
     };
     let _ = a.n_gpu_layers;
     rt.block_on(bitnet_ternary::server::serve(opts))?;

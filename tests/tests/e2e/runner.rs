@@ -171,6 +171,24 @@ fn the_runner_keeps_prompt_caches_so_a_conversations_next_turn_computes_only_wha
 }
 
 #[test]
+fn the_runners_kv_cache_type_is_f16_or_f32_and_the_same_for_keys_and_values() {
+    let model = fixture_model("bitnet-b1.58-i2_s.gguf");
+    let run = |extra: &[&str]| {
+        Command::new(host_bin())
+            .args(["runner", "--model", model.to_str().unwrap(), "--port", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--cache-type-k", "f32", "--cache-type-v", "f16"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be the same type"), "{o:?}");
+    let o = run(&["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("f16 or f32"), "{o:?}");
+}
+
+#[test]
 fn a_runner_given_a_file_it_cannot_load_exits_with_llama_servers_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");

@@ -34,15 +34,58 @@ fn axpy_lanes(y: &mut [f32], w: f32, x: &[f32]) {
 
 /// Where one kv head's keys and values sit in the cache: position p's
 /// vector is `k[p * stride + offset..][..len]` (likewise `v`), for
-/// positions `0..n`.
+/// positions `0..n`. `T`: how the cache stores them (f32, or f16 bits).
 #[derive(Clone, Copy)]
-pub struct KvHead<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+pub struct KvHead<'a, T = f32> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub stride: usize,
     pub offset: usize,
     pub len: usize,
     pub n: usize,
+}
+
+/// The widest head attention handles (BitNet models use 64 or 128).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// A KV cache element: f32 as it is, or f16 (its bits, halving the
+/// cache's memory and the bytes long-context attention reads).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// `src` as f32 (converted into `buf` when it has to be).
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn widen<'a>(src: &'a [f32], _: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32] {
+        src
+    }
+}
+
+/// f16 bits. Every f16 widens exactly, so attention over an f16 cache is
+/// attention over the f32 values it holds, bit for bit.
+impl KvElem for u16 {
+    #[inline(always)]
+    fn widen<'a>(src: &'a [u16], buf: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32] {
+        for (o, h) in buf.iter_mut().zip(src) {
+            *o = f16_bits_to_f32(*h);
+        }
+        &buf[..src.len()]
+    }
+}
+
+/// `super::f16_le_to_f32` on bits: exact for every value; branch-free
+/// enough to vectorize in the SIMD builds.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let magnitude = (h & 0x7fff) << 13;
+    let v = if h & 0x7c00 == 0x7c00 {
+        f32::from_bits(magnitude | 0x7f80_0000)
+    } else {
+        f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)
+    };
+    f32::from_bits(v.to_bits() | (h & 0x8000) << 16)
 }
 
 /// Attention of the query heads in `q` (one after another, `kv.len`
@@ -54,14 +97,17 @@ pub struct KvHead<'a> {
 /// operations and their order are exactly those of `dot_f32`, a max, expf,
 /// and `axpy` per position, so the bits are the same.
 #[inline(always)]
-fn attend_lanes(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_lanes<T: KvElem>(q: &[f32], kv: KvHead<T>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     let (hd, n) = (kv.len, kv.n);
+    assert!(hd <= MAX_HEAD_DIM, "head dimension {hd} over {MAX_HEAD_DIM}");
     let heads = q.len() / hd;
+    let mut buf = [0f32; MAX_HEAD_DIM];
     scores.clear();
     scores.resize(heads * n, 0.0);
     for p in 0..n {
         let k = &kv.k[p * kv.stride + kv.offset..][..hd];
         prefetch_ahead(k, kv.stride);
+        let k = T::widen(k, &mut buf);
         for (h, qh) in q.chunks_exact(hd).enumerate() {
             scores[h * n + p] = dot_lanes(qh, k) * scale;
         }
@@ -85,6 +131,7 @@ fn attend_lanes(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &
     for p in 0..n {
         let v = &kv.v[p * kv.stride + kv.offset..][..hd];
         prefetch_ahead(v, kv.stride);
+        let v = T::widen(v, &mut buf);
         for (h, o) in out.chunks_exact_mut(hd).enumerate() {
             axpy_lanes(o, scores[h * n + p] / sums[h], v);
         }
@@ -98,7 +145,7 @@ fn attend_lanes(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &
 const KV_AHEAD: usize = 8;
 
 #[inline(always)]
-fn prefetch_ahead(x: &[f32], stride: usize) {
+fn prefetch_ahead<T>(x: &[T], stride: usize) {
     let p = x.as_ptr().wrapping_add(KV_AHEAD * stride).cast::<u8>();
     for line in (0..std::mem::size_of_val(x)).step_by(64) {
         super::prefetch(p.wrapping_add(line), Some(0));
@@ -114,25 +161,25 @@ pub fn axpy_scalar(y: &mut [f32], w: f32, x: &[f32]) {
     axpy_lanes(y, w, x)
 }
 
-pub fn attend_scalar(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend_scalar<T: KvElem>(q: &[f32], kv: KvHead<T>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend_lanes(q, kv, scale, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn attend_avx2(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_avx2<T: KvElem>(q: &[f32], kv: KvHead<T>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend_lanes(q, kv, scale, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_avx512(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_avx512<T: KvElem>(q: &[f32], kv: KvHead<T>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend_lanes(q, kv, scale, scores, out)
 }
 
 /// `attend_lanes` with the widest build this CPU runs.
 #[inline]
-pub fn attend(q: &[f32], kv: KvHead, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend<T: KvElem>(q: &[f32], kv: KvHead<T>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     assert_eq!(q.len(), out.len(), "attention: query and output differ in length");
     match isa() {
         #[cfg(target_arch = "x86_64")]
@@ -235,6 +282,47 @@ mod tests {
                 // SAFETY: AVX2 checked.
                 unsafe { attend_avx2(&q, kv, 0.3, &mut scores, &mut got) };
                 assert_eq!(got, want, "avx2, {heads} heads, {n} positions");
+            }
+        }
+    }
+
+    /// An f16 cache gives attention over the values it holds exactly: the
+    /// same bits as an f32 cache holding the f16-rounded values, in every
+    /// build; and every f16 widens as `half` widens it.
+    #[test]
+    fn attention_over_an_f16_cache_equals_attention_over_its_values_in_f32() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = f16_bits_to_f32(h);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#06x}");
+        }
+        let mut rng = Rng::new(5);
+        let (hd, stride, heads) = (128, 3 * 128, 4);
+        for n in [1usize, 2, 9, 40] {
+            let k16: Vec<u16> =
+                (0..n * stride).map(|_| half::f16::from_f32(rng.next_f32() * 4.0 - 2.0).to_bits()).collect();
+            let v16: Vec<u16> =
+                (0..n * stride).map(|_| half::f16::from_f32(rng.next_f32() * 4.0 - 2.0).to_bits()).collect();
+            let (k32, v32): (Vec<f32>, Vec<f32>) =
+                (k16.iter().map(|h| f16_bits_to_f32(*h)).collect(), v16.iter().map(|h| f16_bits_to_f32(*h)).collect());
+            let q: Vec<f32> = (0..heads * hd).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let h32 = KvHead { k: &k32[..], v: &v32[..], stride, offset: hd, len: hd, n };
+            let h16 = KvHead { k: &k16[..], v: &v16[..], stride, offset: hd, len: hd, n };
+            let mut scores = Vec::new();
+            let mut want = vec![0f32; heads * hd];
+            attend_scalar(&q, h32, 0.3, &mut scores, &mut want);
+            let mut got = vec![1f32; heads * hd];
+            attend_scalar(&q, h16, 0.3, &mut scores, &mut got);
+            assert_eq!(got, want, "scalar f16, {n} positions");
+            let mut got = vec![1f32; heads * hd];
+            attend(&q, h16, 0.3, &mut scores, &mut got);
+            assert_eq!(got, want, "dispatched f16, {n} positions");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let mut got = vec![1f32; heads * hd];
+                // SAFETY: AVX2 checked.
+                unsafe { attend_avx2(&q, h16, 0.3, &mut scores, &mut got) };
+                assert_eq!(got, want, "avx2 f16, {n} positions");
             }
         }
     }
