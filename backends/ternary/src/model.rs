@@ -825,18 +825,23 @@ mod tests {
         assert_eq!(KvType::parse("q4_0"), None);
     }
 
+    /// The vocabulary matrix's product with several vectors in one pass
+    /// gives each the bits `matvec` gives it (5 vectors: a group of four and one).
+    fn assert_matmul_is_matvec_per_vector(m: &Model, what: &str) {
+        let (d, v) = (m.hp.n_embd, m.hp.n_vocab);
+        let xs: Vec<f32> = (0..5 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let mut together = vec![0f32; 5 * v];
+        m.token_embd.matmul(d, &xs, 5, &mut together);
+        for (j, x) in xs.chunks_exact(d).enumerate() {
+            let mut one = vec![0f32; v];
+            m.token_embd.matvec(d, x, &mut one);
+            assert_eq!(&together[j * v..(j + 1) * v], &one[..], "{what}: vector {j}");
+        }
+    }
+
     #[test]
     fn the_vocabulary_matrix_gives_several_vectors_what_it_gives_each() {
-        let m = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
-        let d = m.hp.n_embd;
-        let xs: Vec<f32> = (0..3 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        let mut together = vec![0f32; 3 * m.hp.n_vocab];
-        m.token_embd.matmul(d, &xs, 3, &mut together);
-        for (j, x) in xs.chunks_exact(d).enumerate() {
-            let mut one = vec![0f32; m.hp.n_vocab];
-            m.token_embd.matvec(d, x, &mut one);
-            assert_eq!(&together[j * m.hp.n_vocab..(j + 1) * m.hp.n_vocab], &one[..], "vector {j}");
-        }
+        assert_matmul_is_matvec_per_vector(&Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap(), "f16");
     }
 
     fn argmax(v: &[f32]) -> usize {
@@ -1054,16 +1059,7 @@ mod tests {
                 assert!(r < 1e-2, "{ty:?}: relative error {r} at token {t}");
                 assert!(r > 0.0, "{ty:?}: the quantized product ran");
             }
-            // Several vectors in one pass: the bits each gets alone.
-            let d = m.hp.n_embd;
-            let xs: Vec<f32> = (0..3 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let mut together = vec![0f32; 3 * m.hp.n_vocab];
-            m.token_embd.matmul(d, &xs, 3, &mut together);
-            for (j, x) in xs.chunks_exact(d).enumerate() {
-                let mut one = vec![0f32; m.hp.n_vocab];
-                m.token_embd.matvec(d, x, &mut one);
-                assert_eq!(&together[j * m.hp.n_vocab..(j + 1) * m.hp.n_vocab], &one[..], "{ty:?} vector {j}");
-            }
+            assert_matmul_is_matvec_per_vector(&m, &ty.name());
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

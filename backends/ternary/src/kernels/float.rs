@@ -74,13 +74,15 @@ impl KvElem for u16 {
     }
 }
 
-/// `super::f16_le_to_f32` on bits: exact for every value; branch-free
-/// enough to vectorize in the SIMD builds.
+/// An f16 (its bits) as f32: exact for every value (normals, subnormals,
+/// infinities; NaNs stay NaN), inlined and branch-free enough to vectorize
+/// in the SIMD builds (see `super::f16_le_to_f32` for why not `half`'s).
 #[inline(always)]
 pub fn f16_bits_to_f32(h: u16) -> f32 {
     let h = u32::from(h);
     let magnitude = (h & 0x7fff) << 13;
     let v = if h & 0x7c00 == 0x7c00 {
+        // Infinity or NaN: all-ones exponent, mantissa kept.
         f32::from_bits(magnitude | 0x7f80_0000)
     } else {
         f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)

@@ -85,15 +85,7 @@ pub(crate) fn prefetch(p: *const u8, d: Option<usize>) {
 /// re-biases the exponent (and normalizes subnormals) with one multiply.
 #[inline(always)]
 pub fn f16_le_to_f32(b: &[u8]) -> f32 {
-    let h = u32::from(u16::from_le_bytes([b[0], b[1]]));
-    let magnitude = (h & 0x7fff) << 13;
-    let v = if h & 0x7c00 == 0x7c00 {
-        // Infinity or NaN: all-ones exponent, mantissa kept.
-        f32::from_bits(magnitude | 0x7f80_0000)
-    } else {
-        f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)
-    };
-    f32::from_bits(v.to_bits() | (h & 0x8000) << 16)
+    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
 }
 
 impl Isa {
