@@ -265,7 +265,8 @@ async fn forward(State(api): State<Api>, req: Request) -> Response {
         Ok(ep) => ep,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
-    job.touch();
+    // In use until the whole answer has been passed on (below).
+    let lease = job.lease();
     let mut upstream = api.client.post(format!("{}{path}", ep.url)).json(&body);
     if let Some(k) = &ep.api_key {
         upstream = upstream.bearer_auth(k);
@@ -278,7 +279,7 @@ async fn forward(State(api): State<Api>, req: Request) -> Response {
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     // The slot is held until the whole answer has been passed on.
     let stream = futures_util::StreamExt::map(resp.bytes_stream(), move |chunk| {
-        let _held = &slot;
+        let _held = (&slot, &lease);
         chunk.map_err(std::io::Error::other)
     });
     let mut out = Response::new(Body::from_stream(stream));

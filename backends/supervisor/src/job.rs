@@ -142,6 +142,24 @@ pub struct Job {
     stats: Arc<Mutex<crate::stats::Sampler>>,
     failures: Arc<Mutex<VecDeque<Attempt>>>,
     keep_alive: Option<Duration>,
+    /// Requests using the server now (`lease`): never idle while any runs.
+    in_use: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A request's use of the server: while any lease lives the keep-alive does
+/// not stop it (a long answer can outlast the keep-alive); dropping the last
+/// one starts the keep-alive from then.
+#[derive(Debug)]
+pub struct Lease {
+    in_use: Arc<std::sync::atomic::AtomicUsize>,
+    last_used: Arc<Mutex<Instant>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.in_use.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Job {
@@ -154,7 +172,9 @@ impl Job {
         let model = spec.model.clone();
         let failures = Arc::new(Mutex::new(VecDeque::new()));
         let keep_alive = spec.settings.keep_alive;
+        let in_use = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let runner = Runner {
+            in_use: in_use.clone(),
             failures: failures.clone(),
             spec,
             state: state_tx,
@@ -175,6 +195,7 @@ impl Job {
             stats: Arc::new(Mutex::new(crate::stats::Sampler::new())),
             failures,
             keep_alive,
+            in_use,
         }
     }
 
@@ -204,6 +225,13 @@ impl Job {
     /// Mark the server as in use (resets the keep-alive timer).
     pub fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Mark the server in use until the lease is dropped (hold it for a
+    /// whole request, its stream included).
+    pub fn lease(&self) -> Lease {
+        self.in_use.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Lease { in_use: self.in_use.clone(), last_used: self.last_used.clone() }
     }
 
     /// How long until a ready server that stays unused is stopped (its
@@ -281,6 +309,7 @@ struct Runner {
     cmds: mpsc::UnboundedReceiver<Cmd>,
     waiters: Vec<Waiter>,
     last_used: Arc<Mutex<Instant>>,
+    in_use: Arc<std::sync::atomic::AtomicUsize>,
     attempts: Vec<Attempt>,
     failures: Arc<Mutex<VecDeque<Attempt>>>,
     http: reqwest::Client,
@@ -601,6 +630,12 @@ impl Runner {
                     Some(Cmd::Stop(done)) => return Event::Stop(done),
                 },
                 _ = idle => {
+                    // A request still running keeps it: look again a
+                    // keep-alive later (the lease's drop restarts the count).
+                    if self.in_use.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                        continue;
+                    }
                     let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
                     if self.spec.settings.keep_alive.is_some_and(|k| last.elapsed() >= k) {
                         return Event::Idle;

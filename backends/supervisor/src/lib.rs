@@ -20,6 +20,6 @@ pub mod sweep;
 pub use catalog::{Catalog, CatalogError, GpuApi, Variant};
 pub use classify::{Exit, Failure};
 pub use config::{ConfigError, ConfigFile, Policy, Settings};
-pub use job::{Endpoint, Job, JobError, JobSpec, JobState};
+pub use job::{Endpoint, Job, JobError, JobSpec, JobState, Lease};
 pub use proxy::{Proxy, ProxyError, SseStream};
 pub use select::{select, Candidate, Inputs, Launch, Preferences, Selection, Skipped};

@@ -152,6 +152,7 @@ async fn session(app: &App, model: &std::path::Path, args: &ChatArgs) -> anyhow:
     let mut history: Vec<Value> = Vec::new();
     let ask = async |history: &mut Vec<Value>, text: String| -> anyhow::Result<()> {
         history.push(json!({"role": "user", "content": text}));
+        let _lease = job.lease();
         let mut body = json!({"messages": history, "max_tokens": args.max_tokens, "stream": true});
         if let Some(t) = args.temperature {
             body["temperature"] = json!(t);

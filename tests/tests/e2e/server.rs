@@ -391,3 +391,27 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_stream_longer_than_the_keep_alive_is_not_cut_by_the_idle_unload() {
+    // keep_alive 1 s; one answer streaming for about 2.4 s and nothing else.
+    let mut b = host_with_config(&[], "[server]\nkeep_alive = \"1s\"\n");
+    let (_, r) = load(&mut b, "l", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+    assert_eq!(r["ok"], true, "{r}");
+    b.send(
+        &json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "[[tokens 40]] [[slow 60]] go"}]}),
+    );
+    let (events, fin) = b.collect("id", &json!("c"), T);
+    assert_eq!(fin.value["ok"], true, "the idle unload cut a running stream: {:?}", fin.value);
+    assert_eq!(events.iter().filter(|e| e["event"] == "delta").count(), 40);
+    // Once the answer is done, the keep-alive counts again: unloaded soon after.
+    let t = Instant::now();
+    loop {
+        let st = b.request(&json!({"id": "s", "type": "status"}));
+        if st["result"]["server"]["state"] == "stopped" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never unloaded: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -254,6 +254,8 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
     // no request holds an endpoint that is about to go away.
     let _slot = ctx.app.backend.slot().await?;
     let (job, mut ep) = loaded(ctx).await?;
+    // In use until the answer is done: the keep-alive never stops it mid-stream.
+    let _lease = job.lease();
     job.touch();
     let body = upstream_body(params, first, stream);
     let proxy = &ctx.app.backend.proxy;
@@ -373,6 +375,7 @@ pub async fn embed(ctx: &Ctx, params: &Params) -> Outcome {
     };
     let _slot = ctx.app.backend.slot().await?;
     let (job, ep) = loaded(ctx).await?;
+    let _lease = job.lease();
     job.touch();
     let r = ctx
         .app
