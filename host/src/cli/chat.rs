@@ -88,14 +88,10 @@ pub(crate) fn resolve_model(dirs: &HostDirs, named: Option<PathBuf>, offer: bool
     Ok(path)
 }
 
-/// The model a running daemon has loaded (never starts one).
+/// The model a running daemon has loaded, when its file is still there.
 fn daemon_model(dirs: &HostDirs) -> Option<PathBuf> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    let reply = rt.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(2), crate::daemon::control_request(dirs, "status")).await
-    });
-    let path = reply.ok()??["result"]["server"]["model"]["path"].as_str().map(PathBuf::from)?;
-    path.is_file().then_some(path)
+    rt.block_on(crate::cli::daemon_model(dirs)).filter(|p| p.is_file())
 }
 
 /// On a terminal with nothing pulled: ask to download the catalog's first

@@ -502,6 +502,14 @@ fn catalog_list() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The model a running daemon has loaded (never starts one; a daemon that
+/// does not answer within 5 s counts as none).
+pub(crate) async fn daemon_model(dirs: &HostDirs) -> Option<std::path::PathBuf> {
+    let ask = crate::daemon::control_request(dirs, "status");
+    let v = tokio::time::timeout(std::time::Duration::from_secs(5), ask).await.ok()??;
+    v["result"]["server"]["model"]["path"].as_str().map(std::path::PathBuf::from)
+}
+
 /// Ask the daemon to retire and wait until it has exited.
 fn stop() -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;

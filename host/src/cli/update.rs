@@ -81,7 +81,7 @@ pub fn update(a: Args) -> anyhow::Result<()> {
     let r = rt.block_on(async {
         let model = match a.model {
             Some(m) => Some(std::path::absolute(&m)?),
-            None => match daemon_model(&dirs).await {
+            None => match crate::cli::daemon_model(&dirs).await {
                 Some(m) => Some(m),
                 None => Some(crate::cli::chat::default_model_path(&dirs)).filter(|p| p.is_file()),
             },
@@ -162,10 +162,4 @@ pub fn update(a: Args) -> anyhow::Result<()> {
     // A verified host archive that was not installed (a later step failed).
     let _ = std::fs::remove_dir_all(dirs.data.join("updates"));
     r
-}
-
-/// The model a running daemon has loaded.
-async fn daemon_model(dirs: &HostDirs) -> Option<std::path::PathBuf> {
-    let v = crate::daemon::control_request(dirs, "status").await?;
-    v["result"]["server"]["model"]["path"].as_str().map(std::path::PathBuf::from)
 }
