@@ -85,11 +85,10 @@ pub fn spec(dir: &Path, candidates: Vec<Candidate>) -> JobSpec {
     }
 }
 
-/// A host home (for `BITNET_HOST_HOME`) with the stand-in installed as the
-/// bitnet.cpp CPU build (failing with `faults`) and a recorded AVX2 Linux
-/// x86_64 hardware report, so selection does not depend on the machine.
-/// Returns the home and the report's path (for `BITNET_HOST_HARDWARE`).
-pub fn host_home(host: &Path, standin: &Path, faults: &[&str]) -> (tempfile::TempDir, PathBuf) {
+/// A host home (for `BITNET_HOST_HOME`) with a recorded AVX2 Linux x86_64
+/// hardware report, so selection does not depend on the machine. Returns
+/// the home and the report's path (for `BITNET_HOST_HARDWARE`).
+pub fn recorded_avx2_home(host: &Path) -> (tempfile::TempDir, PathBuf) {
     let home = tempfile::tempdir().expect("temp home");
     let out = std::process::Command::new(host)
         .args(["hardware", "--json"])
@@ -103,6 +102,13 @@ pub fn host_home(host: &Path, standin: &Path, faults: &[&str]) -> (tempfile::Tem
     report["cpu"]["features"] = serde_json::json!(["sse4.2", "avx", "avx2", "fma", "f16c"]);
     let file = home.path().join("report.json");
     std::fs::write(&file, report.to_string()).expect("write report");
+    (home, file)
+}
+
+/// The same home with the stand-in installed as the bitnet.cpp CPU build
+/// (failing with `faults`).
+pub fn host_home(host: &Path, standin: &Path, faults: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let (home, file) = recorded_avx2_home(host);
     wrapper(standin, &home.path().join("data/binaries"), "cpu/linux/llama-server", faults);
     (home, file)
 }

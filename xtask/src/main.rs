@@ -36,12 +36,42 @@ enum Command {
         out: PathBuf,
     },
     /// Write the small random-weight BitNet model the smoke tests load.
-    TinyModel { out: PathBuf },
+    TinyModel {
+        out: PathBuf,
+        /// The graph: `bitnet-b1.58` (BitNet b1.58 2B4T's, ReLU^2) or
+        /// `bitnet` (the original BitNet's, SiLU; the one bitnet.cpp builds
+        /// from before 2B4T know).
+        #[arg(long, default_value = "bitnet-b1.58")]
+        arch: String,
+        /// How the ternary matrices are stored.
+        #[arg(long, value_enum, default_value = "i2_s")]
+        format: TernaryFormatArg,
+    },
     /// Make a new signing key pair (see RELEASING.md, "Rotating the key").
     Keygen {
         #[arg(long, default_value = "target/release-key")]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TernaryFormatArg {
+    #[value(name = "i2_s")]
+    I2S,
+    #[value(name = "tq2_0")]
+    Tq2_0,
+    #[value(name = "tq1_0")]
+    Tq1_0,
+}
+
+impl From<TernaryFormatArg> for bitnet_ternary::writer::TernaryFormat {
+    fn from(f: TernaryFormatArg) -> Self {
+        match f {
+            TernaryFormatArg::I2S => Self::I2S,
+            TernaryFormatArg::Tq2_0 => Self::TQ2_0,
+            TernaryFormatArg::Tq1_0 => Self::TQ1_0,
+        }
+    }
 }
 
 fn host_target() -> Result<String> {
@@ -55,9 +85,12 @@ fn host_target() -> Result<String> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::TinyModel { out } => {
-            let shape = bitnet_ternary::writer::Shape::default_model();
-            let bytes = bitnet_ternary::writer::random_model(&shape, 0xB17E7);
+        Command::TinyModel { out, arch, format } => {
+            if arch != "bitnet" && arch != "bitnet-b1.58" {
+                bail!("--arch is bitnet or bitnet-b1.58, not `{arch}`");
+            }
+            let shape = bitnet_ternary::writer::Shape { arch, ..bitnet_ternary::writer::Shape::default_model() };
+            let bytes = bitnet_ternary::writer::random_model_as(&shape, 0xB17E7, format.into());
             bitnet_ternary::writer::write_atomic(&out, &bytes)?;
             eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
         }

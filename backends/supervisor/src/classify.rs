@@ -156,17 +156,27 @@ const OOM_MARKERS: &[&str] = &[
     "unable to allocate",
 ];
 
-/// Lines that mean the model itself could not be loaded (llama.cpp's words).
-const MODEL_MARKERS: &[&str] = &["error loading model", "failed to load model", "unknown model architecture"];
+/// Lines that mean the model itself could not be loaded (llama.cpp's words),
+/// the most telling first: a real server prints the cause ("unknown model
+/// architecture: 'bitnet-b1.58'") and then two generic lines after it.
+const MODEL_MARKERS: &[&str] =
+    &["unknown model architecture", "error loading model", "failed to load model", "model loading error"];
 
 /// Lines that mean the listening socket could not be bound.
 const BIND_MARKERS: &[&str] = &["couldn't bind http server socket", "address already in use"];
 
+/// The last line holding any of `markers`.
 fn find<'a>(tail: &'a [String], markers: &[&str]) -> Option<&'a String> {
     tail.iter().rev().find(|l| {
         let l = l.to_ascii_lowercase();
         markers.iter().any(|m| l.contains(m))
     })
+}
+
+/// The last line holding the first of `markers` (most telling first) that
+/// any line holds.
+fn find_telling<'a>(tail: &'a [String], markers: &[&str]) -> Option<&'a String> {
+    markers.iter().find_map(|m| find(tail, std::slice::from_ref(m)))
 }
 
 /// Classify a process that ended on its own. `tail` is the last lines it
@@ -186,7 +196,7 @@ pub fn classify_exit(exit: Exit, tail: &[String]) -> Failure {
     if let Some(line) = find(tail, GPU_MARKERS) {
         return Failure::GpuError { line: line.clone() };
     }
-    if let Some(line) = find(tail, MODEL_MARKERS) {
+    if let Some(line) = find_telling(tail, MODEL_MARKERS) {
         return Failure::ModelLoad { line: line.clone() };
     }
     // SIGKILL we did not send is, on Linux, almost always the OOM killer.
@@ -246,6 +256,27 @@ mod tests {
         assert_eq!(f, Failure::Crashed { exit: sig(11) });
         assert_eq!(f.step(), Step::Restart);
         assert_eq!(classify_exit(code(1), &[]).step(), Step::Restart);
+    }
+
+    #[test]
+    fn a_model_load_failure_names_its_cause_not_the_generic_lines_after_it() {
+        // The end of bitnet.cpp's llama-server (2024 build) given a BitNet b1.58 2B4T file.
+        let t = lines(&[
+            "llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'bitnet-b1.58'",
+            "llama_load_model_from_file: failed to load model",
+            "common_init_from_params: failed to load model '/m/model.gguf'",
+            "srv    load_model: failed to load model, '/m/model.gguf'",
+            "main: exiting due to model loading error",
+        ]);
+        let f = classify_exit(code(1), &t);
+        assert_eq!(f, Failure::ModelLoad { line: t[0].clone() });
+        assert!(f.to_string().ends_with("unknown model architecture: 'bitnet-b1.58'"), "{f}");
+        // Only generic lines: the last of them.
+        let t = lines(&[
+            "srv    load_model: failed to load model, '/m/x.gguf'",
+            "main: exiting due to model loading error",
+        ]);
+        assert_eq!(classify_exit(code(1), &t), Failure::ModelLoad { line: t[0].clone() });
     }
 
     #[test]

@@ -140,8 +140,11 @@ pub struct SseStream {
 }
 
 impl SseStream {
-    /// The next `data:` payload as JSON; None after `[DONE]`. A stream that
-    /// ends without `[DONE]` is [`ProxyError::Disconnected`].
+    /// The next `data:` payload as JSON; None after `[DONE]`, or after
+    /// llama-server's native last chunk (`"stop": true`: servers from before
+    /// its OpenAI-shaped /v1/completions end that stream there, without
+    /// `[DONE]`). A stream that ends before either is
+    /// [`ProxyError::Disconnected`].
     pub async fn next(&mut self) -> Option<Result<Value, ProxyError>> {
         loop {
             if let Some(data) = self.parser.pop() {
@@ -149,7 +152,11 @@ impl SseStream {
                     self.done = true;
                     return None;
                 }
-                return Some(event(&data));
+                let e = event(&data);
+                if matches!(&e, Ok(v) if v["stop"] == true) {
+                    self.done = true;
+                }
+                return Some(e);
             }
             if self.done {
                 return None;
@@ -298,5 +305,53 @@ mod tests {
         assert_eq!(error_message(r#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#), "bad");
         assert_eq!(error_message(r#"{"error":"flat"}"#), "flat");
         assert_eq!(error_message("plain text\n"), "plain text");
+    }
+
+    /// A one-shot HTTP server on 127.0.0.1 that answers any request with
+    /// `body` as an event stream, then closes the connection.
+    async fn sse_server(body: &'static str) -> Endpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            // The request's head and its short JSON body.
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"}") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        Endpoint { candidate: "t".into(), url, api_key: None, pid: Some(1) }
+    }
+
+    #[tokio::test]
+    async fn a_native_stream_ends_at_its_stop_chunk_and_a_cut_one_is_a_disconnect() {
+        let proxy = Proxy::new();
+        let body = serde_json::json!({"prompt": "x"});
+        let idle = Duration::from_secs(5);
+        // llama-server's native /v1/completions stream (2024 builds): no [DONE].
+        let ep = sse_server("data: {\"content\":\"v\",\"stop\":false}\n\ndata: {\"content\":\"\",\"stop\":true,\"tokens_predicted\":1}\n\n").await;
+        let mut s = proxy.post_sse(&ep, "/v1/completions", &body, idle).await.unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap()["content"], "v");
+        assert_eq!(s.next().await.unwrap().unwrap()["stop"], true);
+        assert!(s.next().await.is_none());
+        // Cut after a chunk that is not the last: the server went away.
+        let ep = sse_server("data: {\"content\":\"v\",\"stop\":false}\n\n").await;
+        let mut s = proxy.post_sse(&ep, "/v1/completions", &body, idle).await.unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap()["content"], "v");
+        assert!(matches!(s.next().await, Some(Err(ProxyError::Disconnected(_)))));
+        // The OpenAI shape still ends at [DONE].
+        let ep = sse_server("data: {\"choices\":[{\"text\":\"v\"}]}\n\ndata: [DONE]\n\n").await;
+        let mut s = proxy.post_sse(&ep, "/v1/completions", &body, idle).await.unwrap();
+        assert!(s.next().await.unwrap().is_ok());
+        assert!(s.next().await.is_none());
     }
 }

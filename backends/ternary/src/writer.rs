@@ -291,7 +291,15 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
         (a("attention.head_count_kv"), Value::U32(shape.n_head_kv as u32)),
         (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (a("rope.freq_base"), Value::F32(shape.rope_base)),
-        ("general.file_type".into(), Value::U32(40)),
+        // llama.cpp's llama_ftype: MOSTLY_TQ1_0 36, MOSTLY_TQ2_0 37; bitnet.cpp's I2_S files say 40.
+        (
+            "general.file_type".into(),
+            Value::U32(match format {
+                TernaryFormat::I2S => 40,
+                TernaryFormat::TQ2_0 => 37,
+                TernaryFormat::TQ1_0 => 36,
+            }),
+        ),
         ("tokenizer.ggml.model".into(), Value::Str("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::Str("llama-bpe".into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),

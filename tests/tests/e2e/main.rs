@@ -19,6 +19,9 @@ mod install;
 mod legacy;
 mod native;
 mod pull;
+// Real bitnet.cpp builds named by environment variables (skipped without).
+#[cfg(target_os = "linux")]
+mod real_server;
 mod runner;
 mod select;
 mod server;

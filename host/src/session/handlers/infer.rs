@@ -240,10 +240,45 @@ pub async fn complete(ctx: &Ctx, params: &Params) -> Outcome {
     generate(ctx, params, "/v1/completions", ("prompt", Value::from(prompt))).await
 }
 
-/// The text piece of one streamed chunk (chat delta or completion text).
-fn piece(chunk: &Value) -> Option<&str> {
+/// The text of a reply or streamed chunk: a chat message or delta, an
+/// OpenAI completion's text, or llama-server's native `content`. Servers
+/// from before llama.cpp shaped `/v1/completions` like OpenAI's (late 2024;
+/// bitnet.cpp's 2024 builds among them) answer it in the native shape:
+/// `content`, `stop`, `stopped_limit`, `tokens_evaluated`, `tokens_predicted`.
+fn text_of(chunk: &Value) -> Option<&str> {
     let c = &chunk["choices"][0];
-    c["delta"]["content"].as_str().or(c["text"].as_str()).filter(|s| !s.is_empty())
+    c["message"]["content"]
+        .as_str()
+        .or(c["delta"]["content"].as_str())
+        .or(c["text"].as_str())
+        .or(chunk["content"].as_str())
+}
+
+/// The text piece of one streamed chunk, when it carries any.
+fn piece(chunk: &Value) -> Option<&str> {
+    text_of(chunk).filter(|s| !s.is_empty())
+}
+
+/// Why the answer ended, once a chunk says so (null until then).
+fn finish_of(chunk: &Value) -> Value {
+    match chunk["choices"][0].get("finish_reason").filter(|v| !v.is_null()) {
+        Some(fr) => fr.clone(),
+        None if chunk["stop"] == true => Value::from(if chunk["stopped_limit"] == true { "length" } else { "stop" }),
+        None => Value::Null,
+    }
+}
+
+/// Token counts, when a chunk carries them (OpenAI `usage` or the native
+/// counters of the last chunk).
+fn usage_of(chunk: &Value) -> Option<Value> {
+    if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+        return Some(u.clone());
+    }
+    let (Some(prompt), Some(completion)) = (chunk["tokens_evaluated"].as_u64(), chunk["tokens_predicted"].as_u64())
+    else {
+        return None;
+    };
+    Some(json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}))
 }
 
 async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) -> Outcome {
@@ -270,14 +305,12 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
         }
         .map_err(proxy_error)?;
         job.touch();
-        let c = &r["choices"][0];
-        let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap_or("").to_string();
         let mut timings = json!({"total_ms": started.elapsed().as_secs_f64() * 1e3});
         merge_server_timings(&mut timings, &r["timings"]);
         return Ok(json!({
-            "text": text,
-            "finish_reason": c["finish_reason"],
-            "usage": r["usage"],
+            "text": text_of(&r).unwrap_or(""),
+            "finish_reason": finish_of(&r),
+            "usage": usage_of(&r),
             "timings": timings,
             "backend": ep.candidate,
         }));
@@ -312,11 +345,12 @@ async fn generate(ctx: &Ctx, params: &Params, path: &str, first: (&str, Value)) 
                 break;
             }
         }
-        if let Some(fr) = chunk["choices"][0].get("finish_reason").filter(|v| !v.is_null()) {
-            finish = fr.clone();
+        let fr = finish_of(&chunk);
+        if !fr.is_null() {
+            finish = fr;
         }
-        if chunk.get("usage").is_some_and(|u| !u.is_null()) {
-            usage = chunk["usage"].clone();
+        if let Some(u) = usage_of(&chunk) {
+            usage = u;
         }
         if chunk.get("timings").is_some_and(Value::is_object) {
             server_timings = chunk["timings"].clone();
@@ -503,5 +537,34 @@ mod tests {
         let before = ours.clone();
         super::merge_server_timings(&mut ours, &serde_json::Value::Null);
         assert_eq!(ours, before);
+    }
+
+    #[test]
+    fn completions_are_read_in_the_openai_shape_and_in_llama_servers_native_one() {
+        use super::{finish_of, piece, text_of, usage_of};
+        // OpenAI chat, streamed and whole, and an OpenAI completion.
+        let delta = json!({"choices": [{"delta": {"content": "Hi"}, "finish_reason": null}]});
+        assert_eq!(piece(&delta), Some("Hi"));
+        assert!(finish_of(&delta).is_null());
+        let whole = json!({"choices": [{"message": {"content": "Hi there"}, "finish_reason": "length"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 2}});
+        assert_eq!(text_of(&whole), Some("Hi there"));
+        assert_eq!(finish_of(&whole), "length");
+        assert_eq!(usage_of(&whole).unwrap()["completion_tokens"], 2);
+        assert_eq!(piece(&json!({"choices": [{"text": " fox", "finish_reason": "stop"}]})), Some(" fox"));
+        // The native shape (what bitnet.cpp's 2024 llama-server answered on /v1/completions).
+        let chunk = json!({"content": "v#", "stop": false, "id_slot": 0, "multimodal": false});
+        assert_eq!(piece(&chunk), Some("v#"));
+        assert!(finish_of(&chunk).is_null());
+        assert_eq!(usage_of(&chunk), None);
+        let last = json!({"content": "", "stop": true, "stopped_limit": true, "stopped_eos": false,
+                          "tokens_evaluated": 21, "tokens_predicted": 3});
+        assert_eq!(piece(&last), None);
+        assert_eq!(finish_of(&last), "length");
+        assert_eq!(usage_of(&last).unwrap(), json!({"prompt_tokens": 21, "completion_tokens": 3, "total_tokens": 24}));
+        let eos = json!({"content": "end", "stop": true, "stopped_eos": true, "stopped_limit": false});
+        assert_eq!(finish_of(&eos), "stop");
+        // Nothing to read is no text, not a panic.
+        assert_eq!(text_of(&json!({"choices": []})), None);
     }
 }
