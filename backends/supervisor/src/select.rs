@@ -81,8 +81,10 @@ pub struct Inputs<'a> {
     pub path_server: Option<PathBuf>,
 }
 
-/// Why variant `v` cannot run here, or None when it can.
-fn unfit(v: &Variant, report: &HardwareReport, format: Option<&str>) -> Option<String> {
+/// Why variant `v` cannot run here, or None when it can. A variant the
+/// config forces may use a software Vulkan device (lavapipe, SwiftShader):
+/// slow, but the user asked for it; nothing else is waived.
+fn unfit(v: &Variant, report: &HardwareReport, format: Option<&str>, forced: bool) -> Option<String> {
     if v.os != report.os.family || v.arch != report.cpu.arch {
         return Some(format!("built for {}/{}, this is {}/{}", v.os, v.arch, report.os.family, report.cpu.arch));
     }
@@ -119,7 +121,7 @@ fn unfit(v: &Variant, report: &HardwareReport, format: Option<&str>) -> Option<S
         GpuApi::Vulkan => match &report.vendor.vulkan {
             Section::Unavailable { reason } => Some(format!("needs a Vulkan GPU: {reason}")),
             Section::Available(vk) => {
-                if vk.devices.iter().any(|d| d.counts_as_gpu) {
+                if vk.devices.iter().any(|d| d.counts_as_gpu) || (forced && !vk.devices.is_empty()) {
                     None
                 } else {
                     let names: Vec<&str> = vk.devices.iter().map(|d| d.name.as_str()).collect();
@@ -155,7 +157,8 @@ pub fn select(inp: &Inputs) -> Selection {
     }
 
     for v in &inp.catalog.variants {
-        if let Some(reason) = unfit(v, inp.report, inp.model_format) {
+        let forced = inp.prefs.force.as_deref() == Some(v.id.as_str());
+        if let Some(reason) = unfit(v, inp.report, inp.model_format, forced) {
             skipped.push(Skipped { id: v.id.clone(), reason });
             continue;
         }

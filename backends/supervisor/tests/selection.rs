@@ -138,9 +138,13 @@ fn nvidia_windows_orders_cuda_vulkan_cpu_builtin_and_checks_compute_capability()
         instance_version: "1.3.0".into(),
         devices: vec![vk_device("NVIDIA GeForce RTX 3060", VulkanDeviceKind::Discrete, 12 << 30)],
     });
+    let s = run(&r, Some("q8_0"), &Preferences::default());
+    assert_eq!(ids(&s), ["cuda-windows-x86_64", "vulkan-windows-x86_64", "bitnet-cpu-windows-x86_64", "builtin"]);
+    // A ternary model: the GPU builds have no kernels for it, the CPU build does.
     let s = run(&r, Some("tq2_0"), &Preferences::default());
-    assert_eq!(ids(&s), ["cuda-windows-x86_64", "vulkan-windows-x86_64", "builtin"]);
-    assert_eq!(reason(&s, "bitnet-cpu-windows-x86_64"), "cannot load tq2_0 models");
+    assert_eq!(ids(&s), ["bitnet-cpu-windows-x86_64", "builtin"]);
+    assert_eq!(reason(&s, "cuda-windows-x86_64"), "cannot load tq2_0 models");
+    assert_eq!(reason(&s, "vulkan-windows-x86_64"), "cannot load tq2_0 models");
 
     // An old GPU: CUDA is skipped with the capability in the reason.
     if let Section::Available(c) = &mut r.vendor.cuda {
@@ -152,7 +156,7 @@ fn nvidia_windows_orders_cuda_vulkan_cpu_builtin_and_checks_compute_capability()
 }
 
 #[test]
-fn lavapipe_only_linux_never_picks_vulkan() {
+fn lavapipe_only_linux_picks_vulkan_only_when_forced() {
     let mut r = report("linux", "x86_64", X86_AVX2);
     r.vendor.vulkan = Section::Available(VulkanInfo {
         instance_version: "1.3.239".into(),
@@ -162,6 +166,14 @@ fn lavapipe_only_linux_never_picks_vulkan() {
     assert_eq!(ids(&s), ["bitnet-cpu-linux-x86_64", "builtin"]);
     let why = reason(&s, "vulkan-linux-x86_64");
     assert!(why.contains("only software devices") && why.contains("llvmpipe"), "{why}");
+    // Forced by the config, it is tried on lavapipe (slow, but asked for);
+    // forcing it without any Vulkan device still skips it.
+    let force = Preferences { force: Some("vulkan-linux-x86_64".into()), ..Preferences::default() };
+    assert_eq!(ids(&run(&r, None, &force)), ["vulkan-linux-x86_64"]);
+    let none = report("linux", "x86_64", X86_AVX2);
+    let s = run(&none, None, &force);
+    assert!(ids(&s).is_empty(), "{:?}", ids(&s));
+    assert!(reason(&s, "vulkan-linux-x86_64").contains("needs a Vulkan GPU"));
 }
 
 /// Selection with nothing installed and `path_server` as `which` found it.
