@@ -550,7 +550,9 @@ fn a_dist_bundle_installs_per_platform_and_selection_picks_the_right_file() {
         let dir = bins.active_dir();
         let installed = |f: &str| Some(dir.join(f)).filter(|p| p.is_file());
         let r = machine(os, arch, features, cuda);
-        let format = if cuda.is_some() || os == "macos" { "tq2_0" } else { "i2_s" };
+        // A q8_0 model where a GPU build should win (GPU builds do not list
+        // the ternary formats), a ternary one elsewhere.
+        let format = if cuda.is_some() || os == "macos" { "q8_0" } else { "i2_s" };
         let sel = select(&Inputs {
             report: &r,
             catalog: &installed_catalog,
