@@ -46,6 +46,10 @@ enum Command {
         /// How the ternary matrices are stored.
         #[arg(long, value_enum, default_value = "i2_s")]
         format: TernaryFormatArg,
+        /// The layer sizes: `small` (4 layers of 256, under 1 MB) or `2b4t`
+        /// (BitNet b1.58 2B4T's, about 1.2 GB: for speed comparisons).
+        #[arg(long, default_value = "small")]
+        shape: String,
     },
     /// Make a new signing key pair (see RELEASING.md, "Rotating the key").
     Keygen {
@@ -62,6 +66,8 @@ enum TernaryFormatArg {
     Tq2_0,
     #[value(name = "tq1_0")]
     Tq1_0,
+    #[value(name = "f16")]
+    F16,
 }
 
 impl From<TernaryFormatArg> for bitnet_ternary::writer::TernaryFormat {
@@ -70,6 +76,7 @@ impl From<TernaryFormatArg> for bitnet_ternary::writer::TernaryFormat {
             TernaryFormatArg::I2S => Self::I2S,
             TernaryFormatArg::Tq2_0 => Self::TQ2_0,
             TernaryFormatArg::Tq1_0 => Self::TQ1_0,
+            TernaryFormatArg::F16 => Self::F16,
         }
     }
 }
@@ -85,11 +92,17 @@ fn host_target() -> Result<String> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::TinyModel { out, arch, format } => {
+        Command::TinyModel { out, arch, format, shape } => {
+            use bitnet_ternary::writer::Shape;
             if arch != "bitnet" && arch != "bitnet-b1.58" {
                 bail!("--arch is bitnet or bitnet-b1.58, not `{arch}`");
             }
-            let shape = bitnet_ternary::writer::Shape { arch, ..bitnet_ternary::writer::Shape::default_model() };
+            let sizes = match shape.as_str() {
+                "small" => Shape::default_model(),
+                "2b4t" => Shape::b158_2b4t(),
+                other => bail!("--shape is small or 2b4t, not `{other}`"),
+            };
+            let shape = Shape { arch, ..sizes };
             let bytes = bitnet_ternary::writer::random_model_as(&shape, 0xB17E7, format.into());
             bitnet_ternary::writer::write_atomic(&out, &bytes)?;
             eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());

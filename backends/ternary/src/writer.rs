@@ -258,6 +258,8 @@ pub enum TernaryFormat {
     I2S,
     TQ2_0,
     TQ1_0,
+    /// The codes times the scale as F16 values (what GPU builds run).
+    F16,
 }
 
 /// A BitNet model of `shape` with a byte-level vocabulary (256 bytes + the
@@ -291,13 +293,14 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
         (a("attention.head_count_kv"), Value::U32(shape.n_head_kv as u32)),
         (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (a("rope.freq_base"), Value::F32(shape.rope_base)),
-        // llama.cpp's llama_ftype: MOSTLY_TQ1_0 36, MOSTLY_TQ2_0 37; bitnet.cpp's I2_S files say 40.
+        // llama.cpp's llama_ftype: MOSTLY_F16 1, MOSTLY_TQ1_0 36, MOSTLY_TQ2_0 37; bitnet.cpp's I2_S files say 40.
         (
             "general.file_type".into(),
             Value::U32(match format {
                 TernaryFormat::I2S => 40,
                 TernaryFormat::TQ2_0 => 37,
                 TernaryFormat::TQ1_0 => 36,
+                TernaryFormat::F16 => 1,
             }),
         ),
         ("tokenizer.ggml.model".into(), Value::Str("gpt2".into())),
@@ -329,6 +332,9 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
             TernaryFormat::I2S => i2s_bytes(&codes, 0.05),
             TernaryFormat::TQ2_0 => tq2_bytes(&codes, 0.05),
             TernaryFormat::TQ1_0 => tq1_bytes(&codes, 0.05),
+            TernaryFormat::F16 => {
+                codes.iter().flat_map(|&c| f16::from_f32(f32::from(c) * 0.05).to_le_bytes()).collect()
+            }
         }
     };
     for l in 0..shape.n_layer {
@@ -340,6 +346,7 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
                 TernaryFormat::I2S => 36,
                 TernaryFormat::TQ2_0 => 35,
                 TernaryFormat::TQ1_0 => 34,
+                TernaryFormat::F16 => 1,
             },
             data: ternary(rng, rows, cols),
         };
