@@ -56,6 +56,8 @@ const SHELL_SIGILL: i32 = 132;
 const STATUS_ILLEGAL_INSTRUCTION: i32 = 0xC000001Du32 as i32;
 /// Windows STATUS_NO_MEMORY.
 const STATUS_NO_MEMORY: i32 = 0xC0000017u32 as i32;
+/// Windows STATUS_DLL_NOT_FOUND: a DLL the program links is not there.
+const STATUS_DLL_NOT_FOUND: i32 = 0xC0000135u32 as i32;
 
 /// What went wrong with one launch of one candidate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -162,6 +164,12 @@ const OOM_MARKERS: &[&str] = &[
 const MODEL_MARKERS: &[&str] =
     &["unknown model architecture", "error loading model", "failed to load model", "model loading error"];
 
+/// Lines that mean the program could not start for a missing shared
+/// library (glibc's loader, macOS's dyld): a CUDA build on a machine with
+/// the driver but without the CUDA runtime, a build that links the build
+/// tree's libllama. No restart will change that.
+const LIBRARY_MARKERS: &[&str] = &["error while loading shared libraries", "library not loaded"];
+
 /// Lines that mean the listening socket could not be bound.
 const BIND_MARKERS: &[&str] = &["couldn't bind http server socket", "address already in use"];
 
@@ -184,6 +192,12 @@ fn find_telling<'a>(tail: &'a [String], markers: &[&str]) -> Option<&'a String> 
 pub fn classify_exit(exit: Exit, tail: &[String]) -> Failure {
     if exit.signal == Some(SIGILL) || exit.code == Some(SHELL_SIGILL) || exit.code == Some(STATUS_ILLEGAL_INSTRUCTION) {
         return Failure::IllegalInstruction { exit };
+    }
+    if let Some(line) = find(tail, LIBRARY_MARKERS) {
+        return Failure::SpawnFailed { error: line.clone() };
+    }
+    if exit.code == Some(STATUS_DLL_NOT_FOUND) {
+        return Failure::SpawnFailed { error: format!("a DLL it needs is missing ({exit})") };
     }
     if find(tail, BIND_MARKERS).is_some() {
         return Failure::PortInUse;
@@ -277,6 +291,22 @@ mod tests {
             "main: exiting due to model loading error",
         ]);
         assert_eq!(classify_exit(code(1), &t), Failure::ModelLoad { line: t[0].clone() });
+    }
+
+    #[test]
+    fn a_missing_shared_library_is_a_failed_start_not_a_crash_to_restart() {
+        // glibc's loader (exit 127), macOS's dyld (SIGABRT), Windows (STATUS_DLL_NOT_FOUND).
+        let t = lines(&["/b/llama-server-cuda: error while loading shared libraries: libcudart.so.12: cannot open shared object file: No such file or directory"]);
+        let f = classify_exit(code(127), &t);
+        assert_eq!(f, Failure::SpawnFailed { error: t[0].clone() });
+        assert_eq!(f.step(), Step::NextCandidate);
+        let t = lines(&["dyld[4242]: Library not loaded: @rpath/libggml.dylib", "  Referenced from: /b/llama-server"]);
+        assert_eq!(classify_exit(sig(6), &t), Failure::SpawnFailed { error: t[0].clone() });
+        let f = classify_exit(code(0xC0000135u32 as i32), &[]);
+        assert!(
+            matches!(&f, Failure::SpawnFailed { error } if error.contains("DLL") && error.contains("0xC0000135")),
+            "{f:?}"
+        );
     }
 
     #[test]

@@ -301,6 +301,34 @@ async fn a_missing_binary_is_a_spawn_failure_not_a_restart_loop() {
     job.stop().await;
 }
 
+/// A real program linked against a shared library that is not there (as a
+/// CUDA build is on a machine without the CUDA runtime): the dynamic loader
+/// refuses it, and the supervisor moves on at once instead of restarting it.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_missing_a_shared_library_moves_on_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("gone.c"), "int gone(void) { return 0; }\n").unwrap();
+    std::fs::write(d.join("main.c"), "int gone(void);\nint main(void) { return gone(); }\n").unwrap();
+    let cc = |args: &[&str]| {
+        let out = std::process::Command::new("cc").args(args).current_dir(d).output().expect("cc (gcc) is installed");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    cc(&["-shared", "-fPIC", "-o", "libgone.so", "gone.c"]);
+    cc(&["-o", "needs-gone", "main.c", "-L.", "-lgone"]);
+    std::fs::remove_file(d.join("libgone.so")).unwrap();
+    let good = wrap(d, "good", &[]);
+    let job = Job::start(spec(d, vec![candidate("needs-gone", d.join("needs-gone")), candidate("good", good)]));
+    let ep = job.ready().await.unwrap();
+    assert_eq!(ep.candidate, "good");
+    let failures = job.failures();
+    let mine: Vec<_> = failures.iter().filter(|a| a.candidate == "needs-gone").collect();
+    assert_eq!(mine.len(), 1, "started once, not restarted: {failures:?}");
+    assert!(matches!(&mine[0].failure, Failure::SpawnFailed { error } if error.contains("libgone.so")), "{failures:?}");
+    job.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_job_kills_the_server() {
     let dir = tempfile::tempdir().unwrap();
