@@ -153,14 +153,9 @@ impl Linear {
                 kernels::tq2_rows(rows, row_bytes, prepared, bsums, &a.d, ys);
             }
             (Linear::Tq1 { bytes, cols, .. }, Quantized::Q8K { a, bsums, .. }) => {
-                let (bytes, blocks) = (bytes.bytes(), cols / 256);
-                let row_bytes = blocks * 54;
-                let mut dots = vec![0i32; blocks];
-                for (r, out) in (first..).zip(ys.iter_mut()) {
-                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    kernels::tq1_block_dots(row, &a.q, &mut dots);
-                    *out = kernels::ternary_blocks_finish(row, 54, &dots, bsums, &a.d);
-                }
+                let row_bytes = cols / 256 * 54;
+                let rows = &bytes.bytes()[first * row_bytes..(first + ys.len()) * row_bytes];
+                kernels::tq1_rows(rows, row_bytes, &a.q, bsums, &a.d, ys);
             }
             _ => unreachable!("activations quantized for another format"),
         }
@@ -212,6 +207,21 @@ impl Linear {
                             *o = ((kernels::dot_i2s(row, &a.q) - a.sum) as f32 / a.scale) * scale;
                         }
                     }
+                });
+            }
+            Linear::Tq2 { bytes, cols, .. } if kernels::blockwise_rows_for_prompts() => {
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
+                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
+                let prepared: Vec<_> = acts.iter().map(|a| kernels::Prepared::new(&a.q)).collect();
+                rows_by_token(&mut by_row, n, row_bytes, bytes.bytes(), |t, rows, y| {
+                    kernels::tq2_rows(rows, row_bytes, &prepared[t], &bsums[t], &acts[t].d, y)
+                });
+            }
+            Linear::Tq1 { bytes, cols, .. } if kernels::blockwise_rows_for_prompts() => {
+                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
+                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
+                rows_by_token(&mut by_row, n, row_bytes, bytes.bytes(), |t, rows, y| {
+                    kernels::tq1_rows(rows, row_bytes, &acts[t].q, &bsums[t], &acts[t].d, y)
                 });
             }
             Linear::Tq2 { bytes, cols, .. } => {
@@ -274,6 +284,32 @@ impl Linear {
             }
         }
     }
+}
+
+/// Prompt tokens through a many-row kernel (`kernel(t, rows, y)`: token
+/// t against `rows`, into y), into `by_row` (rows x n), parallel over
+/// rows: 16 rows (what the kernels take at once) against every token while
+/// they are in cache.
+fn rows_by_token(
+    by_row: &mut [f32],
+    n: usize,
+    row_bytes: usize,
+    bytes: &[u8],
+    kernel: impl Fn(usize, &[u8], &mut [f32]) + Sync,
+) {
+    pool::for_each_rows_mut(by_row, n, row_bytes, |first, part| {
+        let mut y = [0f32; 16];
+        for (g, out) in (first..).step_by(16).zip(part.chunks_mut(16 * n)) {
+            let m = out.len() / n;
+            let rows = &bytes[g * row_bytes..(g + m) * row_bytes];
+            for t in 0..n {
+                kernel(t, rows, &mut y[..m]);
+                for (i, v) in y[..m].iter().enumerate() {
+                    out[i * n + t] = *v;
+                }
+            }
+        }
+    });
 }
 
 /// Sum of each 256-value block of Q8K activations.

@@ -938,7 +938,7 @@ mod tests {
 
     #[test]
     fn a_batched_prompt_gives_the_same_logits_and_cache_as_token_by_token() {
-        for stem in ["bitnet-b1.58-i2_s", "bitnet-tq2_0"] {
+        for stem in ["bitnet-b1.58-i2_s", "bitnet-tq2_0", "bitnet-tq1_0"] {
             let m = Model::load(&fixture(&format!("{stem}.gguf")), None).unwrap();
             // Tails of the 4-token kernel included: 1, 3, 6 and 9 tokens.
             let prompt: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % m.hp.n_vocab as u32).collect();

@@ -89,6 +89,18 @@ pub fn f16_le_to_f32(b: &[u8]) -> f32 {
 }
 
 impl Isa {
+    /// A short stable name: the kernel part of a CPU family's key for the
+    /// speed figures selection orders CPU candidates by.
+    pub fn key(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neondot",
+        }
+    }
+
     /// In words, for `select --explain` and the engine's benches.
     pub fn describe(self) -> &'static str {
         match self {
@@ -356,6 +368,14 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
     }
 }
 
+/// Whether prompts should go through `tq2_rows` / `tq1_rows` token by
+/// token rather than per-row block dots (shared by four tokens for TQ2_0)
+/// and a scalar finish: where those have a many-row kernel (AVX-512 VNNI:
+/// 16 rows read across, the finish vectorized). Same bits either way.
+pub fn blockwise_rows_for_prompts() -> bool {
+    isa() == Isa::Avx512Vnni
+}
+
 /// TQ1_0 (llama.cpp): 54-byte blocks of 256 weights, 1.6875 bits each:
 /// 48 bytes holding five base-3 digits each (elements 32n + m from byte
 /// m < 32, then 160 + 16n + m from byte 32 + m), 4 bytes holding four
@@ -381,6 +401,27 @@ pub fn tq1_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
             }
         }
         *o = acc;
+    }
+}
+
+/// Every `row_bytes` TQ1_0 row of `rows` against Q8K activations (`q`,
+/// with their block sums and scales): `out[r]` = `ternary_blocks_finish`
+/// of row r's block dots, bit for bit.
+pub fn tq1_rows(rows: &[u8], row_bytes: usize, q: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
+    let blocks = row_bytes / 54;
+    check_blocks(row_bytes, 54, 256, q.len(), blocks);
+    assert!(rows.len() == row_bytes * out.len() && bsums.len() >= blocks && d.len() >= blocks, "TQ1_0 rows shape");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F/BW/VNNI.
+        Isa::Avx512Vnni => unsafe { x86::tq1_rows_vnni(rows, row_bytes, q, bsums, d, out) },
+        _ => {
+            let mut dots = vec![0i32; blocks];
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
+                tq1_block_dots(row, q, &mut dots);
+                *o = ternary_blocks_finish(row, 54, &dots, bsums, d);
+            }
+        }
     }
 }
 
@@ -816,6 +857,27 @@ mod tests {
             let mut got = vec![0i32; blocks];
             tq1_block_dots(&row, &q, &mut got);
             assert_eq!(got, want);
+            // Many rows in one call (AVX-512 VNNI's 16 at a time here when
+            // the CPU has it; 37 leaves a group of 5), random scales: bit
+            // for bit the reference's finish.
+            let n_rows = 37;
+            let mut rows = Vec::new();
+            for r in 0..n_rows {
+                for block in row.chunks_exact(54) {
+                    rows.extend(block[..52].iter().map(|&c| c.wrapping_add(r as u8 * 7)));
+                    rows.extend(f16::from_f32((rng.next_f32() - 0.5) * 0.1).to_le_bytes());
+                }
+            }
+            let bsums: Vec<i32> = q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect();
+            let ds: Vec<f32> = (0..blocks).map(|_| rng.next_f32() * 0.02).collect();
+            let mut got = vec![0f32; n_rows];
+            tq1_rows(&rows, row.len(), &q, &bsums, &ds, &mut got);
+            for (r, g) in rows.chunks_exact(row.len()).zip(&got) {
+                let mut dots = vec![0i32; blocks];
+                tq1_block_dots_scalar(r, &q, &mut dots);
+                let want = ternary_blocks_finish(r, 54, &dots, &bsums, &ds);
+                assert_eq!(g.to_bits(), want.to_bits(), "rows blocks={blocks}");
+            }
         }
     }
 

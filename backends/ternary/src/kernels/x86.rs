@@ -5,7 +5,7 @@
 use half::f16;
 
 use super::vocab::{Q6K_BLOCK, Q8_0_BLOCK};
-use super::{dot_f16_scalar, f16_le_to_f32, prefetch, prefetch_distance};
+use super::{dot_f16_scalar, prefetch, prefetch_distance};
 
 /// Rows a TQ2_0 AVX-512 step finishes together, one per f32 lane.
 const TQ2_LANES: usize = 16;
@@ -182,13 +182,87 @@ pub(super) unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) 
     }
 }
 
-/// TQ2_0 with AVX-512 VNNI: a block's 64 code bytes in one load; plane l
-/// (bits 2l) of its low half pairs with activations 32l.., of its high half
-/// with 128 + 32l.., which is `interleave`'s layout (the same as I2_S's).
-/// The finish (per block: (dot - bsum) * (scale * d), summed in block
-/// order) runs on 16 rows at once, one row per lane: the same operations in
-/// the same order per row as `tq2_finish`, so the same bits, at a tenth of
-/// its scalar cost (it was 12% of decoding).
+/// Many rows of a format with a scale per 256-weight block (TQ2_0, TQ1_0;
+/// `BLOCK` bytes per block, ending with its f16 scale) against Q8K
+/// activations, with AVX-512: `partial(block, b)` gives 16 lanes whose sum
+/// is the code dot of `block` (block b of some row).
+///
+/// Rows go 16 at a time, block by block: block b of the 16 rows gives 16
+/// vectors of partial sums, which one transposing add tree turns into one
+/// vector holding the 16 rows' block dots (lane r = row r), and the 16
+/// rows' scales of block b come in with one gather. The finish (per block:
+/// (dot - bsum) * (scale * d), summed in block order) then runs on the 16
+/// rows at once, one row per lane: the same operations in the same order
+/// per row as `ternary_blocks_finish`, so the same bits. Per block and row
+/// that is a sixth of an add tree where there was a horizontal sum, a
+/// scalar f16 conversion and two scratch stores. The next group of rows is
+/// prefetched while this one is read (its rows are read across, not along).
+#[inline(always)]
+unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    bsums: &[i32],
+    d: &[f32],
+    out: &mut [f32],
+    partial: impl Fn(*const u8, usize) -> std::arch::x86_64::__m512i,
+) {
+    use std::arch::x86_64::*;
+    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
+    let blocks = row_bytes / BLOCK;
+    // Row r's 4 bytes ending with its block 0 (the f16 scale in their high half).
+    let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let scale_at = _mm512_add_epi32(
+        _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
+        _mm512_set1_epi32(BLOCK as i32 - 4),
+    );
+    let zero = _mm512_setzero_si512();
+    for (group, out) in rows.chunks(TQ2_LANES * row_bytes).zip(out.chunks_mut(TQ2_LANES)) {
+        let n = group.len() / row_bytes;
+        let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..blocks {
+            // SAFETY: block b of row r < n is BLOCK bytes inside `group`.
+            let at = |r: usize| {
+                let block = group.as_ptr().add(r * row_bytes + b * BLOCK);
+                prefetch(block, pf);
+                partial(block, b)
+            };
+            // The add tree, rows paired as they come: after level 1 each
+            // 128-bit lane of t[k] holds rows 2k and 2k+1's sums of lanes
+            // 0+2 and 1+3; after level 2, of u[k], rows 4k..4k+4 whole per
+            // 128-bit lane; levels 3 and 4 add the 128-bit lanes, leaving
+            // row r in lane r.
+            let mut t = [zero; TQ2_LANES / 2];
+            for (k, t) in t.iter_mut().enumerate().take(n.div_ceil(2)) {
+                let x = at(2 * k);
+                let y = if 2 * k + 1 < n { at(2 * k + 1) } else { zero };
+                *t = _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+            }
+            let pairs =
+                |x: __m512i, y: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+            let u = [pairs(t[0], t[1]), pairs(t[2], t[3]), pairs(t[4], t[5]), pairs(t[6], t[7])];
+            let lanes = |x: __m512i, y: __m512i| {
+                _mm512_add_epi32(_mm512_shuffle_i32x4(x, y, 0b10_00_10_00), _mm512_shuffle_i32x4(x, y, 0b11_01_11_01))
+            };
+            let dots = lanes(lanes(u[0], u[1]), lanes(u[2], u[3]));
+            // SAFETY: only live lanes (rows < n) are read, each inside its row.
+            let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * BLOCK) as i32));
+            let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
+            let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+            let dot = _mm512_sub_epi32(dots, _mm512_set1_epi32(bsums[b]));
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[b]));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+        }
+        let mut lanes = [0f32; TQ2_LANES];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+        out.copy_from_slice(&lanes[..out.len()]);
+    }
+}
+
+/// TQ2_0 rows with AVX-512 VNNI (see `blockwise_rows_avx512`): a block's
+/// 64 code bytes in one load; plane l (bits 2l) of its low half pairs with
+/// activations 32l.., of its high half with 128 + 32l.., which is
+/// `interleave`'s layout (the same as I2_S's).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 pub(super) unsafe fn tq2_rows_vnni(
     rows: &[u8],
@@ -200,47 +274,20 @@ pub(super) unsafe fn tq2_rows_vnni(
 ) {
     use std::arch::x86_64::*;
     let mask = _mm512_set1_epi8(3);
-    let pf = prefetch_distance();
-    let blocks = row_bytes / 66;
-    // Block-major scratch for one group: dots[b][lane], scales[b][lane].
-    let mut dots = vec![0i32; blocks * TQ2_LANES];
-    let mut scales = vec![0f32; blocks * TQ2_LANES];
-    for (group, out) in rows.chunks(TQ2_LANES * row_bytes).zip(out.chunks_mut(TQ2_LANES)) {
-        for (lane, row) in group.chunks_exact(row_bytes).enumerate() {
-            for b in 0..blocks {
-                // SAFETY (all loads): block b has 66 bytes in row, qi 256 per block.
-                let block = row.as_ptr().add(b * 66);
-                prefetch(block, pf);
-                let w = _mm512_loadu_si512(block.cast());
-                let a = qi.as_ptr().add(b * 256);
-                let c0 = _mm512_and_si512(w, mask);
-                let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
-                let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
-                let c3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
-                let acc0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_loadu_si512(a.cast()));
-                let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c1, _mm512_loadu_si512(a.add(64).cast()));
-                let acc0 = _mm512_dpbusd_epi32(acc0, c2, _mm512_loadu_si512(a.add(128).cast()));
-                let acc1 = _mm512_dpbusd_epi32(acc1, c3, _mm512_loadu_si512(a.add(192).cast()));
-                let s = _mm512_add_epi32(acc0, acc1);
-                dots[b * TQ2_LANES + lane] =
-                    hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1)));
-                scales[b * TQ2_LANES + lane] = f16_le_to_f32(&row[b * 66 + 64..]);
-            }
-        }
-        let mut acc = _mm512_setzero_ps();
-        for b in 0..blocks {
-            // SAFETY: the scratch holds TQ2_LANES values per block.
-            let dot = _mm512_sub_epi32(
-                _mm512_loadu_si512(dots.as_ptr().add(b * TQ2_LANES).cast()),
-                _mm512_set1_epi32(bsums[b]),
-            );
-            let scale = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(b * TQ2_LANES)), _mm512_set1_ps(d[b]));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
-        }
-        let mut lanes = [0f32; TQ2_LANES];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-        out.copy_from_slice(&lanes[..out.len()]);
-    }
+    // SAFETY: blocks are 66 bytes (64 loaded); qi has 256 per block.
+    blockwise_rows_avx512::<66>(rows, row_bytes, bsums, d, out, |block, b| {
+        let a = qi.as_ptr().add(b * 256);
+        let w = _mm512_loadu_si512(block.cast());
+        let c0 = _mm512_and_si512(w, mask);
+        let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
+        let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+        let c3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
+        let acc0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_loadu_si512(a.cast()));
+        let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c1, _mm512_loadu_si512(a.add(64).cast()));
+        let acc0 = _mm512_dpbusd_epi32(acc0, c2, _mm512_loadu_si512(a.add(128).cast()));
+        let acc1 = _mm512_dpbusd_epi32(acc1, c3, _mm512_loadu_si512(a.add(192).cast()));
+        _mm512_add_epi32(acc0, acc1)
+    })
 }
 
 /// TQ1_0 with AVX2, activations in file order. The digits come out as
@@ -297,9 +344,10 @@ pub(super) unsafe fn tq1_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) 
 /// 32 first bytes broadcast to both halves and multiplied by 1 | 3, then 9,
 /// 81; the next 16 to all four quarters by 1 | 3 | 9 | 27, then 81; the
 /// last 4 by 1, 3, 9, 27), each digit vector one vpdpbusd: about half the
-/// operations of the AVX2 kernel per block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-pub(super) unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) {
+/// operations of the AVX2 kernel per block. Returns 16 lanes whose sum is
+/// the block's code dot.
+#[inline(always)]
+unsafe fn tq1_block_vnni(block: *const u8, qb: *const i8) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
     let (k85, k170, one) = (_mm512_set1_epi8(85), _mm512_set1_epi8(170u8 as i8), _mm512_set1_epi8(1));
     let digits = |t: __m512i| {
@@ -320,28 +368,46 @@ pub(super) unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) 
     );
     // Low quarter: the 16 bytes times 81; next: the 4 bytes times 1, 3, 9, 27.
     let by_81_qh = _mm512_castsi256_si512(_mm256_setr_epi16(81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27));
+    // SAFETY (all loads): the caller's block has 54 bytes, qb 256.
+    let b = block;
+    let p01 = mul8(_mm512_broadcast_i64x4(_mm256_loadu_si256(b.cast())), by_1_3);
+    let p23 = mul8(p01, _mm512_set1_epi16(9));
+    let p45 = mul8(p01, _mm512_set1_epi16(81));
+    let r = _mm_loadu_si128(b.add(32).cast());
+    let r0123 = mul8(_mm512_broadcast_i32x4(r), by_1_3_9_27);
+    let h = _mm_set1_epi32(b.add(48).cast::<i32>().read_unaligned());
+    let r4h = mul8(_mm512_castsi256_si512(_mm256_setr_m128i(r, h)), by_81_qh);
+    let v2 = _mm512_inserti64x4(p45, _mm512_castsi512_si256(r0123), 1);
+    let v3 = _mm512_inserti64x4(r0123, _mm512_castsi512_si256(r4h), 0);
+    let v3 = _mm512_shuffle_i64x2(v3, v3, 0b01_00_11_10);
+    let a = |k: usize| _mm512_loadu_si512(qb.add(64 * k).cast());
+    let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits(p01), a(0));
+    acc = _mm512_dpbusd_epi32(acc, digits(p23), a(1));
+    acc = _mm512_dpbusd_epi32(acc, digits(v2), a(2));
+    _mm512_dpbusd_epi32(acc, digits(v3), a(3))
+}
+
+/// Per-block TQ1_0 code dots of one row with AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
     let pf = prefetch_distance();
     for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
         prefetch(block.as_ptr(), pf);
-        // SAFETY (all loads): block has 54 bytes, qb 256.
-        let b = block.as_ptr();
-        let p01 = mul8(_mm512_broadcast_i64x4(_mm256_loadu_si256(b.cast())), by_1_3);
-        let p23 = mul8(p01, _mm512_set1_epi16(9));
-        let p45 = mul8(p01, _mm512_set1_epi16(81));
-        let r = _mm_loadu_si128(b.add(32).cast());
-        let r0123 = mul8(_mm512_broadcast_i32x4(r), by_1_3_9_27);
-        let h = _mm_set1_epi32(b.add(48).cast::<i32>().read_unaligned());
-        let r4h = mul8(_mm512_castsi256_si512(_mm256_setr_m128i(r, h)), by_81_qh);
-        let v2 = _mm512_inserti64x4(p45, _mm512_castsi512_si256(r0123), 1);
-        let v3 = _mm512_inserti64x4(r0123, _mm512_castsi512_si256(r4h), 0);
-        let v3 = _mm512_shuffle_i64x2(v3, v3, 0b01_00_11_10);
-        let a = |k: usize| _mm512_loadu_si512(qb.as_ptr().add(64 * k).cast());
-        let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits(p01), a(0));
-        acc = _mm512_dpbusd_epi32(acc, digits(p23), a(1));
-        acc = _mm512_dpbusd_epi32(acc, digits(v2), a(2));
-        acc = _mm512_dpbusd_epi32(acc, digits(v3), a(3));
+        // SAFETY: block has 54 bytes, qb 256.
+        let acc = tq1_block_vnni(block.as_ptr(), qb.as_ptr());
         *o = hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)));
     }
+}
+
+/// TQ1_0 rows with AVX-512 VNNI (see `blockwise_rows_avx512`), activations
+/// in file order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq1_rows_vnni(rows: &[u8], row_bytes: usize, q: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
+    // SAFETY: blocks are 54 bytes; q has 256 per block.
+    blockwise_rows_avx512::<54>(rows, row_bytes, bsums, d, out, |block, b| {
+        tq1_block_vnni(block, q.as_ptr().add(b * 256))
+    })
 }
 
 #[target_feature(enable = "avx2")]
