@@ -128,11 +128,14 @@ impl FakeBrowser {
             // In-process unless the test asks for the daemon: each test's
             // host is its own, and none leaves a daemon behind.
             .env("BITNET_HOST_DAEMON", "0")
+            .env_remove("BITNET_HOST_LOG")
+            .env_remove("BITNET_HOST_HARDWARE")
+            // After the removals: a test's recorded report must reach the
+            // host (it did not, until selection began to depend on the CPU
+            // family and the tests saw this machine's).
             .envs(env.iter().copied())
             .env("BITNET_HOST_HOME", home)
             .env("HOME", home)
-            .env_remove("BITNET_HOST_LOG")
-            .env_remove("BITNET_HOST_HARDWARE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
