@@ -10,7 +10,11 @@
 //! generated once under target/bench-models/.
 //!
 //! BITNET_REAL_SERVER=... cargo bench -p bitnet-host-tests --bench servers -- --bench
-//! (without --bench: a small model and one round, to see that it runs)
+//! (without --bench: a small model and one round, to see that it runs).
+//! BITNET_BENCH_FORMATS=i2_s,tq2_0,tq1_0 picks the weight formats (default
+//! i2_s); the runner inherits BITNET_KERNEL, so `BITNET_KERNEL=avx2` measures
+//! the engine as it runs on a CPU without AVX-512. These are the figures the
+//! catalog ships per CPU family (`[[measured]]` in binaries/variants.toml).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,12 +71,26 @@ fn main() {
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
     std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join(format!("{stem}-i2s.gguf"));
-    if !model.exists() {
-        println!("generating {} ...", model.display());
-        let shape = Shape { arch: "bitnet".into(), ..sizes.clone() };
-        write_atomic(&model, &random_model_as(&shape, 42, TernaryFormat::I2S)).unwrap();
+    let formats = std::env::var("BITNET_BENCH_FORMATS").unwrap_or_else(|_| "i2_s".into());
+    for format in formats.split(',') {
+        let (tag, tf) = match format {
+            "i2_s" => ("i2s", TernaryFormat::I2S),
+            "tq2_0" => ("tq2_0", TernaryFormat::TQ2_0),
+            "tq1_0" => ("tq1_0", TernaryFormat::TQ1_0),
+            other => panic!("BITNET_BENCH_FORMATS: unknown format {other} (i2_s, tq2_0, tq1_0)"),
+        };
+        let model = dir.join(format!("{stem}-{tag}.gguf"));
+        if !model.exists() {
+            println!("generating {} ...", model.display());
+            let shape = Shape { arch: "bitnet".into(), ..sizes.clone() };
+            write_atomic(&model, &random_model_as(&shape, 42, tf)).unwrap();
+        }
+        compare(&real, &model, format, &sizes, prompt_n, rounds);
     }
+}
+
+/// Rounds alternating between the two servers on `model`; medians printed.
+fn compare(real: &Path, model: &Path, format: &str, sizes: &Shape, prompt_n: usize, rounds: usize) {
     let host = Path::new(env!("CARGO_BIN_EXE_host-under-test"));
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(2).to_string();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -83,10 +101,11 @@ fn main() {
     let m = model.to_str().unwrap().to_string();
 
     println!(
-        "model: {} layers x {} hidden, `bitnet` graph, I2_S ({} MB); {prompt_n}-token prompt, 64 tokens decoded, {threads} threads",
+        "model: {} layers x {} hidden, `bitnet` graph, {format} ({} MB); {prompt_n}-token prompt, 64 tokens decoded, {threads} threads, runner kernels {}",
         sizes.n_layer,
         sizes.n_embd,
-        std::fs::metadata(&model).unwrap().len() >> 20
+        std::fs::metadata(model).unwrap().len() >> 20,
+        std::env::var("BITNET_KERNEL").unwrap_or_else(|_| "auto".into())
     );
     println!("round  server                       prompt tok/s  decode tok/s");
     let names = ["bitnet.cpp llama-server", "bitnet-host runner"];
