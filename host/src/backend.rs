@@ -108,6 +108,8 @@ pub fn load_config(dirs: Option<&HostDirs>) -> (ConfigFile, Option<String>) {
 /// Candidates for a model of `format` on this machine, with every skip.
 /// Looks in the active installed bundle (its own catalog) when an update
 /// installed one, else in `<data>/binaries` with the catalog built in.
+/// The CPU candidates are ordered by this machine's calibration when it
+/// has one, else by the catalog's figures for this CPU family.
 pub fn selection(
     dirs: Option<&HostDirs>,
     config: &ConfigFile,
@@ -117,7 +119,11 @@ pub fn selection(
     let bins = dirs.map(|d| BinariesDir::new(binaries_dir(d)));
     let catalog = bins.as_ref().and_then(installed_catalog).unwrap_or_else(Catalog::bundled);
     let dir = bins.as_ref().map(BinariesDir::active_dir);
-    selection_in(&catalog, dir.as_deref(), config, report, format, which::which("llama-server").ok())
+    let path_server = which::which("llama-server").ok();
+    let threads = config.settings(physical_cores()).threads as u32;
+    let stamp_of = |c: &str| crate::calibration::stamp(c, &catalog, dir.as_deref(), path_server.as_deref());
+    let calibrated = crate::calibration::current(dirs, report, threads, &stamp_of);
+    selection_in(&catalog, dir.as_deref(), config, report, format, path_server.clone(), &calibrated)
 }
 
 /// The active bundle's catalog; a bad one is logged and ignored.
@@ -126,7 +132,8 @@ fn installed_catalog(bins: &BinariesDir) -> Option<Catalog> {
     Catalog::parse(&text).map_err(|e| tracing::error!("installed catalog: {e}; using the built-in one")).ok()
 }
 
-/// Selection over `catalog` with its files looked up in `dir`.
+/// Selection over `catalog` with its files looked up in `dir`, and
+/// `calibrated` this machine's figures that still hold.
 pub fn selection_in(
     catalog: &Catalog,
     dir: Option<&Path>,
@@ -134,9 +141,11 @@ pub fn selection_in(
     report: &HardwareReport,
     format: Option<&str>,
     path_server: Option<PathBuf>,
+    calibrated: &[bitnet_supervisor::Measured],
 ) -> Selection {
     let installed = |file: &str| dir.map(|b| b.join(file)).filter(|p| p.is_file());
     let prefs = config.preferences();
+    let family = crate::calibration::family(report);
     bitnet_supervisor::select(&Inputs {
         report,
         catalog,
@@ -144,6 +153,8 @@ pub fn selection_in(
         model_format: format,
         prefs: &prefs,
         path_server,
+        cpu_family: Some(&family),
+        calibrated,
     })
 }
 
@@ -254,7 +265,7 @@ pub struct FoundModel {
 type Stamp = (u64, Option<std::time::SystemTime>);
 
 /// The number of physical cores, the default thread count.
-fn physical_cores() -> usize {
+pub fn physical_cores() -> usize {
     sysinfo::System::physical_core_count()
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)

@@ -13,6 +13,7 @@ pub mod http_api;
 pub mod native;
 // Services the handlers and front-ends use.
 pub mod backend;
+pub mod calibration;
 pub mod catalog;
 pub mod dirs;
 pub mod hardware;

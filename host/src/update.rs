@@ -301,7 +301,7 @@ async fn health_check(
     let info = crate::backend::inspect_model(model).await.map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(dir.join(bitnet_installer::release::VARIANTS)).map_err(|e| e.to_string())?;
     let catalog = Catalog::parse(&text).map_err(|e| e.to_string())?;
-    let sel = crate::backend::selection_in(&catalog, Some(dir), config, report, info.format.as_deref(), None);
+    let sel = crate::backend::selection_in(&catalog, Some(dir), config, report, info.format.as_deref(), None, &[]);
     let Some(first) = sel.candidates.into_iter().find(|c| matches!(c.launch, Launch::Bundled { .. })) else {
         return Ok(());
     };

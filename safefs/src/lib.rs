@@ -103,6 +103,22 @@ pub fn read_to_string(path: &Path, limit: u64) -> Result<String, SafeFsError> {
     })
 }
 
+/// Writes `bytes` to `path` atomically: a temporary file beside it,
+/// flushed to disk, renamed over it. A crash leaves the old file or the new
+/// one, never half of one. The folder is made if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,7 +178,15 @@ pub fn dist(opts: &DistOptions) -> Result<DistReport> {
     }
     let missing: Vec<(String, String)> =
         catalog.variants.iter().filter(|v| !given.contains(&v.file)).map(|v| (v.id.clone(), v.file.clone())).collect();
-    let shipped = Catalog { variants: catalog.variants.iter().filter(|v| given.contains(&v.file)).cloned().collect() };
+    let kept: Vec<_> = catalog.variants.iter().filter(|v| given.contains(&v.file)).cloned().collect();
+    // Speed figures travel with the variants they compare (and the engine's).
+    let measured = catalog
+        .measured
+        .iter()
+        .filter(|m| m.candidate == "builtin" || kept.iter().any(|v| v.id == m.candidate))
+        .cloned()
+        .collect();
+    let shipped = Catalog { variants: kept, measured };
     let variants = toml::to_string(&shipped)?;
     // Host archives.
     let mut written = Vec::new();

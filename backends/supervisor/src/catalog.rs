@@ -41,6 +41,10 @@ pub struct Variant {
 pub struct Catalog {
     #[serde(rename = "variant")]
     pub variants: Vec<Variant>,
+    /// Figures per CPU family that order the CPU candidates where this
+    /// machine has no calibration of its own ([`crate::merit`]).
+    #[serde(default)]
+    pub measured: Vec<crate::merit::Measured>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,15 @@ impl Catalog {
             }
             if v.formats.is_empty() {
                 return Err(invalid("lists no model format"));
+            }
+        }
+        for m in &c.measured {
+            let invalid = |problem: &str| CatalogError::Invalid { id: m.candidate.clone(), problem: problem.into() };
+            if m.candidate != "builtin" && !seen.contains(m.candidate.as_str()) {
+                return Err(invalid("[[measured]] names no variant of this catalog (nor `builtin`)"));
+            }
+            if let Some(problem) = m.problem() {
+                return Err(invalid(problem));
             }
         }
         Ok(c)

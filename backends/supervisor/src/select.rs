@@ -9,6 +9,7 @@ use bitnet_probe::{HardwareReport, Section};
 use serde::Serialize;
 
 use crate::catalog::{parse_capability, Catalog, GpuApi, Variant};
+use crate::merit::{Measured, Merit};
 
 /// Formats the built-in engine loads.
 pub const BUILTIN_FORMATS: &[&str] = &["f32", "f16", "bf16", "q8_0", "q6_k", "tq1_0", "tq2_0", "i2_s"];
@@ -66,6 +67,8 @@ pub struct Selection {
     /// Best first; the supervisor tries them in order.
     pub candidates: Vec<Candidate>,
     pub skipped: Vec<Skipped>,
+    /// What the CPU candidates' order rests on.
+    pub merit: Merit,
 }
 
 /// What selection reads besides the report and catalog.
@@ -79,6 +82,11 @@ pub struct Inputs<'a> {
     pub prefs: &'a Preferences,
     /// What `which llama-server` found.
     pub path_server: Option<PathBuf>,
+    /// This CPU's family for the speed figures ([`crate::merit::family`]).
+    pub cpu_family: Option<&'a str>,
+    /// This machine's own calibration, entries that still hold (same
+    /// machine, binaries and threads).
+    pub calibrated: &'a [Measured],
 }
 
 /// Why variant `v` cannot run here, or None when it can. A variant the
@@ -221,5 +229,7 @@ pub fn select(inp: &Inputs) -> Selection {
 
     // Stable: equal ranks keep catalog order.
     candidates.sort_by_key(|c| std::cmp::Reverse(c.rank));
-    Selection { candidates, skipped }
+    let merit =
+        crate::merit::order(&mut candidates, inp.model_format, inp.cpu_family, inp.calibrated, &inp.catalog.measured);
+    Selection { candidates, skipped, merit }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use bitnet_probe::*;
-use bitnet_supervisor::{select, Catalog, Inputs, Preferences, Selection};
+use bitnet_supervisor::{select, Catalog, GpuApi, Inputs, Preferences, Selection};
 
 fn report(os: &str, arch: &str, features: &[&str]) -> HardwareReport {
     HardwareReport {
@@ -61,6 +61,8 @@ fn run(r: &HardwareReport, format: Option<&str>, prefs: &Preferences) -> Selecti
         model_format: format,
         prefs,
         path_server: None,
+        cpu_family: None,
+        calibrated: &[],
     })
 }
 
@@ -187,6 +189,8 @@ fn run_uninstalled(r: &HardwareReport, prefs: &Preferences, path_server: Option<
         model_format: None,
         prefs,
         path_server: path_server.map(PathBuf::from),
+        cpu_family: None,
+        calibrated: &[],
     })
 }
 
@@ -216,4 +220,69 @@ fn a_format_nobody_loads_leaves_no_candidate_and_says_why() {
     let s = run(&report("linux", "x86_64", X86_AVX2), Some("tl2"), &Preferences::default());
     assert!(s.candidates.is_empty());
     assert_eq!(reason(&s, "builtin"), "cannot load tl2 models");
+}
+
+/// The catalog's speed figures decide the order of the CPU candidates on
+/// each CPU family and format they cover: the one that answers the
+/// reference turn sooner goes first, GPU builds keep their places above.
+#[test]
+fn cpu_candidates_follow_the_catalog_figures_for_their_cpu_family() {
+    let catalog = Catalog::bundled();
+    let installed = |f: &str| Some(PathBuf::from("/bin").join(f));
+    let prefs = Preferences::default();
+    let mut checked = 0;
+    for m in &catalog.measured {
+        let (arch, _) = m.family.split_once('-').unwrap();
+        let Some(v) = catalog
+            .variants
+            .iter()
+            .find(|v| v.id == m.candidate || (m.candidate == "builtin" && v.arch == arch && v.gpu == GpuApi::None))
+        else {
+            continue;
+        };
+        let mut features: Vec<&str> = v.cpu_features.iter().map(String::as_str).collect();
+        features.extend(["avx", "avx2", "fma", "f16c"].iter().filter(|_| arch == "x86_64"));
+        let r = report(&v.os, arch, &features);
+        let sel = select(&Inputs {
+            report: &r,
+            catalog: &catalog,
+            installed: &installed,
+            model_format: Some(&m.format),
+            prefs: &prefs,
+            path_server: None,
+            cpu_family: Some(&m.family),
+            calibrated: &[],
+        });
+        let mut want: Vec<&bitnet_supervisor::Measured> = catalog
+            .measured
+            .iter()
+            .filter(|x| {
+                x.family == m.family && x.format == m.format && sel.candidates.iter().any(|c| c.id == x.candidate)
+            })
+            .collect();
+        if want.len() < 2 {
+            continue;
+        }
+        want.sort_by(|a, b| a.turn_secs().total_cmp(&b.turn_secs()));
+        let cpu: Vec<&str> = sel.candidates.iter().filter(|c| c.gpu == GpuApi::None).map(|c| c.id.as_str()).collect();
+        let want: Vec<&str> = want.iter().map(|x| x.candidate.as_str()).collect();
+        assert_eq!(cpu[..want.len()], want[..], "{} {}: {}", m.family, m.format, sel.merit.why);
+        assert_eq!(sel.merit.basis, bitnet_supervisor::Basis::Shipped);
+        checked += 1;
+    }
+    assert!(checked >= 2, "the catalog ships figures for at least one family and format");
+    // On this kind of CPU, I2_S: the engine's AVX-512 VNNI kernels beat
+    // bitnet.cpp's AVX2 build (tests/benches/servers.rs).
+    let r = report("linux", "x86_64", &[X86_AVX2, &["avx512f", "avx512bw", "avx512vnni"]].concat());
+    let sel = select(&Inputs {
+        report: &r,
+        catalog: &catalog,
+        installed: &installed,
+        model_format: Some("i2_s"),
+        prefs: &prefs,
+        path_server: None,
+        cpu_family: Some("x86_64-avx512vnni"),
+        calibrated: &[],
+    });
+    assert_eq!(ids(&sel), ["builtin", "bitnet-cpu-linux-x86_64"], "{}", sel.merit.why);
 }

@@ -3,9 +3,6 @@
 //! can be tried before a real model is downloaded), and the test and
 //! benchmark models.
 
-use std::io::Write;
-use std::path::Path;
-
 use half::f16;
 
 use crate::gguf::Value;
@@ -369,19 +366,8 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
     gguf_bytes(&meta, &tensors)
 }
 
-/// Write `bytes` to `path` atomically (temp file + rename): a crash never
-/// leaves half a model behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
+/// Models are written atomically: a crash never leaves half of one behind.
+pub use bitnet_safefs::write_atomic;
 
 #[cfg(test)]
 mod tests {

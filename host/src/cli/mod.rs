@@ -11,6 +11,7 @@ use crate::dirs::HostDirs;
 use crate::native::{self, Caller};
 use crate::App;
 
+mod calibrate;
 pub mod chat;
 mod ps;
 pub mod setup;
@@ -119,6 +120,19 @@ enum Command {
         /// Threads (default: physical cores); give several to compare, e.g. -t 1,2
         #[arg(long, short = 't', value_delimiter = ',')]
         threads: Vec<usize>,
+    },
+    /// Time every candidate that runs a model on this CPU (bundled builds, the built-in
+    /// engine) and order them by what they measured here from then on
+    Calibrate {
+        /// A GGUF model file, or a name as `models` lists it (default: as for `chat`)
+        #[arg(long, short = 'm')]
+        model: Option<std::path::PathBuf>,
+        /// Timed completions per candidate (the median counts)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Print the figures and the new order as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Download a model into the models folder (verified, resumable): a catalog name
     /// (`pull --list`), a URL, or a Hugging Face owner/repo with --file
@@ -340,6 +354,9 @@ pub fn main() -> ExitCode {
             _ => catalog_list(),
         },
         Command::Bench { model, prompt, generate, threads } => bench(model.as_deref(), prompt, generate, threads),
+        Command::Calibrate { model, rounds, json } => {
+            crate::cli::calibrate::calibrate(crate::cli::calibrate::Args { model, rounds, json })
+        }
         Command::Install(a) => crate::cli::setup::install(a),
         Command::Daemon => run_daemon(),
         Command::Service { action } => crate::cli::setup::service(match action {
@@ -419,7 +436,16 @@ fn select(model: Option<&std::path::Path>, format: Option<&str>, explain: bool, 
             ));
         }
     }
+    if sel.candidates.len() > 1 {
+        text.push_str(&format!("{}\n", sel.merit.why));
+    }
     if explain {
+        for m in &sel.merit.figures {
+            text.push_str(&format!(
+                "  {:<30} prompt {:.1} tok/s, decode {:.2} tok/s, {} threads ({})\n",
+                m.candidate, m.prompt_tok_s, m.decode_tok_s, m.threads, m.source
+            ));
+        }
         text.push_str("Skipped:\n");
         for s in &sel.skipped {
             text.push_str(&format!("  {:<30} {}\n", s.id, s.reason));

@@ -30,7 +30,10 @@
 //!
 //! `--fault-times N` (`STANDIN_FAULT_TIMES`) with `--fault-state FILE`
 //! (`STANDIN_FAULT_STATE`) applies the faults only to the first N starts.
-//! `STANDIN_TOKEN_DELAY_MS` paces streamed tokens. `STANDIN_ARGV_LOG=FILE`
+//! `STANDIN_TOKEN_DELAY_MS` paces streamed tokens. llama-server's native
+//! `/completion` (not streamed) works at `STANDIN_SPEED=PROMPT,DECODE` tokens/s
+//! (a prompt token per byte; default: as fast as it can) and reports what it
+//! took in llama-server's `timings`, as calibration reads them. `STANDIN_ARGV_LOG=FILE`
 //! appends the argv (one JSON array per line) for tests to inspect.
 
 // Handlers return a ready Response as their error; one per request, never hot.
@@ -235,6 +238,7 @@ async fn serve(opts: Opts) {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/completion", post(native_completion))
         .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
@@ -380,6 +384,56 @@ async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Stri
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'prompt' is required");
     };
     generate(app, &body, &prompt, false)
+}
+
+/// llama-server's own completion endpoint: the prompt read and the tokens
+/// made at `STANDIN_SPEED`, each phase timed, `timings` as llama-server
+/// reports them.
+async fn native_completion(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Err(r) = admit(&app, &headers) {
+        return r;
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // Text, or token ids as llama-server takes them (one byte each here).
+    let prompt = match &body["prompt"] {
+        Value::String(p) => p.clone(),
+        Value::Array(ids) => ids.iter().filter_map(Value::as_u64).map(|b| char::from(b as u8)).collect(),
+        _ => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'prompt' is required"),
+    };
+    let (pp, tg) = std::env::var("STANDIN_SPEED")
+        .ok()
+        .and_then(|s| {
+            let (a, b) = s.split_once(',')?;
+            Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?))
+        })
+        .unwrap_or((f64::INFINITY, f64::INFINITY));
+    let n = body["n_predict"].as_u64().unwrap_or(16) as usize;
+    let mut tokens = reply_tokens(&prompt, Some(n as u64));
+    if body["ignore_eos"] == true {
+        tokens.extend((tokens.len()..n).map(|i| format!(" t{i}")));
+    }
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(prompt.len() as f64 / pp)).await;
+    let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = std::time::Instant::now();
+    // One sleep for all of them (the answer is not streamed): timers are
+    // too coarse for one per token at high speeds.
+    tokio::time::sleep(Duration::from_secs_f64(tokens.len() as f64 / tg)).await;
+    let predicted_ms = t1.elapsed().as_secs_f64() * 1e3;
+    app.tokens_sent.fetch_add(tokens.len() as u64, Ordering::SeqCst);
+    let per_s = |n: usize, ms: f64| n as f64 / (ms.max(1e-3) / 1e3);
+    Json(json!({
+        "content": tokens.concat(), "stop": true, "tokens_predicted": tokens.len(), "model": model_id(&app),
+        "timings": {
+            "prompt_n": prompt.len(), "prompt_ms": prompt_ms, "prompt_per_second": per_s(prompt.len(), prompt_ms),
+            "predicted_n": tokens.len(), "predicted_ms": predicted_ms,
+            "predicted_per_second": per_s(tokens.len(), predicted_ms),
+        }
+    }))
+    .into_response()
 }
 
 /// Chat (`chat = true`) or text completion, streamed or not.

@@ -2,6 +2,7 @@
 //! One integration-test binary (as in ripgrep); one module per area.
 
 mod browser;
+mod calibrate;
 mod cli;
 // The daemon is Unix-only until its named-pipe transport exists.
 #[cfg(unix)]

@@ -249,19 +249,7 @@ enum HostBuild {
 }
 
 fn record_report(home: &Path) -> PathBuf {
-    let out = Command::new(host_bin())
-        .args(["hardware", "--json"])
-        .env("BITNET_HOST_HOME", home)
-        .env_remove("BITNET_HOST_HARDWARE")
-        .output()
-        .unwrap();
-    let mut report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["os"]["family"] = json!("linux");
-    report["cpu"]["arch"] = json!("x86_64");
-    report["cpu"]["features"] = json!(["sse4.2", "avx", "avx2", "fma", "f16c"]);
-    let file = home.join("report.json");
-    std::fs::write(&file, report.to_string()).unwrap();
-    file
+    bitnet_host_tests::standin::record_avx2_report(host_bin(), home)
 }
 
 fn text(o: &Output) -> String {
@@ -560,6 +548,8 @@ fn a_dist_bundle_installs_per_platform_and_selection_picks_the_right_file() {
             model_format: Some(format),
             prefs: &Preferences::default(),
             path_server: None,
+            cpu_family: None,
+            calibrated: &[],
         });
         let first = sel.candidates.first().unwrap_or_else(|| panic!("{os}/{arch}: nothing selected: {sel:?}"));
         match &first.launch {
