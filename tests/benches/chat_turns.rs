@@ -13,15 +13,13 @@
 //! (a quick run on a small shape without --bench; the 2B4T-shaped file is
 //! generated once under target/bench-models/, shared with the engine bench)
 
-use std::path::PathBuf;
-
 use std::sync::Arc;
 use std::time::Instant;
 
 use bitnet_ternary::batch::Batcher;
 use bitnet_ternary::engine::{Engine, Generate};
 use bitnet_ternary::sampler::SamplerConfig;
-use bitnet_ternary::writer::{random_model_as, write_atomic, Shape, TernaryFormat};
+use bitnet_ternary::writer::{Shape, TernaryFormat};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -30,12 +28,7 @@ fn main() {
     } else {
         (Shape::default_model(), "b158-small", 200, 20)
     };
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
-    let path = dir.join(format!("{stem}-i2s.gguf"));
-    if !path.exists() {
-        println!("generating {} ...", path.display());
-        write_atomic(&path, &random_model_as(&shape, 42, TernaryFormat::I2S)).unwrap();
-    }
+    let path = bitnet_host_tests::bench::model(stem, &shape, TernaryFormat::I2S);
     let engine = Arc::new(Engine::load(&path, history + new + 64).unwrap());
     let vocab = engine.model.hp.n_vocab as u32;
     // Fixed ids, as llama-bench's are; the history and the new message.

@@ -6,14 +6,13 @@
 //! the fraction of the bandwidth ceiling decoding reaches.
 //!
 //! cargo bench -p bitnet-host-tests --bench engine -- --bench
+//! (BITNET_BENCH_FORMATS=i2_s,tq2_0,tq1_0 picks formats; default all)
 //! (quick run on a small shape without --bench; the 2B4T-shaped file, about
 //! 1.2 GB, is generated once under target/bench-models/)
 
-use std::path::PathBuf;
-
 use bitnet_ternary::bench::{read_bandwidth, speed};
 use bitnet_ternary::model::Model;
-use bitnet_ternary::writer::{random_model_as, write_atomic, Shape, TernaryFormat};
+use bitnet_ternary::writer::Shape;
 
 /// Rounds per thread count: this VM's bandwidth moves 10-20% between
 /// runs, so each decode run is paired with a bandwidth measurement taken
@@ -27,17 +26,10 @@ fn main() {
     } else {
         (Shape::default_model(), "b158-small", 16, 16)
     };
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bw_bytes = if full { 2 << 30 } else { 256 << 20 };
-    for (format, suffix) in
-        [(TernaryFormat::I2S, "i2s"), (TernaryFormat::TQ2_0, "tq2_0"), (TernaryFormat::TQ1_0, "tq1_0")]
-    {
-        let path = dir.join(format!("{stem}-{suffix}.gguf"));
-        if !path.exists() {
-            println!("generating {} ...", path.display());
-            write_atomic(&path, &random_model_as(&shape, 42, format)).unwrap();
-        }
+    for (_, format) in bitnet_host_tests::bench::formats(&["i2_s", "tq2_0", "tq1_0"]) {
+        let path = bitnet_host_tests::bench::model(stem, &shape, format);
         run(&path, p, n, [1, cores], bw_bytes);
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bitnet_ternary::writer::{random_model_as, write_atomic, Shape, TernaryFormat};
+use bitnet_ternary::writer::Shape;
 use serde_json::{json, Value};
 
 struct Server(Child);
@@ -69,22 +69,9 @@ fn main() {
     } else {
         (Shape::default_model(), "bitnet-small", 64, 1)
     };
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
-    std::fs::create_dir_all(&dir).unwrap();
-    let formats = std::env::var("BITNET_BENCH_FORMATS").unwrap_or_else(|_| "i2_s".into());
-    for format in formats.split(',') {
-        let (tag, tf) = match format {
-            "i2_s" => ("i2s", TernaryFormat::I2S),
-            "tq2_0" => ("tq2_0", TernaryFormat::TQ2_0),
-            "tq1_0" => ("tq1_0", TernaryFormat::TQ1_0),
-            other => panic!("BITNET_BENCH_FORMATS: unknown format {other} (i2_s, tq2_0, tq1_0)"),
-        };
-        let model = dir.join(format!("{stem}-{tag}.gguf"));
-        if !model.exists() {
-            println!("generating {} ...", model.display());
-            let shape = Shape { arch: "bitnet".into(), ..sizes.clone() };
-            write_atomic(&model, &random_model_as(&shape, 42, tf)).unwrap();
-        }
+    let shape = Shape { arch: "bitnet".into(), ..sizes.clone() };
+    for (format, tf) in bitnet_host_tests::bench::formats(&["i2_s"]) {
+        let model = bitnet_host_tests::bench::model(stem, &shape, tf);
         compare(&real, &model, format, &sizes, prompt_n, rounds);
     }
 }

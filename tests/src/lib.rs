@@ -1,5 +1,6 @@
 //! Test support: a fake browser over stdio and the stand-in server's helpers.
 
+pub mod bench;
 pub mod browser;
 pub mod devtools;
 pub mod files;

@@ -1,0 +1,49 @@
+//! What the benchmarks share: their generated models, and which weight
+//! formats a run measures (`BITNET_BENCH_FORMATS`).
+
+use std::path::PathBuf;
+
+use bitnet_ternary::writer::{random_model_as, write_atomic, Shape, TernaryFormat};
+
+/// The ternary formats the benchmarks generate, by their GGUF names.
+const FORMATS: [(&str, TernaryFormat); 3] =
+    [("i2_s", TernaryFormat::I2S), ("tq2_0", TernaryFormat::TQ2_0), ("tq1_0", TernaryFormat::TQ1_0)];
+
+/// The formats `BITNET_BENCH_FORMATS` names (comma-separated), else
+/// `default`, in the order given. An unknown name stops the run with the
+/// list of known ones.
+pub fn formats(default: &[&str]) -> Vec<(&'static str, TernaryFormat)> {
+    let asked = std::env::var("BITNET_BENCH_FORMATS").ok();
+    let names: Vec<String> = match &asked {
+        Some(list) => list.split(',').map(|s| s.trim().to_lowercase()).collect(),
+        None => default.iter().map(|s| s.to_string()).collect(),
+    };
+    names
+        .iter()
+        .map(|n| {
+            *FORMATS
+                .iter()
+                .find(|(name, _)| name == n)
+                .unwrap_or_else(|| panic!("BITNET_BENCH_FORMATS: unknown format {n} (i2_s, tq2_0, tq1_0)"))
+        })
+        .collect()
+}
+
+/// `target/bench-models/<stem>-<format>.gguf` (I2_S as `i2s`), random
+/// ternary weights from seed 42 in `shape`, written once (atomically) and
+/// reused by every later run and every bench that asks for it.
+pub fn model(stem: &str, shape: &Shape, format: TernaryFormat) -> PathBuf {
+    let tag = match format {
+        TernaryFormat::I2S => "i2s",
+        TernaryFormat::TQ2_0 => "tq2_0",
+        TernaryFormat::TQ1_0 => "tq1_0",
+        TernaryFormat::F16 => "f16",
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
+    let path = dir.join(format!("{stem}-{tag}.gguf"));
+    if !path.exists() {
+        eprintln!("generating {} ...", path.display());
+        write_atomic(&path, &random_model_as(shape, 42, format)).expect("write the bench model");
+    }
+    path
+}
