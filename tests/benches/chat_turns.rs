@@ -9,9 +9,10 @@
 //! - decoding at 512 and 4,000 tokens of context with an f16 and an f32
 //!   KV cache (2 threads; the cache filled by a real prompt).
 //!
-//! cargo bench -p bitnet-host-tests --bench chat_turns -- --bench
+//! cargo bench -p bitnet-host-tests --bench chat_turns -- --bench [cache] [streams] [context]
 //! (a quick run on a small shape without --bench; the 2B4T-shaped file is
-//! generated once under target/bench-models/, shared with the engine bench)
+//! generated once under target/bench-models/, shared with the engine bench;
+//! naming parts runs only those)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,8 @@ use bitnet_ternary::writer::{Shape, TernaryFormat};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let part = |name: &str| named.is_empty() || named.iter().any(|n| n == name);
     let (shape, stem, history, new) = if full {
         (Shape::b158_2b4t(), "b158-2b4t-shape", 1000, 20)
     } else {
@@ -30,6 +33,20 @@ fn main() {
     };
     let path = bitnet_host_tests::bench::model(stem, &shape, TernaryFormat::I2S);
     let engine = Arc::new(Engine::load(&path, history + new + 64).unwrap());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if part("cache") {
+        cache(&engine, cores, history, new);
+    }
+    if part("streams") {
+        streams(&engine, cores, if full { 32 } else { 16 });
+    }
+    if part("context") {
+        long_context(&path, cores.min(2), if full { &[512, 4000] } else { &[64, 200] });
+    }
+}
+
+/// Time to the first token of turn 2, with the prompt cache and without.
+fn cache(engine: &Engine, cores: usize, history: usize, new: usize) {
     let vocab = engine.model.hp.n_vocab as u32;
     // Fixed ids, as llama-bench's are; the history and the new message.
     let ids = |n: usize, salt: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + salt) % vocab).collect() };
@@ -37,7 +54,6 @@ fn main() {
     let mut turn2 = turn1.clone();
     turn2.extend(ids(new, 2));
     let short = ids(new, 3);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
         "model: {} layers x {} hidden, I2_S; turn 2 = {history} tokens of history + {new} new; time to first token (prompt ms)",
         engine.model.hp.n_layer, engine.model.hp.n_embd
@@ -73,8 +89,6 @@ fn main() {
             );
         });
     }
-    streams(&engine, cores, if full { 32 } else { 16 });
-    long_context(&path, cores.min(2), if full { &[512, 4000] } else { &[64, 200] });
 }
 
 /// Decode tokens/s after `contexts` tokens of prompt, f16 against f32 KV.

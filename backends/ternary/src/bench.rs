@@ -38,6 +38,39 @@ pub fn speed(model: &Model, p: usize, n: usize, threads: usize) -> Speed {
     })
 }
 
+/// Aggregate decode tokens/s of `streams` sequences advanced together, one
+/// token each per forward pass (what the continuous batcher does once
+/// their prompts are in), each with its own cache after a `p`-token
+/// prompt; `n` steps. llama-batched-bench's S_TG, without the batcher's
+/// sampling and streaming.
+pub fn batched_decode(model: &Model, streams: usize, p: usize, n: usize, threads: usize) -> f64 {
+    let pool = crate::pool::Pool::new(threads);
+    pool.install(|| {
+        let vocab = model.hp.n_vocab as u32;
+        let mut caches: Vec<_> = (0..streams).map(|_| model.new_cache(p + n + 1)).collect();
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let prompt: Vec<u32> = (0..p as u32).map(|i| (i * 7919 + s as u32 * 104_729) % vocab).collect();
+            for chunk in prompt.chunks(crate::model::PREFILL_BATCH) {
+                model.forward_batch(chunk, cache);
+            }
+        }
+        let mut next: Vec<u32> = (0..streams as u32).map(|s| 1 + s).collect();
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut segs: Vec<_> = caches
+                .iter_mut()
+                .zip(&next)
+                .map(|(cache, t)| crate::model::Segment { tokens: std::slice::from_ref(t), cache })
+                .collect();
+            let logits = model.forward_segments(&mut segs);
+            for (t, l) in next.iter_mut().zip(&logits) {
+                *t = crate::sampler::argmax(l) as u32;
+            }
+        }
+        (streams * n) as f64 / t.elapsed().as_secs_f64()
+    })
+}
+
 /// Read bandwidth in bytes/s: a sum over `bytes` of memory (larger than
 /// the caches) split over `threads`, best of `reps`; with `prefetch` the
 /// sum asks for lines ahead as the kernels do (on this VM a plain sum

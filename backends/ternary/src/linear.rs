@@ -181,30 +181,20 @@ impl Linear {
                 let bytes = bytes.bytes();
                 let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_i8tok).collect();
                 let prepared: Vec<_> = acts.iter().map(|a| kernels::Prepared::new(&a.q)).collect();
+                let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
                 pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
-                    for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        // Eight tokens per pass over the row (the unpacking
-                        // shared by all eight), then four, then one.
-                        let mut t = 0;
-                        let finish = |out: &mut [f32], t: usize, d: &[i32]| {
-                            for (i, d) in d.iter().enumerate() {
-                                let a = &acts[t + i];
-                                out[t + i] = ((d - a.sum) as f32 / a.scale) * scale;
-                            }
-                        };
-                        while t + 8 <= n {
-                            let d = kernels::dot_i2s_xn_prepared::<8>(row, std::array::from_fn(|i| &prepared[t + i]));
-                            finish(out, t, &d);
-                            t += 8;
-                        }
-                        if t + 4 <= n {
-                            let d = kernels::dot_i2s_xn_prepared::<4>(row, std::array::from_fn(|i| &prepared[t + i]));
-                            finish(out, t, &d);
-                            t += 4;
-                        }
-                        for (o, a) in out[t..].iter_mut().zip(&acts[t..]) {
-                            *o = ((kernels::dot_i2s(row, &a.q) - a.sum) as f32 / a.scale) * scale;
+                    let mut dots = vec![0i32; part.len()];
+                    let m = part.len() / n;
+                    kernels::i2s_rows_tokens(
+                        &bytes[first * row_bytes..(first + m) * row_bytes],
+                        row_bytes,
+                        &prepared,
+                        &mut dots,
+                    );
+                    for (out, d) in part.chunks_exact_mut(n).zip(dots.chunks_exact(n)) {
+                        for ((o, d), a) in out.iter_mut().zip(d).zip(&acts) {
+                            // bitnet.cpp's order of operations, as the reference.
+                            *o = ((d - a.sum) as f32 / a.scale) * scale;
                         }
                     }
                 });
@@ -464,19 +454,8 @@ impl VocabMatrix {
                     _ => unreachable!(),
                 };
                 pool::for_each_rows_mut(&mut by_row, n, 2 * cols, |first, out| {
-                    for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
-                        let row = &w[r * cols..(r + 1) * cols];
-                        // Four vectors per pass over the row, then one.
-                        let mut j = 0;
-                        while j + 4 <= n {
-                            let d = kernels::dot_f16_x4(row, std::array::from_fn(|i| vectors[j + i]));
-                            o[j..j + 4].copy_from_slice(&d);
-                            j += 4;
-                        }
-                        for (y, x) in o[j..].iter_mut().zip(&vectors[j..]) {
-                            *y = kernels::dot_f16(row, x);
-                        }
-                    }
+                    let m = out.len() / n;
+                    kernels::f16_rows_many(&w[first * cols..(first + m) * cols], cols, &vectors, out);
                 })
             }
             VocabMatrix::Q8_0(m) => {

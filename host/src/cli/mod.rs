@@ -120,6 +120,10 @@ enum Command {
         /// Threads (default: physical cores); give several to compare, e.g. -t 1,2
         #[arg(long, short = 't', value_delimiter = ',')]
         threads: Vec<usize>,
+        /// Also decode this many sequences together, one token each per pass, as the
+        /// batcher does for concurrent requests (aggregate tokens/s); e.g. -s 1,2,4,8
+        #[arg(long, short = 's', value_delimiter = ',')]
+        streams: Vec<usize>,
     },
     /// Time every candidate that runs a model on this CPU (bundled builds, the built-in
     /// engine) and order them by what they measured here from then on
@@ -353,7 +357,9 @@ pub fn main() -> ExitCode {
             Some(source) if !list => pull(&source, file.as_deref(), sha256.as_deref()).map(|_| ()),
             _ => catalog_list(),
         },
-        Command::Bench { model, prompt, generate, threads } => bench(model.as_deref(), prompt, generate, threads),
+        Command::Bench { model, prompt, generate, threads, streams } => {
+            bench(model.as_deref(), prompt, generate, threads, streams)
+        }
         Command::Calibrate { model, rounds, json } => {
             crate::cli::calibrate::calibrate(crate::cli::calibrate::Args { model, rounds, json })
         }
@@ -464,7 +470,13 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(model: Option<&std::path::Path>, p: usize, n: usize, threads: Vec<usize>) -> anyhow::Result<()> {
+fn bench(
+    model: Option<&std::path::Path>,
+    p: usize,
+    n: usize,
+    threads: Vec<usize>,
+    streams: Vec<usize>,
+) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let model = &crate::cli::chat::resolve_model(&dirs, model.map(std::path::Path::to_path_buf), false)?;
     let m = bitnet_ternary::model::Model::load(model, None)?;
@@ -481,7 +493,7 @@ fn bench(model: Option<&std::path::Path>, p: usize, n: usize, threads: Vec<usize
         bitnet_ternary::kernels::isa()
     ));
     out("threads   pp tok/s   tg tok/s   tg GB/s\n");
-    for t in threads {
+    for &t in &threads {
         let s = bitnet_ternary::bench::speed(&m, p, n, t.max(1));
         out(&format!(
             "{:>7} {:>10.2} {:>10.2} {:>9.2}\n",
@@ -490,6 +502,19 @@ fn bench(model: Option<&std::path::Path>, p: usize, n: usize, threads: Vec<usize
             s.tg_tokens_per_s,
             s.tg_tokens_per_s * bytes as f64 / 1e9
         ));
+    }
+    if !streams.is_empty() {
+        // A short prompt each, then n steps of one token per stream.
+        out(&format!("batched decode after a {}-token prompt each, {n} steps: aggregate tokens/s\n", p.min(32)));
+        out("threads  streams  tg tok/s  vs 1 stream\n");
+        for &t in &threads {
+            let mut single = None;
+            for &s in &streams {
+                let rate = bitnet_ternary::bench::batched_decode(&m, s.max(1), p.clamp(1, 32), n.max(1), t.max(1));
+                let base = *single.get_or_insert(if s <= 1 { rate } else { f64::NAN });
+                out(&format!("{:>7} {:>8} {:>9.2} {:>11.2}x\n", t.max(1), s.max(1), rate, rate / base));
+            }
+        }
     }
     Ok(())
 }

@@ -530,6 +530,85 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
     }
 }
 
+/// Every row of `rows` (`row_bytes` each) against every token of `a`,
+/// integer dots into `out[r * a.len() + t]`: the many-token product
+/// (sequences decoded together, prompts). AVX-512 VNNI runs tiles of two
+/// rows by up to eight tokens (`x86::i2s_tile_vnni`); elsewhere each row
+/// goes through `dot_i2s_xn_prepared` eight and four tokens at a time, then
+/// `dot_i2s` per token. Each dot equals `dot_i2s_scalar`'s.
+pub fn i2s_rows_tokens(rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut [i32]) {
+    let n = a.len();
+    assert!(n > 0, "no tokens");
+    for p in a {
+        check_i2s(row_bytes, p.q.len());
+    }
+    let m = out.len() / n;
+    assert!(out.len() == m * n && rows.len() == m * row_bytes, "I2_S rows: {} bytes for {m} rows", rows.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512Vnni {
+        let mut tile = [0i32; 16];
+        let mut r = 0;
+        while r < m {
+            let height = if r + 4 <= m {
+                4
+            } else if r + 2 <= m {
+                2
+            } else {
+                1
+            };
+            let pair = &rows[r * row_bytes..(r + height) * row_bytes];
+            for (t0, group) in (0..).step_by(4).zip(a.chunks(4)) {
+                // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new
+                // interleaved for it; shapes checked above.
+                unsafe { i2s_tile_vnni(height, pair, row_bytes, group, &mut tile) };
+                let k = group.len();
+                for i in 0..height {
+                    out[(r + i) * n + t0..][..k].copy_from_slice(&tile[i * k..(i + 1) * k]);
+                }
+            }
+            r += height;
+        }
+        return;
+    }
+    for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+        let mut t = 0;
+        while t + 8 <= n {
+            out[t..t + 8].copy_from_slice(&dot_i2s_xn_prepared::<8>(row, std::array::from_fn(|i| a[t + i])));
+            t += 8;
+        }
+        if t + 4 <= n {
+            out[t..t + 4].copy_from_slice(&dot_i2s_xn_prepared::<4>(row, std::array::from_fn(|i| a[t + i])));
+            t += 4;
+        }
+        for (o, a) in out[t..].iter_mut().zip(&a[t..]) {
+            *o = dot_i2s(row, a.q);
+        }
+    }
+}
+
+/// `x86::i2s_tile_vnni` for a run-time height (1 or 2 rows) and token
+/// count (1 to 8), into `out[r * a.len() + t]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn i2s_tile_vnni(height: usize, rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut [i32]) {
+    macro_rules! tiles {
+        ($($n:literal)*) => {
+            match (height, a.len()) {
+                $(
+                    (1, $n) => x86::i2s_tile_vnni::<1, $n>(
+                        rows, row_bytes, std::array::from_fn(|i| &a[i].interleaved[..]), std::array::from_fn(|i| a[i].q), out),
+                    (2, $n) => x86::i2s_tile_vnni::<2, $n>(
+                        rows, row_bytes, std::array::from_fn(|i| &a[i].interleaved[..]), std::array::from_fn(|i| a[i].q), out),
+                    (4, $n) => x86::i2s_tile_vnni::<4, $n>(
+                        rows, row_bytes, std::array::from_fn(|i| &a[i].interleaved[..]), std::array::from_fn(|i| a[i].q), out),
+                )*
+                _ => unreachable!("tiles are 1, 2 or 4 rows by 1-4 tokens"),
+            }
+        };
+    }
+    tiles!(1 2 3 4)
+}
+
 /// Reference: round_half_even(x * scale) clamped to int8 per value (NaN
 /// -> 0), as `quant::round_to_i8` does it.
 pub fn quantize_row_scalar(x: &[f32], scale: f32, out: &mut [i8]) {
@@ -581,19 +660,56 @@ pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
     }
 }
 
-/// `dot_f16` of one row with four vectors at once: the same four results,
-/// bit for bit, with each weight converted once (AVX2; elsewhere four
-/// `dot_f16` calls).
-#[inline]
-pub fn dot_f16_x4(row: &[f16], xs: [&[f32]; 4]) -> [f32; 4] {
+/// `dot_f16` of every row of `rows` (`cols` each) with every vector of
+/// `xs`, into `out[r * xs.len() + j]` (the output matrix against several
+/// sequences): the same results, bit for bit, with each weight converted
+/// once per group of vectors (eight with AVX-512, four with AVX2, in tiles
+/// of a few rows whose columns go in passes that keep the vectors in L1;
+/// elsewhere one `dot_f16` per row and vector).
+pub fn f16_rows_many(rows: &[f16], cols: usize, xs: &[&[f32]], out: &mut [f32]) {
+    let n = xs.len();
+    assert!(n > 0 && cols > 0, "no vectors");
     for x in xs {
-        assert_eq!(row.len(), x.len(), "f16 dot of {} weights with {} activations", row.len(), x.len());
+        assert_eq!(cols, x.len(), "f16 dot of {cols} weights with {} activations", x.len());
     }
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX2, FMA and F16C; the lengths above.
-        Isa::Avx2 => unsafe { x86::dot_f16_x4_avx2(row, xs) },
-        _ => xs.map(|x| dot_f16(row, x)),
+    let m = rows.len() / cols;
+    assert!(rows.len() == m * cols && out.len() == m * n, "f16 rows: {} values for {m} rows", rows.len());
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa(), Isa::Avx512Vnni | Isa::Avx2) && n > 1 {
+        let group = 4;
+        let mut tile = [0f32; 8 * x86::F16_TILE_ROWS];
+        for (r0, block) in (0..).step_by(x86::F16_TILE_ROWS).zip(rows.chunks(x86::F16_TILE_ROWS * cols)) {
+            let h = block.len() / cols;
+            for (j0, xs) in (0..).step_by(group).zip(xs.chunks(group)) {
+                let k = xs.len();
+                macro_rules! groups {
+                    ($kernel:ident: $($n:literal)*) => {
+                        match k {
+                            $($n => x86::$kernel::<$n>(block, cols, std::array::from_fn(|i| xs[i]), &mut tile),)*
+                            _ => unreachable!("groups of at most 8"),
+                        }
+                    };
+                }
+                // SAFETY: isa() checked AVX2, FMA and F16C (and AVX-512 F
+                // for its arm); the lengths above.
+                unsafe {
+                    if isa() == Isa::Avx512Vnni {
+                        groups!(f16_tile_avx512: 1 2 3 4)
+                    } else {
+                        groups!(f16_tile_avx2: 1 2 3 4)
+                    }
+                }
+                for i in 0..h {
+                    out[(r0 + i) * n + j0..][..k].copy_from_slice(&tile[i * k..(i + 1) * k]);
+                }
+            }
+        }
+        return;
+    }
+    for (row, out) in rows.chunks_exact(cols).zip(out.chunks_exact_mut(n)) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = dot_f16(row, x);
+        }
     }
 }
 
@@ -732,6 +848,21 @@ mod tests {
                 assert_eq!(g, dot_i2s_scalar(&row, &qs8[t]), "x8 token {t} n={n}");
             }
             assert_eq!(dot_i2s_xn_prepared::<4>(&row, std::array::from_fn(|t| &prepared[t]))[..], got8[..4]);
+            // Many rows by many tokens (tiles of 2 x 8 and what is left).
+            for (m, tokens) in [(1usize, 1usize), (2, 3), (3, 8), (5, 11), (4, 16)] {
+                let rows: Vec<u8> = (0..m).flat_map(|r| row.iter().map(move |b| b.rotate_left(2 * r as u32))).collect();
+                let qs: Vec<Vec<i8>> =
+                    (0..tokens).map(|t| q.iter().map(|&v| v.wrapping_add((t * 53) as i8)).collect()).collect();
+                let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
+                let refs: Vec<&Prepared> = prepared.iter().collect();
+                let mut got = vec![0; m * tokens];
+                i2s_rows_tokens(&rows, row.len(), &refs, &mut got);
+                for (r, rw) in rows.chunks_exact(row.len()).enumerate() {
+                    for (t, q) in qs.iter().enumerate() {
+                        assert_eq!(got[r * tokens + t], dot_i2s_scalar(rw, q), "{m} rows x {tokens} tokens n={n}");
+                    }
+                }
+            }
         }
     }
 
@@ -1004,20 +1135,42 @@ mod tests {
                 let got = aarch64::dot_f16(&row, &x);
                 assert!((got - want).abs() <= 1e-4 * (n as f32).sqrt(), "neon n={n}: {got} vs {want}");
             }
-            // Four vectors at once: each the single-vector kernel's bits.
-            let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()).collect();
-            let four = dot_f16_x4(&row, std::array::from_fn(|j| &xs[j][..]));
-            for (j, x) in xs.iter().enumerate() {
-                assert_eq!(four[j].to_bits(), dot_f16(&row, x).to_bits(), "x4 n={n} vector {j}");
+            // Many rows by many vectors at once (1 to 11 vectors: groups of
+            // 8 or 4 and what is left; 1 to 9 rows: tiles and what is
+            // left): each the single-vector kernel's bits.
+            let xs: Vec<Vec<f32>> = (0..11).map(|_| (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()).collect();
+            let rows: Vec<f16> = (0..9 * n).map(|_| f16::from_f32(rng.next_f32() * 2.0 - 1.0)).collect();
+            for (k, m) in [(1, 1), (2, 3), (4, 4), (5, 9), (8, 5), (11, 2)] {
+                let vs: Vec<&[f32]> = xs[..k].iter().map(|x| &x[..]).collect();
+                let mut many = vec![0f32; m * k];
+                f16_rows_many(&rows[..m * n], n, &vs, &mut many);
+                for (r, row) in rows[..m * n].chunks_exact(n).enumerate() {
+                    for (j, x) in vs.iter().enumerate() {
+                        let want = dot_f16(row, x).to_bits();
+                        assert_eq!(many[r * k + j].to_bits(), want, "{m} rows x {k} vectors n={n}: ({r}, {j})");
+                    }
+                }
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                let mut four = [0f32; 4];
                 // SAFETY: checked just above; equal lengths.
-                let four = unsafe { x86::dot_f16_x4_avx2(&row, std::array::from_fn(|j| &xs[j][..])) };
-                for (j, x) in xs.iter().enumerate() {
+                unsafe { x86::f16_tile_avx2::<4>(&row, n, std::array::from_fn(|j| &xs[j][..]), &mut four) };
+                for (j, x) in xs[..4].iter().enumerate() {
                     // SAFETY: the same features.
                     let one = unsafe { x86::dot_f16_avx2(&row, x) };
                     assert_eq!(four[j].to_bits(), one.to_bits(), "avx2 x4 n={n} vector {j}");
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
+                let mut eight = [0f32; 8];
+                // SAFETY: checked just above; equal lengths.
+                unsafe { x86::f16_tile_avx512::<4>(&row, n, std::array::from_fn(|j| &xs[j][..]), &mut eight) };
+                for (j, x) in xs[..4].iter().enumerate() {
+                    // SAFETY: the same features.
+                    let one = unsafe { x86::dot_f16_avx512(&row, x) };
+                    assert_eq!(eight[j].to_bits(), one.to_bits(), "avx512 x8 n={n} vector {j}");
                 }
             }
         }

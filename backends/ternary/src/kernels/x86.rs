@@ -182,6 +182,27 @@ pub(super) unsafe fn tq2_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) 
     }
 }
 
+/// Lane i of the result: the sum of the 16 lanes of `v[i]` (16 horizontal
+/// sums at once). The add tree pairs vectors as they come: after level 1
+/// each 128-bit lane of t[k] holds v[2k] and v[2k+1]'s sums of lanes 0+2
+/// and 1+3; after level 2, of u[k], v[4k..4k+4] whole per 128-bit lane;
+/// levels 3 and 4 add the 128-bit lanes, leaving v[i]'s sum in lane i.
+/// Integer adds: the same sums as any other order.
+#[inline(always)]
+unsafe fn lane_sums_x16(v: &[std::arch::x86_64::__m512i; 16]) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let t: [__m512i; 8] = std::array::from_fn(|k| {
+        let (x, y) = (v[2 * k], v[2 * k + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y))
+    });
+    let pairs = |x: __m512i, y: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+    let u = [pairs(t[0], t[1]), pairs(t[2], t[3]), pairs(t[4], t[5]), pairs(t[6], t[7])];
+    let lanes = |x: __m512i, y: __m512i| {
+        _mm512_add_epi32(_mm512_shuffle_i32x4(x, y, 0b10_00_10_00), _mm512_shuffle_i32x4(x, y, 0b11_01_11_01))
+    };
+    lanes(lanes(u[0], u[1]), lanes(u[2], u[3]))
+}
+
 /// Many rows of a format with a scale per 256-weight block (TQ2_0, TQ1_0;
 /// `BLOCK` bytes per block, ending with its f16 scale) against Q8K
 /// activations, with AVX-512: `partial(block, b)` gives 16 lanes whose sum
@@ -227,24 +248,11 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
                 prefetch(block, pf);
                 partial(block, b)
             };
-            // The add tree, rows paired as they come: after level 1 each
-            // 128-bit lane of t[k] holds rows 2k and 2k+1's sums of lanes
-            // 0+2 and 1+3; after level 2, of u[k], rows 4k..4k+4 whole per
-            // 128-bit lane; levels 3 and 4 add the 128-bit lanes, leaving
-            // row r in lane r.
-            let mut t = [zero; TQ2_LANES / 2];
-            for (k, t) in t.iter_mut().enumerate().take(n.div_ceil(2)) {
-                let x = at(2 * k);
-                let y = if 2 * k + 1 < n { at(2 * k + 1) } else { zero };
-                *t = _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+            let mut v = [zero; TQ2_LANES];
+            for (r, v) in v.iter_mut().enumerate().take(n) {
+                *v = at(r);
             }
-            let pairs =
-                |x: __m512i, y: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
-            let u = [pairs(t[0], t[1]), pairs(t[2], t[3]), pairs(t[4], t[5]), pairs(t[6], t[7])];
-            let lanes = |x: __m512i, y: __m512i| {
-                _mm512_add_epi32(_mm512_shuffle_i32x4(x, y, 0b10_00_10_00), _mm512_shuffle_i32x4(x, y, 0b11_01_11_01))
-            };
-            let dots = lanes(lanes(u[0], u[1]), lanes(u[2], u[3]));
+            let dots = lane_sums_x16(&v);
             // SAFETY: only live lanes (rows < n) are read, each inside its row.
             let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * BLOCK) as i32));
             let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
@@ -513,6 +521,84 @@ pub(super) unsafe fn dot_i2s_xn_vnni_interleaved<const N: usize>(
     out
 }
 
+/// `R` consecutive rows (1 or 2) against `N` tokens with AVX-512 VNNI on
+/// prepared (interleaved) activations, into `out[r * N + t]`: the tile the
+/// many-token product runs. Each 64-byte activation load feeds both rows
+/// (half the loads per multiply-add of one row at a time) and each row's
+/// codes are unpacked once for all N tokens; R x N accumulators, one chain
+/// each (with N >= 2 there are enough chains to hide vpdpbusd's latency).
+/// Integer sums, so any order gives the same bits as the reference.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn i2s_tile_vnni<const R: usize, const N: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    qi: [&[i8]; N],
+    q: [&[i8]; N],
+    out: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    assert!(rows.len() >= R * row_bytes && out.len() >= R * N, "tile out of bounds");
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [[_mm512_setzero_si512(); N]; R];
+    let pairs = row_bytes / 64;
+    let pf = prefetch_distance();
+    for p in 0..pairs {
+        let mut w = [mask; R];
+        for (r, w) in w.iter_mut().enumerate() {
+            // SAFETY: row r < R lies in rows (asserted); p * 64 + 64 <= row_bytes.
+            let at = rows.as_ptr().add(r * row_bytes + p * 64);
+            prefetch(at, pf);
+            *w = _mm512_loadu_si512(at.cast());
+        }
+        // Plane by plane (bits 6-7 first): R code vectors live at a time.
+        for k in 0..4 {
+            let codes = w.map(|w| {
+                let shifted = match k {
+                    0 => _mm512_srli_epi16(w, 6),
+                    1 => _mm512_srli_epi16(w, 4),
+                    2 => _mm512_srli_epi16(w, 2),
+                    _ => w,
+                };
+                _mm512_and_si512(shifted, mask)
+            });
+            for t in 0..N {
+                // SAFETY: each qi holds 256 bytes per pair (checked by the caller).
+                let x = _mm512_loadu_si512(qi[t].as_ptr().add(p * 256 + 64 * k).cast());
+                for r in 0..R {
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], codes[r], x);
+                }
+            }
+        }
+    }
+    // Sixteen horizontal sums in one add tree where the tile has enough
+    // accumulators to fill it (a fifth of a 4 x 4 tile's time went to
+    // one reduction per accumulator).
+    let mut sums = [0i32; 16];
+    if R * N >= 8 {
+        let mut v = [_mm512_setzero_si512(); 16];
+        for r in 0..R {
+            v[r * N..(r + 1) * N].copy_from_slice(&acc[r]);
+        }
+        _mm512_storeu_si512(sums.as_mut_ptr().cast(), lane_sums_x16(&v));
+    } else {
+        for r in 0..R {
+            for t in 0..N {
+                sums[r * N + t] = _mm512_reduce_add_epi32(acc[r][t]);
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..N {
+            let mut d = sums[r * N + t];
+            if !row_bytes.is_multiple_of(64) {
+                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                d += dot_i2s_avx2(&row[pairs * 64..], &q[t][pairs * 256..]);
+            }
+            out[r * N + t] = d;
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
@@ -539,38 +625,140 @@ pub(super) unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
     _mm_cvtss_f32(s) + dot_f16_scalar(&row[n..], &x[n..])
 }
 
-/// `dot_f16_avx2` of one row with four vectors, each f16 lane converted
-/// once for all four (the output matrix against several sequences). Each
-/// vector's sum is accumulated and reduced exactly as `dot_f16_avx2` does:
-/// the same bits.
+/// Columns per pass of the many-vector f16 products: a pass keeps this
+/// much of every vector in L1 (8 vectors: 16 KiB) while it goes down the
+/// rows. Whole vectors would not fit beside the rows (2560 columns x 4
+/// vectors is 40 KiB; L1 is 32-48 KiB), and streaming them from L2 for
+/// every row made 4 vectors cost 3x what 2 did. 512 columns and 8 rows a
+/// tile measured best of 256-1024 x 4-16 (AMD Zen 4).
+const F16_PASS_COLS: usize = 512;
+
+/// Rows of `rows` (`cols` each, at most `F16_TILE_ROWS`) against `N`
+/// vectors (up to 4) with AVX2, into `out[r * N + j]`: each f16 lane
+/// converted once for all N vectors, the columns in passes of
+/// `F16_PASS_COLS` (the accumulators kept between passes). Per row and
+/// vector the accumulators take the same values in the same order as in
+/// `dot_f16_avx2` and are reduced as it does: the same bits.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_f16_x4_avx2(row: &[f16], xs: [&[f32]; 4]) -> [f32; 4] {
+pub(super) unsafe fn f16_tile_avx2<const N: usize>(rows: &[f16], cols: usize, xs: [&[f32]; N], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let n = row.len() / 16 * 16;
+    let m = rows.len() / cols;
+    assert!(m <= F16_TILE_ROWS && rows.len() == m * cols && out.len() >= m * N, "f16 tile shape");
+    let n = cols / 16 * 16;
     let pf = prefetch_distance();
-    let mut a0 = [_mm256_setzero_ps(); 4];
-    let mut a1 = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i < n {
-        // SAFETY: i + 16 <= n <= row.len() == every x's len (checked by the caller).
-        let h0 = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i).cast()));
-        if i % 32 == 0 {
-            prefetch(row.as_ptr().cast::<u8>().wrapping_add(2 * i), pf);
+    let mut acc = [[[_mm256_setzero_ps(); 2]; N]; F16_TILE_ROWS];
+    for c0 in (0..n).step_by(F16_PASS_COLS) {
+        let c1 = (c0 + F16_PASS_COLS).min(n);
+        for (r, acc) in acc.iter_mut().enumerate().take(m) {
+            let row = rows.as_ptr().add(r * cols);
+            let (mut a0, mut a1) = (acc.map(|a| a[0]), acc.map(|a| a[1]));
+            let mut i = c0;
+            while i < c1 {
+                // SAFETY: i + 16 <= n <= cols, the length of every x (checked by the caller).
+                let h0 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i).cast()));
+                if i % 32 == 0 {
+                    prefetch(row.cast::<u8>().wrapping_add(2 * i), pf);
+                }
+                let h1 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i + 8).cast()));
+                for j in 0..N {
+                    a0[j] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xs[j].as_ptr().add(i)), a0[j]);
+                    a1[j] = _mm256_fmadd_ps(h1, _mm256_loadu_ps(xs[j].as_ptr().add(i + 8)), a1[j]);
+                }
+                i += 16;
+            }
+            *acc = std::array::from_fn(|j| [a0[j], a1[j]]);
         }
-        let h1 = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i + 8).cast()));
-        for j in 0..4 {
-            a0[j] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xs[j].as_ptr().add(i)), a0[j]);
-            a1[j] = _mm256_fmadd_ps(h1, _mm256_loadu_ps(xs[j].as_ptr().add(i + 8)), a1[j]);
-        }
-        i += 16;
     }
-    std::array::from_fn(|j| {
-        let s = _mm256_add_ps(a0[j], a1[j]);
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s) + super::dot_f16_scalar(&row[n..], &xs[j][n..])
-    })
+    for (r, acc) in acc.iter().enumerate().take(m) {
+        let row = &rows[r * cols..(r + 1) * cols];
+        for (j, [a0, a1]) in acc.iter().enumerate() {
+            let s = _mm256_add_ps(*a0, *a1);
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            out[r * N + j] = _mm_cvtss_f32(s) + super::dot_f16_scalar(&row[n..], &xs[j][n..]);
+        }
+    }
+}
+
+/// Rows per many-vector f16 tile: their accumulators (rows x vectors x 2
+/// registers) live in a small array between column passes.
+pub(super) const F16_TILE_ROWS: usize = 8;
+
+/// `f16_tile_avx2` with AVX-512 (up to 4 vectors), the same bits as
+/// `dot_f16_avx512` per row and vector. Rows go two at a time through a
+/// pass, so each load of a vector feeds two rows' multiply-adds: loads, not
+/// multiply-adds, bound this loop (one load per FMA ran at half the FMA
+/// rate).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn f16_tile_avx512<const N: usize>(rows: &[f16], cols: usize, xs: [&[f32]; N], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let m = rows.len() / cols;
+    assert!(m <= F16_TILE_ROWS && rows.len() == m * cols && out.len() >= m * N, "f16 tile shape");
+    let n = cols / 32 * 32;
+    let mut acc = [[[_mm512_setzero_ps(); 2]; N]; F16_TILE_ROWS];
+    for c0 in (0..n).step_by(F16_PASS_COLS) {
+        let c1 = (c0 + F16_PASS_COLS).min(n);
+        let mut r = 0;
+        while r + 2 <= m {
+            let (head, tail) = acc.split_at_mut(r + 1);
+            f16_pass_avx512::<2, N>(rows.as_ptr().add(r * cols), cols, &xs, c0, c1, [&mut head[r], &mut tail[0]]);
+            r += 2;
+        }
+        if r < m {
+            f16_pass_avx512::<1, N>(rows.as_ptr().add(r * cols), cols, &xs, c0, c1, [&mut acc[r]]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(m) {
+        let row = &rows[r * cols..(r + 1) * cols];
+        for (j, [a0, a1]) in acc.iter().enumerate() {
+            out[r * N + j] = _mm512_reduce_add_ps(_mm512_add_ps(*a0, *a1)) + dot_f16_avx2(&row[n..], &xs[j][n..]);
+        }
+    }
+}
+
+/// Columns c0..c1 of `R` rows (`cols` apart from `rows`) into their
+/// accumulators, as `dot_f16_avx512` accumulates them.
+#[inline(always)]
+unsafe fn f16_pass_avx512<const R: usize, const N: usize>(
+    rows: *const f16,
+    cols: usize,
+    xs: &[&[f32]; N],
+    c0: usize,
+    c1: usize,
+    acc: [&mut [[std::arch::x86_64::__m512; 2]; N]; R],
+) {
+    use std::arch::x86_64::*;
+    // The same place in the next tile: a tile's rows are read across in
+    // passes, so "ahead in this row" is a line this tile reads next.
+    let pf = prefetch_distance().map(|_| 2 * F16_TILE_ROWS * cols);
+    let mut a: [[[__m512; 2]; N]; R] = std::array::from_fn(|r| *acc[r]);
+    let mut i = c0;
+    while i < c1 {
+        let mut h = [[_mm512_setzero_ps(); 2]; R];
+        for (r, h) in h.iter_mut().enumerate() {
+            // SAFETY: i + 32 <= c1 <= cols within row r (the caller's tile).
+            let row = rows.add(r * cols);
+            prefetch(row.cast::<u8>().wrapping_add(2 * i), pf);
+            *h = [
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(i).cast())),
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(i + 16).cast())),
+            ];
+        }
+        for j in 0..N {
+            // SAFETY: i + 32 <= cols, the length of every x (checked by the caller).
+            let x0 = _mm512_loadu_ps(xs[j].as_ptr().add(i));
+            let x1 = _mm512_loadu_ps(xs[j].as_ptr().add(i + 16));
+            for r in 0..R {
+                a[r][j][0] = _mm512_fmadd_ps(h[r][0], x0, a[r][j][0]);
+                a[r][j][1] = _mm512_fmadd_ps(h[r][1], x1, a[r][j][1]);
+            }
+        }
+        i += 32;
+    }
+    for (r, acc) in acc.into_iter().enumerate() {
+        *acc = a[r];
+    }
 }
 
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
