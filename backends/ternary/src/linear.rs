@@ -4,8 +4,9 @@
 //! `Linear` is a layer's ternary matrix (packed I2_S / TQ2_0 read in place,
 //! or decoded); `VocabMatrix` the embedding / output matrix in its file
 //! precision. Products that share an input (q/k/v, gate/up) go through
-//! `matvec_group`: the input is quantized once and all their rows are one
-//! parallel job, instead of one job (and one wake-up) per matrix.
+//! `matvec_group` (one token) or `matmul_group` (several): the input is
+//! quantized once and all their rows are one parallel job, instead of one
+//! job (and one wake-up) per matrix.
 
 use std::sync::Arc;
 
@@ -162,144 +163,180 @@ impl Linear {
     }
 
     /// `n` tokens at once: `xs` is n x cols, `ys` n x rows. Each token's
-    /// results equal `matvec`'s exactly; packed rows are read once per four
-    /// tokens instead of once per token (prompt processing).
+    /// results equal `matvec`'s exactly; packed rows are read once for all
+    /// the tokens (prompt chunks, sequences decoded together).
     pub fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, ys: &mut [f32]) {
-        let rows = self.rows();
-        let cols = xs.len() / n.max(1);
-        if n <= 1 || !matches!(self, Linear::I2S { .. } | Linear::Tq2 { .. } | Linear::Tq1 { .. }) {
-            for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
-                self.matvec(x, scheme, y);
-            }
-            return;
-        }
-        // Row-major results (rows x n) so each task owns whole rows.
-        let mut by_row = vec![0f32; rows * n];
-        let row_bytes = self.bytes_read() as usize / rows;
-        match self {
-            Linear::I2S { bytes, cols, scale, .. } => {
-                let bytes = bytes.bytes();
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_i8tok).collect();
-                let prepared: Vec<_> = acts.iter().map(|a| kernels::Prepared::new(&a.q)).collect();
+        matmul_group(&mut [(self, ys)], xs, n, scheme);
+    }
+
+    /// Rows `first..first + m` of the product with the n quantized tokens
+    /// of `q`, into `out` token-major (token t's m results at t * m).
+    fn rows_tokens_into(&self, q: &QuantizedTokens, first: usize, out: &mut [f32]) {
+        let n = q.len();
+        let m = out.len() / n;
+        let row_bytes = self.bytes_read() as usize / self.rows();
+        let span = first * row_bytes..(first + m) * row_bytes;
+        match (self, q) {
+            (Linear::I2S { bytes, scale, .. }, QuantizedTokens::I2S { acts, prepared }) => {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
-                pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
-                    let mut dots = vec![0i32; part.len()];
-                    let m = part.len() / n;
-                    kernels::i2s_rows_tokens(
-                        &bytes[first * row_bytes..(first + m) * row_bytes],
-                        row_bytes,
-                        &prepared,
-                        &mut dots,
-                    );
-                    for (out, d) in part.chunks_exact_mut(n).zip(dots.chunks_exact(n)) {
-                        for ((o, d), a) in out.iter_mut().zip(d).zip(&acts) {
-                            // bitnet.cpp's order of operations, as the reference.
-                            *o = ((d - a.sum) as f32 / a.scale) * scale;
-                        }
+                let mut dots = vec![0i32; out.len()];
+                kernels::i2s_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &mut dots);
+                for ((out, dots), a) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).zip(acts.iter()) {
+                    for (o, d) in out.iter_mut().zip(dots) {
+                        // bitnet.cpp's order of operations, as the reference.
+                        *o = ((d - a.sum) as f32 / a.scale) * scale;
                     }
-                });
+                }
             }
-            Linear::Tq2 { bytes, cols, .. } if kernels::blockwise_rows_for_prompts() => {
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
-                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
-                let prepared: Vec<_> = acts.iter().map(|a| kernels::Prepared::new(&a.q)).collect();
-                rows_by_token(&mut by_row, n, row_bytes, bytes.bytes(), |t, rows, y| {
+            (Linear::Tq2 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, prepared })
+                if kernels::blockwise_rows_for_prompts() =>
+            {
+                rows_by_token(out, n, &bytes.bytes()[span], row_bytes, |t, rows, y| {
                     kernels::tq2_rows(rows, row_bytes, &prepared[t], &bsums[t], &acts[t].d, y)
                 });
             }
-            Linear::Tq1 { bytes, cols, .. } if kernels::blockwise_rows_for_prompts() => {
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
-                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
-                rows_by_token(&mut by_row, n, row_bytes, bytes.bytes(), |t, rows, y| {
+            (Linear::Tq1 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, .. })
+                if kernels::blockwise_rows_for_prompts() =>
+            {
+                rows_by_token(out, n, &bytes.bytes()[span], row_bytes, |t, rows, y| {
                     kernels::tq1_rows(rows, row_bytes, &acts[t].q, &bsums[t], &acts[t].d, y)
                 });
             }
-            Linear::Tq2 { bytes, cols, .. } => {
-                let bytes = bytes.bytes();
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
-                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
+            (Linear::Tq2 { bytes, cols, .. }, QuantizedTokens::Q8K { acts, bsums, .. }) => {
                 let blocks = cols / 256;
-                pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
-                    let mut dots = vec![0i32; 4 * blocks];
-                    for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        let mut t = 0;
-                        while t + 4 <= n {
-                            let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
-                            let (d0, rest) = dots.split_at_mut(blocks);
-                            let (d1, rest) = rest.split_at_mut(blocks);
-                            let (d2, d3) = rest.split_at_mut(blocks);
-                            kernels::tq2_block_dots_x4(row, q, [d0, d1, d2, d3]);
-                            for i in 0..4 {
-                                let d = &dots[i * blocks..(i + 1) * blocks];
-                                out[t + i] = kernels::tq2_finish(row, d, &bsums[t + i], &acts[t + i].d);
-                            }
-                            t += 4;
+                let mut dots = vec![0i32; 4 * blocks];
+                for (r, row) in bytes.bytes()[span].chunks_exact(row_bytes).enumerate() {
+                    let mut t = 0;
+                    while t + 4 <= n {
+                        let q = [&acts[t].q[..], &acts[t + 1].q[..], &acts[t + 2].q[..], &acts[t + 3].q[..]];
+                        let (d0, rest) = dots.split_at_mut(blocks);
+                        let (d1, rest) = rest.split_at_mut(blocks);
+                        let (d2, d3) = rest.split_at_mut(blocks);
+                        kernels::tq2_block_dots_x4(row, q, [d0, d1, d2, d3]);
+                        for i in 0..4 {
+                            let d = &dots[i * blocks..(i + 1) * blocks];
+                            out[(t + i) * m + r] = kernels::tq2_finish(row, d, &bsums[t + i], &acts[t + i].d);
                         }
-                        while t < n {
-                            kernels::tq2_block_dots(row, &acts[t].q, &mut dots[..blocks]);
-                            out[t] = kernels::tq2_finish(row, &dots[..blocks], &bsums[t], &acts[t].d);
-                            t += 1;
-                        }
+                        t += 4;
                     }
-                });
-            }
-            Linear::Tq1 { bytes, cols, .. } => {
-                // Each row against every token while it is in L1.
-                let bytes = bytes.bytes();
-                let acts: Vec<_> = xs.chunks_exact(*cols).map(quant::quantize_q8k).collect();
-                let bsums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.q)).collect();
-                let blocks = cols / 256;
-                pool::for_each_rows_mut(&mut by_row, n, row_bytes, |first, part| {
-                    let mut dots = vec![0i32; blocks];
-                    for (r, out) in (first..).zip(part.chunks_exact_mut(n)) {
-                        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        for ((o, a), bsums) in out.iter_mut().zip(&acts).zip(&bsums) {
-                            kernels::tq1_block_dots(row, &a.q, &mut dots);
-                            *o = kernels::ternary_blocks_finish(row, 54, &dots, bsums, &a.d);
-                        }
+                    while t < n {
+                        kernels::tq2_block_dots(row, &acts[t].q, &mut dots[..blocks]);
+                        out[t * m + r] = kernels::tq2_finish(row, &dots[..blocks], &bsums[t], &acts[t].d);
+                        t += 1;
                     }
-                });
-            }
-            _ => unreachable!("checked above"),
-        }
-        // Back to token-major, 16 rows (a cache line of each token's
-        // output) at a time: row by row, every store hit another line and
-        // page (9% of a prompt's time).
-        for (r0, block) in (0..).step_by(16).zip(by_row.chunks(16 * n)) {
-            for (t, y) in ys.chunks_exact_mut(rows).enumerate() {
-                for (o, vals) in y[r0..].iter_mut().zip(block.chunks_exact(n)) {
-                    *o = vals[t];
                 }
             }
+            (Linear::Tq1 { bytes, cols, .. }, QuantizedTokens::Q8K { acts, bsums, .. }) => {
+                // Each row against every token while it is in L1.
+                let mut dots = vec![0i32; cols / 256];
+                for (r, row) in bytes.bytes()[span].chunks_exact(row_bytes).enumerate() {
+                    for (t, (a, bsums)) in acts.iter().zip(bsums).enumerate() {
+                        kernels::tq1_block_dots(row, &a.q, &mut dots);
+                        out[t * m + r] = kernels::ternary_blocks_finish(row, 54, &dots, bsums, &a.d);
+                    }
+                }
+            }
+            _ => unreachable!("activations quantized for another format"),
         }
     }
 }
 
-/// Prompt tokens through a many-row kernel (`kernel(t, rows, y)`: token
-/// t against `rows`, into y), into `by_row` (rows x n), parallel over
-/// rows: 16 rows (what the kernels take at once) against every token while
-/// they are in cache.
-fn rows_by_token(
-    by_row: &mut [f32],
-    n: usize,
-    row_bytes: usize,
-    bytes: &[u8],
-    kernel: impl Fn(usize, &[u8], &mut [f32]) + Sync,
-) {
-    pool::for_each_rows_mut(by_row, n, row_bytes, |first, part| {
-        let mut y = [0f32; 16];
-        for (g, out) in (first..).step_by(16).zip(part.chunks_mut(16 * n)) {
-            let m = out.len() / n;
-            let rows = &bytes[g * row_bytes..(g + m) * row_bytes];
-            for t in 0..n {
-                kernel(t, rows, &mut y[..m]);
-                for (i, v) in y[..m].iter().enumerate() {
-                    out[i * n + t] = *v;
-                }
+/// Several tokens' activations quantized once for every packed matrix
+/// that reads them.
+enum QuantizedTokens<'a> {
+    I2S { acts: &'a [quant::I8Tok], prepared: Vec<kernels::Prepared<'a>> },
+    Q8K { acts: &'a [quant::Q8K], bsums: Vec<Vec<i32>>, prepared: Vec<kernels::Prepared<'a>> },
+}
+
+impl QuantizedTokens<'_> {
+    fn len(&self) -> usize {
+        match self {
+            QuantizedTokens::I2S { acts, .. } => acts.len(),
+            QuantizedTokens::Q8K { acts, .. } => acts.len(),
+        }
+    }
+}
+
+/// Tokens through a many-row kernel (`kernel(t, rows, y)`: token t
+/// against `rows`, into y), into `out` token-major (n x m): 16 rows (what
+/// the kernels take at once) against every token while they are in cache.
+fn rows_by_token(out: &mut [f32], n: usize, rows: &[u8], row_bytes: usize, kernel: impl Fn(usize, &[u8], &mut [f32])) {
+    let m = out.len() / n;
+    for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
+        let k = group.len() / row_bytes;
+        for t in 0..n {
+            kernel(t, group, &mut out[t * m + g..][..k]);
+        }
+    }
+}
+
+/// `matvec_group` for `n` tokens (`xs`: n x cols; each `ys`: n x its
+/// rows): each token quantized once for all the matrices, and all their
+/// rows one parallel job, each row read once for every token. Each
+/// token's results equal `matvec`'s exactly.
+pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, scheme: ActScheme) {
+    if n <= 1 {
+        return matvec_group(items, xs, scheme);
+    }
+    let cols = xs.len() / n;
+    let all = |f: fn(&Linear) -> bool| items.iter().all(|(l, _)| f(l));
+    let (i8tok, q8k): (Vec<_>, Vec<_>);
+    let q = if all(|l| matches!(l, Linear::I2S { .. })) {
+        i8tok = per_token(xs, cols, quant::quantize_i8tok);
+        QuantizedTokens::I2S { prepared: i8tok.iter().map(|a| kernels::Prepared::new(&a.q)).collect(), acts: &i8tok }
+    } else if all(|l| matches!(l, Linear::Tq2 { .. } | Linear::Tq1 { .. })) {
+        q8k = per_token(xs, cols, quant::quantize_q8k);
+        QuantizedTokens::Q8K {
+            bsums: q8k.iter().map(|a| block_sums(&a.q)).collect(),
+            prepared: q8k.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
+            acts: &q8k,
+        }
+    } else {
+        for (l, ys) in items.iter_mut() {
+            let rows = l.rows();
+            for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
+                l.matvec(x, scheme, y);
             }
         }
+        return;
+    };
+    // Parts over the matrices' rows end to end (a part may span two); each
+    // task computes its rows for every token in a scratch buffer and copies
+    // them out itself: rows s..e of each token's output are a run no other
+    // task touches. (Computed row-major and laid out per token after the
+    // job, on one thread, the layout left the other threads idle.)
+    let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
+    let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
+    let parts = pool::guided_parts(total, bytes / total.max(1));
+    let outs: Vec<(&Linear, SharedMut<f32>)> = items.iter_mut().map(|(l, y)| (*l, SharedMut::new(y))).collect();
+    pool::with_current(|p| {
+        p.run(parts.len(), &|t| {
+            let mut first = 0;
+            let mut part = Vec::new();
+            for (l, out) in &outs {
+                let rows = l.rows();
+                let (s, e) = (parts[t].start.max(first) - first, parts[t].end.min(first + rows).saturating_sub(first));
+                first += rows;
+                if s >= e {
+                    continue;
+                }
+                part.clear();
+                part.resize((e - s) * n, 0f32);
+                l.rows_tokens_into(&q, s, &mut part);
+                // SAFETY: parts are disjoint, so rows s..e of each token's
+                // output belong to this task alone.
+                unsafe { out.write_rows(&part, n, rows, s) };
+            }
+        })
     });
+}
+
+/// `f` of each token of `xs` (n x cols), tokens shared out on the pool:
+/// quantizing several tokens on one thread left the others waiting.
+fn per_token<T: Send>(xs: &[f32], cols: usize, f: impl Fn(&[f32]) -> T + Sync) -> Vec<T> {
+    let mut out: Vec<Option<T>> = xs.chunks_exact(cols).map(|_| None).collect();
+    pool::for_each_chunk_mut(&mut out, 1, |t, o| o[0] = Some(f(&xs[t * cols..(t + 1) * cols])));
+    out.into_iter().map(|o| o.expect("every token quantized")).collect()
 }
 
 /// Sum of each 256-value block of Q8K activations.
@@ -431,20 +468,14 @@ impl VocabMatrix {
         if n == 1 {
             return self.matvec(cols, xs, ys);
         }
-        let rows = ys.len() / n;
-        // Row-major by weight row (each task fills its rows for every
-        // vector), then laid out per vector.
-        let mut by_row = vec![0f32; rows * n];
+        // Each task fills its rows for every vector (token-major within
+        // the part), then copies them out.
         let vectors: Vec<&[f32]> = xs.chunks_exact(cols).collect();
         match self {
-            VocabMatrix::F32(w) => pool::for_each_rows_mut(&mut by_row, n, 4 * cols, |first, out| {
-                for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
-                    let row = &w[r * cols..(r + 1) * cols];
-                    for (y, x) in o.iter_mut().zip(&vectors) {
-                        let mut one = [0f32];
-                        quant::matvec_f32(row, cols, x, &mut one);
-                        *y = one[0];
-                    }
+            VocabMatrix::F32(w) => pool::for_each_rows_token_major(ys, n, 4 * cols, |first, out| {
+                let m = out.len() / n;
+                for (x, o) in vectors.iter().zip(out.chunks_exact_mut(m)) {
+                    quant::matvec_f32(&w[first * cols..(first + m) * cols], cols, x, o);
                 }
             }),
             VocabMatrix::F16(_) | VocabMatrix::F16Mapped(_) => {
@@ -453,7 +484,7 @@ impl VocabMatrix {
                     VocabMatrix::F16Mapped(m) => m.f16s().expect("checked at load"),
                     _ => unreachable!(),
                 };
-                pool::for_each_rows_mut(&mut by_row, n, 2 * cols, |first, out| {
+                pool::for_each_rows_token_major(ys, n, 2 * cols, |first, out| {
                     let m = out.len() / n;
                     kernels::f16_rows_many(&w[first * cols..(first + m) * cols], cols, &vectors, out);
                 })
@@ -462,11 +493,12 @@ impl VocabMatrix {
                 let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8_0(x)).collect();
                 let rb = cols / 32 * kernels::Q8_0_BLOCK;
                 let w = m.bytes();
-                pool::for_each_rows_mut(&mut by_row, n, rb, |first, out| {
+                pool::for_each_rows_token_major(ys, n, rb, |first, out| {
                     let mut dots = vec![0i32; cols / 32];
-                    for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
+                    let m = out.len() / n;
+                    for (i, r) in (first..first + m).enumerate() {
                         let row = &w[r * rb..(r + 1) * rb];
-                        for (y, a) in o.iter_mut().zip(&acts) {
+                        for (y, a) in out.iter_mut().skip(i).step_by(m).zip(&acts) {
                             kernels::q8_0_block_dots(row, &a.q, &mut dots);
                             let mut acc = 0f32;
                             for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
@@ -481,11 +513,12 @@ impl VocabMatrix {
                 let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8k(x)).collect();
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
-                pool::for_each_rows_mut(&mut by_row, n, rb, |first, out| {
+                pool::for_each_rows_token_major(ys, n, rb, |first, out| {
                     let mut dots = vec![0i32; cols / 256];
-                    for (r, o) in (first..).zip(out.chunks_exact_mut(n)) {
+                    let m = out.len() / n;
+                    for (i, r) in (first..first + m).enumerate() {
                         let row = &w[r * rb..(r + 1) * rb];
-                        for (y, a) in o.iter_mut().zip(&acts) {
+                        for (y, a) in out.iter_mut().skip(i).step_by(m).zip(&acts) {
                             kernels::q6k_block_dots(row, &a.q, &mut dots);
                             let mut acc = 0f32;
                             for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
@@ -496,11 +529,6 @@ impl VocabMatrix {
                         }
                     }
                 })
-            }
-        }
-        for (r, vals) in by_row.chunks_exact(n).enumerate() {
-            for (j, v) in vals.iter().enumerate() {
-                ys[j * rows + r] = *v;
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
-use crate::linear::{matvec_group, Linear, Mapped, VocabMatrix};
+use crate::linear::{matmul_group, Linear, Mapped, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,8 @@ pub struct Hparams {
 thread_local! {
     /// Attention scores of one (token, head), reused by each compute thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A sub-normed row before it replaces the input (per thread).
+    static NORMED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Prompt tokens run through the layers together (engine and bench).
@@ -601,7 +603,6 @@ impl Model {
             (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * kv], vec![0f32; n * kv]);
         let (mut att, mut o) = (vec![0f32; n * d], vec![0f32; n * d]);
         let (mut g, mut u) = (vec![0f32; n * hp.n_ff], vec![0f32; n * hp.n_ff]);
-        let mut normed = vec![0f32; if hp.n_ff > 0 { hp.n_ff } else { 1 }];
         let scale = 1.0 / (hd as f32).sqrt();
         let norm_rows = |src: &[f32], w: &[f32], dst: &mut [f32], width: usize| {
             for (a, b) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
@@ -611,13 +612,7 @@ impl Model {
         let angles: Vec<Vec<(f32, f32)>> = row_pos.iter().map(|&p| rope_angles(hd, p, hp.rope_base)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             norm_rows(&x, &layer.attn_norm, &mut h, d);
-            if n == 1 {
-                matvec_group(&mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)], &h, self.scheme);
-            } else {
-                layer.wq.matmul(&h, n, self.scheme, &mut q);
-                layer.wk.matmul(&h, n, self.scheme, &mut k);
-                layer.wv.matmul(&h, n, self.scheme, &mut v);
-            }
+            matmul_group(&mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)], &h, n, self.scheme);
             for (t, angles) in angles.iter().enumerate() {
                 rope(&mut q[t * d..(t + 1) * d], angles);
                 rope(&mut k[t * kv..(t + 1) * kv], angles);
@@ -656,24 +651,27 @@ impl Model {
                 *a += b;
             }
             norm_rows(&x, &layer.ffn_norm, &mut h, d);
-            if n == 1 {
-                matvec_group(&mut [(&layer.w_gate, &mut g), (&layer.w_up, &mut u)], &h, self.scheme);
-            } else {
-                layer.w_gate.matmul(&h, n, self.scheme, &mut g);
-                layer.w_up.matmul(&h, n, self.scheme, &mut u);
-            }
-            for (gv, uv) in g.iter_mut().zip(&u) {
-                let a = match hp.act {
-                    Act::Silu => *gv / (1.0 + (-*gv).exp()),
-                    Act::Relu2 => gv.max(0.0) * gv.max(0.0),
-                };
-                *gv = a * uv;
-            }
-            if let Some(w) = &layer.ffn_sub_norm {
-                for gt in g.chunks_exact_mut(hp.n_ff) {
-                    rms_norm(gt, w, hp.rms_eps, &mut normed);
-                    gt.copy_from_slice(&normed);
+            matmul_group(&mut [(&layer.w_gate, &mut g), (&layer.w_up, &mut u)], &h, n, self.scheme);
+            // On the pool: an exp per value (SiLU) is a millisecond a token
+            // on one thread.
+            let u = &u;
+            crate::pool::for_each_chunk_mut(&mut g, 2048, |start, gs| {
+                for (gv, uv) in gs.iter_mut().zip(&u[start..]) {
+                    let a = match hp.act {
+                        Act::Silu => *gv / (1.0 + (-*gv).exp()),
+                        Act::Relu2 => gv.max(0.0) * gv.max(0.0),
+                    };
+                    *gv = a * uv;
                 }
+            });
+            if let Some(w) = &layer.ffn_sub_norm {
+                crate::pool::for_each_chunk_mut(&mut g, hp.n_ff, |_, gt| {
+                    NORMED.with_borrow_mut(|normed| {
+                        normed.resize(gt.len(), 0.0);
+                        rms_norm(gt, w, hp.rms_eps, normed);
+                        gt.copy_from_slice(normed);
+                    })
+                });
             }
             layer.w_down.matmul(&g, n, self.scheme, &mut o);
             for (a, b) in x.iter_mut().zip(&o) {

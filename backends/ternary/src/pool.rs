@@ -326,6 +326,27 @@ pub fn for_each_rows_mut<T: Send>(data: &mut [T], width: usize, row_bytes: usize
     });
 }
 
+/// `for_each_rows_mut` for products with `n` vectors whose results go out
+/// token-major (`ys`: n outputs of `ys.len() / n` rows): each task computes
+/// its rows (`f(first_row, part)`, part token-major too: n runs of its
+/// row count) in a scratch buffer and copies them out itself, so no thread
+/// lays the whole product out afterwards while the others wait.
+pub fn for_each_rows_token_major(ys: &mut [f32], n: usize, row_bytes: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = n.max(1);
+    let rows = ys.len() / n;
+    let parts = guided_parts(rows, row_bytes);
+    let out = SharedMut::new(ys);
+    with_current(|p| {
+        p.run(parts.len(), &|i| {
+            let r = &parts[i];
+            let mut part = vec![0f32; r.len() * n];
+            f(r.start, &mut part);
+            // SAFETY: guided_parts are disjoint, so rows r of every output are this task's.
+            unsafe { out.write_rows(&part, n, rows, r.start) };
+        })
+    });
+}
+
 /// A mutable slice handed to parallel tasks that each take a disjoint part.
 pub struct SharedMut<T> {
     ptr: *mut T,
@@ -350,6 +371,21 @@ impl<T> SharedMut<T> {
         assert!(start <= end && end <= self.len, "part out of range");
         // SAFETY: in range (checked); disjointness is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
+    }
+}
+
+impl SharedMut<f32> {
+    /// Rows `first..` of a product with n vectors (`part`: n runs of its
+    /// row count) into this output (n runs of `rows`).
+    ///
+    /// # Safety
+    /// Those rows of every vector's output belong to the caller alone.
+    pub unsafe fn write_rows(&self, part: &[f32], n: usize, rows: usize, first: usize) {
+        let m = part.len() / n;
+        for (t, run) in part.chunks_exact(m.max(1)).enumerate() {
+            // SAFETY: the caller's promise; slice() checks the bounds.
+            unsafe { self.slice(t * rows + first, t * rows + first + m) }.copy_from_slice(run);
+        }
     }
 }
 

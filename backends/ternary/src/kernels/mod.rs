@@ -531,7 +531,7 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
 }
 
 /// Every row of `rows` (`row_bytes` each) against every token of `a`,
-/// integer dots into `out[r * a.len() + t]`: the many-token product
+/// integer dots into `out[t * m + r]` (token-major, m rows): the many-token product
 /// (sequences decoded together, prompts). AVX-512 VNNI runs tiles of two
 /// rows by up to eight tokens (`x86::i2s_tile_vnni`); elsewhere each row
 /// goes through `dot_i2s_xn_prepared` eight and four tokens at a time, then
@@ -547,6 +547,8 @@ pub fn i2s_rows_tokens(rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni {
         let mut tile = [0i32; 16];
+        let interleaved: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
+        let plain: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
         let mut r = 0;
         while r < m {
             let height = if r + 4 <= m {
@@ -556,51 +558,57 @@ pub fn i2s_rows_tokens(rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut
             } else {
                 1
             };
-            let pair = &rows[r * row_bytes..(r + height) * row_bytes];
-            for (t0, group) in (0..).step_by(4).zip(a.chunks(4)) {
+            let tile_rows = &rows[r * row_bytes..(r + height) * row_bytes];
+            for t0 in (0..n).step_by(4) {
+                let k = (n - t0).min(4);
+                let (qi, q) = (&interleaved[t0..t0 + k], &plain[t0..t0 + k]);
                 // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new
                 // interleaved for it; shapes checked above.
-                unsafe { i2s_tile_vnni(height, pair, row_bytes, group, &mut tile) };
-                let k = group.len();
+                unsafe { i2s_tile_vnni(height, tile_rows, row_bytes, qi, q, &mut tile) };
                 for i in 0..height {
-                    out[(r + i) * n + t0..][..k].copy_from_slice(&tile[i * k..(i + 1) * k]);
+                    for j in 0..k {
+                        out[(t0 + j) * m + r + i] = tile[i * k + j];
+                    }
                 }
             }
             r += height;
         }
         return;
     }
-    for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+    for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
         let mut t = 0;
         while t + 8 <= n {
-            out[t..t + 8].copy_from_slice(&dot_i2s_xn_prepared::<8>(row, std::array::from_fn(|i| a[t + i])));
+            let d = dot_i2s_xn_prepared::<8>(row, std::array::from_fn(|i| a[t + i]));
+            for (i, d) in d.into_iter().enumerate() {
+                out[(t + i) * m + r] = d;
+            }
             t += 8;
         }
         if t + 4 <= n {
-            out[t..t + 4].copy_from_slice(&dot_i2s_xn_prepared::<4>(row, std::array::from_fn(|i| a[t + i])));
+            let d = dot_i2s_xn_prepared::<4>(row, std::array::from_fn(|i| a[t + i]));
+            for (i, d) in d.into_iter().enumerate() {
+                out[(t + i) * m + r] = d;
+            }
             t += 4;
         }
-        for (o, a) in out[t..].iter_mut().zip(&a[t..]) {
-            *o = dot_i2s(row, a.q);
+        for (t, a) in a.iter().enumerate().skip(t) {
+            out[t * m + r] = dot_i2s(row, a.q);
         }
     }
 }
 
-/// `x86::i2s_tile_vnni` for a run-time height (1 or 2 rows) and token
-/// count (1 to 8), into `out[r * a.len() + t]`.
+/// `x86::i2s_tile_vnni` for a run-time height (1, 2 or 4 rows) and token
+/// count (1 to 4: `qi` interleaved, `q` plain), into `out[r * k + t]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn i2s_tile_vnni(height: usize, rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut [i32]) {
+unsafe fn i2s_tile_vnni(height: usize, rows: &[u8], row_bytes: usize, qi: &[&[i8]], q: &[&[i8]], out: &mut [i32]) {
     macro_rules! tiles {
         ($($n:literal)*) => {
-            match (height, a.len()) {
+            match (height, qi.len()) {
                 $(
-                    (1, $n) => x86::i2s_tile_vnni::<1, $n>(
-                        rows, row_bytes, std::array::from_fn(|i| &a[i].interleaved[..]), std::array::from_fn(|i| a[i].q), out),
-                    (2, $n) => x86::i2s_tile_vnni::<2, $n>(
-                        rows, row_bytes, std::array::from_fn(|i| &a[i].interleaved[..]), std::array::from_fn(|i| a[i].q), out),
-                    (4, $n) => x86::i2s_tile_vnni::<4, $n>(
-                        rows, row_bytes, std::array::from_fn(|i| &a[i].interleaved[..]), std::array::from_fn(|i| a[i].q), out),
+                    (1, $n) => x86::i2s_tile_vnni::<1, $n>(rows, row_bytes, qi, q, out),
+                    (2, $n) => x86::i2s_tile_vnni::<2, $n>(rows, row_bytes, qi, q, out),
+                    (4, $n) => x86::i2s_tile_vnni::<4, $n>(rows, row_bytes, qi, q, out),
                 )*
                 _ => unreachable!("tiles are 1, 2 or 4 rows by 1-4 tokens"),
             }
@@ -661,7 +669,7 @@ pub fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
 }
 
 /// `dot_f16` of every row of `rows` (`cols` each) with every vector of
-/// `xs`, into `out[r * xs.len() + j]` (the output matrix against several
+/// `xs`, into `out[j * m + r]` (vector-major, m rows; the output matrix against several
 /// sequences): the same results, bit for bit, with each weight converted
 /// once per group of vectors (eight with AVX-512, four with AVX2, in tiles
 /// of a few rows whose columns go in passes that keep the vectors in L1;
@@ -685,7 +693,7 @@ pub fn f16_rows_many(rows: &[f16], cols: usize, xs: &[&[f32]], out: &mut [f32]) 
                 macro_rules! groups {
                     ($kernel:ident: $($n:literal)*) => {
                         match k {
-                            $($n => x86::$kernel::<$n>(block, cols, std::array::from_fn(|i| xs[i]), &mut tile),)*
+                            $($n => x86::$kernel::<$n>(block, cols, xs, &mut tile),)*
                             _ => unreachable!("groups of at most 8"),
                         }
                     };
@@ -700,14 +708,16 @@ pub fn f16_rows_many(rows: &[f16], cols: usize, xs: &[&[f32]], out: &mut [f32]) 
                     }
                 }
                 for i in 0..h {
-                    out[(r0 + i) * n + j0..][..k].copy_from_slice(&tile[i * k..(i + 1) * k]);
+                    for j in 0..k {
+                        out[(j0 + j) * m + r0 + i] = tile[i * k + j];
+                    }
                 }
             }
         }
         return;
     }
-    for (row, out) in rows.chunks_exact(cols).zip(out.chunks_exact_mut(n)) {
-        for (o, x) in out.iter_mut().zip(xs) {
+    for (x, out) in xs.iter().zip(out.chunks_exact_mut(m)) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(cols)) {
             *o = dot_f16(row, x);
         }
     }
@@ -859,7 +869,7 @@ mod tests {
                 i2s_rows_tokens(&rows, row.len(), &refs, &mut got);
                 for (r, rw) in rows.chunks_exact(row.len()).enumerate() {
                     for (t, q) in qs.iter().enumerate() {
-                        assert_eq!(got[r * tokens + t], dot_i2s_scalar(rw, q), "{m} rows x {tokens} tokens n={n}");
+                        assert_eq!(got[t * m + r], dot_i2s_scalar(rw, q), "{m} rows x {tokens} tokens n={n}");
                     }
                 }
             }
@@ -1147,15 +1157,17 @@ mod tests {
                 for (r, row) in rows[..m * n].chunks_exact(n).enumerate() {
                     for (j, x) in vs.iter().enumerate() {
                         let want = dot_f16(row, x).to_bits();
-                        assert_eq!(many[r * k + j].to_bits(), want, "{m} rows x {k} vectors n={n}: ({r}, {j})");
+                        assert_eq!(many[j * m + r].to_bits(), want, "{m} rows x {k} vectors n={n}: ({r}, {j})");
                     }
                 }
             }
             #[cfg(target_arch = "x86_64")]
+            let xs4: Vec<&[f32]> = xs[..4].iter().map(|x| &x[..]).collect();
+            #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 let mut four = [0f32; 4];
                 // SAFETY: checked just above; equal lengths.
-                unsafe { x86::f16_tile_avx2::<4>(&row, n, std::array::from_fn(|j| &xs[j][..]), &mut four) };
+                unsafe { x86::f16_tile_avx2::<4>(&row, n, &xs4, &mut four) };
                 for (j, x) in xs[..4].iter().enumerate() {
                     // SAFETY: the same features.
                     let one = unsafe { x86::dot_f16_avx2(&row, x) };
@@ -1164,9 +1176,9 @@ mod tests {
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
-                let mut eight = [0f32; 8];
+                let mut eight = [0f32; 4];
                 // SAFETY: checked just above; equal lengths.
-                unsafe { x86::f16_tile_avx512::<4>(&row, n, std::array::from_fn(|j| &xs[j][..]), &mut eight) };
+                unsafe { x86::f16_tile_avx512::<4>(&row, n, &xs4, &mut eight) };
                 for (j, x) in xs[..4].iter().enumerate() {
                     // SAFETY: the same features.
                     let one = unsafe { x86::dot_f16_avx512(&row, x) };

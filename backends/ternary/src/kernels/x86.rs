@@ -532,12 +532,14 @@ pub(super) unsafe fn dot_i2s_xn_vnni_interleaved<const N: usize>(
 pub(super) unsafe fn i2s_tile_vnni<const R: usize, const N: usize>(
     rows: &[u8],
     row_bytes: usize,
-    qi: [&[i8]; N],
-    q: [&[i8]; N],
+    qi: &[&[i8]],
+    q: &[&[i8]],
     out: &mut [i32],
 ) {
     use std::arch::x86_64::*;
     assert!(rows.len() >= R * row_bytes && out.len() >= R * N, "tile out of bounds");
+    assert!(qi.len() >= N && q.len() >= N, "tile tokens");
+    let qi: [*const i8; N] = std::array::from_fn(|t| qi[t].as_ptr());
     let mask = _mm512_set1_epi8(3);
     let mut acc = [[_mm512_setzero_si512(); N]; R];
     let pairs = row_bytes / 64;
@@ -563,7 +565,7 @@ pub(super) unsafe fn i2s_tile_vnni<const R: usize, const N: usize>(
             });
             for t in 0..N {
                 // SAFETY: each qi holds 256 bytes per pair (checked by the caller).
-                let x = _mm512_loadu_si512(qi[t].as_ptr().add(p * 256 + 64 * k).cast());
+                let x = _mm512_loadu_si512(qi[t].add(p * 256 + 64 * k).cast());
                 for r in 0..R {
                     acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], codes[r], x);
                 }
@@ -640,8 +642,9 @@ const F16_PASS_COLS: usize = 512;
 /// vector the accumulators take the same values in the same order as in
 /// `dot_f16_avx2` and are reduced as it does: the same bits.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn f16_tile_avx2<const N: usize>(rows: &[f16], cols: usize, xs: [&[f32]; N], out: &mut [f32]) {
+pub(super) unsafe fn f16_tile_avx2<const N: usize>(rows: &[f16], cols: usize, xs: &[&[f32]], out: &mut [f32]) {
     use std::arch::x86_64::*;
+    assert!(xs.len() >= N, "f16 tile vectors");
     let m = rows.len() / cols;
     assert!(m <= F16_TILE_ROWS && rows.len() == m * cols && out.len() >= m * N, "f16 tile shape");
     let n = cols / 16 * 16;
@@ -651,7 +654,10 @@ pub(super) unsafe fn f16_tile_avx2<const N: usize>(rows: &[f16], cols: usize, xs
         let c1 = (c0 + F16_PASS_COLS).min(n);
         for (r, acc) in acc.iter_mut().enumerate().take(m) {
             let row = rows.as_ptr().add(r * cols);
-            let (mut a0, mut a1) = (acc.map(|a| a[0]), acc.map(|a| a[1]));
+            let (mut a0, mut a1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+            for j in 0..N {
+                (a0[j], a1[j]) = (acc[j][0], acc[j][1]);
+            }
             let mut i = c0;
             while i < c1 {
                 // SAFETY: i + 16 <= n <= cols, the length of every x (checked by the caller).
@@ -666,7 +672,9 @@ pub(super) unsafe fn f16_tile_avx2<const N: usize>(rows: &[f16], cols: usize, xs
                 }
                 i += 16;
             }
-            *acc = std::array::from_fn(|j| [a0[j], a1[j]]);
+            for j in 0..N {
+                acc[j] = [a0[j], a1[j]];
+            }
         }
     }
     for (r, acc) in acc.iter().enumerate().take(m) {
@@ -691,8 +699,10 @@ pub(super) const F16_TILE_ROWS: usize = 8;
 /// multiply-adds, bound this loop (one load per FMA ran at half the FMA
 /// rate).
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub(super) unsafe fn f16_tile_avx512<const N: usize>(rows: &[f16], cols: usize, xs: [&[f32]; N], out: &mut [f32]) {
+pub(super) unsafe fn f16_tile_avx512<const N: usize>(rows: &[f16], cols: usize, xs: &[&[f32]], out: &mut [f32]) {
     use std::arch::x86_64::*;
+    assert!(xs.len() >= N, "f16 tile vectors");
+    let xs: [&[f32]; N] = std::array::from_fn(|j| xs[j]);
     let m = rows.len() / cols;
     assert!(m <= F16_TILE_ROWS && rows.len() == m * cols && out.len() >= m * N, "f16 tile shape");
     let n = cols / 32 * 32;
@@ -732,7 +742,10 @@ unsafe fn f16_pass_avx512<const R: usize, const N: usize>(
     // The same place in the next tile: a tile's rows are read across in
     // passes, so "ahead in this row" is a line this tile reads next.
     let pf = prefetch_distance().map(|_| 2 * F16_TILE_ROWS * cols);
-    let mut a: [[[__m512; 2]; N]; R] = std::array::from_fn(|r| *acc[r]);
+    let mut a = [[[_mm512_setzero_ps(); 2]; N]; R];
+    for (a, acc) in a.iter_mut().zip(&acc) {
+        *a = **acc;
+    }
     let mut i = c0;
     while i < c1 {
         let mut h = [[_mm512_setzero_ps(); 2]; R];
