@@ -46,6 +46,9 @@ pub struct App {
     next_connection: AtomicU64,
     /// Requests running on every connection.
     pub in_flight: Arc<AtomicUsize>,
+    /// Open control connections (this user's CLI): a retiring daemon waits
+    /// for them, so a `stop` has read its reply before the process goes.
+    pub control_connections: Arc<AtomicUsize>,
     /// Set by `retire`: the daemon stops taking connections, finishes what
     /// runs, and exits.
     pub retire: tokio_util::sync::CancellationToken,
@@ -89,6 +92,7 @@ impl App {
             connections: Mutex::default(),
             next_connection: AtomicU64::new(1),
             in_flight: Arc::default(),
+            control_connections: Arc::default(),
             retire: tokio_util::sync::CancellationToken::new(),
             released: tokio_util::sync::CancellationToken::new(),
         }

@@ -121,8 +121,8 @@ enum Command {
         #[arg(long, short = 't', value_delimiter = ',')]
         threads: Vec<usize>,
         /// Also decode this many sequences together, one token each per pass, as the
-        /// batcher does for concurrent requests (aggregate tokens/s); e.g. -s 1,2,4,8
-        #[arg(long, short = 's', value_delimiter = ',')]
+        /// batcher does for concurrent requests (aggregate tokens/s); e.g. --streams 1,2,4,8
+        #[arg(long, value_delimiter = ',')]
         streams: Vec<usize>,
     },
     /// Time every candidate that runs a model on this CPU (bundled builds, the built-in

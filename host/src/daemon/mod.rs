@@ -205,6 +205,13 @@ async fn serve_with<L: Listener, K>(
                 while app.in_flight.load(Ordering::SeqCst) > 0 && t.elapsed() < RETIRE_DRAIN {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                // The CLI that asked closes its connection once it has read
+                // the reply; exiting before then could cut the reply off (a
+                // `stop` then said no daemon was running).
+                let t = std::time::Instant::now();
+                while app.control_connections.load(Ordering::SeqCst) > 0 && t.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 app.backend.unload().await;
                 return Ok(true);
             }
@@ -229,6 +236,8 @@ async fn connection(app: Arc<App>, conn: Conn) {
         Ok(Inbound::Frame(b)) => crate::protocol::parse_request(b).ok().filter(|r| r.kind == "relay_hello"),
         _ => None,
     };
+    // Held while a control connection is open (see App::control_connections).
+    let mut _control = None;
     let session = match hello {
         Some(req) => {
             let caller = relay_caller(pid, req.params.get("caller"));
@@ -238,6 +247,7 @@ async fn connection(app: Arc<App>, conn: Conn) {
             session
         }
         None => {
+            _control = Some(ControlOpen::new(&app.control_connections));
             let session = Session::new(app, tx, json!({"control": true, "pid": pid}), Role::Control);
             if let Ok(first) = first {
                 if !session.handle_inbound(first).await {
@@ -253,6 +263,22 @@ async fn connection(app: Arc<App>, conn: Conn) {
         }
     }
     finish(session, writer).await;
+}
+
+/// Counts one open control connection for as long as it lives.
+struct ControlOpen(Arc<AtomicUsize>);
+
+impl ControlOpen {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        ControlOpen(count.clone())
+    }
+}
+
+impl Drop for ControlOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn finish(session: Session, writer: tokio::task::JoinHandle<()>) {
