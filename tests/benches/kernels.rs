@@ -1,0 +1,110 @@
+#![allow(clippy::print_stdout)] // a benchmark prints its figures
+//! The engine's many-token kernels on their own, with the kernels this CPU
+//! gets: how fast they compute with their inputs in cache, and how fast
+//! they go through a matrix that is not, for 1, 2, 4 and 8 tokens (the
+//! sequences the batcher decodes together). The numbers say whether a
+//! batched step is bound by memory (time flat in the tokens) or by
+//! arithmetic (time growing with them), and how far each kernel is from
+//! the other bound.
+//!
+//! - I2_S: `i2s_rows_tokens` over 16 rows of 2560 columns held in L1,
+//!   multiply-adds per ns (one `vpdpbusd` is 64);
+//! - F16 (the output matrix): `f16_rows_many` over 8 rows in L1, FMAs per
+//!   ns; and over a 128256 x 2560 matrix (2B4T's output, 656 MB), ms per
+//!   pass and GB/s of weights.
+//!
+//! cargo bench -p bitnet-host-tests --bench kernels -- --bench
+//! (one thread; a quick run with a smaller matrix without --bench)
+
+use std::time::Instant;
+
+use bitnet_ternary::kernels::{self, Prepared};
+use half::f16;
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    println!("kernels: {} ({}), one thread", kernels::isa().key(), kernels::isa().describe());
+    let cols = 2560;
+    i2s_in_cache(cols, if full { 50_000 } else { 2_000 });
+    f16_in_cache(cols, if full { 32_000 } else { 1_000 });
+    f16_from_memory(if full { 128_256 } else { 8_192 }, cols);
+}
+
+/// Best of 3 timings of `f`, in seconds.
+fn best(mut f: impl FnMut()) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn i2s_in_cache(cols: usize, reps: usize) {
+    let row_bytes = cols / 4;
+    // Codes 0..=2 only, as real files hold.
+    let rows: Vec<u8> = (0..16 * row_bytes).map(|i| [0b0001_1000u8, 0b1001_0010, 0b0100_0110][i % 3]).collect();
+    let acts: Vec<Vec<i8>> = (0..8).map(|t| (0..cols).map(|i| ((i * 31 + t * 7) % 200) as i8).collect()).collect();
+    let prepared: Vec<Prepared> = acts.iter().map(|q| Prepared::new(q)).collect();
+    println!("I2_S, 16 rows x {cols} in L1: tokens  multiply-adds/ns  ms per 2.08 G weights (2B4T's layers)");
+    for n in [1usize, 2, 4, 8] {
+        let a: Vec<&Prepared> = prepared[..n].iter().collect();
+        let mut out = vec![0i32; 16 * n];
+        let s = best(|| {
+            for _ in 0..reps {
+                kernels::i2s_rows_tokens(&rows, row_bytes, &a, &mut out);
+                std::hint::black_box(&out);
+            }
+        });
+        let per_ns = (reps * 16 * cols * n) as f64 / s / 1e9;
+        println!("{n:>34} {per_ns:>17.1} {:>22.1}", 2.08e9 * n as f64 / per_ns / 1e6);
+    }
+}
+
+fn f16_rows(rows: usize, cols: usize) -> Vec<f16> {
+    (0..rows * cols).map(|i| f16::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect()
+}
+
+fn vectors(cols: usize) -> Vec<Vec<f32>> {
+    (0..8).map(|j| (0..cols).map(|i| ((i * 31 + j) % 100) as f32 / 100.0).collect()).collect()
+}
+
+fn f16_in_cache(cols: usize, reps: usize) {
+    let w = f16_rows(8, cols);
+    let xs = vectors(cols);
+    println!("F16, 8 rows x {cols} in L1: vectors  FMAs/ns");
+    for n in [1usize, 2, 4, 8] {
+        let vs: Vec<&[f32]> = xs[..n].iter().map(|x| &x[..]).collect();
+        let mut out = vec![0f32; 8 * n];
+        let s = best(|| {
+            for _ in 0..reps {
+                kernels::f16_rows_many(&w, cols, &vs, &mut out);
+                std::hint::black_box(&out);
+            }
+        });
+        println!("{n:>34} {:>8.1}", (reps * 8 * cols * n) as f64 / s / 1e9);
+    }
+}
+
+fn f16_from_memory(rows: usize, cols: usize) {
+    let w = f16_rows(rows, cols);
+    let xs = vectors(cols);
+    let block = 256;
+    println!(
+        "F16, {rows} x {cols} ({:.0} MB) from memory: vectors  ms per pass  weights GB/s",
+        (rows * cols * 2) as f64 / 1e6
+    );
+    for n in [1usize, 2, 4, 8] {
+        let vs: Vec<&[f32]> = xs[..n].iter().map(|x| &x[..]).collect();
+        let mut out = vec![0f32; block * n];
+        let s = best(|| {
+            for r in (0..rows).step_by(block) {
+                let m = block.min(rows - r);
+                kernels::f16_rows_many(&w[r * cols..(r + m) * cols], cols, &vs, &mut out[..m * n]);
+                std::hint::black_box(&out);
+            }
+        });
+        println!("{n:>45} {:>12.1} {:>12.1}", s * 1e3, (rows * cols * 2) as f64 / s / 1e9);
+    }
+}
