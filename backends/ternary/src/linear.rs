@@ -300,11 +300,26 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
         }
         return;
     };
-    // Parts over the matrices' rows end to end (a part may span two); each
-    // task computes its rows for every token in a scratch buffer and copies
-    // them out itself: rows s..e of each token's output are a run no other
-    // task touches. (Computed row-major and laid out per token after the
-    // job, on one thread, the layout left the other threads idle.)
+    // Each task computes its rows for every token in a scratch buffer and
+    // copies them out itself: rows s..e of each token's output are a run
+    // no other task touches. (Computed row-major and laid out per token
+    // after the job, on one thread, the layout left the other threads idle.)
+    for_each_part_of_group(items, |l, out, rows| {
+        let mut part = vec![0f32; rows.len() * n];
+        l.rows_tokens_into(&q, rows.start, &mut part);
+        // SAFETY: these rows of each token's output are this call's alone.
+        unsafe { out.write_rows(&part, n, l.rows(), rows.start) };
+    });
+}
+
+/// `f(matrix, its output, rows)` over parts of the matrices' rows taken
+/// end to end (a part may span two; `guided_parts` by their mean row
+/// bytes), in parallel on the current pool: one job for the whole group.
+/// The rows of each call belong to it alone.
+fn for_each_part_of_group(
+    items: &mut [(&Linear, &mut [f32])],
+    f: impl Fn(&Linear, &SharedMut<f32>, std::ops::Range<usize>) + Sync,
+) {
     let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
     let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
     let parts = pool::guided_parts(total, bytes / total.max(1));
@@ -312,20 +327,13 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
     pool::with_current(|p| {
         p.run(parts.len(), &|t| {
             let mut first = 0;
-            let mut part = Vec::new();
             for (l, out) in &outs {
                 let rows = l.rows();
                 let (s, e) = (parts[t].start.max(first) - first, parts[t].end.min(first + rows).saturating_sub(first));
                 first += rows;
-                if s >= e {
-                    continue;
+                if s < e {
+                    f(l, out, s..e);
                 }
-                part.clear();
-                part.resize((e - s) * n, 0f32);
-                l.rows_tokens_into(&q, s, &mut part);
-                // SAFETY: parts are disjoint, so rows s..e of each token's
-                // output belong to this task alone.
-                unsafe { out.write_rows(&part, n, rows, s) };
             }
         })
     });
@@ -365,24 +373,9 @@ pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActS
         }
         return;
     };
-    // Parts over the matrices' rows end to end; a part may span two.
-    let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
-    let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
-    let parts = pool::guided_parts(total, bytes / total.max(1));
-    let outs: Vec<(&Linear, SharedMut<f32>)> = items.iter_mut().map(|(l, y)| (*l, SharedMut::new(y))).collect();
-    pool::with_current(|p| {
-        p.run(parts.len(), &|t| {
-            let mut first = 0;
-            for (l, out) in &outs {
-                let (s, e) = (parts[t].start.max(first), parts[t].end.min(first + l.rows()));
-                if s < e {
-                    // SAFETY: parts are disjoint, so rows s..e of this
-                    // matrix belong to this task alone.
-                    l.rows_into(&q, s - first, unsafe { out.slice(s - first, e - first) });
-                }
-                first += l.rows();
-            }
-        })
+    for_each_part_of_group(items, |l, out, rows| {
+        // SAFETY: these rows of this matrix's output are this call's alone.
+        l.rows_into(&q, rows.start, unsafe { out.slice(rows.start, rows.end) })
     });
 }
 
