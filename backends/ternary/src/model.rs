@@ -12,6 +12,7 @@ use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
 use crate::linear::{matmul_group, Linear, Mapped, VocabMatrix};
+use crate::kernels::{KvHead, Queries};
 use crate::quant::{self, ActScheme, QuantError};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +58,21 @@ pub struct Hparams {
     pub act: Act,
 }
 
+/// An attention task's buffers, reused by each compute thread.
+struct AttentionScratch {
+    /// Rows x positions.
+    scores: Vec<f32>,
+    /// The task's query rows gathered, then its outputs, before they are
+    /// copied into the step's rows.
+    q: Vec<f32>,
+    out: Vec<f32>,
+    visible: Vec<usize>,
+}
+
 thread_local! {
-    /// Attention scores of one (token, head), reused by each compute thread.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ATTENTION: std::cell::RefCell<AttentionScratch> = const {
+        std::cell::RefCell::new(AttentionScratch { scores: Vec::new(), q: Vec::new(), out: Vec::new(), visible: Vec::new() })
+    };
     /// A sub-normed row before it replaces the input (per thread).
     static NORMED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -145,6 +158,7 @@ pub struct KvCache {
     pub len: usize,
     cap: usize,
     kv_dim: usize,
+    head_dim: usize,
 }
 
 impl KvCache {
@@ -158,7 +172,7 @@ impl KvCache {
             KvType::F32 => KvData::F32 { k: layers(hp.n_layer, each), v: layers(hp.n_layer, each) },
             KvType::F16 => KvData::F16 { k: layers(hp.n_layer, each), v: layers(hp.n_layer, each) },
         };
-        KvCache { data, len: 0, cap, kv_dim }
+        KvCache { data, len: 0, cap, kv_dim, head_dim: hp.head_dim }
     }
 
     pub fn capacity(&self) -> usize {
@@ -227,7 +241,7 @@ impl KvCache {
             KvData::F32 { k, v } => KvData::F32 { k: take(k, upto, each), v: take(v, upto, each) },
             KvData::F16 { k, v } => KvData::F16 { k: take(k, upto, each), v: take(v, upto, each) },
         };
-        KvCache { data, len: n, cap: self.cap, kv_dim: self.kv_dim }
+        KvCache { data, len: n, cap: self.cap, kv_dim: self.kv_dim, head_dim: self.head_dim }
     }
 
     /// Forget everything from position `n` on.
@@ -241,29 +255,17 @@ impl KvCache {
         self.len = n;
     }
 
-    /// Attention of `q`'s query heads over kv head `offset / len` of layer
-    /// `l`, positions `0..n`, in the cache's own type.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        l: usize,
-        q: &[f32],
-        offset: usize,
-        len: usize,
-        n: usize,
-        scale: f32,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        let stride = self.kv_dim;
+    /// Attention of the query rows `q` over kv head `kv_head` of layer
+    /// `l`, in the cache's own type.
+    fn attend(&self, l: usize, q: Queries, kv_head: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+        let (stride, len) = (self.kv_dim, self.head_dim);
+        let offset = kv_head * len;
         match &self.data {
             KvData::F32 { k, v } => {
-                let head = crate::kernels::KvHead { k: &k[l], v: &v[l], stride, offset, len, n };
-                crate::kernels::attend(q, head, scale, scores, out)
+                crate::kernels::attend(q, KvHead { k: &k[l], v: &v[l], stride, offset, len }, scale, scores, out)
             }
             KvData::F16 { k, v } => {
-                let head = crate::kernels::KvHead { k: &k[l], v: &v[l], stride, offset, len, n };
-                crate::kernels::attend(q, head, scale, scores, out)
+                crate::kernels::attend(q, KvHead { k: &k[l], v: &v[l], stride, offset, len }, scale, scores, out)
             }
         }
     }
@@ -583,14 +585,13 @@ impl Model {
         for s in segs.iter() {
             assert!(s.cache.len + s.tokens.len() <= s.cache.cap, "KV cache full");
         }
-        // Each row: its segment and its position there.
-        let mut row_seg = Vec::with_capacity(n);
+        // Each row's position in its sequence; each segment's first row,
+        // token count and cached positions.
         let mut row_pos = Vec::with_capacity(n);
-        for (i, s) in segs.iter().enumerate() {
-            for t in 0..s.tokens.len() {
-                row_seg.push(i);
-                row_pos.push(s.cache.len + t);
-            }
+        let mut seg_rows = Vec::with_capacity(segs.len());
+        for s in segs.iter() {
+            seg_rows.push(SegmentRows { first: row_pos.len(), tokens: s.tokens.len(), cached: s.cache.len });
+            row_pos.extend(s.cache.len..s.cache.len + s.tokens.len());
         }
         let kv = hp.n_head_kv * hd;
         let group = hp.n_head / hp.n_head_kv;
@@ -623,20 +624,36 @@ impl Model {
                 s.cache.append(l, &k[row * kv..(row + m) * kv], &v[row * kv..(row + m) * kv]);
                 row += m;
             }
-            // Query heads that share a kv head run together (each key and
-            // value read once for them), as many as leaves enough tasks to
-            // keep every thread busy: the same bits either way. Causal:
-            // a row at position p sees its sequence's positions 0..=p.
-            let heads_per_task = heads_per_attention_task(n * hp.n_head, group, crate::pool::current_threads());
-            let q = &q;
+            // Each task: some tokens of one sequence and query heads that
+            // share a kv head, so each key and value is read once for all
+            // of them (see `attention_tasks`). Causal: a row at position p
+            // sees its sequence's positions 0..=p. The same bits however
+            // the rows are split.
+            let tasks = attention_tasks(&seg_rows, hp.n_head, group, crate::pool::current_threads());
+            let (q, row_pos) = (&q, &row_pos);
             let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
-            let (row_seg, row_pos) = (&row_seg, &row_pos);
-            crate::pool::for_each_chunk_mut(&mut att, heads_per_task * hd, |start, out| {
-                let (t, head) = (start / d, start % d / hd);
-                let cache = caches[row_seg[t]];
-                let qs = &q[start..start + out.len()];
-                SCORES.with_borrow_mut(|scores| {
-                    cache.attend(l, qs, head / group * hd, hd, row_pos[t] + 1, scale, scores, out)
+            let att_rows = crate::pool::SharedMut::new(&mut att);
+            crate::pool::with_current(|pool| {
+                pool.run(tasks.len(), &|i| {
+                    let task = &tasks[i];
+                    let (first, width) = (task.head * hd, task.heads * hd);
+                    let rows = task.first_row..task.first_row + task.tokens;
+                    ATTENTION.with_borrow_mut(|a| {
+                        a.q.clear();
+                        a.visible.clear();
+                        for row in rows.clone() {
+                            a.q.extend_from_slice(&q[row * d + first..][..width]);
+                            a.visible.push(row_pos[row] + 1);
+                        }
+                        a.out.resize(a.q.len(), 0.0);
+                        let queries = Queries { q: &a.q, heads: task.heads, visible: &a.visible };
+                        caches[task.seg].attend(l, queries, task.head / group, scale, &mut a.scores, &mut a.out);
+                        for (row, o) in rows.zip(a.out.chunks_exact(width)) {
+                            // SAFETY: tasks cover disjoint (row, head) pieces
+                            // of att (attention_tasks), each within a row.
+                            unsafe { att_rows.slice(row * d + first, row * d + first + width) }.copy_from_slice(o);
+                        }
+                    })
                 })
             });
             let attn_in: &[f32] = match &layer.attn_sub_norm {
@@ -698,6 +715,61 @@ impl Model {
 pub struct Segment<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+}
+
+/// Where a segment's tokens are among a step's rows.
+struct SegmentRows {
+    first: usize,
+    tokens: usize,
+    /// Positions in its cache before this step.
+    cached: usize,
+}
+
+/// Attention work for a thread: `tokens` rows of segment `seg` from row
+/// `first_row` on, query heads `head..head + heads` (all on one kv head).
+#[derive(Debug, Clone, PartialEq)]
+struct AttentionTask {
+    seg: usize,
+    first_row: usize,
+    tokens: usize,
+    head: usize,
+    heads: usize,
+    /// Rows x positions read: the order tasks are handed out in.
+    work: usize,
+}
+
+/// Rows (tokens x heads) one attention task takes at most: its scores
+/// are rows x positions floats (1 MiB at 4,096 positions).
+const MAX_ATTENTION_ROWS: usize = 64;
+
+/// A step's attention cut into tasks. The heads of a kv head stay
+/// together where that leaves enough tasks (`heads_per_attention_task`),
+/// and a segment's tokens together up to `MAX_ATTENTION_ROWS` rows or
+/// until there are four tasks per thread: a task reads its kv head's
+/// keys and values once for all its rows, so fewer, larger tasks read the
+/// cache fewer times (a 20-token turn over 1,000 cached positions, on 2
+/// threads: 10 tasks of 10 tokens x 4 heads, each kv head read twice, not
+/// 40 times). Heaviest first, so no thread is left with a large one at
+/// the end.
+fn attention_tasks(segs: &[SegmentRows], n_head: usize, group: usize, threads: usize) -> Vec<AttentionTask> {
+    let rows: usize = segs.iter().map(|s| s.tokens).sum::<usize>() * n_head;
+    let heads = heads_per_attention_task(rows, group, threads);
+    let per_segment = n_head / heads;
+    let split = (4 * threads).div_ceil((segs.len() * per_segment).max(1)).max(1);
+    let most = (MAX_ATTENTION_ROWS / heads).max(1);
+    let mut tasks = Vec::new();
+    for (seg, s) in segs.iter().enumerate() {
+        let per = s.tokens.div_ceil(split).clamp(1, most);
+        for t0 in (0..s.tokens).step_by(per) {
+            let tokens = per.min(s.tokens - t0);
+            let work = tokens * heads * (s.cached + t0 + tokens);
+            for head in (0..n_head).step_by(heads) {
+                tasks.push(AttentionTask { seg, first_row: s.first + t0, tokens, head, heads, work });
+            }
+        }
+    }
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.work));
+    tasks
 }
 
 /// Query heads per attention task: the largest divisor of `group` (the
@@ -969,6 +1041,47 @@ mod tests {
         assert_eq!(heads_per_attention_task(12, 3, 2), 1);
         assert_eq!(heads_per_attention_task(24, 3, 2), 3);
         assert_eq!(heads_per_attention_task(8, 1, 4), 1);
+    }
+
+    /// Every (row, query head) of a step is in exactly one task, a task's
+    /// heads share a kv head and its tokens a segment, no task is over
+    /// `MAX_ATTENTION_ROWS`, the heaviest go first, and there are enough
+    /// for the threads: decoding several streams, a cached turn, a prompt.
+    #[test]
+    fn attention_tasks_cover_every_row_once_and_keep_the_threads_busy() {
+        let (n_head, group) = (20, 4);
+        let cases: [(&[(usize, usize)], usize, usize); 5] = [
+            (&[(1, 500)], 2, 10),
+            (&[(1, 3), (1, 40), (1, 7), (1, 900)], 2, 20),
+            (&[(20, 1000)], 2, 10),
+            (&[(20, 1000)], 1, 10),
+            (&[(128, 0), (1, 60)], 2, 45),
+        ];
+        for (shape, threads, want_tasks) in cases {
+            let mut segs = Vec::new();
+            let mut first = 0;
+            for &(tokens, cached) in shape {
+                segs.push(SegmentRows { first, tokens, cached });
+                first += tokens;
+            }
+            let tasks = attention_tasks(&segs, n_head, group, threads);
+            assert_eq!(tasks.len(), want_tasks, "{shape:?} on {threads} threads: {tasks:?}");
+            let mut seen = vec![0u8; first * n_head];
+            for t in &tasks {
+                let s = &segs[t.seg];
+                assert!(t.first_row >= s.first && t.first_row + t.tokens <= s.first + s.tokens, "{t:?}");
+                assert_eq!(t.head / group, (t.head + t.heads - 1) / group, "{t:?} spans kv heads");
+                assert!(t.tokens * t.heads <= MAX_ATTENTION_ROWS, "{t:?}");
+                for row in t.first_row..t.first_row + t.tokens {
+                    for h in t.head..t.head + t.heads {
+                        seen[row * n_head + h] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|c| *c == 1), "{shape:?}: rows covered {seen:?}");
+            assert!(tasks.windows(2).all(|w| w[0].work >= w[1].work), "{shape:?}: not heaviest first");
+            assert!(tasks.len() >= 4 * threads, "{shape:?}: {} tasks for {threads} threads", tasks.len());
+        }
     }
 
     #[test]

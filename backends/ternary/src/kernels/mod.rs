@@ -19,11 +19,13 @@ use half::f16;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+mod attention;
 mod float;
 mod vocab;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-pub use float::{attend, axpy, dot_f32, f16_bits_to_f32, KvElem, KvHead, MAX_HEAD_DIM};
+pub use attention::{attend, KvElem, KvHead, Queries, MAX_HEAD_DIM};
+pub use float::f16_bits_to_f32;
 pub use vocab::{q6k_block_dots, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Which implementation the dispatcher picked.
