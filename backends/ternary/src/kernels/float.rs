@@ -53,7 +53,12 @@ pub fn exp_f32(x: f32) -> f32 {
     let p =
         ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
     let e = p * z + r + 1.0;
-    let scaled = e * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from n's bits: n + 1.5 * 2^23 holds the integer n in its low
+    // mantissa bits. (`n as i32` is exact too, but its saturating
+    // semantics kept it scalar: 16 conversions with NaN fix-ups per
+    // vector, most of softmax's time.)
+    let n_int = (n + 12_582_912.0).to_bits().wrapping_sub(0x4b40_0000);
+    let scaled = e * f32::from_bits(n_int.wrapping_add(127) << 23);
     let y = if x < -87.0 {
         0.0
     } else if x > 88.0 {

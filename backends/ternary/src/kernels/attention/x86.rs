@@ -173,11 +173,16 @@ unsafe fn scores_avx512<T: KvElem, const R: usize, const P: usize>(
                 }
             }
         }
-        let mut lanes = [0f32; 16];
-        // SAFETY: 16 floats into lanes.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(lane_sums_f32x16(acc), scale)) };
+        let sums = _mm512_mul_ps(lane_sums_f32x16(acc), scale);
+        // Row r's scores are lanes r P..r P + count: a masked store each
+        // (a copy through memory was a memcpy call per row).
+        let first = (1u32 << count) - 1;
         for r in 0..R {
-            dst[r * stride + p..][..count].copy_from_slice(&lanes[r * P..][..count]);
+            let row = &mut dst[r * stride + p..][..count];
+            // SAFETY: only the `count` lanes from r P on are written, at
+            // row[0..count]; the base pointer before the row is never
+            // dereferenced (masked-out lanes do not access memory).
+            unsafe { _mm512_mask_storeu_ps(row.as_mut_ptr().wrapping_sub(r * P), (first << (r * P)) as u16, sums) };
         }
         p += count;
     }
@@ -376,7 +381,14 @@ unsafe fn scores_avx2<T: KvElem, const R: usize, const P: usize>(
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(sums, scale)) };
         let totals = [lanes[0], lanes[4], lanes[1], lanes[5]];
         for r in 0..R {
-            dst[r * stride + p..][..count].copy_from_slice(&totals[r * P..][..count]);
+            let row = &mut dst[r * stride + p..][..count];
+            // Element by element (P is 2 or 4): a slice copy of `count`
+            // floats is a memcpy call.
+            for j in 0..P {
+                if j < count {
+                    row[j] = totals[r * P + j];
+                }
+            }
         }
         p += count;
     }
