@@ -1050,7 +1050,9 @@ mod tests {
     #[test]
     fn attention_tasks_cover_every_row_once_and_keep_the_threads_busy() {
         let (n_head, group) = (20, 4);
-        let cases: [(&[(usize, usize)], usize, usize); 5] = [
+        // (tokens, cached positions) per segment, threads, tasks expected.
+        type Case = (&'static [(usize, usize)], usize, usize);
+        let cases: [Case; 5] = [
             (&[(1, 500)], 2, 10),
             (&[(1, 3), (1, 40), (1, 7), (1, 900)], 2, 20),
             (&[(20, 1000)], 2, 10),

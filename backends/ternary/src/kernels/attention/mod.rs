@@ -299,10 +299,5 @@ fn check<T>(q: &Queries, kv: &KvHead<T>, out: &[f32]) {
     }
 }
 
-/// Positions ahead whose key / value lines the SIMD tiles request: one
-/// head's vector is 512 bytes every `stride` floats (2.5 KiB in 2B4T), a
-/// pattern the hardware prefetcher follows poorly.
-const KV_AHEAD: usize = 8;
-
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,10 @@ fn random(rng: &mut Rng, n: usize, spread: f32) -> Vec<f32> {
 type Build<T> = (&'static str, fn(Queries, KvHead<T>, f32, &mut Vec<f32>, &mut [f32]));
 
 fn builds<T: KvElem>() -> Vec<Build<T>> {
-    let mut b: Vec<Build<T>> = vec![("blocked scalar", attend_scalar::<T>), ("dispatched", attend::<T>)];
+    let b: Vec<Build<T>> = vec![("blocked scalar", attend_scalar::<T>), ("dispatched", attend::<T>)];
     #[cfg(target_arch = "x86_64")]
-    {
+    let b = {
+        let mut b = b;
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
@@ -24,7 +25,8 @@ fn builds<T: KvElem>() -> Vec<Build<T>> {
             // SAFETY: AVX-512 F checked.
             b.push(("avx512", |q, kv, s, sc, o| unsafe { x86::attend_avx512(q, kv, s, sc, o) }));
         }
-    }
+        b
+    };
     b
 }
 

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{attend_blocked, KvElem, KvHead, Lanes, Queries, Tiles, KV_AHEAD};
+use super::{attend_blocked, KvElem, KvHead, Lanes, Queries, Tiles};
 
 /// AVX-512 F tiles. Made only inside `attend_avx512`, which runs after
 /// the CPU was found to have AVX-512 F: that is what makes its calls of
@@ -58,6 +58,11 @@ pub(super) unsafe fn attend_avx2<T: KvElem>(
 const fn slot(lane: usize) -> usize {
     4 * (lane % 4) + lane / 4
 }
+
+/// Positions ahead whose key / value lines the tiles request: one head's
+/// vector is 512 bytes every `stride` floats (2.5 KiB in 2B4T), a pattern
+/// the hardware prefetcher follows poorly.
+const KV_AHEAD: usize = 8;
 
 /// Ask for the lines of `x` (one position's vector) `KV_AHEAD` positions on.
 #[inline(always)]
