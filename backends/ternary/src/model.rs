@@ -11,8 +11,8 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
-use crate::linear::{matmul_group, Linear, Mapped, VocabMatrix};
 use crate::kernels::{KvHead, Queries};
+use crate::linear::{matmul_group, Linear, Mapped, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
 
 #[derive(Debug, thiserror::Error)]

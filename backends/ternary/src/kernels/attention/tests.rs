@@ -54,7 +54,8 @@ fn check_builds<T: KvElem>(to_cache: impl Fn(&[f32]) -> Vec<T>, what: &str) {
         for heads in [1usize, 2, 3, 4, 5] {
             for visible in shapes() {
                 let n = *visible.iter().max().unwrap();
-                let (k, v) = (to_cache(&random(&mut rng, n * stride, 2.0)), to_cache(&random(&mut rng, n * stride, 2.0)));
+                let (k, v) =
+                    (to_cache(&random(&mut rng, n * stride, 2.0)), to_cache(&random(&mut rng, n * stride, 2.0)));
                 let q = random(&mut rng, visible.len() * heads * hd, 1.5);
                 let kv = KvHead { k: &k, v: &v, stride, offset: hd, len: hd };
                 let queries = Queries { q: &q, heads, visible: &visible };
@@ -97,8 +98,10 @@ fn attention_over_an_f16_cache_equals_attention_over_its_values_in_f32() {
     let (hd, stride, heads) = (128, 3 * 128, 4);
     for visible in shapes() {
         let n = *visible.iter().max().unwrap();
-        let k16: Vec<u16> = random(&mut rng, n * stride, 2.0).iter().map(|x| half::f16::from_f32(*x).to_bits()).collect();
-        let v16: Vec<u16> = random(&mut rng, n * stride, 2.0).iter().map(|x| half::f16::from_f32(*x).to_bits()).collect();
+        let k16: Vec<u16> =
+            random(&mut rng, n * stride, 2.0).iter().map(|x| half::f16::from_f32(*x).to_bits()).collect();
+        let v16: Vec<u16> =
+            random(&mut rng, n * stride, 2.0).iter().map(|x| half::f16::from_f32(*x).to_bits()).collect();
         let widen = |h: &[u16]| -> Vec<f32> { h.iter().map(|h| crate::kernels::f16_bits_to_f32(*h)).collect() };
         let (k32, v32) = (widen(&k16), widen(&v16));
         let q = random(&mut rng, visible.len() * heads * hd, 1.0);

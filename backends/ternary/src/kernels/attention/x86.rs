@@ -357,7 +357,9 @@ unsafe fn scores_avx2<T: KvElem, const R: usize, const P: usize>(
             let mut qv = [(_mm256_setzero_ps(), _mm256_setzero_ps()); R];
             for (r, x) in qv.iter_mut().enumerate() {
                 // SAFETY: row r's columns c..c + 16 are within q (asserted length).
-                *x = unsafe { (_mm256_loadu_ps(q.as_ptr().add(r * hd + c)), _mm256_loadu_ps(q.as_ptr().add(r * hd + c + 8))) };
+                *x = unsafe {
+                    (_mm256_loadu_ps(q.as_ptr().add(r * hd + c)), _mm256_loadu_ps(q.as_ptr().add(r * hd + c + 8)))
+                };
             }
             for (j, k) in keys.iter().enumerate() {
                 // SAFETY: each key is a full head (kv.key), c + 16 <= hd.
