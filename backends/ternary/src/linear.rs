@@ -191,9 +191,10 @@ impl Linear {
             (Linear::Tq2 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, prepared })
                 if kernels::blockwise_rows_for_prompts() =>
             {
-                rows_by_token(out, n, &bytes.bytes()[span], row_bytes, |t, rows, y| {
-                    kernels::tq2_rows(rows, row_bytes, &prepared[t], &bsums[t], &acts[t].d, y)
-                });
+                let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
+                let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
+                let d: Vec<&[f32]> = acts.iter().map(|a| a.d.as_slice()).collect();
+                kernels::tq2_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &bsums, &d, out);
             }
             (Linear::Tq1 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, .. })
                 if kernels::blockwise_rows_for_prompts() =>

@@ -370,6 +370,81 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
     }
 }
 
+/// TQ2_0 rows against several tokens (`a[t]`, with their block sums and
+/// scales): `out[t * m + r]` (m = the rows) equals `tq2_rows` of token t,
+/// bit for bit. With AVX-512 VNNI in groups of 16 rows x up to 4 tokens,
+/// each block's codes unpacked once for the tokens; elsewhere token by
+/// token.
+pub fn tq2_rows_tokens(
+    rows: &[u8],
+    row_bytes: usize,
+    a: &[&Prepared],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+) {
+    let n = a.len();
+    let m = rows.len() / row_bytes.max(1);
+    assert!(
+        bsums.len() == n && d.len() == n && out.len() == n * m && rows.len() == m * row_bytes,
+        "TQ2_0 tokens shape"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512Vnni {
+        let blocks = row_bytes / 66;
+        for t in 0..n {
+            check_blocks(row_bytes, 66, 256, a[t].q.len(), blocks);
+            assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 rows shape");
+        }
+        for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
+            let mut t = 0;
+            while t < n {
+                let k = (n - t).min(4);
+                let qi = |i: usize| &a[t + i.min(k - 1)].interleaved[..];
+                let out = &mut out[t * m + g..];
+                // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new interleaved for it.
+                unsafe {
+                    match k {
+                        4 => x86::tq2_rows_tokens_vnni::<4>(
+                            group,
+                            row_bytes,
+                            [qi(0), qi(1), qi(2), qi(3)],
+                            [bsums[t], bsums[t + 1], bsums[t + 2], bsums[t + 3]],
+                            [d[t], d[t + 1], d[t + 2], d[t + 3]],
+                            out,
+                            m,
+                        ),
+                        3 => x86::tq2_rows_tokens_vnni::<3>(
+                            group,
+                            row_bytes,
+                            [qi(0), qi(1), qi(2)],
+                            [bsums[t], bsums[t + 1], bsums[t + 2]],
+                            [d[t], d[t + 1], d[t + 2]],
+                            out,
+                            m,
+                        ),
+                        2 => x86::tq2_rows_tokens_vnni::<2>(
+                            group,
+                            row_bytes,
+                            [qi(0), qi(1)],
+                            [bsums[t], bsums[t + 1]],
+                            [d[t], d[t + 1]],
+                            out,
+                            m,
+                        ),
+                        _ => x86::tq2_rows_tokens_vnni::<1>(group, row_bytes, [qi(0)], [bsums[t]], [d[t]], out, m),
+                    }
+                }
+                t += k;
+            }
+        }
+        return;
+    }
+    for (t, out) in out.chunks_exact_mut(m.max(1)).enumerate() {
+        tq2_rows(rows, row_bytes, a[t], bsums[t], d[t], out);
+    }
+}
+
 /// Whether prompts should go through `tq2_rows` / `tq1_rows` token by
 /// token rather than per-row block dots (shared by four tokens for TQ2_0)
 /// and a scalar finish: where those have a many-row kernel (AVX-512 VNNI:
@@ -1080,6 +1155,32 @@ mod tests {
                 let mut dots = vec![0i32; blocks];
                 tq2_block_dots_scalar(r, &q, &mut dots);
                 assert_eq!(g.to_bits(), tq2_finish(r, &dots, &bsums, &ds).to_bits(), "rows blocks={blocks}");
+            }
+            // Several tokens at once (tiles of 16 rows x up to 4 tokens with
+            // AVX-512 VNNI): each token's results are its own `tq2_rows`.
+            for n in [1usize, 2, 3, 4, 5, 9] {
+                let qs: Vec<Vec<i8>> =
+                    (0..n).map(|t| q.iter().map(|&v| v.wrapping_mul(3).wrapping_add(t as i8 * 17)).collect()).collect();
+                let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
+                let bs: Vec<Vec<i32>> = qs
+                    .iter()
+                    .map(|q| q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
+                    .collect();
+                let dt: Vec<Vec<f32>> = (0..n).map(|_| (0..blocks).map(|_| rng.next_f32() * 0.02).collect()).collect();
+                let mut got = vec![f32::NAN; n * n_rows];
+                let a: Vec<&Prepared> = prepared.iter().collect();
+                let b: Vec<&[i32]> = bs.iter().map(Vec::as_slice).collect();
+                let d: Vec<&[f32]> = dt.iter().map(Vec::as_slice).collect();
+                tq2_rows_tokens(&rows, row.len(), &a, &b, &d, &mut got);
+                for t in 0..n {
+                    let mut want = vec![0f32; n_rows];
+                    tq2_rows(&rows, row.len(), &prepared[t], &bs[t], &dt[t], &mut want);
+                    let got = &got[t * n_rows..(t + 1) * n_rows];
+                    assert!(
+                        got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{n} tokens, token {t}, blocks={blocks}: {got:?} vs {want:?}"
+                    );
+                }
             }
             // Four tokens at once: each equals its own reference.
             let qs: Vec<Vec<i8>> = (0..4).map(|t| q.iter().map(|&v| v.wrapping_add(t * 29)).collect()).collect();

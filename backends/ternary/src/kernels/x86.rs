@@ -298,6 +298,90 @@ pub(super) unsafe fn tq2_rows_vnni(
     })
 }
 
+/// TQ2_0 rows (up to 16, one `blockwise_rows_avx512` group) against N
+/// tokens at once (prompts, sequences decoded together): per block, each
+/// row's codes are unpacked once for all N tokens, four rows at a time
+/// (their planes stay in registers while each token's activations are
+/// loaded once for the four), and each scale gather serves every token.
+/// Token t's results go to `out[t * stride..][..rows]`, bit for bit
+/// `tq2_rows_vnni`'s.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq2_rows_tokens_vnni<const N: usize>(
+    group: &[u8],
+    row_bytes: usize,
+    qi: [&[i8]; N],
+    bsums: [&[i32]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let n = group.len() / row_bytes;
+    let blocks = row_bytes / 66;
+    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * 66, "TQ2_0 group shape");
+    for t in 0..N {
+        assert!(qi[t].len() >= blocks * 256 && bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens");
+    }
+    assert!(N == 0 || out.len() >= (N - 1) * stride + n, "TQ2_0 output");
+    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
+    let mask = _mm512_set1_epi8(3);
+    let zero = _mm512_setzero_si512();
+    let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let scale_at =
+        _mm512_add_epi32(_mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)), _mm512_set1_epi32(62));
+    let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
+    let mut acc = [_mm512_setzero_ps(); N];
+    // Rows past n stay zero, as in `blockwise_rows_avx512`.
+    let mut v = [[zero; TQ2_LANES]; N];
+    for b in 0..blocks {
+        for r0 in (0..n).step_by(4) {
+            let rn = (n - r0).min(4);
+            let mut codes = [[zero; 4]; 4];
+            for (i, c) in codes.iter_mut().enumerate().take(rn) {
+                // SAFETY: block b of row r0 + i < n is inside group (64 of its 66 bytes loaded).
+                let block = group.as_ptr().add((r0 + i) * row_bytes + b * 66);
+                prefetch(block, pf);
+                let w = _mm512_loadu_si512(block.cast());
+                *c = [
+                    _mm512_and_si512(w, mask),
+                    _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+                    _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+                    _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+                ];
+            }
+            for (t, v) in v.iter_mut().enumerate() {
+                // SAFETY: block b's 256 activations are inside qi[t] (asserted).
+                let a = qi[t].as_ptr().add(b * 256);
+                let a = [
+                    _mm512_loadu_si512(a.cast()),
+                    _mm512_loadu_si512(a.add(64).cast()),
+                    _mm512_loadu_si512(a.add(128).cast()),
+                    _mm512_loadu_si512(a.add(192).cast()),
+                ];
+                for (i, c) in codes.iter().enumerate().take(rn) {
+                    let x0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c[0], a[0]), c[2], a[2]);
+                    let x1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c[1], a[1]), c[3], a[3]);
+                    v[r0 + i] = _mm512_add_epi32(x0, x1);
+                }
+            }
+        }
+        // SAFETY: only live lanes (rows < n) are read, each inside its row.
+        let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * 66) as i32));
+        let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
+        let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+        for t in 0..N {
+            let dot = _mm512_sub_epi32(lane_sums_x16(&v[t]), _mm512_set1_epi32(bsums[t][b]));
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        let mut lanes = [0f32; TQ2_LANES];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
+        out[t * stride..][..n].copy_from_slice(&lanes[..n]);
+    }
+}
+
 /// TQ1_0 with AVX2, activations in file order. The digits come out as
 /// bytes: multiplying by 3 (two byte adds) steps to the next digit of the
 /// 32 first bytes; the 16 and 4 others get per-lane multipliers (1 | 3,
