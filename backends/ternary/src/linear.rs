@@ -199,9 +199,10 @@ impl Linear {
             (Linear::Tq1 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, .. })
                 if kernels::blockwise_rows_for_prompts() =>
             {
-                rows_by_token(out, n, &bytes.bytes()[span], row_bytes, |t, rows, y| {
-                    kernels::tq1_rows(rows, row_bytes, &acts[t].q, &bsums[t], &acts[t].d, y)
-                });
+                let q: Vec<&[i8]> = acts.iter().map(|a| a.q.as_slice()).collect();
+                let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
+                let d: Vec<&[f32]> = acts.iter().map(|a| a.d.as_slice()).collect();
+                kernels::tq1_rows_tokens(&bytes.bytes()[span], row_bytes, &q, &bsums, &d, out);
             }
             (Linear::Tq2 { bytes, cols, .. }, QuantizedTokens::Q8K { acts, bsums, .. }) => {
                 let blocks = cols / 256;
@@ -254,19 +255,6 @@ impl QuantizedTokens<'_> {
         match self {
             QuantizedTokens::I2S { acts, .. } => acts.len(),
             QuantizedTokens::Q8K { acts, .. } => acts.len(),
-        }
-    }
-}
-
-/// Tokens through a many-row kernel (`kernel(t, rows, y)`: token t
-/// against `rows`, into y), into `out` token-major (n x m): 16 rows (what
-/// the kernels take at once) against every token while they are in cache.
-fn rows_by_token(out: &mut [f32], n: usize, rows: &[u8], row_bytes: usize, kernel: impl Fn(usize, &[u8], &mut [f32])) {
-    let m = out.len() / n;
-    for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
-        let k = group.len() / row_bytes;
-        for t in 0..n {
-            kernel(t, group, &mut out[t * m + g..][..k]);
         }
     }
 }

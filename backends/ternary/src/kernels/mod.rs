@@ -383,65 +383,60 @@ pub fn tq2_rows_tokens(
     d: &[&[f32]],
     out: &mut [f32],
 ) {
-    let n = a.len();
-    let m = rows.len() / row_bytes.max(1);
-    assert!(
-        bsums.len() == n && d.len() == n && out.len() == n * m && rows.len() == m * row_bytes,
-        "TQ2_0 tokens shape"
-    );
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni {
-        let blocks = row_bytes / 66;
-        for t in 0..n {
-            check_blocks(row_bytes, 66, 256, a[t].q.len(), blocks);
-            assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 rows shape");
-        }
-        for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
-            let mut t = 0;
-            while t < n {
-                let k = (n - t).min(4);
-                let qi = |i: usize| &a[t + i.min(k - 1)].interleaved[..];
-                let out = &mut out[t * m + g..];
-                // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new interleaved for it.
-                unsafe {
-                    match k {
-                        4 => x86::tq2_rows_tokens_vnni::<4>(
-                            group,
-                            row_bytes,
-                            [qi(0), qi(1), qi(2), qi(3)],
-                            [bsums[t], bsums[t + 1], bsums[t + 2], bsums[t + 3]],
-                            [d[t], d[t + 1], d[t + 2], d[t + 3]],
-                            out,
-                            m,
-                        ),
-                        3 => x86::tq2_rows_tokens_vnni::<3>(
-                            group,
-                            row_bytes,
-                            [qi(0), qi(1), qi(2)],
-                            [bsums[t], bsums[t + 1], bsums[t + 2]],
-                            [d[t], d[t + 1], d[t + 2]],
-                            out,
-                            m,
-                        ),
-                        2 => x86::tq2_rows_tokens_vnni::<2>(
-                            group,
-                            row_bytes,
-                            [qi(0), qi(1)],
-                            [bsums[t], bsums[t + 1]],
-                            [d[t], d[t + 1]],
-                            out,
-                            m,
-                        ),
-                        _ => x86::tq2_rows_tokens_vnni::<1>(group, row_bytes, [qi(0)], [bsums[t]], [d[t]], out, m),
-                    }
-                }
-                t += k;
-            }
-        }
-        return;
+        let qs: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
+        return ternary_rows_tokens(x86::TernaryBlocks::Tq2, rows, row_bytes, &qs, bsums, d, out);
     }
+    let m = rows.len() / row_bytes.max(1);
+    assert!(a.len() == bsums.len() && a.len() == d.len() && out.len() == a.len() * m, "TQ2_0 tokens shape");
     for (t, out) in out.chunks_exact_mut(m.max(1)).enumerate() {
         tq2_rows(rows, row_bytes, a[t], bsums[t], d[t], out);
+    }
+}
+
+/// `tq2_rows_tokens` for TQ1_0 (`q[t]`: token t's activations).
+pub fn tq1_rows_tokens(rows: &[u8], row_bytes: usize, q: &[&[i8]], bsums: &[&[i32]], d: &[&[f32]], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512Vnni {
+        return ternary_rows_tokens(x86::TernaryBlocks::Tq1, rows, row_bytes, q, bsums, d, out);
+    }
+    let m = rows.len() / row_bytes.max(1);
+    assert!(q.len() == bsums.len() && q.len() == d.len() && out.len() == q.len() * m, "TQ1_0 tokens shape");
+    for (t, out) in out.chunks_exact_mut(m.max(1)).enumerate() {
+        tq1_rows(rows, row_bytes, q[t], bsums[t], d[t], out);
+    }
+}
+
+/// Groups of 16 rows x up to 4 tokens through the AVX-512 VNNI kernel.
+#[cfg(target_arch = "x86_64")]
+fn ternary_rows_tokens(
+    format: x86::TernaryBlocks,
+    rows: &[u8],
+    row_bytes: usize,
+    qs: &[&[i8]],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+) {
+    let n = qs.len();
+    let block_bytes = if format == x86::TernaryBlocks::Tq2 { 66 } else { 54 };
+    let (m, blocks) = (rows.len() / row_bytes.max(1), row_bytes / block_bytes);
+    assert!(
+        bsums.len() == n && d.len() == n && out.len() == n * m && rows.len() == m * row_bytes,
+        "ternary tokens shape"
+    );
+    for t in 0..n {
+        check_blocks(row_bytes, block_bytes, 256, qs[t].len(), blocks);
+        assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "ternary tokens shape");
+    }
+    for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
+        for t in (0..n).step_by(4) {
+            let k = (n - t).min(4);
+            let (q, b, d) = (&qs[t..t + k], &bsums[t..t + k], &d[t..t + k]);
+            // SAFETY: isa() checked AVX-512 F/BW/VNNI (the callers); shapes checked above.
+            unsafe { x86::ternary_rows_tokens_vnni(format, group, row_bytes, q, b, d, &mut out[t * m + g..], m) };
+        }
     }
 }
 
@@ -1095,6 +1090,30 @@ mod tests {
                 tq1_block_dots_scalar(r, &q, &mut dots);
                 let want = ternary_blocks_finish(r, 54, &dots, &bsums, &ds);
                 assert_eq!(g.to_bits(), want.to_bits(), "rows blocks={blocks}");
+            }
+            // Several tokens at once: each token's results are its own `tq1_rows`.
+            for n in [1usize, 2, 3, 4, 5, 9] {
+                let qs: Vec<Vec<i8>> =
+                    (0..n).map(|t| q.iter().map(|&v| v.wrapping_mul(5).wrapping_add(t as i8 * 13)).collect()).collect();
+                let bs: Vec<Vec<i32>> = qs
+                    .iter()
+                    .map(|q| q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
+                    .collect();
+                let dt: Vec<Vec<f32>> = (0..n).map(|_| (0..blocks).map(|_| rng.next_f32() * 0.02).collect()).collect();
+                let mut got = vec![f32::NAN; n * n_rows];
+                let a: Vec<&[i8]> = qs.iter().map(Vec::as_slice).collect();
+                let b: Vec<&[i32]> = bs.iter().map(Vec::as_slice).collect();
+                let d: Vec<&[f32]> = dt.iter().map(Vec::as_slice).collect();
+                tq1_rows_tokens(&rows, row.len(), &a, &b, &d, &mut got);
+                for t in 0..n {
+                    let mut want = vec![0f32; n_rows];
+                    tq1_rows(&rows, row.len(), &qs[t], &bs[t], &dt[t], &mut want);
+                    let got = &got[t * n_rows..(t + 1) * n_rows];
+                    assert!(
+                        got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{n} tokens, token {t}, blocks={blocks}: {got:?} vs {want:?}"
+                    );
+                }
             }
         }
     }

@@ -298,37 +298,104 @@ pub(super) unsafe fn tq2_rows_vnni(
     })
 }
 
-/// TQ2_0 rows (up to 16, one `blockwise_rows_avx512` group) against N
-/// tokens at once (prompts, sequences decoded together): per block, each
-/// row's codes are unpacked once for all N tokens, four rows at a time
-/// (their planes stay in registers while each token's activations are
-/// loaded once for the four), and each scale gather serves every token.
-/// Token t's results go to `out[t * stride..][..rows]`, bit for bit
-/// `tq2_rows_vnni`'s.
+/// The ternary block formats the many-token kernel reads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum TernaryBlocks {
+    /// 66-byte blocks, activations interleaved (`interleave`).
+    Tq2,
+    /// 54-byte blocks, activations in file order.
+    Tq1,
+}
+
+/// Rows (up to 16, one `blockwise_rows_avx512` group) against 1-4 tokens
+/// at once (prompts, sequences decoded together): token t's results go to
+/// `out[t * stride..][..rows]`, bit for bit what `tq2_rows_vnni` /
+/// `tq1_rows_vnni` give it alone. `qs[t]`: token t's activations in the
+/// layout the format's kernel takes.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-pub(super) unsafe fn tq2_rows_tokens_vnni<const N: usize>(
+pub(super) unsafe fn ternary_rows_tokens_vnni(
+    format: TernaryBlocks,
     group: &[u8],
     row_bytes: usize,
-    qi: [&[i8]; N],
-    bsums: [&[i32]; N],
-    d: [&[f32]; N],
+    qs: &[&[i8]],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
     out: &mut [f32],
     stride: usize,
 ) {
     use std::arch::x86_64::*;
-    let n = group.len() / row_bytes;
-    let blocks = row_bytes / 66;
-    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * 66, "TQ2_0 group shape");
-    for t in 0..N {
-        assert!(qi[t].len() >= blocks * 256 && bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens");
-    }
-    assert!(N == 0 || out.len() >= (N - 1) * stride + n, "TQ2_0 output");
-    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let mask = _mm512_set1_epi8(3);
+    // A TQ2_0 block's four 2-bit planes, plane l paired with activations 64 l.. (interleaved).
+    let tq2 = |block: *const u8| {
+        // SAFETY: the kernel passes a block inside its group (64 of 66 bytes loaded).
+        let w = unsafe { _mm512_loadu_si512(block.cast()) };
+        [
+            _mm512_and_si512(w, mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+        ]
+    };
+    // SAFETY: the kernel passes a 54-byte block inside its group.
+    let tq1 = |block: *const u8| unsafe { tq1_digits_vnni(block) };
+    macro_rules! tokens {
+        ($n:literal) => {{
+            let qs: [&[i8]; $n] = std::array::from_fn(|t| qs[t]);
+            let bsums: [&[i32]; $n] = std::array::from_fn(|t| bsums[t]);
+            let d: [&[f32]; $n] = std::array::from_fn(|t| d[t]);
+            match format {
+                TernaryBlocks::Tq2 => {
+                    blockwise_rows_tokens_avx512::<66, $n>(group, row_bytes, qs, bsums, d, out, stride, tq2)
+                }
+                TernaryBlocks::Tq1 => {
+                    blockwise_rows_tokens_avx512::<54, $n>(group, row_bytes, qs, bsums, d, out, stride, tq1)
+                }
+            }
+        }};
+    }
+    assert!(bsums.len() == qs.len() && d.len() == qs.len(), "ternary tokens");
+    match qs.len() {
+        4 => tokens!(4),
+        3 => tokens!(3),
+        2 => tokens!(2),
+        1 => tokens!(1),
+        n => panic!("{n} tokens in one ternary tile (1 to 4)"),
+    }
+}
+
+/// `blockwise_rows_avx512` for N tokens: per block, each row's codes are
+/// unpacked once (`planes`: four vectors, plane k paired with activations
+/// 64 k..64 k + 64) for all N tokens, four rows at a time (their planes
+/// stay in registers while each token's activations are loaded once for
+/// the four), and each scale gather serves every token.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    bsums: [&[i32]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+    planes: impl Fn(*const u8) -> [std::arch::x86_64::__m512i; 4],
+) {
+    use std::arch::x86_64::*;
+    let n = group.len() / row_bytes;
+    let blocks = row_bytes / BLOCK;
+    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * BLOCK, "ternary group shape");
+    for t in 0..N {
+        assert!(qs[t].len() >= blocks * 256 && bsums[t].len() >= blocks && d[t].len() >= blocks, "ternary tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + n, "ternary tokens output");
+    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let zero = _mm512_setzero_si512();
     let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let scale_at =
-        _mm512_add_epi32(_mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)), _mm512_set1_epi32(62));
+    let scale_at = _mm512_add_epi32(
+        _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
+        _mm512_set1_epi32(BLOCK as i32 - 4),
+    );
     let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
     let mut acc = [_mm512_setzero_ps(); N];
     // Rows past n stay zero, as in `blockwise_rows_avx512`.
@@ -338,20 +405,14 @@ pub(super) unsafe fn tq2_rows_tokens_vnni<const N: usize>(
             let rn = (n - r0).min(4);
             let mut codes = [[zero; 4]; 4];
             for (i, c) in codes.iter_mut().enumerate().take(rn) {
-                // SAFETY: block b of row r0 + i < n is inside group (64 of its 66 bytes loaded).
-                let block = group.as_ptr().add((r0 + i) * row_bytes + b * 66);
+                // SAFETY: block b of row r0 + i < n is inside group.
+                let block = group.as_ptr().add((r0 + i) * row_bytes + b * BLOCK);
                 prefetch(block, pf);
-                let w = _mm512_loadu_si512(block.cast());
-                *c = [
-                    _mm512_and_si512(w, mask),
-                    _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
-                    _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
-                    _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
-                ];
+                *c = planes(block);
             }
             for (t, v) in v.iter_mut().enumerate() {
-                // SAFETY: block b's 256 activations are inside qi[t] (asserted).
-                let a = qi[t].as_ptr().add(b * 256);
+                // SAFETY: block b's 256 activations are inside qs[t] (asserted).
+                let a = qs[t].as_ptr().add(b * 256);
                 let a = [
                     _mm512_loadu_si512(a.cast()),
                     _mm512_loadu_si512(a.add(64).cast()),
@@ -366,7 +427,7 @@ pub(super) unsafe fn tq2_rows_tokens_vnni<const N: usize>(
             }
         }
         // SAFETY: only live lanes (rows < n) are read, each inside its row.
-        let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * 66) as i32));
+        let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * BLOCK) as i32));
         let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
         let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
         for t in 0..N {
@@ -436,10 +497,9 @@ pub(super) unsafe fn tq1_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) 
 /// 32 first bytes broadcast to both halves and multiplied by 1 | 3, then 9,
 /// 81; the next 16 to all four quarters by 1 | 3 | 9 | 27, then 81; the
 /// last 4 by 1, 3, 9, 27), each digit vector one vpdpbusd: about half the
-/// operations of the AVX2 kernel per block. Returns 16 lanes whose sum is
-/// the block's code dot.
+/// operations of the AVX2 kernel per block.
 #[inline(always)]
-unsafe fn tq1_block_vnni(block: *const u8, qb: *const i8) -> std::arch::x86_64::__m512i {
+unsafe fn tq1_digits_vnni(block: *const u8) -> [std::arch::x86_64::__m512i; 4] {
     use std::arch::x86_64::*;
     let (k85, k170, one) = (_mm512_set1_epi8(85), _mm512_set1_epi8(170u8 as i8), _mm512_set1_epi8(1));
     let digits = |t: __m512i| {
@@ -460,7 +520,7 @@ unsafe fn tq1_block_vnni(block: *const u8, qb: *const i8) -> std::arch::x86_64::
     );
     // Low quarter: the 16 bytes times 81; next: the 4 bytes times 1, 3, 9, 27.
     let by_81_qh = _mm512_castsi256_si512(_mm256_setr_epi16(81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27));
-    // SAFETY (all loads): the caller's block has 54 bytes, qb 256.
+    // SAFETY (all loads): the caller's block has 54 bytes.
     let b = block;
     let p01 = mul8(_mm512_broadcast_i64x4(_mm256_loadu_si256(b.cast())), by_1_3);
     let p23 = mul8(p01, _mm512_set1_epi16(9));
@@ -472,11 +532,21 @@ unsafe fn tq1_block_vnni(block: *const u8, qb: *const i8) -> std::arch::x86_64::
     let v2 = _mm512_inserti64x4(p45, _mm512_castsi512_si256(r0123), 1);
     let v3 = _mm512_inserti64x4(r0123, _mm512_castsi512_si256(r4h), 0);
     let v3 = _mm512_shuffle_i64x2(v3, v3, 0b01_00_11_10);
+    [digits(p01), digits(p23), digits(v2), digits(v3)]
+}
+
+/// `tq1_digits_vnni` against one token: 16 lanes whose sum is the block's
+/// code dot.
+#[inline(always)]
+unsafe fn tq1_block_vnni(block: *const u8, qb: *const i8) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let digits = tq1_digits_vnni(block);
+    // SAFETY: the caller's qb has 256 activations.
     let a = |k: usize| _mm512_loadu_si512(qb.add(64 * k).cast());
-    let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits(p01), a(0));
-    acc = _mm512_dpbusd_epi32(acc, digits(p23), a(1));
-    acc = _mm512_dpbusd_epi32(acc, digits(v2), a(2));
-    _mm512_dpbusd_epi32(acc, digits(v3), a(3))
+    let mut acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), digits[0], a(0));
+    acc = _mm512_dpbusd_epi32(acc, digits[1], a(1));
+    acc = _mm512_dpbusd_epi32(acc, digits[2], a(2));
+    _mm512_dpbusd_epi32(acc, digits[3], a(3))
 }
 
 /// Per-block TQ1_0 code dots of one row with AVX-512 VNNI.
