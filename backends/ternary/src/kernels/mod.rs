@@ -1093,8 +1093,9 @@ mod tests {
             }
             // Several tokens at once: each token's results are its own `tq1_rows`.
             for n in [1usize, 2, 3, 4, 5, 9] {
-                let qs: Vec<Vec<i8>> =
-                    (0..n).map(|t| q.iter().map(|&v| v.wrapping_mul(5).wrapping_add(t as i8 * 13)).collect()).collect();
+                let qs: Vec<Vec<i8>> = (0..n)
+                    .map(|t| q.iter().map(|&v| v.wrapping_mul(5).wrapping_add((t as i8).wrapping_mul(13))).collect())
+                    .collect();
                 let bs: Vec<Vec<i32>> = qs
                     .iter()
                     .map(|q| q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
@@ -1178,8 +1179,9 @@ mod tests {
             // Several tokens at once (tiles of 16 rows x up to 4 tokens with
             // AVX-512 VNNI): each token's results are its own `tq2_rows`.
             for n in [1usize, 2, 3, 4, 5, 9] {
-                let qs: Vec<Vec<i8>> =
-                    (0..n).map(|t| q.iter().map(|&v| v.wrapping_mul(3).wrapping_add(t as i8 * 17)).collect()).collect();
+                let qs: Vec<Vec<i8>> = (0..n)
+                    .map(|t| q.iter().map(|&v| v.wrapping_mul(3).wrapping_add((t as i8).wrapping_mul(17))).collect())
+                    .collect();
                 let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
                 let bs: Vec<Vec<i32>> = qs
                     .iter()
