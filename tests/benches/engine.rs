@@ -1,18 +1,22 @@
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 //! The built-in engine on generated models with BitNet b1.58 2B4T's shape
-//! (hidden 2560, 30 layers, 20/5 heads, FFN 6912, vocab 128256, F16 output
-//! matrix), I2_S (bitnet.cpp's format), TQ2_0 and TQ1_0 (llama.cpp's), in one run: this machine's read bandwidth,
-//! pp/tg tokens/s at 1 thread and at all cores, bytes read per token, and
-//! the fraction of the bandwidth ceiling decoding reaches.
+//! (hidden 2560, 30 layers, 20/5 heads, FFN 6912, vocab 128256), I2_S
+//! (bitnet.cpp's format), TQ2_0 and TQ1_0 (llama.cpp's), each with the F16
+//! output matrix (tied to the embedding, as 2B4T's release) and with a
+//! Q6_K one (as llama.cpp's quantizer writes TQ files), in one run: this
+//! machine's read bandwidth, pp/tg tokens/s at 1 thread and at all cores,
+//! bytes read per token, and the fraction of the bandwidth ceiling
+//! decoding reaches.
 //!
 //! cargo bench -p bitnet-host-tests --bench engine -- --bench
-//! (BITNET_BENCH_FORMATS=i2_s,tq2_0,tq1_0 picks formats; default all)
+//! (BITNET_BENCH_FORMATS=i2_s,tq2_0,tq1_0 picks formats; default all;
+//! BITNET_BENCH_OUTPUTS=f16,q6k picks output matrices; default both)
 //! (quick run on a small shape without --bench; the 2B4T-shaped file, about
 //! 1.2 GB, is generated once under target/bench-models/)
 
 use bitnet_ternary::bench::{read_bandwidth, speed};
 use bitnet_ternary::model::Model;
-use bitnet_ternary::writer::Shape;
+use bitnet_ternary::writer::{OutputMatrix, Shape};
 
 /// Rounds per thread count: this VM's bandwidth moves 10-20% between
 /// runs, so each decode run is paired with a bandwidth measurement taken
@@ -28,9 +32,20 @@ fn main() {
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bw_bytes = if full { 2 << 30 } else { 256 << 20 };
+    let outputs: Vec<OutputMatrix> = std::env::var("BITNET_BENCH_OUTPUTS")
+        .unwrap_or_else(|_| "f16,q6k".into())
+        .split(',')
+        .map(|o| match o.trim() {
+            "f16" => OutputMatrix::Tied,
+            "q6k" => OutputMatrix::Q6K,
+            other => panic!("BITNET_BENCH_OUTPUTS: unknown output matrix {other} (f16, q6k)"),
+        })
+        .collect();
     for (_, format) in bitnet_host_tests::bench::formats(&["i2_s", "tq2_0", "tq1_0"]) {
-        let path = bitnet_host_tests::bench::model(stem, &shape, format);
-        run(&path, p, n, [1, cores], bw_bytes);
+        for &output in &outputs {
+            let path = bitnet_host_tests::bench::model_with(stem, &shape, format, output);
+            run(&path, p, n, [1, cores], bw_bytes);
+        }
     }
 }
 
@@ -51,10 +66,11 @@ fn run(path: &std::path::Path, p: usize, n: usize, threads: [usize; 2], bw_bytes
     let m = Model::load(path, None).unwrap();
     let bytes = m.bytes_per_token() as f64;
     println!(
-        "model: {} layers x {} hidden, {} weights + F16 output matrix: {:.0} MB read per token; kernels {:?}",
+        "model: {} layers x {} hidden, {} weights + {} output matrix: {:.0} MB read per token; kernels {:?}",
         m.hp.n_layer,
         m.hp.n_embd,
         m.format,
+        m.output_format(),
         bytes / 1e6,
         bitnet_ternary::kernels::isa()
     );

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bitnet_ternary::writer::{random_model_as, write_atomic, Shape, TernaryFormat};
+use bitnet_ternary::writer::{random_model_with, write_atomic, OutputMatrix, Shape, TernaryFormat};
 
 /// The ternary formats the benchmarks generate, by their GGUF names.
 const FORMATS: [(&str, TernaryFormat); 3] =
@@ -33,6 +33,12 @@ pub fn formats(default: &[&str]) -> Vec<(&'static str, TernaryFormat)> {
 /// ternary weights from seed 42 in `shape`, written once (atomically) and
 /// reused by every later run and every bench that asks for it.
 pub fn model(stem: &str, shape: &Shape, format: TernaryFormat) -> PathBuf {
+    model_with(stem, shape, format, OutputMatrix::Tied)
+}
+
+/// `model` with the output matrix `output`: `<stem>-<format>-q6k.gguf` for
+/// a Q6_K one (llama.cpp's quantizer's choice for TQ1_0 / TQ2_0 files).
+pub fn model_with(stem: &str, shape: &Shape, format: TernaryFormat, output: OutputMatrix) -> PathBuf {
     let tag = match format {
         TernaryFormat::I2S => "i2s",
         TernaryFormat::TQ2_0 => "tq2_0",
@@ -40,10 +46,11 @@ pub fn model(stem: &str, shape: &Shape, format: TernaryFormat) -> PathBuf {
         TernaryFormat::F16 => "f16",
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");
-    let path = dir.join(format!("{stem}-{tag}.gguf"));
+    let suffix = if output == OutputMatrix::Q6K { "-q6k" } else { "" };
+    let path = dir.join(format!("{stem}-{tag}{suffix}.gguf"));
     if !path.exists() {
         eprintln!("generating {} ...", path.display());
-        write_atomic(&path, &random_model_as(shape, 42, format)).expect("write the bench model");
+        write_atomic(&path, &random_model_with(shape, 42, format, output)).expect("write the bench model");
     }
     path
 }

@@ -429,14 +429,9 @@ impl VocabMatrix {
             VocabMatrix::Q6K(m) => {
                 let a = quant::quantize_q8k(x);
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
-                blocks_matvec(m.bytes(), rb, cols / 256, y, |row, dots| {
-                    kernels::q6k_block_dots(row, &a.q, dots);
-                    let mut acc = 0f32;
-                    for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
-                        let o = b * kernels::Q6K_BLOCK + 208;
-                        acc += *dot as f32 * (kernels::f16_le_to_f32(&row[o..]) * xd);
-                    }
-                    acc
+                let w = m.bytes();
+                pool::for_each_rows_mut(y, 1, rb, |first, ys| {
+                    kernels::q6k_rows(&w[first * rb..(first + ys.len()) * rb], rb, &a.q, &a.d, ys)
                 });
             }
         }
@@ -496,18 +491,14 @@ impl VocabMatrix {
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
                 pool::for_each_rows_token_major(ys, n, rb, |first, out| {
-                    let mut dots = vec![0i32; cols / 256];
                     let m = out.len() / n;
-                    for (i, r) in (first..first + m).enumerate() {
-                        let row = &w[r * rb..(r + 1) * rb];
-                        for (y, a) in out.iter_mut().skip(i).step_by(m).zip(&acts) {
-                            kernels::q6k_block_dots(row, &a.q, &mut dots);
-                            let mut acc = 0f32;
-                            for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
-                                let o = b * kernels::Q6K_BLOCK + 208;
-                                acc += *dot as f32 * (kernels::f16_le_to_f32(&row[o..]) * xd);
-                            }
-                            *y = acc;
+                    // 32 rows (67 KB for 2B4T) at a time, token by token, so
+                    // every token reads them from cache.
+                    for r in (0..m).step_by(32) {
+                        let k = (m - r).min(32);
+                        let rows = &w[(first + r) * rb..(first + r + k) * rb];
+                        for (t, a) in acts.iter().enumerate() {
+                            kernels::q6k_rows(rows, rb, &a.q, &a.d, &mut out[t * m + r..][..k]);
                         }
                     }
                 })

@@ -536,6 +536,17 @@ impl Model {
         })
     }
 
+    /// The output (vocabulary) matrix's type as GGUF names it: that of
+    /// `output.weight`, or of the embedding when tied.
+    pub fn output_format(&self) -> &'static str {
+        match self.output.as_ref().unwrap_or(&self.token_embd) {
+            VocabMatrix::F32(_) => "f32",
+            VocabMatrix::F16(_) | VocabMatrix::F16Mapped(_) => "f16",
+            VocabMatrix::Q8_0(_) => "q8_0",
+            VocabMatrix::Q6K(_) => "q6_k",
+        }
+    }
+
     /// Bytes one decoded token reads: every weight matrix, the output
     /// matrix, the norms (the KV cache comes on top, small at short context).
     pub fn bytes_per_token(&self) -> u64 {
@@ -611,6 +622,10 @@ impl Model {
             }
         };
         let angles: Vec<Vec<(f32, f32)>> = row_pos.iter().map(|&p| rope_angles(hd, p, hp.rope_base)).collect();
+        // Each attention task: some tokens of one sequence and query heads
+        // that share a kv head, so each key and value is read once for all
+        // of them (see `attention_tasks`); the same split in every layer.
+        let tasks = attention_tasks(&seg_rows, hp.n_head, group, crate::pool::current_threads());
         for (l, layer) in self.layers.iter().enumerate() {
             norm_rows(&x, &layer.attn_norm, &mut h, d);
             matmul_group(&mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)], &h, n, self.scheme);
@@ -624,12 +639,8 @@ impl Model {
                 s.cache.append(l, &k[row * kv..(row + m) * kv], &v[row * kv..(row + m) * kv]);
                 row += m;
             }
-            // Each task: some tokens of one sequence and query heads that
-            // share a kv head, so each key and value is read once for all
-            // of them (see `attention_tasks`). Causal: a row at position p
-            // sees its sequence's positions 0..=p. The same bits however
-            // the rows are split.
-            let tasks = attention_tasks(&seg_rows, hp.n_head, group, crate::pool::current_threads());
+            // Causal: a row at position p sees its sequence's positions
+            // 0..=p. The same bits however the rows are split.
             let (q, row_pos) = (&q, &row_pos);
             let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
             let att_rows = crate::pool::SharedMut::new(&mut att);

@@ -265,8 +265,23 @@ pub fn random_model(shape: &Shape, seed: u64) -> Vec<u8> {
     random_model_as(shape, seed, TernaryFormat::I2S)
 }
 
+/// The output (vocabulary) matrix of a generated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMatrix {
+    /// None in the file: the F16 token embedding serves (as in 2B4T's release).
+    Tied,
+    /// `output.weight` in Q6_K, as llama.cpp's quantizer writes TQ1_0 / TQ2_0
+    /// files (random values of the embedding's amplitude).
+    Q6K,
+}
+
 /// Same, with the ternary matrices in `format` (the same codes either way).
 pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u8> {
+    random_model_with(shape, seed, format, OutputMatrix::Tied)
+}
+
+/// Same, with the output matrix `output`.
+pub fn random_model_with(shape: &Shape, seed: u64, format: TernaryFormat, output: OutputMatrix) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let enc = crate::tokenizer::byte_encoder_chars();
     let mut tokens: Vec<Value> = enc.iter().map(|c| Value::Str(c.to_string())).collect();
@@ -321,6 +336,15 @@ pub fn random_model_as(shape: &Shape, seed: u64, format: TernaryFormat) -> Vec<u
         ty: 1,
         data: f16s(&mut rng, d * n_vocab, 0.17),
     });
+    if output == OutputMatrix::Q6K {
+        let values: Vec<f32> = (0..d * n_vocab).map(|_| (rng.next_f32() * 2.0 - 1.0) * 0.17).collect();
+        tensors.push(TensorData {
+            name: "output.weight".into(),
+            dims: vec![d as u64, n_vocab as u64],
+            ty: 14,
+            data: q6k_bytes(&values),
+        });
+    }
     let ones = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect() };
     tensors.push(TensorData { name: "output_norm.weight".into(), dims: vec![d as u64], ty: 0, data: ones(d) });
     let ternary = |rng: &mut Rng, rows: usize, cols: usize| -> Vec<u8> {
@@ -401,6 +425,37 @@ mod tests {
         let t = decode_i2s(&i2s_bytes(&codes, 0.25), 3, 256).unwrap();
         assert_eq!(t.codes, codes);
         assert_eq!(t.single_scale(), Some(0.25));
+    }
+
+    #[test]
+    fn a_q6_k_output_matrix_is_written_loaded_and_used() {
+        let shape = Shape::default_model();
+        let tied = random_model_as(&shape, 1, TernaryFormat::TQ2_0);
+        let q6k = random_model_with(&shape, 1, TernaryFormat::TQ2_0, OutputMatrix::Q6K);
+        let dir = std::env::temp_dir().join(format!("bitnet-writer-q6k-{}", std::process::id()));
+        let (a, b) = (dir.join("tied.gguf"), dir.join("q6k.gguf"));
+        write_atomic(&a, &tied).unwrap();
+        write_atomic(&b, &q6k).unwrap();
+        let (tied, q6k) = (Engine::load(&a, 64).unwrap(), Engine::load(&b, 64).unwrap());
+        assert_eq!((tied.model.output_format(), q6k.model.output_format()), ("f16", "q6_k"));
+        // Its own matrix: 210 bytes per 256 values, not the embedding's 512.
+        let vocab_bytes = (q6k.model.hp.n_vocab * shape.n_embd) as u64;
+        assert_eq!(
+            tied.model.bytes_per_token() - q6k.model.bytes_per_token(),
+            vocab_bytes * 2 - vocab_bytes / 256 * 210
+        );
+        let req = Generate {
+            prompt: q6k.chat_tokens(&[Message { role: "user".into(), content: "Hi".into() }]),
+            max_tokens: 3,
+            sampler: Default::default(),
+            stop: vec![],
+            n_probs: 0,
+            cache_prompt: false,
+        };
+        let (x, y) = (tied.generate(&req, |_, _| true).unwrap(), q6k.generate(&req, |_, _| true).unwrap());
+        // Other logits (random matrices apart), so other greedy tokens.
+        assert!(x.tokens != y.tokens || x.finish != y.finish, "{:?} {:?}", x.tokens, y.tokens);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

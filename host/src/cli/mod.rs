@@ -484,11 +484,12 @@ fn bench(
         if threads.is_empty() { vec![sysinfo::System::physical_core_count().unwrap_or(1).max(1)] } else { threads };
     let bytes = m.bytes_per_token();
     out(&format!(
-        "model {}: {} {} layers, {} weights, {:.0} MB read per token, kernels {:?}\n",
+        "model {}: {} {} layers, {} weights, {} output, {:.0} MB read per token, kernels {:?}\n",
         model.display(),
         m.hp.arch,
         m.hp.n_layer,
         m.format,
+        m.output_format(),
         bytes as f64 / 1e6,
         bitnet_ternary::kernels::isa()
     ));

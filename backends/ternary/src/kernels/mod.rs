@@ -26,7 +26,7 @@ mod vocab;
 mod x86;
 pub use attention::{attend, KvElem, KvHead, Queries, MAX_HEAD_DIM};
 pub use float::f16_bits_to_f32;
-pub use vocab::{q6k_block_dots, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
+pub use vocab::{q6k_block_dots, q6k_finish, q6k_rows, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Which implementation the dispatcher picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1092,29 +1092,54 @@ mod tests {
                 assert_eq!(g.to_bits(), want.to_bits(), "rows blocks={blocks}");
             }
             // Several tokens at once: each token's results are its own `tq1_rows`.
-            for n in [1usize, 2, 3, 4, 5, 9] {
-                let qs: Vec<Vec<i8>> = (0..n)
-                    .map(|t| q.iter().map(|&v| v.wrapping_mul(5).wrapping_add((t as i8).wrapping_mul(13))).collect())
-                    .collect();
-                let bs: Vec<Vec<i32>> = qs
-                    .iter()
-                    .map(|q| q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
-                    .collect();
-                let dt: Vec<Vec<f32>> = (0..n).map(|_| (0..blocks).map(|_| rng.next_f32() * 0.02).collect()).collect();
-                let mut got = vec![f32::NAN; n * n_rows];
-                let a: Vec<&[i8]> = qs.iter().map(Vec::as_slice).collect();
-                let b: Vec<&[i32]> = bs.iter().map(Vec::as_slice).collect();
-                let d: Vec<&[f32]> = dt.iter().map(Vec::as_slice).collect();
-                tq1_rows_tokens(&rows, row.len(), &a, &b, &d, &mut got);
-                for t in 0..n {
-                    let mut want = vec![0f32; n_rows];
-                    tq1_rows(&rows, row.len(), &qs[t], &bs[t], &dt[t], &mut want);
-                    let got = &got[t * n_rows..(t + 1) * n_rows];
-                    assert!(
-                        got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
-                        "{n} tokens, token {t}, blocks={blocks}: {got:?} vs {want:?}"
-                    );
-                }
+            let rb = row.len();
+            many_tokens_equal_each_alone(
+                &q,
+                n_rows,
+                &mut rng,
+                (5, 13),
+                |qs, b, d, out| tq1_rows_tokens(&rows, rb, qs, b, d, out),
+                |q, b, d, out| tq1_rows(&rows, rb, q, b, d, out),
+            );
+        }
+    }
+
+    /// Several tokens at once (1 to 9: tiles of up to 4 with AVX-512 VNNI)
+    /// give each token, bit for bit, what `one` gives it alone: the check
+    /// of the TQ2_0 and TQ1_0 many-token kernels over `n_rows` rows. Token
+    /// t's activations are `q` times `mul` plus t times `salt` (wrapping),
+    /// its block sums theirs, its scales random.
+    fn many_tokens_equal_each_alone(
+        q: &[i8],
+        n_rows: usize,
+        rng: &mut Rng,
+        (mul, salt): (i8, i8),
+        many: impl Fn(&[&[i8]], &[&[i32]], &[&[f32]], &mut [f32]),
+        one: impl Fn(&[i8], &[i32], &[f32], &mut [f32]),
+    ) {
+        let blocks = q.len() / 256;
+        for n in [1usize, 2, 3, 4, 5, 9] {
+            let qs: Vec<Vec<i8>> = (0..n)
+                .map(|t| q.iter().map(|&v| v.wrapping_mul(mul).wrapping_add((t as i8).wrapping_mul(salt))).collect())
+                .collect();
+            let bs: Vec<Vec<i32>> = qs
+                .iter()
+                .map(|q| q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
+                .collect();
+            let dt: Vec<Vec<f32>> = (0..n).map(|_| (0..blocks).map(|_| rng.next_f32() * 0.02).collect()).collect();
+            let mut got = vec![f32::NAN; n * n_rows];
+            let a: Vec<&[i8]> = qs.iter().map(Vec::as_slice).collect();
+            let b: Vec<&[i32]> = bs.iter().map(Vec::as_slice).collect();
+            let d: Vec<&[f32]> = dt.iter().map(Vec::as_slice).collect();
+            many(&a, &b, &d, &mut got);
+            for t in 0..n {
+                let mut want = vec![0f32; n_rows];
+                one(&qs[t], &bs[t], &dt[t], &mut want);
+                let got = &got[t * n_rows..(t + 1) * n_rows];
+                assert!(
+                    got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "{n} tokens, token {t}, blocks={blocks}: {got:?} vs {want:?}"
+                );
             }
         }
     }
@@ -1178,31 +1203,18 @@ mod tests {
             }
             // Several tokens at once (tiles of 16 rows x up to 4 tokens with
             // AVX-512 VNNI): each token's results are its own `tq2_rows`.
-            for n in [1usize, 2, 3, 4, 5, 9] {
-                let qs: Vec<Vec<i8>> = (0..n)
-                    .map(|t| q.iter().map(|&v| v.wrapping_mul(3).wrapping_add((t as i8).wrapping_mul(17))).collect())
-                    .collect();
-                let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
-                let bs: Vec<Vec<i32>> = qs
-                    .iter()
-                    .map(|q| q.chunks_exact(256).map(|b| b.iter().map(|&v| i32::from(v)).sum()).collect())
-                    .collect();
-                let dt: Vec<Vec<f32>> = (0..n).map(|_| (0..blocks).map(|_| rng.next_f32() * 0.02).collect()).collect();
-                let mut got = vec![f32::NAN; n * n_rows];
-                let a: Vec<&Prepared> = prepared.iter().collect();
-                let b: Vec<&[i32]> = bs.iter().map(Vec::as_slice).collect();
-                let d: Vec<&[f32]> = dt.iter().map(Vec::as_slice).collect();
-                tq2_rows_tokens(&rows, row.len(), &a, &b, &d, &mut got);
-                for t in 0..n {
-                    let mut want = vec![0f32; n_rows];
-                    tq2_rows(&rows, row.len(), &prepared[t], &bs[t], &dt[t], &mut want);
-                    let got = &got[t * n_rows..(t + 1) * n_rows];
-                    assert!(
-                        got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
-                        "{n} tokens, token {t}, blocks={blocks}: {got:?} vs {want:?}"
-                    );
-                }
-            }
+            let rb = row.len();
+            many_tokens_equal_each_alone(
+                &q,
+                n_rows,
+                &mut rng,
+                (3, 17),
+                |qs, b, d, out| {
+                    let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
+                    tq2_rows_tokens(&rows, rb, &prepared.iter().collect::<Vec<_>>(), b, d, out)
+                },
+                |q, b, d, out| tq2_rows(&rows, rb, &Prepared::new(q), b, d, out),
+            );
             // Four tokens at once: each equals its own reference.
             let qs: Vec<Vec<i8>> = (0..4).map(|t| q.iter().map(|&v| v.wrapping_add(t * 29)).collect()).collect();
             let mut wants = vec![vec![0i32; blocks]; 4];

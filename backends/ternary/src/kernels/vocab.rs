@@ -80,6 +80,38 @@ pub fn q6k_block_dots(row: &[u8], q: &[i8], out: &mut [i32]) {
     }
 }
 
+/// llama.cpp's finish of a Q6_K row from its block dots: per block,
+/// dot * (w_d * a_d), summed in block order.
+pub fn q6k_finish(row: &[u8], dots: &[i32], d: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, (dot, d)) in dots.iter().zip(d).enumerate() {
+        acc += *dot as f32 * (super::f16_le_to_f32(&row[b * Q6K_BLOCK + 208..]) * d);
+    }
+    acc
+}
+
+/// Every `row_bytes` Q6_K row of `rows` against Q8_K activations (`q`,
+/// block scales `d`): `out[r]` = `q6k_finish` of row r's block dots, bit
+/// for bit on every path. With AVX-512, 16 rows at a time with the finish
+/// vectorized.
+pub fn q6k_rows(rows: &[u8], row_bytes: usize, q: &[i8], d: &[f32], out: &mut [f32]) {
+    let blocks = row_bytes / Q6K_BLOCK;
+    super::check_blocks(row_bytes, Q6K_BLOCK, 256, q.len(), blocks);
+    assert!(rows.len() == row_bytes * out.len() && d.len() >= blocks, "Q6_K rows shape");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F/BW (and VNNI).
+        Isa::Avx512Vnni => unsafe { x86::q6k_rows_avx512(rows, row_bytes, q, d, out) },
+        _ => {
+            let mut dots = vec![0i32; blocks];
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
+                q6k_block_dots(row, q, &mut dots);
+                *o = q6k_finish(row, &dots, d);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +192,39 @@ mod tests {
                 // SAFETY: neon_builds() lists sdot only where the CPU has it.
                 unsafe { aarch64::q6k_block_dots(sdot, &row, &q, &mut got) };
                 assert_eq!(got, want, "neon sdot={sdot} q6_k, {blocks} blocks");
+            }
+            // Many rows (AVX-512's 16 at a time; 37 leaves a group of 5),
+            // random scales: bit for bit the reference's finish.
+            let n_rows = 37;
+            let rows: Vec<u8> = (0..n_rows)
+                .flat_map(|r| {
+                    row.chunks_exact(Q6K_BLOCK).flat_map(move |block| {
+                        let mut block = block.to_vec();
+                        block[(r * 13) % 208] ^= r as u8;
+                        block[208..].copy_from_slice(&half::f16::from_f32((r as f32 - 18.0) * 0.003).to_le_bytes());
+                        block
+                    })
+                })
+                .collect();
+            let ds: Vec<f32> = (0..blocks).map(|_| rng.next_f32() * 0.02).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let want: Vec<f32> = rows
+                .chunks_exact(row.len())
+                .map(|r| {
+                    let mut dots = vec![0; blocks];
+                    q6k_block_dots_scalar(r, &q, &mut dots);
+                    q6k_finish(r, &dots, &ds)
+                })
+                .collect();
+            let mut got = vec![0f32; n_rows];
+            q6k_rows(&rows, row.len(), &q, &ds, &mut got);
+            assert_eq!(bits(&got), bits(&want), "q6k_rows, {blocks} blocks");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                let mut got = vec![0f32; n_rows];
+                // SAFETY: AVX-512 F/BW/VNNI checked (AVX2 comes with them here).
+                unsafe { x86::q6k_rows_avx512(&rows, row.len(), &q, &ds, &mut got) };
+                assert_eq!(bits(&got), bits(&want), "avx512 q6k_rows, {blocks} blocks");
             }
         }
     }

@@ -203,6 +203,20 @@ unsafe fn lane_sums_x16(v: &[std::arch::x86_64::__m512i; 16]) -> std::arch::x86_
     lanes(lanes(u[0], u[1]), lanes(u[2], u[3]))
 }
 
+/// Prefetch (`pf` ahead) every line a `BLOCK`-byte block touches: rows
+/// read across are 16 streams, too many for the hardware prefetcher, and a
+/// block may start near the end of a line (66-byte TQ2_0 blocks) or span
+/// four (Q6_K's 210 bytes).
+#[inline(always)]
+fn prefetch_block<const BLOCK: usize>(block: *const u8, pf: Option<usize>) {
+    for off in (0..BLOCK).step_by(64) {
+        prefetch(block.wrapping_add(off), pf);
+    }
+    if !BLOCK.is_multiple_of(64) {
+        prefetch(block.wrapping_add(BLOCK - 1), pf);
+    }
+}
+
 /// Many rows of a format with a scale per 256-weight block (TQ2_0, TQ1_0;
 /// `BLOCK` bytes per block, ending with its f16 scale) against Q8K
 /// activations, with AVX-512: `partial(block, b)` gives 16 lanes whose sum
@@ -245,7 +259,7 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
             // SAFETY: block b of row r < n is BLOCK bytes inside `group`.
             let at = |r: usize| {
                 let block = group.as_ptr().add(r * row_bytes + b * BLOCK);
-                prefetch(block, pf);
+                prefetch_block::<BLOCK>(block, pf);
                 partial(block, b)
             };
             let mut v = [zero; TQ2_LANES];
@@ -407,7 +421,7 @@ unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
             for (i, c) in codes.iter_mut().enumerate().take(rn) {
                 // SAFETY: block b of row r0 + i < n is inside group.
                 let block = group.as_ptr().add((r0 + i) * row_bytes + b * BLOCK);
-                prefetch(block, pf);
+                prefetch_block::<BLOCK>(block, pf);
                 *c = planes(block);
             }
             for (t, v) in v.iter_mut().enumerate() {
@@ -1008,4 +1022,60 @@ pub(super) unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) 
         }
         *o = hsum_i32(acc);
     }
+}
+
+/// Q6_K rows against Q8_K activations with AVX-512 (see
+/// `blockwise_rows_avx512`: 16 rows read across, one scale gather and a
+/// vectorized finish per block; Q6_K's finish has no block sum to
+/// subtract). Per half block, the 64 low-nibble bytes are one load whose
+/// low nibbles are elements 0..64 and high nibbles 64..128, in order; the
+/// 32 high-bit bytes are broadcast to both 256-bit halves and shifted per
+/// half so bits 2k..2k+2 land at bits 4..6 for elements 32k... Each 64
+/// values go through `vpmaddubsw` (values 0..=63 unsigned) and `vpmaddwd`
+/// with their sub-block scales spread by `vpermw`. The -32 offset is taken
+/// out once per block: 32 sum_j scale_j * (sum of sub-block j's
+/// activations), from sums made once per call.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn q6k_rows_avx512(rows: &[u8], row_bytes: usize, q: &[i8], d: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let blocks = row_bytes / Q6K_BLOCK;
+    // |sum of 16| <= 16 * 128: an i16.
+    let sums: Vec<i16> = q[..blocks * 256].chunks_exact(16).map(|c| c.iter().map(|&v| i16::from(v)).sum()).collect();
+    let no_sums = vec![0i32; blocks];
+    let (m4, m30) = (_mm512_set1_epi8(0xf), _mm512_set1_epi8(0x30));
+    // High bits of elements 0..32 | 32..64 (bits 0-1 | 2-3) and 64..96 | 96..128 (4-5 | 6-7) to bits 4-5.
+    let shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    let shr_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    // i16 lane l of the 64 values starting at element 64 v has sub-block 4 v + l / 8.
+    let spread: [__m512i; 4] = std::array::from_fn(|v| {
+        let lanes: [i16; 32] = std::array::from_fn(|l| (4 * v + l / 8) as i16);
+        _mm512_loadu_si512(lanes.as_ptr().cast())
+    });
+    blockwise_rows_avx512::<{ Q6K_BLOCK }>(rows, row_bytes, &no_sums, d, out, |block, b| {
+        // SAFETY (all loads): block b has Q6K_BLOCK bytes, q and sums 256 and 16 from b.
+        let a = q.as_ptr().add(b * 256);
+        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(192).cast()));
+        let scales_x = _mm512_castsi256_si512(scales);
+        let mut acc = _mm512_setzero_si512();
+        for half in 0..2 {
+            let low = _mm512_loadu_si512(block.add(64 * half).cast());
+            let high = _mm512_broadcast_i64x4(_mm256_loadu_si256(block.add(128 + 32 * half).cast()));
+            // (low & 0xf) | (high bits & 0x30)
+            let lo = _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(low, m4), _mm512_sllv_epi16(high, shl_lo), m30);
+            let hi = _mm512_ternarylogic_epi32::<0xf8>(
+                _mm512_and_si512(_mm512_srli_epi16(low, 4), m4),
+                _mm512_srlv_epi16(high, shr_hi),
+                m30,
+            );
+            for (k, w) in [lo, hi].into_iter().enumerate() {
+                let v = 2 * half + k;
+                let x = _mm512_loadu_si512(a.add(64 * v).cast());
+                let s = _mm512_permutexvar_epi16(spread[v], scales_x);
+                acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), s));
+            }
+        }
+        let bsums = _mm256_loadu_si256(sums.as_ptr().add(16 * b).cast());
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, bsums), 5);
+        _mm512_sub_epi32(acc, _mm512_zextsi256_si512(offset))
+    })
 }
