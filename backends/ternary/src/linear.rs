@@ -428,10 +428,11 @@ impl VocabMatrix {
             }
             VocabMatrix::Q6K(m) => {
                 let a = quant::quantize_q8k(x);
+                let sums = kernels::q6k_sums(&a.q);
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
                 pool::for_each_rows_mut(y, 1, rb, |first, ys| {
-                    kernels::q6k_rows(&w[first * rb..(first + ys.len()) * rb], rb, &a.q, &a.d, ys)
+                    kernels::q6k_rows(&w[first * rb..(first + ys.len()) * rb], rb, &a.q, &sums, &a.d, ys)
                 });
             }
         }
@@ -488,6 +489,7 @@ impl VocabMatrix {
             }
             VocabMatrix::Q6K(m) => {
                 let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8k(x)).collect();
+                let sums: Vec<Vec<i16>> = acts.iter().map(|a| kernels::q6k_sums(&a.q)).collect();
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
                 pool::for_each_rows_token_major(ys, n, rb, |first, out| {
@@ -497,8 +499,8 @@ impl VocabMatrix {
                     for r in (0..m).step_by(32) {
                         let k = (m - r).min(32);
                         let rows = &w[(first + r) * rb..(first + r + k) * rb];
-                        for (t, a) in acts.iter().enumerate() {
-                            kernels::q6k_rows(rows, rb, &a.q, &a.d, &mut out[t * m + r..][..k]);
+                        for (t, (a, sums)) in acts.iter().zip(&sums).enumerate() {
+                            kernels::q6k_rows(rows, rb, &a.q, sums, &a.d, &mut out[t * m + r..][..k]);
                         }
                     }
                 })

@@ -90,18 +90,25 @@ pub fn q6k_finish(row: &[u8], dots: &[i32], d: &[f32]) -> f32 {
     acc
 }
 
+/// The sums of each 16 activations (Q8_K's `bsums`), which `q6k_rows`
+/// takes the -32 offset of Q6_K's values out with: made once per token.
+/// Each fits an i16 (|sum| <= 16 * 128).
+pub fn q6k_sums(q: &[i8]) -> Vec<i16> {
+    q.chunks(16).map(|c| c.iter().map(|&v| i16::from(v)).sum()).collect()
+}
+
 /// Every `row_bytes` Q6_K row of `rows` against Q8_K activations (`q`,
-/// block scales `d`): `out[r]` = `q6k_finish` of row r's block dots, bit
-/// for bit on every path. With AVX-512, 16 rows at a time with the finish
-/// vectorized.
-pub fn q6k_rows(rows: &[u8], row_bytes: usize, q: &[i8], d: &[f32], out: &mut [f32]) {
+/// their `q6k_sums`, block scales `d`): `out[r]` = `q6k_finish` of row r's
+/// block dots, bit for bit on every path. With AVX-512, 16 rows at a time
+/// with the finish vectorized.
+pub fn q6k_rows(rows: &[u8], row_bytes: usize, q: &[i8], sums: &[i16], d: &[f32], out: &mut [f32]) {
     let blocks = row_bytes / Q6K_BLOCK;
     super::check_blocks(row_bytes, Q6K_BLOCK, 256, q.len(), blocks);
-    assert!(rows.len() == row_bytes * out.len() && d.len() >= blocks, "Q6_K rows shape");
+    assert!(rows.len() == row_bytes * out.len() && d.len() >= blocks && sums.len() >= 16 * blocks, "Q6_K rows shape");
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX-512 F/BW (and VNNI).
-        Isa::Avx512Vnni => unsafe { x86::q6k_rows_avx512(rows, row_bytes, q, d, out) },
+        // SAFETY: isa() checked AVX-512 F/BW (and VNNI); shapes checked above.
+        Isa::Avx512Vnni => unsafe { x86::q6k_rows_avx512(rows, row_bytes, q, sums, d, out) },
         _ => {
             let mut dots = vec![0i32; blocks];
             for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
@@ -217,13 +224,14 @@ mod tests {
                 })
                 .collect();
             let mut got = vec![0f32; n_rows];
-            q6k_rows(&rows, row.len(), &q, &ds, &mut got);
+            let sums = q6k_sums(&q);
+            q6k_rows(&rows, row.len(), &q, &sums, &ds, &mut got);
             assert_eq!(bits(&got), bits(&want), "q6k_rows, {blocks} blocks");
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 let mut got = vec![0f32; n_rows];
                 // SAFETY: AVX-512 F/BW/VNNI checked (AVX2 comes with them here).
-                unsafe { x86::q6k_rows_avx512(&rows, row.len(), &q, &ds, &mut got) };
+                unsafe { x86::q6k_rows_avx512(&rows, row.len(), &q, &sums, &ds, &mut got) };
                 assert_eq!(bits(&got), bits(&want), "avx512 q6k_rows, {blocks} blocks");
             }
         }

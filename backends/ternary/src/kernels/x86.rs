@@ -226,7 +226,8 @@ fn prefetch_block<const BLOCK: usize>(block: *const u8, pf: Option<usize>) {
 /// vectors of partial sums, which one transposing add tree turns into one
 /// vector holding the 16 rows' block dots (lane r = row r), and the 16
 /// rows' scales of block b come in with one gather. The finish (per block:
-/// (dot - bsum) * (scale * d), summed in block order) then runs on the 16
+/// (dot - bsum) * (scale * d), summed in block order; no bsum where
+/// `bsums` is empty, as for Q6_K) then runs on the 16
 /// rows at once, one row per lane: the same operations in the same order
 /// per row as `ternary_blocks_finish`, so the same bits. Per block and row
 /// that is a sixth of an add tree where there was a horizontal sum, a
@@ -271,7 +272,10 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
             let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * BLOCK) as i32));
             let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
             let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
-            let dot = _mm512_sub_epi32(dots, _mm512_set1_epi32(bsums[b]));
+            let dot = match bsums.get(b) {
+                Some(&bsum) => _mm512_sub_epi32(dots, _mm512_set1_epi32(bsum)),
+                None => dots,
+            };
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[b]));
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
         }
@@ -1096,14 +1100,19 @@ pub(super) unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) 
 /// values go through `vpmaddubsw` (values 0..=63 unsigned) and `vpmaddwd`
 /// with their sub-block scales spread by `vpermw`. The -32 offset is taken
 /// out once per block: 32 sum_j scale_j * (sum of sub-block j's
-/// activations), from sums made once per call.
+/// activations), from the token's `q6k_sums`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-pub(super) unsafe fn q6k_rows_avx512(rows: &[u8], row_bytes: usize, q: &[i8], d: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn q6k_rows_avx512(
+    rows: &[u8],
+    row_bytes: usize,
+    q: &[i8],
+    sums: &[i16],
+    d: &[f32],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let blocks = row_bytes / Q6K_BLOCK;
-    // |sum of 16| <= 16 * 128: an i16.
-    let sums: Vec<i16> = q[..blocks * 256].chunks_exact(16).map(|c| c.iter().map(|&v| i16::from(v)).sum()).collect();
-    let no_sums = vec![0i32; blocks];
+    assert!(q.len() >= blocks * 256 && sums.len() >= blocks * 16, "Q6_K activations");
     let (m4, m30) = (_mm512_set1_epi8(0xf), _mm512_set1_epi8(0x30));
     // High bits of elements 0..32 | 32..64 (bits 0-1 | 2-3) and 64..96 | 96..128 (4-5 | 6-7) to bits 4-5.
     let shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
@@ -1113,7 +1122,7 @@ pub(super) unsafe fn q6k_rows_avx512(rows: &[u8], row_bytes: usize, q: &[i8], d:
         let lanes: [i16; 32] = std::array::from_fn(|l| (4 * v + l / 8) as i16);
         _mm512_loadu_si512(lanes.as_ptr().cast())
     });
-    blockwise_rows_avx512::<{ Q6K_BLOCK }>(rows, row_bytes, &no_sums, d, out, |block, b| {
+    blockwise_rows_avx512::<{ Q6K_BLOCK }>(rows, row_bytes, &[], d, out, |block, b| {
         // SAFETY (all loads): block b has Q6K_BLOCK bytes, q and sums 256 and 16 from b.
         let a = q.as_ptr().add(b * 256);
         let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(192).cast()));
