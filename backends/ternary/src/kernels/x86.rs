@@ -256,7 +256,7 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
         let n = group.len() / row_bytes;
         let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
         let mut acc = _mm512_setzero_ps();
-        for b in 0..blocks {
+        for (b, &d_b) in d.iter().enumerate().take(blocks) {
             // SAFETY: block b of row r < n is BLOCK bytes inside `group`.
             let at = |r: usize| {
                 let block = group.as_ptr().add(r * row_bytes + b * BLOCK);
@@ -276,7 +276,7 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
                 Some(&bsum) => _mm512_sub_epi32(dots, _mm512_set1_epi32(bsum)),
                 None => dots,
             };
-            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[b]));
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d_b));
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
         }
         let mut lanes = [0f32; TQ2_LANES];
