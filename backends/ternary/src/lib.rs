@@ -18,6 +18,7 @@ pub mod quant;
 pub mod sampler;
 pub mod server;
 pub mod tokenizer;
+pub mod weights;
 pub mod writer;
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
 use crate::kernels::{KvHead, Queries};
 use crate::linear::{matmul_group, Linear, Mapped, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
+use crate::weights;
+pub use crate::weights::Tq1Layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -315,21 +317,32 @@ impl Model {
     /// Load a GGUF model. `scheme` overrides the activation scheme the
     /// format's reference uses.
     pub fn load(path: &Path, scheme: Option<ActScheme>) -> Result<Self, ModelError> {
+        Self::load_with(path, scheme, Tq1Layout::from_env())
+    }
+
+    /// `load`, with TQ1_0 matrices held as `tq1` says.
+    pub fn load_with(path: &Path, scheme: Option<ActScheme>, tq1: Tq1Layout) -> Result<Self, ModelError> {
         let gguf = Gguf::open(path)?;
         let file =
             bitnet_safefs::open_regular(path).map_err(|e| ModelError::Map(std::io::Error::other(e.to_string())))?;
-        // SAFETY: the file is opened read-only; a concurrent writer could
-        // change bytes under us, which at worst gives wrong numbers (every
-        // range was bounds-checked against the length when parsing).
-        let map = if std::env::var("BITNET_WEIGHTS").is_ok_and(|v| v == "mmap") {
-            unsafe { memmap2::Mmap::map(&file) }.map_err(ModelError::Map)?
-        } else {
-            read_into_huge_pages(file).map_err(ModelError::Map)?
-        };
-        Self::from_parts(gguf, Arc::new(map), scheme)
+        let map = weights::load_file(file).map_err(ModelError::Map)?;
+        Self::from_parts(gguf, Arc::new(map), scheme, tq1)
     }
 
-    fn from_parts(gguf: Gguf, map: Arc<memmap2::Mmap>, scheme: Option<ActScheme>) -> Result<Self, ModelError> {
+    fn from_parts(
+        gguf: Gguf,
+        map: Arc<memmap2::Mmap>,
+        scheme: Option<ActScheme>,
+        tq1: Tq1Layout,
+    ) -> Result<Self, ModelError> {
+        // TQ1_0 / TQ2_0 files use llama.cpp's per-block scheme unless told otherwise.
+        let packed_q8k = scheme.is_none_or(|s| s == ActScheme::Q8K);
+        let unpacked_tq1 = match (packed_q8k, tq1) {
+            // SAFETY: the TQ1_0 matrices named in it are built from the
+            // new buffer below, and nothing else reads tensor data.
+            (true, Tq1Layout::Unpacked) => unsafe { weights::unpack_tq1(&gguf, &map) }.map_err(ModelError::Map)?,
+            _ => Default::default(),
+        };
         let file: &[u8] = &map;
         let mapped = |start: usize, len: usize| Mapped::new(map.clone(), start, len);
         let arch = gguf.architecture().unwrap_or("").to_string();
@@ -426,8 +439,6 @@ impl Model {
         let mut formats = std::collections::BTreeMap::<String, usize>::new();
         // I2_S files use bitnet.cpp's per-token scheme unless told otherwise.
         let packed_i2s = scheme.is_none_or(|s| s == ActScheme::I8Tok);
-        // TQ1_0 / TQ2_0 files use llama.cpp's per-block scheme unless told otherwise.
-        let packed_q8k = scheme.is_none_or(|s| s == ActScheme::Q8K);
         let mut linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             let t = find(&gguf, name)?;
             if t.dims != [cols as u64, rows as u64] {
@@ -472,7 +483,14 @@ impl Model {
                             source: QuantError::Size { ty: "tq1_0".into(), n, want: n / 256 * 54, have: d.len() },
                         });
                     }
-                    Linear::Tq1 { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 54), rows, cols }
+                    match unpacked_tq1.get(name) {
+                        Some(tq2) => Linear::Tq2 { bytes: tq2.clone(), rows, cols },
+                        None => Linear::Tq1 {
+                            bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 54),
+                            rows,
+                            cols,
+                        },
+                    }
                 }
                 TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(d, rows, cols).map_err(e)?),
                 TensorType::Other(37 | 38) | TensorType::Other(39) if arch.starts_with("bitnet") => {
@@ -536,6 +554,18 @@ impl Model {
         })
     }
 
+    /// The format the layers' ternary matrices are held in (most of them,
+    /// lower case): the file's, except a TQ1_0 file's unpacked to TQ2_0
+    /// (`Tq1Layout`).
+    pub fn weights_format(&self) -> &str {
+        let unpacked = self.layers.iter().any(|l| matches!(l.wq, Linear::Tq2 { .. }));
+        if self.format == "tq1_0" && unpacked {
+            "tq2_0"
+        } else {
+            &self.format
+        }
+    }
+
     /// The output (vocabulary) matrix's type as GGUF names it: that of
     /// `output.weight`, or of the embedding when tied.
     pub fn output_format(&self) -> &'static str {
@@ -550,8 +580,23 @@ impl Model {
     /// Bytes one decoded token reads: every weight matrix, the output
     /// matrix, the norms (the KV cache comes on top, small at short context).
     pub fn bytes_per_token(&self) -> u64 {
-        let layers: u64 = self
-            .layers
+        self.layer_bytes() + self.output.as_ref().unwrap_or(&self.token_embd).bytes_read()
+    }
+
+    /// `bytes_per_token` with the matrices packed as the file packs them:
+    /// less than it for a TQ1_0 model held unpacked (54 bytes per 256
+    /// weights rather than 66), the figure a bandwidth ceiling for the
+    /// file's format is reckoned from.
+    pub fn file_bytes_per_token(&self) -> u64 {
+        let layers = match (self.format.as_str(), self.weights_format()) {
+            ("tq1_0", "tq2_0") => self.layer_bytes() / 66 * 54,
+            _ => self.layer_bytes(),
+        };
+        layers + self.output.as_ref().unwrap_or(&self.token_embd).bytes_read()
+    }
+
+    fn layer_bytes(&self) -> u64 {
+        self.layers
             .iter()
             .map(|l| {
                 [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
@@ -559,8 +604,7 @@ impl Model {
                     .map(Linear::bytes_read)
                     .sum::<u64>()
             })
-            .sum();
-        layers + self.output.as_ref().unwrap_or(&self.token_embd).bytes_read()
+            .sum()
     }
 
     /// A KV cache of `cap` positions (at most the model's context) in
@@ -790,30 +834,6 @@ fn attention_tasks(segs: &[SegmentRows], n_head: usize, group: usize, threads: u
 /// a prompt: 4.
 fn heads_per_attention_task(heads: usize, group: usize, threads: usize) -> usize {
     (1..=group).rev().find(|g| group.is_multiple_of(*g) && heads / g >= 4 * threads).unwrap_or(1)
-}
-
-/// The file read into anonymous memory backed by transparent huge pages
-/// where the kernel gives them. Decoding streams every weight once per
-/// token; with 4 KiB file pages the hardware prefetcher stops at each page
-/// boundary and the TLB misses every 4 KiB, which costs a measurable share
-/// of the bandwidth (`BITNET_WEIGHTS=mmap` keeps the file mapping, for
-/// comparison). Read with read(2), so the page cache is not also counted in
-/// this process's RSS: resident memory stays one copy of the weights.
-fn read_into_huge_pages(mut file: std::fs::File) -> std::io::Result<memmap2::Mmap> {
-    use std::io::Read;
-    let len = file.metadata()?.len() as usize;
-    let mut m = memmap2::MmapMut::map_anon(len.max(1))?;
-    #[cfg(target_os = "linux")]
-    let _ = m.advise(memmap2::Advice::HugePage);
-    let mut done = 0;
-    while done < len {
-        let n = file.read(&mut m[done..len])?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the model file shrank while loading"));
-        }
-        done += n;
-    }
-    m.make_read_only()
 }
 
 fn find<'a>(g: &'a Gguf, name: &str) -> Result<&'a TensorInfo, ModelError> {
@@ -1102,18 +1122,28 @@ mod tests {
         let i2 = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
         assert_eq!((i2.scheme, i2.format.as_str(), i2.hp.act), (ActScheme::I8Tok, "i2_s", Act::Relu2));
         let tq2 = Model::load(&fixture("bitnet-tq2_0.gguf"), None).unwrap();
-        let tq1 = Model::load(&fixture("bitnet-tq1_0.gguf"), None).unwrap();
         assert_eq!((tq2.scheme, tq2.hp.act), (ActScheme::Q8K, Act::Silu));
-        let mut c1 = tq1.new_cache(8);
-        let mut c2 = tq2.new_cache(8);
-        for t in [366u32, 72, 101] {
-            assert_eq!(tq1.forward(t, &mut c1), tq2.forward(t, &mut c2));
-        }
-        // A prompt through the batched path too.
-        assert_eq!(tq1.forward_batch(&[5, 9, 300, 2, 77], &mut c1), tq2.forward_batch(&[5, 9, 300, 2, 77], &mut c2));
-        // TQ1_0 stays packed: 54 bytes per 256 weights against TQ2_0's 66.
         let layers = |m: &Model| m.bytes_per_token() - m.output.as_ref().unwrap_or(&m.token_embd).bytes_read();
-        assert_eq!(layers(&tq1) * 66, layers(&tq2) * 54);
+        for layout in [Tq1Layout::Unpacked, Tq1Layout::Packed] {
+            let tq1 = Model::load_with(&fixture("bitnet-tq1_0.gguf"), None, layout).unwrap();
+            assert_eq!((tq1.scheme, tq1.format.as_str()), (ActScheme::Q8K, "tq1_0"));
+            let mut c1 = tq1.new_cache(8);
+            let mut c2 = tq2.new_cache(8);
+            for t in [366u32, 72, 101] {
+                assert_eq!(tq1.forward(t, &mut c1), tq2.forward(t, &mut c2), "{layout:?}");
+            }
+            // A prompt through the batched path too.
+            let prompt = [5, 9, 300, 2, 77];
+            assert_eq!(tq1.forward_batch(&prompt, &mut c1), tq2.forward_batch(&prompt, &mut c2), "{layout:?}");
+            // Unpacked: TQ2_0's 66 bytes per 256 weights; packed: 54.
+            let want = match layout {
+                Tq1Layout::Unpacked => layers(&tq2),
+                Tq1Layout::Packed => layers(&tq2) / 66 * 54,
+            };
+            assert_eq!(layers(&tq1), want, "{layout:?}");
+            assert_eq!(tq1.file_bytes_per_token(), tq2.bytes_per_token() - layers(&tq2) / 66 * 12);
+            assert_eq!(tq1.weights_format(), if layout == Tq1Layout::Packed { "tq1_0" } else { "tq2_0" });
+        }
     }
 
     /// The fixture with its (tied) embedding / output matrix re-encoded as

@@ -116,8 +116,7 @@ pub fn decode_tq2_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, Qu
 /// TQ1_0: 256-element blocks: 48 bytes of base-3 pentads, 4 bytes of
 /// base-3 tetrads, an f16 scale (54 bytes).
 pub fn decode_tq1_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, QuantError> {
-    const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
-    let trit = |q: u8, n: usize| -> i8 { ((u16::from(q.wrapping_mul(POW3[n])) * 3) >> 8) as i8 - 1 };
+    let trit = |q: u8, n: usize| -> i8 { crate::kernels::tq1_digit(q, n) as i8 - 1 };
     let n = rows * cols;
     if !cols.is_multiple_of(QK) {
         return Err(QuantError::RowLength(cols));
@@ -142,6 +141,42 @@ pub fn decode_tq1_0(data: &[u8], rows: usize, cols: usize) -> Result<Ternary, Qu
         }
     }
     Ok(Ternary { rows, cols, codes, scales })
+}
+
+/// TQ1_0 blocks (54 bytes) rewritten as TQ2_0 blocks (66 bytes) of the
+/// same codes and scales: `dst` holds `src.len() / 54` blocks. What the
+/// model does at load (`model::Tq1Layout::Unpacked`): extracting base-3
+/// digits costs more than reading their bytes saves (every CPU measured
+/// is compute-bound on TQ1_0, memory-bound on TQ2_0), and the products of
+/// both formats are the same integers, so the logits keep their bits.
+pub fn tq1_0_to_tq2_0(src: &[u8], dst: &mut [u8]) {
+    assert!(src.len().is_multiple_of(54) && dst.len() == src.len() / 54 * 66, "TQ1_0 -> TQ2_0 block counts");
+    let digit = crate::kernels::tq1_digit;
+    for (s, d) in src.chunks_exact(54).zip(dst.chunks_exact_mut(66)) {
+        // Element e goes to TQ2_0 byte 32 (e / 128) + e % 32, bits
+        // 2 ((e % 128) / 32). TQ1_0 byte m < 32: elements 32n + m, so
+        // digits 0..4 fill byte m, digit 4 starts byte 32 + m. Byte 32 + m
+        // (m < 16): elements 160 + 16n + m. Byte 48 + j: 240 + 4n + j.
+        let mut q = [0u8; 64];
+        for m in 0..32 {
+            let b = s[m];
+            q[m] = digit(b, 0) | digit(b, 1) << 2 | digit(b, 2) << 4 | digit(b, 3) << 6;
+            q[32 + m] = digit(b, 4);
+        }
+        for m in 0..16 {
+            let b = s[32 + m];
+            q[32 + m] |= digit(b, 0) << 2 | digit(b, 2) << 4 | digit(b, 4) << 6;
+            q[48 + m] |= digit(b, 1) << 2 | digit(b, 3) << 4;
+        }
+        for j in 0..4 {
+            let b = s[48 + j];
+            for n in 0..4 {
+                q[48 + 4 * n + j] |= digit(b, n) << 6;
+            }
+        }
+        d[..64].copy_from_slice(&q);
+        d[64..].copy_from_slice(&s[52..54]);
+    }
 }
 
 /// An F32 matrix whose values are ternary times one scale per block (how
@@ -499,6 +534,25 @@ mod tests {
             assert!(t.scales.iter().all(|&s| s == scale));
         }
         assert!(matches!(decode_tq2_0(&g.u8("w.tq2_0")[..100], 64, 768), Err(QuantError::Size { .. })));
+    }
+
+    #[test]
+    fn tq1_0_rewritten_as_tq2_0_holds_the_same_codes_and_scales() {
+        // The fixture's blocks (from llama.cpp's quantizer), then every
+        // byte value in every code position (block k, byte i: k + 29 i),
+        // each block with its own scale.
+        let g = Golden::open("ternary-matmul");
+        let fixture = g.u8("w.tq1_0");
+        let mut every = Vec::with_capacity(256 * 54);
+        for k in 0..256usize {
+            every.extend((0..52).map(|i| (k + 29 * i) as u8));
+            every.extend(f16::from_f32(k as f32 / 64.0 - 1.0).to_le_bytes());
+        }
+        for (src, rows, cols) in [(&fixture[..], 64, 768), (&every[..], 16, 4096)] {
+            let mut dst = vec![0u8; src.len() / 54 * 66];
+            tq1_0_to_tq2_0(src, &mut dst);
+            assert_eq!(decode_tq2_0(&dst, rows, cols).unwrap(), decode_tq1_0(src, rows, cols).unwrap());
+        }
     }
 
     #[test]

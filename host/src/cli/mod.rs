@@ -479,12 +479,18 @@ fn bench(
 ) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let model = &crate::cli::chat::resolve_model(&dirs, model.map(std::path::Path::to_path_buf), false)?;
+    let started = std::time::Instant::now();
     let m = bitnet_ternary::model::Model::load(model, None)?;
+    let load_s = started.elapsed().as_secs_f64();
     let threads =
         if threads.is_empty() { vec![sysinfo::System::physical_core_count().unwrap_or(1).max(1)] } else { threads };
     let bytes = m.bytes_per_token();
+    let held = match m.weights_format() {
+        f if f == m.format => String::new(),
+        f => format!(" (held as {f})"),
+    };
     out(&format!(
-        "model {}: {} {} layers, {} weights, {} output, {:.0} MB read per token, kernels {:?}\n",
+        "model {}: {} {} layers, {} weights{held}, {} output, loaded in {load_s:.1} s, {:.0} MB read per token, kernels {:?}\n",
         model.display(),
         m.hp.arch,
         m.hp.n_layer,

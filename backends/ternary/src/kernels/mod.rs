@@ -448,6 +448,15 @@ pub fn blockwise_rows_for_prompts() -> bool {
     isa() == Isa::Avx512Vnni
 }
 
+/// Base-3 digit `n` (0..5) of a TQ1_0 byte: its code plus one, 0..=2.
+/// ((b * 3^n mod 256) * 3) >> 8: the byte holds the digits as a fraction
+/// of 243 rounded up, so multiplying by 3^n brings digit n to the top.
+#[inline(always)]
+pub fn tq1_digit(b: u8, n: usize) -> u8 {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    ((u16::from(b.wrapping_mul(POW3[n])) * 3) >> 8) as u8
+}
+
 /// TQ1_0 (llama.cpp): 54-byte blocks of 256 weights, 1.6875 bits each:
 /// 48 bytes holding five base-3 digits each (elements 32n + m from byte
 /// m < 32, then 160 + 16n + m from byte 32 + m), 4 bytes holding four
@@ -455,8 +464,7 @@ pub fn blockwise_rows_for_prompts() -> bool {
 /// is ((b * 3^n mod 256) * 3) >> 8. Reference: per block, sum code * q,
 /// codes 0..=2 (the caller subtracts the block's activation sum).
 pub fn tq1_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
-    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
-    let code = |b: u8, n: usize| i32::from((u16::from(b.wrapping_mul(POW3[n])) * 3) >> 8);
+    let code = |b: u8, n: usize| i32::from(tq1_digit(b, n));
     for ((block, qb), o) in row.chunks_exact(54).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
         let mut acc = 0i32;
         for n in 0..5 {

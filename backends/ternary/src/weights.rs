@@ -1,0 +1,171 @@
+//! How the model's weights are held in memory: the file read into
+//! anonymous memory backed by huge pages (or mapped as it is), and TQ1_0
+//! matrices rewritten as TQ2_0 blocks at load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use memmap2::{Mmap, MmapMut};
+
+use crate::gguf::{Gguf, TensorType};
+use crate::linear::Mapped;
+
+/// How a TQ1_0 file's matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tq1Layout {
+    /// Rewritten at load as TQ2_0 blocks of the same codes and scales
+    /// (`quant::tq1_0_to_tq2_0`): 66 bytes per 256 weights instead of 54
+    /// (a 2B4T-shaped model's layers: 440 -> 537 MB resident), decoded by
+    /// the TQ2_0 kernels. Extracting five base-3 digits from a byte costs
+    /// more arithmetic than the bytes it saves take to read: TQ1_0 decoding
+    /// is compute-bound on every CPU measured (AVX-512 at 55-58% of the
+    /// bandwidth ceiling), TQ2_0 is not (81-85%). Same logits, bit for bit.
+    Unpacked,
+    /// As the file holds them: the least memory, the slowest decoding.
+    Packed,
+}
+
+impl Default for Tq1Layout {
+    /// Unpacked where the file copy's pages can be given back once
+    /// rewritten (`release`: Unix), so memory grows by the 12 bytes per
+    /// block only; elsewhere the whole packed copy would stay resident
+    /// beside the unpacked one, so TQ1_0 stays packed.
+    fn default() -> Tq1Layout {
+        if cfg!(unix) {
+            Tq1Layout::Unpacked
+        } else {
+            Tq1Layout::Packed
+        }
+    }
+}
+
+impl Tq1Layout {
+    /// `BITNET_TQ1=packed` or `unpacked`; the default otherwise.
+    pub fn from_env() -> Tq1Layout {
+        match std::env::var("BITNET_TQ1").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Ok("packed") => Tq1Layout::Packed,
+            Ok("unpacked") => Tq1Layout::Unpacked,
+            _ => Tq1Layout::default(),
+        }
+    }
+}
+
+/// The file's bytes for the model to read its tensors from:
+/// `BITNET_WEIGHTS=mmap` maps the file; otherwise `read_into_huge_pages`.
+pub fn load_file(file: std::fs::File) -> std::io::Result<Mmap> {
+    if std::env::var("BITNET_WEIGHTS").is_ok_and(|v| v == "mmap") {
+        // SAFETY: the file is opened read-only; a concurrent writer could
+        // change bytes under us, which at worst gives wrong numbers (every
+        // range was bounds-checked against the length when parsing).
+        unsafe { Mmap::map(&file) }
+    } else {
+        read_into_huge_pages(file)
+    }
+}
+
+/// Anonymous memory for weights, backed by transparent huge pages where
+/// the kernel gives them.
+fn huge_page_buffer(len: usize) -> std::io::Result<MmapMut> {
+    let m = MmapMut::map_anon(len.max(1))?;
+    #[cfg(target_os = "linux")]
+    let _ = m.advise(memmap2::Advice::HugePage);
+    Ok(m)
+}
+
+/// The file read into huge-page-backed anonymous memory. Decoding streams
+/// every weight once per token; with 4 KiB file pages the hardware
+/// prefetcher stops at each page boundary and the TLB misses every 4 KiB,
+/// which costs a measurable share of the bandwidth (`BITNET_WEIGHTS=mmap`
+/// keeps the file mapping, for comparison). Read with read(2), so the page
+/// cache is not also counted in this process's RSS: resident memory stays
+/// one copy of the weights.
+fn read_into_huge_pages(mut file: std::fs::File) -> std::io::Result<Mmap> {
+    use std::io::Read;
+    let len = file.metadata()?.len() as usize;
+    let mut m = huge_page_buffer(len)?;
+    let mut done = 0;
+    while done < len {
+        let n = file.read(&mut m[done..len])?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the model file shrank while loading"));
+        }
+        done += n;
+    }
+    m.make_read_only()
+}
+
+/// Every TQ1_0 matrix of `gguf` (2-D, rows a whole number of blocks,
+/// inside `map`) rewritten as TQ2_0 blocks into one new huge-page buffer,
+/// by tensor name; a matrix left out is one its loader rejects. The pages
+/// of `map` that held them are then given back to the system (on Unix),
+/// so resident memory grows by the difference, not by a second copy.
+///
+/// # Safety
+/// Nothing may read the bytes of the rewritten tensors in `map` after
+/// this returns (the model builds those matrices from the new buffer):
+/// in an anonymous `map` they read as zeros.
+pub unsafe fn unpack_tq1(gguf: &Gguf, map: &Mmap) -> std::io::Result<HashMap<String, Mapped>> {
+    // (name, start in map, TQ1_0 bytes, start in the new buffer)
+    let mut parts = Vec::new();
+    let mut total = 0usize;
+    for t in &gguf.tensors {
+        let start = gguf.data_offset.checked_add(t.offset).and_then(|s| usize::try_from(s).ok());
+        let (Some(start), Ok(elements)) = (start, usize::try_from(t.elements())) else {
+            continue;
+        };
+        if t.ty != TensorType::TQ1_0 || t.dims.len() != 2 || !t.dims[0].is_multiple_of(256) {
+            continue;
+        }
+        let len = elements / 256 * 54;
+        if start.checked_add(len).is_none_or(|end| end > map.len()) || t.size.is_some_and(|s| s < len as u64) {
+            continue;
+        }
+        parts.push((t.name.clone(), start, len, total));
+        total += len / 54 * 66;
+    }
+    if parts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut out = huge_page_buffer(total)?;
+    for (_, start, len, at) in &parts {
+        let src = &map[*start..start + len];
+        // Chunks of whole blocks on the pool: 2 G weights take a second on
+        // one thread.
+        crate::pool::for_each_chunk_mut(&mut out[*at..at + len / 54 * 66], 66 << 10, |first, chunk| {
+            let b = first / 66;
+            crate::quant::tq1_0_to_tq2_0(&src[b * 54..(b + chunk.len() / 66) * 54], chunk);
+        });
+        // Each matrix's source pages go as soon as it is rewritten: the
+        // peak stays near the final size, not a second copy of them all.
+        // SAFETY: the caller's promise: nothing reads these bytes again.
+        unsafe { release(map, *start, *len) };
+    }
+    let out = Arc::new(out.make_read_only()?);
+    Ok(parts.into_iter().map(|(name, _, len, at)| (name, Mapped::new(out.clone(), at, len / 54 * 66))).collect())
+}
+
+/// Give back the whole pages inside `map[start..start + len]`.
+///
+/// # Safety
+/// Nothing reads those bytes afterwards (anonymous memory reads as zeros).
+unsafe fn release(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if page == 0 {
+            return;
+        }
+        // memmap2 widens a range to the page below its start: give it one
+        // that starts and ends on page boundaries, inside this tensor.
+        let base = map.as_ptr() as usize;
+        let first = (base + start).next_multiple_of(page) - base;
+        let end = (base + start + len) / page * page - base;
+        if end > first {
+            // SAFETY: the caller's promise; the range is inside map.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
+}
