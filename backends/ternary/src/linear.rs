@@ -490,19 +490,13 @@ impl VocabMatrix {
             VocabMatrix::Q6K(m) => {
                 let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8k(x)).collect();
                 let sums: Vec<Vec<i16>> = acts.iter().map(|a| kernels::q6k_sums(&a.q)).collect();
+                let (qs, d): (Vec<&[i8]>, Vec<&[f32]>) = acts.iter().map(|a| (&a.q[..], &a.d[..])).unzip();
+                let sums: Vec<&[i16]> = sums.iter().map(|s| &s[..]).collect();
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
                 pool::for_each_rows_token_major(ys, n, rb, |first, out| {
                     let m = out.len() / n;
-                    // 32 rows (67 KB for 2B4T) at a time, token by token, so
-                    // every token reads them from cache.
-                    for r in (0..m).step_by(32) {
-                        let k = (m - r).min(32);
-                        let rows = &w[(first + r) * rb..(first + r + k) * rb];
-                        for (t, (a, sums)) in acts.iter().zip(&sums).enumerate() {
-                            kernels::q6k_rows(rows, rb, &a.q, sums, &a.d, &mut out[t * m + r..][..k]);
-                        }
-                    }
+                    kernels::q6k_rows_tokens(&w[first * rb..(first + m) * rb], rb, &qs, &sums, &d, out);
                 })
             }
         }

@@ -26,7 +26,9 @@ mod vocab;
 mod x86;
 pub use attention::{attend, KvElem, KvHead, Queries, MAX_HEAD_DIM};
 pub use float::f16_bits_to_f32;
-pub use vocab::{q6k_block_dots, q6k_finish, q6k_rows, q6k_sums, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK};
+pub use vocab::{
+    q6k_block_dots, q6k_finish, q6k_rows, q6k_rows_tokens, q6k_sums, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK,
+};
 
 /// Which implementation the dispatcher picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -119,6 +119,58 @@ pub fn q6k_rows(rows: &[u8], row_bytes: usize, q: &[i8], sums: &[i16], d: &[f32]
     }
 }
 
+/// `q6k_rows` for several tokens (`qs[t]` with its `sums[t]` and block
+/// scales `d[t]`): `out[t * m + r]` (m = the rows) equals `q6k_rows` of
+/// token t, bit for bit. With AVX-512 in groups of 16 rows x up to 4
+/// tokens, each block unpacked once for all of them; elsewhere token by
+/// token over 32 rows at a time.
+pub fn q6k_rows_tokens(rows: &[u8], row_bytes: usize, qs: &[&[i8]], sums: &[&[i16]], d: &[&[f32]], out: &mut [f32]) {
+    let (n, m) = (qs.len(), rows.len() / row_bytes.max(1));
+    assert!(sums.len() == n && d.len() == n && out.len() == n * m, "Q6_K tokens shape");
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512Vnni {
+        let blocks = row_bytes / Q6K_BLOCK;
+        assert!(rows.len() == m * row_bytes, "Q6_K rows shape");
+        for q in qs {
+            super::check_blocks(row_bytes, Q6K_BLOCK, 256, q.len(), blocks);
+        }
+        for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
+            for t in (0..n).step_by(4) {
+                macro_rules! tokens {
+                    ($k:literal) => {{
+                        let (qs, sums, d): ([&[i8]; $k], [&[i16]; $k], [&[f32]; $k]) = (
+                            std::array::from_fn(|i| qs[t + i]),
+                            std::array::from_fn(|i| sums[t + i]),
+                            std::array::from_fn(|i| d[t + i]),
+                        );
+                        // SAFETY: isa() checked AVX-512 F/BW/VNNI (AVX2 with
+                        // them); the kernel asserts the shapes it reads.
+                        unsafe {
+                            x86::q6k_rows_tokens_avx512::<$k>(group, row_bytes, qs, sums, d, &mut out[t * m + g..], m)
+                        }
+                    }};
+                }
+                match n - t {
+                    1 => tokens!(1),
+                    2 => tokens!(2),
+                    3 => tokens!(3),
+                    _ => tokens!(4),
+                }
+            }
+        }
+        return;
+    }
+    // 32 rows (67 KB for 2B4T) at a time, token by token, so every token
+    // reads them from cache.
+    for r in (0..m).step_by(32) {
+        let k = (m - r).min(32);
+        let rows = &rows[r * row_bytes..(r + k) * row_bytes];
+        for t in 0..n {
+            q6k_rows(rows, row_bytes, qs[t], sums[t], d[t], &mut out[t * m + r..][..k]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +285,33 @@ mod tests {
                 // SAFETY: AVX-512 F/BW/VNNI checked (AVX2 comes with them here).
                 unsafe { x86::q6k_rows_avx512(&rows, row.len(), &q, &sums, &ds, &mut got) };
                 assert_eq!(bits(&got), bits(&want), "avx512 q6k_rows, {blocks} blocks");
+            }
+            // 1 to 6 tokens at once (groups of 4, then the rest): each
+            // token's results as it gets them alone.
+            let tokens: Vec<(Vec<i8>, Vec<f32>)> = (0..6)
+                .map(|t| {
+                    (
+                        if t == 0 { q.clone() } else { acts(&mut rng, blocks * 256) },
+                        ds.iter().map(|d| d * (1.0 + t as f32)).collect(),
+                    )
+                })
+                .collect();
+            let tsums: Vec<Vec<i16>> = tokens.iter().map(|(q, _)| q6k_sums(q)).collect();
+            for n in 1..=tokens.len() {
+                let qs: Vec<&[i8]> = tokens[..n].iter().map(|(q, _)| &q[..]).collect();
+                let d: Vec<&[f32]> = tokens[..n].iter().map(|(_, d)| &d[..]).collect();
+                let sums: Vec<&[i16]> = tsums[..n].iter().map(|s| &s[..]).collect();
+                let mut got = vec![0f32; n * n_rows];
+                q6k_rows_tokens(&rows, row.len(), &qs, &sums, &d, &mut got);
+                for t in 0..n {
+                    let mut alone = vec![0f32; n_rows];
+                    q6k_rows(&rows, row.len(), qs[t], sums[t], d[t], &mut alone);
+                    assert_eq!(
+                        bits(&got[t * n_rows..][..n_rows]),
+                        bits(&alone),
+                        "{n} tokens, token {t}, {blocks} blocks"
+                    );
+                }
             }
         }
     }

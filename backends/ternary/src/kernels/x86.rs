@@ -1110,43 +1110,171 @@ pub(super) unsafe fn q6k_rows_avx512(
     d: &[f32],
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     let blocks = row_bytes / Q6K_BLOCK;
     assert!(q.len() >= blocks * 256 && sums.len() >= blocks * 16, "Q6_K activations");
-    let (m4, m30) = (_mm512_set1_epi8(0xf), _mm512_set1_epi8(0x30));
-    // High bits of elements 0..32 | 32..64 (bits 0-1 | 2-3) and 64..96 | 96..128 (4-5 | 6-7) to bits 4-5.
-    let shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-    let shr_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-    // i16 lane l of the 64 values starting at element 64 v has sub-block 4 v + l / 8.
-    let spread: [__m512i; 4] = std::array::from_fn(|v| {
-        let lanes: [i16; 32] = std::array::from_fn(|l| (4 * v + l / 8) as i16);
-        _mm512_loadu_si512(lanes.as_ptr().cast())
-    });
+    let unpack = Q6kUnpack::new();
     blockwise_rows_avx512::<{ Q6K_BLOCK }>(rows, row_bytes, &[], d, out, |block, b| {
-        // SAFETY (all loads): block b has Q6K_BLOCK bytes, q and sums 256 and 16 from b.
-        let a = q.as_ptr().add(b * 256);
+        // SAFETY: block b has Q6K_BLOCK bytes, q and sums 256 and 16 from b.
+        let (w, s, scales) = unpack.block(block);
+        Q6kUnpack::dot(&w, &s, scales, q.as_ptr().add(b * 256), sums.as_ptr().add(16 * b))
+    })
+}
+
+/// A Q6_K block unpacked for `vpmaddubsw`: its 256 6-bit values as bytes
+/// 0..=63 in four vectors (elements 64 v..64 v + 64), and each vector's
+/// sub-block scales spread to the i16 lanes `vpmaddwd` pairs them with.
+#[derive(Clone, Copy)]
+struct Q6kUnpack {
+    m4: std::arch::x86_64::__m512i,
+    m30: std::arch::x86_64::__m512i,
+    shl_lo: std::arch::x86_64::__m512i,
+    shr_hi: std::arch::x86_64::__m512i,
+    spread: [std::arch::x86_64::__m512i; 4],
+}
+
+impl Q6kUnpack {
+    #[inline(always)]
+    unsafe fn new() -> Q6kUnpack {
+        use std::arch::x86_64::*;
+        // High bits of elements 0..32 | 32..64 (bits 0-1 | 2-3) and 64..96 | 96..128 (4-5 | 6-7) to bits 4-5.
+        let shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        let shr_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+        // i16 lane l of the 64 values starting at element 64 v has sub-block 4 v + l / 8.
+        let spread: [__m512i; 4] = std::array::from_fn(|v| {
+            let lanes: [i16; 32] = std::array::from_fn(|l| (4 * v + l / 8) as i16);
+            _mm512_loadu_si512(lanes.as_ptr().cast())
+        });
+        Q6kUnpack { m4: _mm512_set1_epi8(0xf), m30: _mm512_set1_epi8(0x30), shl_lo, shr_hi, spread }
+    }
+
+    /// The block's values, their spread scales, and the 16 scales as i16.
+    #[inline(always)]
+    unsafe fn block(
+        &self,
+        block: *const u8,
+    ) -> ([std::arch::x86_64::__m512i; 4], [std::arch::x86_64::__m512i; 4], std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        let zero = _mm512_setzero_si512();
+        let (mut w, mut s) = ([zero; 4], [zero; 4]);
+        // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes.
         let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(192).cast()));
         let scales_x = _mm512_castsi256_si512(scales);
-        let mut acc = _mm512_setzero_si512();
         for half in 0..2 {
             let low = _mm512_loadu_si512(block.add(64 * half).cast());
             let high = _mm512_broadcast_i64x4(_mm256_loadu_si256(block.add(128 + 32 * half).cast()));
             // (low & 0xf) | (high bits & 0x30)
-            let lo = _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(low, m4), _mm512_sllv_epi16(high, shl_lo), m30);
-            let hi = _mm512_ternarylogic_epi32::<0xf8>(
-                _mm512_and_si512(_mm512_srli_epi16(low, 4), m4),
-                _mm512_srlv_epi16(high, shr_hi),
-                m30,
+            w[2 * half] = _mm512_ternarylogic_epi32::<0xf8>(
+                _mm512_and_si512(low, self.m4),
+                _mm512_sllv_epi16(high, self.shl_lo),
+                self.m30,
             );
-            for (k, w) in [lo, hi].into_iter().enumerate() {
-                let v = 2 * half + k;
-                let x = _mm512_loadu_si512(a.add(64 * v).cast());
-                let s = _mm512_permutexvar_epi16(spread[v], scales_x);
-                acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), s));
-            }
+            w[2 * half + 1] = _mm512_ternarylogic_epi32::<0xf8>(
+                _mm512_and_si512(_mm512_srli_epi16(low, 4), self.m4),
+                _mm512_srlv_epi16(high, self.shr_hi),
+                self.m30,
+            );
         }
-        let bsums = _mm256_loadu_si256(sums.as_ptr().add(16 * b).cast());
+        for (v, s) in s.iter_mut().enumerate() {
+            *s = _mm512_permutexvar_epi16(self.spread[v], scales_x);
+        }
+        (w, s, scales)
+    }
+
+    /// 16 lanes whose sum is the block's dot with the 256 activations at
+    /// `a` (their 16-value sums at `sums`): sum scale_j (value - 32) a,
+    /// the -32 taken out once as 32 sum_j scale_j sums_j.
+    #[inline(always)]
+    unsafe fn dot(
+        w: &[std::arch::x86_64::__m512i; 4],
+        s: &[std::arch::x86_64::__m512i; 4],
+        scales: std::arch::x86_64::__m256i,
+        a: *const i8,
+        sums: *const i16,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let mut acc = _mm512_setzero_si512();
+        for v in 0..4 {
+            // SAFETY: the caller's 256 activations at a.
+            let x = _mm512_loadu_si512(a.add(64 * v).cast());
+            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w[v], x), s[v]));
+        }
+        // SAFETY: the caller's 16 sums.
+        let bsums = _mm256_loadu_si256(sums.cast());
         let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, bsums), 5);
         _mm512_sub_epi32(acc, _mm512_zextsi256_si512(offset))
-    })
+    }
+}
+
+/// `q6k_rows_avx512` for N tokens (sequences decoded together) over up to
+/// 16 rows: each row's blocks unpacked once for all N (two rows at a time,
+/// their values and scales kept in registers while each token's
+/// activations are loaded once for both), each scale gather serving every
+/// token. Token t's results go to `out[t * stride..][..rows]`, bit for bit
+/// what `q6k_rows_avx512` gives it alone (the same integer block dots, the
+/// same finish).
+// Blocks by index: block b is read from every row, token and scale array.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    sums: [&[i16]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 2;
+    let n = group.len() / row_bytes;
+    let blocks = row_bytes / Q6K_BLOCK;
+    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * Q6K_BLOCK, "Q6_K group shape");
+    for t in 0..N {
+        assert!(qs[t].len() >= blocks * 256 && sums[t].len() >= blocks * 16 && d[t].len() >= blocks, "Q6_K tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + n, "Q6_K tokens output");
+    let unpack = Q6kUnpack::new();
+    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
+    let zero = _mm512_setzero_si512();
+    let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let scale_at = _mm512_add_epi32(
+        _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
+        _mm512_set1_epi32(Q6K_BLOCK as i32 - 4),
+    );
+    let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
+    let mut acc = [_mm512_setzero_ps(); N];
+    // Rows past n stay zero, as in `blockwise_rows_avx512`.
+    let mut v = [[zero; TQ2_LANES]; N];
+    for b in 0..blocks {
+        for r0 in (0..n).step_by(R) {
+            let rn = (n - r0).min(R);
+            let mut rows = [([zero; 4], [zero; 4], _mm256_setzero_si256()); R];
+            for (i, row) in rows.iter_mut().enumerate().take(rn) {
+                // SAFETY: block b of row r0 + i < n is inside group.
+                let block = group.as_ptr().add((r0 + i) * row_bytes + b * Q6K_BLOCK);
+                prefetch_block::<{ Q6K_BLOCK }>(block, pf);
+                *row = unpack.block(block);
+            }
+            for (t, v) in v.iter_mut().enumerate() {
+                // SAFETY: block b's activations and sums are inside qs[t], sums[t] (asserted).
+                let (a, s16) = (qs[t].as_ptr().add(b * 256), sums[t].as_ptr().add(16 * b));
+                for (i, (w, s, scales)) in rows.iter().enumerate().take(rn) {
+                    v[r0 + i] = Q6kUnpack::dot(w, s, *scales, a, s16);
+                }
+            }
+        }
+        // SAFETY: only live lanes (rows < n) are read, each inside its row.
+        let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * Q6K_BLOCK) as i32));
+        let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
+        let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+        for t in 0..N {
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(lane_sums_x16(&v[t])), scale));
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        let mut lanes = [0f32; TQ2_LANES];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
+        out[t * stride..][..n].copy_from_slice(&lanes[..n]);
+    }
 }
