@@ -161,9 +161,15 @@ unsafe fn release(map: &Mmap, start: usize, len: usize) {
         let base = map.as_ptr() as usize;
         let first = (base + start).next_multiple_of(page) - base;
         let end = (base + start + len) / page * page - base;
+        // Darwin's MADV_DONTNEED is only a hint; MADV_FREE_REUSABLE is
+        // what its malloc gives memory back with (off the footprint at once).
+        #[cfg(target_vendor = "apple")]
+        let advice = memmap2::UncheckedAdvice::FreeReusable;
+        #[cfg(not(target_vendor = "apple"))]
+        let advice = memmap2::UncheckedAdvice::DontNeed;
         if end > first {
             // SAFETY: the caller's promise; the range is inside map.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+            let _ = unsafe { map.unchecked_advise_range(advice, first, end - first) };
         }
     }
     #[cfg(not(unix))]
