@@ -217,6 +217,51 @@ fn prefetch_block<const BLOCK: usize>(block: *const u8, pf: Option<usize>) {
     }
 }
 
+/// The f16 scales of one block column of up to 16 rows (`BLOCK`-byte
+/// blocks ending with their scale, rows `row_bytes` apart), gathered in one
+/// instruction as 16 f32 lanes, lane r = row r; lanes of rows past the
+/// group's end stay 0 and are never read.
+#[derive(Clone, Copy)]
+struct BlockScales {
+    /// Byte offset of the 4 bytes ending row r's block 0 (its scale in the high half).
+    scale_at: std::arch::x86_64::__m512i,
+    live: std::arch::x86_64::__mmask16,
+    block: usize,
+}
+
+impl BlockScales {
+    #[inline(always)]
+    unsafe fn new(row_bytes: usize, block: usize, rows: usize) -> BlockScales {
+        use std::arch::x86_64::*;
+        let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let scale_at = _mm512_add_epi32(
+            _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
+            _mm512_set1_epi32(block as i32 - 4),
+        );
+        let live = if rows >= TQ2_LANES { !0 } else { (1u16 << rows) - 1 };
+        BlockScales { scale_at, live, block }
+    }
+
+    /// Block b's scales of the group starting at `group` (its live rows
+    /// must hold block b).
+    #[inline(always)]
+    unsafe fn gather(&self, group: *const u8, b: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let at_b = _mm512_add_epi32(self.scale_at, _mm512_set1_epi32((b * self.block) as i32));
+        // SAFETY: only live lanes (rows < n) are read, each inside its row (the caller's promise).
+        let words = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), self.live, at_b, group.cast());
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)))
+    }
+}
+
+/// The first `out.len()` lanes of `acc` into `out`.
+#[inline(always)]
+unsafe fn store_lanes(acc: std::arch::x86_64::__m512, out: &mut [f32]) {
+    let mut lanes = [0f32; TQ2_LANES];
+    std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    out.copy_from_slice(&lanes[..out.len()]);
+}
+
 /// Many rows of a format with a scale per 256-weight block (TQ2_0, TQ1_0;
 /// `BLOCK` bytes per block, ending with its f16 scale) against Q8K
 /// activations, with AVX-512: `partial(block, b)` gives 16 lanes whose sum
@@ -245,16 +290,10 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
     use std::arch::x86_64::*;
     let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let blocks = row_bytes / BLOCK;
-    // Row r's 4 bytes ending with its block 0 (the f16 scale in their high half).
-    let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let scale_at = _mm512_add_epi32(
-        _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
-        _mm512_set1_epi32(BLOCK as i32 - 4),
-    );
     let zero = _mm512_setzero_si512();
     for (group, out) in rows.chunks(TQ2_LANES * row_bytes).zip(out.chunks_mut(TQ2_LANES)) {
         let n = group.len() / row_bytes;
-        let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
+        let block_scales = BlockScales::new(row_bytes, BLOCK, n);
         let mut acc = _mm512_setzero_ps();
         for (b, &d_b) in d.iter().enumerate().take(blocks) {
             // SAFETY: block b of row r < n is BLOCK bytes inside `group`.
@@ -268,10 +307,8 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
                 *v = at(r);
             }
             let dots = lane_sums_x16(&v);
-            // SAFETY: only live lanes (rows < n) are read, each inside its row.
-            let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * BLOCK) as i32));
-            let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
-            let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+            // SAFETY: rows < n hold block b.
+            let scales = block_scales.gather(group.as_ptr(), b);
             let dot = match bsums.get(b) {
                 Some(&bsum) => _mm512_sub_epi32(dots, _mm512_set1_epi32(bsum)),
                 None => dots,
@@ -279,9 +316,7 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize>(
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d_b));
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
         }
-        let mut lanes = [0f32; TQ2_LANES];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-        out.copy_from_slice(&lanes[..out.len()]);
+        store_lanes(acc, out);
     }
 }
 
@@ -409,12 +444,7 @@ unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
     assert!(out.len() >= (N - 1) * stride + n, "ternary tokens output");
     let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let zero = _mm512_setzero_si512();
-    let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let scale_at = _mm512_add_epi32(
-        _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
-        _mm512_set1_epi32(BLOCK as i32 - 4),
-    );
-    let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
+    let block_scales = BlockScales::new(row_bytes, BLOCK, n);
     let mut acc = [_mm512_setzero_ps(); N];
     // Rows past n stay zero, as in `blockwise_rows_avx512`.
     let mut v = [[zero; TQ2_LANES]; N];
@@ -444,10 +474,8 @@ unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
                 }
             }
         }
-        // SAFETY: only live lanes (rows < n) are read, each inside its row.
-        let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * BLOCK) as i32));
-        let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
-        let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+        // SAFETY: rows < n hold block b.
+        let scales = block_scales.gather(group.as_ptr(), b);
         for t in 0..N {
             let dot = _mm512_sub_epi32(lane_sums_x16(&v[t]), _mm512_set1_epi32(bsums[t][b]));
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
@@ -455,9 +483,7 @@ unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
         }
     }
     for (t, acc) in acc.iter().enumerate() {
-        let mut lanes = [0f32; TQ2_LANES];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
-        out[t * stride..][..n].copy_from_slice(&lanes[..n]);
+        store_lanes(*acc, &mut out[t * stride..][..n]);
     }
 }
 
@@ -1236,12 +1262,7 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
     let unpack = Q6kUnpack::new();
     let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let zero = _mm512_setzero_si512();
-    let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let scale_at = _mm512_add_epi32(
-        _mm512_mullo_epi32(lane_ids, _mm512_set1_epi32(row_bytes as i32)),
-        _mm512_set1_epi32(Q6K_BLOCK as i32 - 4),
-    );
-    let live: __mmask16 = if n == TQ2_LANES { !0 } else { (1u16 << n) - 1 };
+    let block_scales = BlockScales::new(row_bytes, Q6K_BLOCK, n);
     let mut acc = [_mm512_setzero_ps(); N];
     // Rows past n stay zero, as in `blockwise_rows_avx512`.
     let mut v = [[zero; TQ2_LANES]; N];
@@ -1263,18 +1284,14 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
                 }
             }
         }
-        // SAFETY: only live lanes (rows < n) are read, each inside its row.
-        let at_b = _mm512_add_epi32(scale_at, _mm512_set1_epi32((b * Q6K_BLOCK) as i32));
-        let words = _mm512_mask_i32gather_epi32::<1>(zero, live, at_b, group.as_ptr().cast());
-        let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+        // SAFETY: rows < n hold block b.
+        let scales = block_scales.gather(group.as_ptr(), b);
         for t in 0..N {
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(lane_sums_x16(&v[t])), scale));
         }
     }
     for (t, acc) in acc.iter().enumerate() {
-        let mut lanes = [0f32; TQ2_LANES];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
-        out[t * stride..][..n].copy_from_slice(&lanes[..n]);
+        store_lanes(*acc, &mut out[t * stride..][..n]);
     }
 }
