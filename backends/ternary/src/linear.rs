@@ -415,16 +415,7 @@ impl VocabMatrix {
             VocabMatrix::Q8_0(m) => {
                 let a = quant::quantize_q8_0(x);
                 let rb = cols / 32 * kernels::Q8_0_BLOCK;
-                blocks_matvec(m.bytes(), rb, cols / 32, y, |row, dots| {
-                    kernels::q8_0_block_dots(row, &a.q, dots);
-                    // llama.cpp's order: per block, dot * (w_d * x_d).
-                    let mut acc = 0f32;
-                    for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
-                        let o = b * kernels::Q8_0_BLOCK;
-                        acc += *dot as f32 * (kernels::f16_le_to_f32(&row[o..]) * xd);
-                    }
-                    acc
-                });
+                blocks_matvec(m.bytes(), rb, cols / 32, y, |row, dots| q8_0_row_dot(row, &a, dots));
             }
             VocabMatrix::Q6K(m) => {
                 let a = quant::quantize_q8k(x);
@@ -477,12 +468,7 @@ impl VocabMatrix {
                     for (i, r) in (first..first + m).enumerate() {
                         let row = &w[r * rb..(r + 1) * rb];
                         for (y, a) in out.iter_mut().skip(i).step_by(m).zip(&acts) {
-                            kernels::q8_0_block_dots(row, &a.q, &mut dots);
-                            let mut acc = 0f32;
-                            for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
-                                acc += *dot as f32 * (kernels::f16_le_to_f32(&row[b * kernels::Q8_0_BLOCK..]) * xd);
-                            }
-                            *y = acc;
+                            *y = q8_0_row_dot(row, a, &mut dots);
                         }
                     }
                 })
@@ -510,6 +496,18 @@ impl VocabMatrix {
             VocabMatrix::F16Mapped(m) | VocabMatrix::Q8_0(m) | VocabMatrix::Q6K(m) => m.len() as u64,
         }
     }
+}
+
+/// One Q8_0 row's product with Q8_0 activations, in llama.cpp's order:
+/// per block, dot * (w_d * x_d), summed in block order. `dots`: scratch,
+/// one per block.
+fn q8_0_row_dot(row: &[u8], a: &quant::Q8_0Acts, dots: &mut [i32]) -> f32 {
+    kernels::q8_0_block_dots(row, &a.q, dots);
+    let mut acc = 0f32;
+    for (b, (dot, xd)) in dots.iter().zip(&a.d).enumerate() {
+        acc += *dot as f32 * (kernels::f16_le_to_f32(&row[b * kernels::Q8_0_BLOCK..]) * xd);
+    }
+    acc
 }
 
 /// Rows of `row_bytes` in parallel, each reduced by `f(row, scratch for
