@@ -349,11 +349,23 @@ mod tests {
     /// Every fixture model: a conversation's second turn, computed with the
     /// first turn's kept cache, gives the same greedy tokens (and the same
     /// top probabilities) as computed from nothing; the cache answered the
-    /// shared prefix.
+    /// shared prefix. Also with q8_0 keys, whose tiles of 16 positions a
+    /// kept prefix cuts through.
     #[test]
     fn a_kept_prompt_cache_gives_the_same_greedy_tokens_as_none() {
-        for name in ["bitnet-b1.58-i2_s.gguf", "bitnet-tq2_0.gguf", "bitnet-b1.58-tq2_0.gguf", "bitnet-tq1_0.gguf"] {
-            let e = Engine::load(&fixture(name), 256).unwrap();
+        use crate::model::KvType::{F32, Q8_0};
+        let cases = [
+            ("bitnet-b1.58-i2_s.gguf", F32),
+            ("bitnet-tq2_0.gguf", F32),
+            ("bitnet-b1.58-tq2_0.gguf", F32),
+            ("bitnet-tq1_0.gguf", F32),
+            ("bitnet-b1.58-i2_s.gguf", Q8_0),
+            ("bitnet-tq2_0.gguf", Q8_0),
+        ];
+        for (name, kv) in cases {
+            let mut e = Engine::load(&fixture(name), 256).unwrap();
+            e.model.kv_type = kv;
+            let name = format!("{name} ({kv:?} KV)");
             let turn1 = e.tokenizer.encode("Hello, world! The quick brown fox", true, false);
             let cached = |prompt: Vec<u32>| Generate { cache_prompt: true, ..greedy(6, &[], prompt) };
             let first = e.generate(&cached(turn1.clone()), |_, _| true).unwrap();

@@ -257,10 +257,12 @@ struct RunnerArgs {
     /// Accepted for compatibility; the engine runs on the CPU.
     #[arg(long = "n-gpu-layers", alias = "ngl")]
     n_gpu_layers: Option<u32>,
-    /// How the KV cache stores keys: f16 (half the memory) or f32
+    /// How the KV cache stores keys: f16 (half the memory), f32, or q8_0
+    /// (int8 per 32 with a scale: 0.56x f16's bytes, faster attention;
+    /// values f16)
     #[arg(long = "cache-type-k", alias = "ctk", default_value = "f16")]
     cache_type_k: String,
-    /// How the KV cache stores values (the same as keys: f16 or f32)
+    /// How the KV cache stores values: the keys' type, or f16 with q8_0 keys
     #[arg(long = "cache-type-v", alias = "ctv", default_value = "f16")]
     cache_type_v: String,
 }
@@ -715,9 +717,12 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
         .build()?;
     use bitnet_ternary::model::KvType;
     let kv_type = match (KvType::parse(&a.cache_type_k), KvType::parse(&a.cache_type_v)) {
-        (Some(k), Some(v)) if k == v => k,
-        (Some(_), Some(_)) => anyhow::bail!("--cache-type-k and --cache-type-v must be the same type here"),
-        _ => anyhow::bail!("cache types: f16 or f32 (got {} and {})", a.cache_type_k, a.cache_type_v),
+        (Some(KvType::Q8_0), Some(KvType::F16)) => KvType::Q8_0,
+        (Some(k), Some(v)) if k == v && k != KvType::Q8_0 => k,
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--cache-type-k and --cache-type-v must be the same type here (f16 or f32), or q8_0 keys with f16 values"
+        ),
+        _ => anyhow::bail!("cache types: f16, f32, or q8_0 for keys (got {} and {})", a.cache_type_k, a.cache_type_v),
     };
     let opts = bitnet_ternary::server::ServerOptions {
         model: a.model,

@@ -172,7 +172,7 @@ fn the_runner_keeps_prompt_caches_so_a_conversations_next_turn_computes_only_wha
 }
 
 #[test]
-fn the_runners_kv_cache_type_is_f16_or_f32_and_the_same_for_keys_and_values() {
+fn the_runners_kv_cache_type_is_f16_or_f32_for_both_or_q8_0_keys_with_f16_values() {
     let model = fixture_model("bitnet-b1.58-i2_s.gguf");
     let run = |extra: &[&str]| {
         Command::new(host_bin())
@@ -184,9 +184,20 @@ fn the_runners_kv_cache_type_is_f16_or_f32_and_the_same_for_keys_and_values() {
     let o = run(&["--cache-type-k", "f32", "--cache-type-v", "f16"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("must be the same type"), "{o:?}");
+    let o = run(&["--cache-type-k", "q8_0", "--cache-type-v", "q8_0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("q8_0 keys with f16 values"), "{o:?}");
     let o = run(&["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("f16 or f32"), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("f16, f32, or q8_0"), "{o:?}");
+    // q8_0 keys with f16 values serve.
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(fixture_model("bitnet-b1.58-i2_s.golden.json")).unwrap()).unwrap();
+    let q8_kv = ["--cache-type-k", "q8_0", "--cache-type-v", "f16"];
+    let r =
+        Runner::start_as(&[host_bin().to_str().unwrap()], "bitnet-b1.58-i2_s.gguf", Duration::from_secs(20), &q8_kv);
+    let tokens = greedy_tokens(&r, &golden["prompts"], 8);
+    assert!(tokens.iter().all(|t| t.len() == 8), "{tokens:?}");
 }
 
 #[test]
@@ -230,6 +241,7 @@ fn a_runner_built_for_another_architecture_answers_with_the_same_greedy_tokens()
     let golden: Value =
         serde_json::from_slice(&std::fs::read(fixture_model("bitnet-b1.58-i2_s.golden.json")).unwrap()).unwrap();
     let prompts = &golden["prompts"];
+    let here_argv = [host_bin().to_str().unwrap()];
     for (model, reference) in [
         ("bitnet-b1.58-i2_s.gguf", Some(("bitnet-b1.58-i2_s.golden.json", "ref_i8tok"))),
         ("bitnet-tq2_0.gguf", Some(("bitnet-tq2_0.golden.json", "ref_q8k"))),
@@ -240,7 +252,6 @@ fn a_runner_built_for_another_architecture_answers_with_the_same_greedy_tokens()
         // (with f16 they agree only up to the first small margin, as the
         // fixtures' README says).
         let f32_kv = ["--cache-type-k", "f32", "--cache-type-v", "f32"];
-        let here_argv = [host_bin().to_str().unwrap()];
         let here = greedy_tokens(&Runner::start_as(&here_argv, model, Duration::from_secs(20), &f32_kv), prompts, 8);
         let there = greedy_tokens(&Runner::start_as(&argv, model, Duration::from_secs(300), &f32_kv), prompts, 8);
         assert_eq!(there, here, "{model}: {foreign} vs this machine");
@@ -254,4 +265,11 @@ fn a_runner_built_for_another_architecture_answers_with_the_same_greedy_tokens()
         }
         eprintln!("{model}: {} prompts, the same 8 greedy tokens each on both", here.len());
     }
+    // q8_0 keys: integer scores, the same bits in every build (the
+    // foreign build's scalar or NEON one too).
+    let q8_kv = ["--cache-type-k", "q8_0", "--cache-type-v", "f16"];
+    let model = "bitnet-b1.58-i2_s.gguf";
+    let here = greedy_tokens(&Runner::start_as(&here_argv, model, Duration::from_secs(20), &q8_kv), prompts, 8);
+    let there = greedy_tokens(&Runner::start_as(&argv, model, Duration::from_secs(300), &q8_kv), prompts, 8);
+    assert_eq!(there, here, "{model}, q8_0 keys: {foreign} vs this machine");
 }

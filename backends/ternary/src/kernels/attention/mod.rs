@@ -28,8 +28,11 @@ use super::isa;
 use super::Isa;
 use std::ops::Range;
 
+mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use q8::{attend_q8, Q8KeyCache, Q8Keys};
 
 /// Where one kv head's keys and values sit in the cache: position p's
 /// vector is `k[p * stride + offset..][..len]` (likewise `v`). `T`: how
@@ -213,6 +216,24 @@ fn attend_blocked<T: KvElem>(
     out: &mut [f32],
 ) {
     let hd = kv.len;
+    attend_blocks(tiles, q, &kv, scores, out, |rs, ps, dst, stride| {
+        tiles.scores(&q.q[rs.start * hd..rs.end * hd], &kv, ps, scale, dst, stride)
+    })
+}
+
+/// `attend_blocked` with the scores of a block from `scores_of(rows,
+/// positions, the rows' scores, their stride)` (q8_0 keys have their own)
+/// and the values (`kv.v`) from `tiles`.
+#[inline(always)]
+fn attend_blocks<T: KvElem>(
+    tiles: &impl Tiles<T>,
+    q: Queries,
+    kv: &KvHead<T>,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    mut scores_of: impl FnMut(Range<usize>, Range<usize>, &mut [f32], usize),
+) {
+    let hd = kv.len;
     let rows = q.q.len() / hd;
     let n_max = q.visible.iter().copied().max().unwrap_or(0);
     scores.clear();
@@ -233,7 +254,7 @@ fn attend_blocked<T: KvElem>(
             let hi = p1.min(reach(&rs));
             if hi > p0 {
                 let dst = &mut scores[rs.start * n_max..rs.end * n_max];
-                tiles.scores(&q.q[rs.start * hd..rs.end * hd], &kv, p0..hi, scale, dst, n_max);
+                scores_of(rs.clone(), p0..hi, dst, n_max);
             }
         }
     }
@@ -249,13 +270,13 @@ fn attend_blocked<T: KvElem>(
             let hi = p1.min(shared);
             if hi > p0 {
                 let w = &scores[rs.start * n_max..rs.end * n_max];
-                tiles.values(w, n_max, &kv, p0..hi, &mut out[rs.start * hd..rs.end * hd]);
+                tiles.values(w, n_max, kv, p0..hi, &mut out[rs.start * hd..rs.end * hd]);
             }
             for r in rs.clone() {
                 let (lo, hi) = (p0.max(shared), p1.min(q.visible_of(r)));
                 if hi > lo {
                     let w = &scores[r * n_max..(r + 1) * n_max];
-                    tiles.values(w, n_max, &kv, lo..hi, &mut out[r * hd..(r + 1) * hd]);
+                    tiles.values(w, n_max, kv, lo..hi, &mut out[r * hd..(r + 1) * hd]);
                 }
             }
         }

@@ -1,7 +1,7 @@
 use super::*;
 use crate::sampler::Rng;
 
-fn random(rng: &mut Rng, n: usize, spread: f32) -> Vec<f32> {
+pub(super) fn random(rng: &mut Rng, n: usize, spread: f32) -> Vec<f32> {
     (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * spread).collect()
 }
 
@@ -33,7 +33,7 @@ fn builds<T: KvElem>() -> Vec<Build<T>> {
 /// The calls the model makes: one token decoding over n positions, and
 /// `m` new tokens after `cached` ones (a prompt chunk, a cached turn),
 /// each seeing its own position and those before it.
-fn shapes() -> Vec<Vec<usize>> {
+pub(super) fn shapes() -> Vec<Vec<usize>> {
     let mut v = vec![];
     for n in [1usize, 2, 5, 17, 33, 100, 301] {
         v.push(vec![n]);

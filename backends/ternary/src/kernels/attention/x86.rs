@@ -7,6 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::q8::{attend_q8_with, Q8Keys, Q8Rows, Q8Scores};
 use super::{attend_blocked, KvElem, KvHead, Lanes, Queries, Tiles};
 
 /// AVX-512 F tiles. Made only inside `attend_avx512`, which runs after
@@ -48,6 +49,88 @@ pub(super) unsafe fn attend_avx2<T: KvElem>(
         attend_blocked(&Avx2(()), q, kv, scale, scores, out)
     } else {
         attend_blocked(&Lanes, q, kv, scale, scores, out)
+    }
+}
+
+/// `attend_q8` with AVX-512 VNNI scores and AVX-512 values.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn attend_q8_avx512<V: KvElem>(
+    q: Queries,
+    keys: Q8Keys,
+    values: KvHead<V>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_q8_with(&Avx512Vnni(()), q, keys, values, scale, scores, out)
+}
+
+/// `attend_q8` with AVX2 scores and values.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn attend_q8_avx2<V: KvElem>(
+    q: Queries,
+    keys: Q8Keys,
+    values: KvHead<V>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_q8_with(&Avx2(()), q, keys, values, scale, scores, out)
+}
+
+/// AVX-512 tiles with VNNI integer scores, made only inside
+/// `attend_q8_avx512` (after AVX-512 F, BW and VNNI were found).
+struct Avx512Vnni(());
+
+impl<T: KvElem> Tiles<T> for Avx512Vnni {
+    #[inline(always)]
+    fn scores(&self, q: &[f32], kv: &KvHead<T>, ps: Range<usize>, scale: f32, scores: &mut [f32], stride: usize) {
+        Avx512(()).scores(q, kv, ps, scale, scores, stride)
+    }
+
+    #[inline(always)]
+    fn values(&self, w: &[f32], stride: usize, kv: &KvHead<T>, ps: Range<usize>, out: &mut [f32]) {
+        Avx512(()).values(w, stride, kv, ps, out)
+    }
+}
+
+impl Q8Scores for Avx512Vnni {
+    #[inline(always)]
+    fn q8_scores(
+        &self,
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        rows: Range<usize>,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        // SAFETY: an Avx512Vnni exists only where AVX-512 F, BW and VNNI were checked.
+        unsafe { super::q8::x86::scores_avx512(q, keys, rows, ps, scale, dst, stride) }
+    }
+}
+
+impl Q8Scores for Avx2 {
+    #[inline(always)]
+    fn q8_scores(
+        &self,
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        rows: Range<usize>,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        // SAFETY: an Avx2 exists only where AVX2, FMA and F16C were checked.
+        unsafe { super::q8::x86::scores_avx2(q, keys, rows, ps, scale, dst, stride) }
     }
 }
 

@@ -1,0 +1,519 @@
+//! Keys in q8_0 (llama-server's `--cache-type-k q8_0`): each 32 values
+//! of a key as int8 codes with one scale (`quant::quantize_q8_0`, the
+//! activations' quantizer), and the query rows quantized the same way, so
+//! a score is integer dot products, which VNNI does 64 at a time where
+//! f32 does 16.
+//!
+//! The score of query row r and position p (the reference,
+//! `scores_scalar`): per 32-value block b, in order of b,
+//! `s += (dq_rb * dk_pb) * isum_rb` (a multiply, then an add: never
+//! fused), then `s * scale`; `isum` is an exact integer sum, so any order
+//! of the integer work gives these bits, and every build gives them.
+//!
+//! The codes are stored for that integer work, not in position order:
+//! positions go in tiles of 16, and within a tile, block b's group of 4
+//! values j (`4 j..4 j + 4`) of the 16 positions lie together (64 bytes,
+//! position-major), so one broadcast of a query's 4 codes against one
+//! load gives 16 positions' partial sums with no horizontal sum. The
+//! codes are kept offset by 128 (`k + 128` as u8): `vpdpbusd` multiplies
+//! unsigned by signed bytes, and sum (k + 128) q = sum k q + 128 sum q,
+//! with sum q known per query block.
+//!
+//! Values stay f16 (or f32): their products with the softmax weights
+//! have no integer form, as in llama.cpp, which widens quantized values.
+
+use super::{attend_blocks, isa, KvElem, KvHead, Queries, Tiles};
+use crate::quant::quantize_q8_0;
+use std::ops::Range;
+
+/// Positions per tile.
+pub const TILE: usize = 16;
+/// Values per quantization block.
+pub const QK: usize = 32;
+/// Bytes of one block of one tile: 16 positions x 32 codes.
+const BLOCK_CODES: usize = TILE * QK;
+
+/// One layer's keys in q8_0, every kv head of `kv_dim` values per
+/// position (heads are whole blocks, so block i of a position is block
+/// i % (head_dim / 32) of head i / (head_dim / 32)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8KeyCache {
+    /// Tile t: block i's 512 bytes at (t * blocks + i) * 512, its group j
+    /// of 16 positions x 4 codes at 64 j, offset by 128.
+    codes: Vec<u8>,
+    /// Tile t: block i's 16 scales (one per position) at (t * blocks + i) * 16.
+    scales: Vec<f32>,
+    /// Blocks per position.
+    blocks: usize,
+    len: usize,
+}
+
+impl Q8KeyCache {
+    /// Room for `cap` positions of `kv_dim` values (a multiple of 32).
+    pub fn new(kv_dim: usize, cap: usize) -> Self {
+        assert!(kv_dim.is_multiple_of(QK), "q8_0 keys: {kv_dim} values per position");
+        let blocks = kv_dim / QK;
+        let tiles = cap.div_ceil(TILE);
+        Q8KeyCache {
+            codes: Vec::with_capacity(tiles * blocks * BLOCK_CODES),
+            scales: Vec::with_capacity(tiles * blocks * TILE),
+            blocks,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the keys of the positions held take.
+    pub fn bytes(&self) -> usize {
+        self.len * self.blocks * (QK + std::mem::size_of::<f32>())
+    }
+
+    /// Index of code `i` (of block `b`) of position `p` in `codes`.
+    #[inline(always)]
+    fn code_at(&self, p: usize, b: usize, i: usize) -> usize {
+        ((p / TILE) * self.blocks + b) * BLOCK_CODES + (i / 4) * (4 * TILE) + (p % TILE) * 4 + i % 4
+    }
+
+    #[inline(always)]
+    fn scale_at(&self, p: usize, b: usize) -> usize {
+        ((p / TILE) * self.blocks + b) * TILE + p % TILE
+    }
+
+    /// Append the keys of new positions (rows of `kv_dim` values).
+    pub fn extend(&mut self, rows: &[f32]) {
+        let kv_dim = self.blocks * QK;
+        assert!(rows.len().is_multiple_of(kv_dim), "q8_0 keys: rows of {kv_dim}");
+        for row in rows.chunks_exact(kv_dim) {
+            let p = self.len;
+            if p.is_multiple_of(TILE) {
+                // A new tile; its codes start as 0 (offset 128) and its scales as 0.
+                self.codes.resize(self.codes.len() + self.blocks * BLOCK_CODES, 128);
+                self.scales.resize(self.scales.len() + self.blocks * TILE, 0.0);
+            }
+            let q = quantize_q8_0(row);
+            for b in 0..self.blocks {
+                for i in 0..QK {
+                    let at = self.code_at(p, b, i);
+                    self.codes[at] = (q.q[b * QK + i] as u8) ^ 0x80;
+                }
+                let at = self.scale_at(p, b);
+                self.scales[at] = q.d[b];
+            }
+            self.len += 1;
+        }
+    }
+
+    /// Forget everything from position `n` on (the lanes of the last tile
+    /// past `n` go back to 0, so equal contents compare equal).
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len);
+        let tiles = n.div_ceil(TILE);
+        self.codes.truncate(tiles * self.blocks * BLOCK_CODES);
+        self.scales.truncate(tiles * self.blocks * TILE);
+        for p in n..tiles * TILE {
+            for b in 0..self.blocks {
+                for i in 0..QK {
+                    let at = self.code_at(p, b, i);
+                    self.codes[at] = 128;
+                }
+                let at = self.scale_at(p, b);
+                self.scales[at] = 0.0;
+            }
+        }
+        self.len = n;
+    }
+
+    /// A copy of the first `n` positions with room for `cap`.
+    pub fn prefix(&self, n: usize, cap: usize) -> Self {
+        let mut c = Q8KeyCache::new(self.blocks * QK, cap);
+        let tiles = n.min(self.len).div_ceil(TILE);
+        c.codes.extend_from_slice(&self.codes[..tiles * self.blocks * BLOCK_CODES]);
+        c.scales.extend_from_slice(&self.scales[..tiles * self.blocks * TILE]);
+        c.len = tiles * TILE;
+        c.truncate(n.min(self.len));
+        c
+    }
+
+    /// Position `p`'s keys as the values they stand for (code x scale).
+    pub fn key(&self, p: usize) -> Vec<f32> {
+        assert!(p < self.len);
+        let mut k = Vec::with_capacity(self.blocks * QK);
+        for b in 0..self.blocks {
+            let d = self.scales[self.scale_at(p, b)];
+            k.extend((0..QK).map(|i| f32::from((self.codes[self.code_at(p, b, i)] ^ 0x80) as i8) * d));
+        }
+        k
+    }
+
+    /// kv head `h`'s keys (heads of `head_dim` values, a multiple of 32).
+    pub fn head(&self, h: usize, head_dim: usize) -> Q8Keys<'_> {
+        assert!(head_dim.is_multiple_of(QK) && (h + 1) * head_dim <= self.blocks * QK, "q8_0 keys: head {h}");
+        Q8Keys { cache: self, first: h * head_dim / QK, blocks: head_dim / QK }
+    }
+}
+
+/// One kv head's keys in a `Q8KeyCache`.
+#[derive(Clone, Copy)]
+pub struct Q8Keys<'a> {
+    cache: &'a Q8KeyCache,
+    /// The head's first block in a position.
+    first: usize,
+    /// Its blocks.
+    blocks: usize,
+}
+
+impl Q8Keys<'_> {
+    pub fn len(&self) -> usize {
+        self.cache.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.len == 0
+    }
+
+    /// Block b's codes of tile t (512 bytes, offset by 128) and its 16 scales.
+    #[inline(always)]
+    fn tile_block(&self, t: usize, b: usize) -> (&[u8], &[f32]) {
+        let i = t * self.cache.blocks + self.first + b;
+        (&self.cache.codes[i * BLOCK_CODES..][..BLOCK_CODES], &self.cache.scales[i * TILE..][..TILE])
+    }
+}
+
+/// Query rows in q8_0: row r's block b has codes `q[(r * blocks + b) *
+/// 32..]`, scale `d[r * blocks + b]` and code sum `sums[..]`.
+pub(super) struct Q8Rows {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+    blocks: usize,
+}
+
+impl Q8Rows {
+    pub(super) fn new(q: &[f32], head_dim: usize) -> Self {
+        let a = quantize_q8_0(q);
+        let sums = a.q.chunks_exact(QK).map(|c| c.iter().map(|&x| i32::from(x)).sum()).collect();
+        Q8Rows { q: a.q, d: a.d, sums, blocks: head_dim / QK }
+    }
+
+    /// Row r's codes of block b.
+    #[inline(always)]
+    fn codes(&self, r: usize, b: usize) -> &[i8] {
+        &self.q[(r * self.blocks + b) * QK..][..QK]
+    }
+}
+
+/// The reference: `dst[(r - rows.start) * stride + p] = score(r, p)` for
+/// the query rows `rows` and positions `ps`.
+fn scores_scalar(
+    q: &Q8Rows,
+    keys: &Q8Keys,
+    rows: Range<usize>,
+    ps: Range<usize>,
+    scale: f32,
+    dst: &mut [f32],
+    stride: usize,
+) {
+    for (i, r) in rows.enumerate() {
+        for p in ps.clone() {
+            let (t, lane) = (p / TILE, p % TILE);
+            let mut s = 0f32;
+            for b in 0..keys.blocks {
+                let (codes, scales) = keys.tile_block(t, b);
+                let isum: i32 = q
+                    .codes(r, b)
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &x)| {
+                        i32::from(x) * i32::from((codes[(j / 4) * 4 * TILE + lane * 4 + j % 4] ^ 0x80) as i8)
+                    })
+                    .sum();
+                s += (q.d[r * keys.blocks + b] * scales[lane]) * isum as f32;
+            }
+            dst[i * stride + p] = s * scale;
+        }
+    }
+}
+
+/// How a build computes a block's scores for q8_0 keys; the values are
+/// its `Tiles`.
+pub(super) trait Q8Scores {
+    #[allow(clippy::too_many_arguments)]
+    fn q8_scores(
+        &self,
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        rows: Range<usize>,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    );
+}
+
+impl Q8Scores for super::Lanes {
+    fn q8_scores(
+        &self,
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        rows: Range<usize>,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        scores_scalar(q, keys, rows, ps, scale, dst, stride)
+    }
+}
+
+/// Attention over q8_0 keys and the values of `values` (its `k` unused):
+/// the blocked loop of `attend_blocked`, scores from `builds`.
+#[inline(always)]
+pub(super) fn attend_q8_with<V: KvElem, B: Tiles<V> + Q8Scores>(
+    build: &B,
+    q: Queries,
+    keys: Q8Keys,
+    values: KvHead<V>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let rows = Q8Rows::new(q.q, values.len);
+    attend_blocks(build, q, &values, scores, out, |rs, ps, dst, stride| {
+        build.q8_scores(&rows, &keys, rs, ps, scale, dst, stride)
+    })
+}
+
+/// The baseline build of `attend_q8`.
+pub fn attend_q8_scalar<V: KvElem>(
+    q: Queries,
+    keys: Q8Keys,
+    values: KvHead<V>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_q8_with(&super::Lanes, q, keys, values, scale, scores, out)
+}
+
+/// Attention of the query rows `q` (as `attend`) over q8_0 keys and the
+/// values of `values` (its `k` is not read), with the widest build this
+/// CPU runs.
+pub fn attend_q8<V: KvElem>(
+    q: Queries,
+    keys: Q8Keys,
+    values: KvHead<V>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    check(&q, &keys, &values, out);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F, BW and VNNI.
+        super::Isa::Avx512Vnni => unsafe { super::x86::attend_q8_avx512(q, keys, values, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 and F16C.
+        super::Isa::Avx2 => unsafe { super::x86::attend_q8_avx2(q, keys, values, scale, scores, out) },
+        _ => attend_q8_scalar(q, keys, values, scale, scores, out),
+    }
+}
+
+fn check<V>(q: &Queries, keys: &Q8Keys, values: &KvHead<V>, out: &[f32]) {
+    let hd = values.len;
+    assert!(hd > 0 && hd.is_multiple_of(QK) && hd <= super::MAX_HEAD_DIM, "q8_0 keys: head dimension {hd}");
+    assert_eq!(keys.blocks * QK, hd, "q8_0 keys: key and value heads differ");
+    assert!(values.offset + hd <= values.stride, "attention: the head is not inside a position's vector");
+    assert_eq!(q.q.len(), out.len(), "attention: query and output differ in length");
+    assert_eq!(q.q.len(), q.visible.len() * q.heads * hd, "attention: rows are not tokens x heads");
+    let n_max = q.visible.iter().copied().max().unwrap_or(0);
+    if n_max > 0 {
+        assert!(n_max <= keys.len(), "attention: positions past the keys");
+        assert!(
+            (n_max - 1) * values.stride + values.offset + hd <= values.v.len(),
+            "attention: positions past the cache"
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod x86 {
+    //! The integer scores with AVX-512 VNNI and with AVX2.
+    use super::{Q8Keys, Q8Rows, QK, TILE};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Rows `rows` (R at a time, then the rest one by one) against the
+    /// tiles holding `ps`: per block, 8 `vpdpbusd` per row give the 16
+    /// positions' integer sums in 16 lanes; less 128 x the row's code sum,
+    /// times (dq x dk), added in block order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn scores_avx512(
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        rows: Range<usize>,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        let mut r = rows.start;
+        while r < rows.end {
+            let i = r - rows.start;
+            // SAFETY: AVX-512 F, BW, VNNI (this function's own features).
+            r += unsafe {
+                match rows.end - r {
+                    4.. => tile_rows_avx512::<4>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride),
+                    2 | 3 => tile_rows_avx512::<2>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride),
+                    _ => tile_rows_avx512::<1>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride),
+                }
+            };
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_rows_avx512<const R: usize>(
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        r0: usize,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) -> usize {
+        assert!(ps.end <= keys.len() && dst.len() >= (R - 1) * stride + ps.end);
+        let scale = _mm512_set1_ps(scale);
+        for t in ps.start / TILE..ps.end.div_ceil(TILE) {
+            let mut s = [_mm512_setzero_ps(); R];
+            for b in 0..keys.blocks {
+                let (codes, scales) = keys.tile_block(t, b);
+                let mut acc = [_mm512_setzero_si512(); R];
+                for j in 0..QK / 4 {
+                    // SAFETY: group j's 64 bytes are inside the block's 512.
+                    let k = unsafe { _mm512_loadu_si512(codes.as_ptr().add(64 * j).cast()) };
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let c = q.codes(r0 + i, b);
+                        // SAFETY: 4 of the row's 32 codes.
+                        let four = unsafe { c.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
+                        *acc = _mm512_dpbusd_epi32(*acc, k, _mm512_set1_epi32(four));
+                    }
+                }
+                // SAFETY: 16 scales.
+                let dk = unsafe { _mm512_loadu_ps(scales.as_ptr()) };
+                for (i, s) in s.iter_mut().enumerate() {
+                    let at = (r0 + i) * q.blocks + b;
+                    let isum = _mm512_sub_epi32(acc[i], _mm512_set1_epi32(128 * q.sums[at]));
+                    let w = _mm512_mul_ps(_mm512_set1_ps(q.d[at]), dk);
+                    *s = _mm512_add_ps(*s, _mm512_mul_ps(w, _mm512_cvtepi32_ps(isum)));
+                }
+            }
+            // The lanes of this tile inside ps.
+            let (lo, hi) = ((t * TILE).max(ps.start), (t * TILE + TILE).min(ps.end));
+            let mask = (((1u32 << (hi - lo)) - 1) << (lo - t * TILE)) as u16;
+            for (i, s) in s.iter().enumerate() {
+                // SAFETY: only lanes lo..hi are written, at dst[i * stride + lo..hi]
+                // (inside dst, asserted); masked-out lanes do not access memory.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        dst.as_mut_ptr().wrapping_add(i * stride + t * TILE),
+                        mask,
+                        _mm512_mul_ps(*s, scale),
+                    )
+                };
+            }
+        }
+        R
+    }
+
+    /// `scores_avx512` without VNNI: each tile as two halves of 8
+    /// positions; a group's products by `vpmaddubsw` of |q| with the key
+    /// codes carrying q's sign (each pair at most 2 x 127 x 127, inside
+    /// i16), then `vpmaddwd` by 1.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn scores_avx2(
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        rows: Range<usize>,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        let mut r = rows.start;
+        while r < rows.end {
+            let i = r - rows.start;
+            // SAFETY: AVX2 (this function's own feature).
+            r += unsafe {
+                if rows.end - r >= 2 {
+                    tile_rows_avx2::<2>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
+                } else {
+                    tile_rows_avx2::<1>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
+                }
+            };
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_rows_avx2<const R: usize>(
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        r0: usize,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) -> usize {
+        assert!(ps.end <= keys.len() && dst.len() >= (R - 1) * stride + ps.end);
+        let scale = _mm256_set1_ps(scale);
+        let (flip, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+        for t in ps.start / TILE..ps.end.div_ceil(TILE) {
+            for half in 0..2 {
+                let mut s = [_mm256_setzero_ps(); R];
+                for b in 0..keys.blocks {
+                    let (codes, scales) = keys.tile_block(t, b);
+                    let mut acc = [_mm256_setzero_si256(); R];
+                    for j in 0..QK / 4 {
+                        // SAFETY: 32 of group j's 64 bytes.
+                        let k = unsafe { _mm256_loadu_si256(codes.as_ptr().add(64 * j + 32 * half).cast()) };
+                        let k = _mm256_xor_si256(k, flip);
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let c = q.codes(r0 + i, b);
+                            // SAFETY: 4 of the row's 32 codes.
+                            let four =
+                                _mm256_set1_epi32(unsafe { c.as_ptr().add(4 * j).cast::<i32>().read_unaligned() });
+                            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(four), _mm256_sign_epi8(k, four));
+                            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                    // SAFETY: 8 of the 16 scales.
+                    let dk = unsafe { _mm256_loadu_ps(scales.as_ptr().add(8 * half)) };
+                    for (i, s) in s.iter_mut().enumerate() {
+                        let at = (r0 + i) * q.blocks + b;
+                        let w = _mm256_mul_ps(_mm256_set1_ps(q.d[at]), dk);
+                        *s = _mm256_add_ps(*s, _mm256_mul_ps(w, _mm256_cvtepi32_ps(acc[i])));
+                    }
+                }
+                let first = t * TILE + 8 * half;
+                let (lo, hi) = (first.max(ps.start), (first + 8).min(ps.end));
+                for (i, s) in s.iter().enumerate() {
+                    let mut lanes = [0f32; 8];
+                    // SAFETY: 8 floats into lanes.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(*s, scale)) };
+                    for p in lo..hi {
+                        dst[i * stride + p] = lanes[p - first];
+                    }
+                }
+            }
+        }
+        R
+    }
+}
+
+#[cfg(test)]
+mod tests;
