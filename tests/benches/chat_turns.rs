@@ -33,11 +33,12 @@ fn main() {
         (Shape::default_model(), "b158-small", 200, 20)
     };
     let path = bitnet_host_tests::bench::model(stem, &shape, TernaryFormat::I2S);
-    let engine = Arc::new(Engine::load(&path, history + new + 64).unwrap());
+    let mut engine = Engine::load(&path, history + new + 64).unwrap();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if part("cache") {
-        cache(&engine, cores, history, new);
+        cache(&mut engine, cores, history, new);
     }
+    let engine = Arc::new(engine);
     if part("streams") {
         streams(&engine, cores, if full { 32 } else { 16 });
     }
@@ -47,7 +48,8 @@ fn main() {
 }
 
 /// Time to the first token of turn 2, with the prompt cache and without.
-fn cache(engine: &Engine, cores: usize, history: usize, new: usize) {
+fn cache(engine: &mut Engine, cores: usize, history: usize, new: usize) {
+    use bitnet_ternary::model::KvType;
     let vocab = engine.model.hp.n_vocab as u32;
     // Fixed ids, as llama-bench's are; the history and the new message.
     let ids = |n: usize, salt: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + salt) % vocab).collect() };
@@ -59,8 +61,12 @@ fn cache(engine: &Engine, cores: usize, history: usize, new: usize) {
         "model: {} layers x {} hidden, I2_S; turn 2 = {history} tokens of history + {new} new; time to first token (prompt ms)",
         engine.model.hp.n_layer, engine.model.hp.n_embd
     );
-    println!("threads  fresh {new}-token prompt  turn 2 uncached  turn 2 cached  cached / fresh  uncached / cached");
-    for threads in [1, cores.min(2)] {
+    println!("threads  KV cache  fresh {new}-token prompt  turn 2 uncached  turn 2 cached  cached / fresh  uncached / cached");
+    for (threads, kv) in
+        [1, cores.min(2)].into_iter().flat_map(|t| [KvType::F32, KvType::F16, KvType::Q8_0].map(|k| (t, k)))
+    {
+        engine.model.kv_type = kv;
+        let engine = &*engine;
         let pool = bitnet_ternary::pool::Pool::new(threads);
         pool.install(|| {
             let run = |prompt: &[u32], cache: bool| {
@@ -83,7 +89,8 @@ fn cache(engine: &Engine, cores: usize, history: usize, new: usize) {
             let o = run(&turn2, true);
             assert!(o.cached_tokens >= history, "the cache answered {} tokens", o.cached_tokens);
             println!(
-                "{threads:>7} {fresh:>20.0} {uncached:>16.0} {:>14.0} {:>14.2}x {:>17.1}x",
+                "{threads:>7} {:>9} {fresh:>23.0} {uncached:>16.0} {:>14.0} {:>14.2}x {:>17.1}x",
+                kv.name(),
                 o.prompt_ms,
                 o.prompt_ms / fresh,
                 uncached / o.prompt_ms
@@ -92,17 +99,18 @@ fn cache(engine: &Engine, cores: usize, history: usize, new: usize) {
     }
 }
 
-/// Decode tokens/s after `contexts` tokens of prompt, f16 against f32 KV.
+/// Decode tokens/s after `contexts` tokens of prompt, f16 and q8_0 keys
+/// (f16 values) against f32 KV.
 fn long_context(path: &std::path::Path, threads: usize, contexts: &[usize]) {
     use bitnet_ternary::model::{KvType, Model};
     let mut m = Model::load(path, None).unwrap();
     let vocab = m.hp.n_vocab as u32;
     println!("decode after a long prompt, {threads} threads, 16 tokens: tokens/s and KV cache MB");
-    println!("context  f32 tok/s  f32 KV MB  f16 tok/s  f16 KV MB  f16 / f32");
+    println!("context  f32 tok/s  f32 KV MB  f16 tok/s  f16 KV MB  f16 / f32  q8_0 tok/s  q8_0 KV MB  q8_0 / f32");
     let pool = bitnet_ternary::pool::Pool::new(threads);
     for &ctx in contexts {
         let mut row = Vec::new();
-        for ty in [KvType::F32, KvType::F16] {
+        for ty in [KvType::F32, KvType::F16, KvType::Q8_0] {
             m.kv_type = ty;
             let (rate, mb) = pool.install(|| {
                 let mut cache = m.new_cache(ctx + 17);
@@ -121,12 +129,15 @@ fn long_context(path: &std::path::Path, threads: usize, contexts: &[usize]) {
             row.push((rate, mb));
         }
         println!(
-            "{ctx:>7} {:>10.2} {:>10.0} {:>10.2} {:>10.0} {:>9.2}x",
+            "{ctx:>7} {:>10.2} {:>10.0} {:>10.2} {:>10.0} {:>9.2}x {:>11.2} {:>11.0} {:>10.2}x",
             row[0].0,
             row[0].1,
             row[1].0,
             row[1].1,
-            row[1].0 / row[0].0
+            row[1].0 / row[0].0,
+            row[2].0,
+            row[2].1,
+            row[2].0 / row[0].0
         );
     }
 }
