@@ -79,12 +79,36 @@ impl Sampler {
         if self.cfg.temperature <= 0.0 {
             return argmax(logits) as u32;
         }
-        let mut cand = candidates(logits, self.cfg.top_k);
-        // Softmax at the temperature.
+        let (cand, probs) = self.choices(logits, true);
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.next_f32() * total;
+        for ((id, _), p) in cand.iter().zip(&probs) {
+            if r < *p {
+                return *id;
+            }
+            r -= p;
+        }
+        cand.last().map(|c| c.0).unwrap_or(0)
+    }
+
+    /// The tokens left after top-k, min-p and top-p, most likely first,
+    /// with their probabilities (the softmax at the temperature over the
+    /// top-k, or over all tokens with top-k off).
+    ///
+    /// With top-k off, min-p alone bounds the choice: a token whose
+    /// exp((l - max) / t) is under min_p is cut anyway, so only logits
+    /// from max + t ln(min_p) (less a margin for rounding) are sorted
+    /// (`prefilter`), the rest only summed. Sorting all 128k of a
+    /// vocabulary was 5 ms a token.
+    fn choices(&self, logits: &[f32], prefilter: bool) -> (Vec<(u32, f32)>, Vec<f32>) {
         let t = self.cfg.temperature;
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| ((l - max) / t).exp()).collect();
-        let sum: f32 = probs.iter().sum();
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let floor =
+            (prefilter && self.cfg.top_k == 0 && self.cfg.min_p > 0.0).then(|| max + t * (self.cfg.min_p.ln() - 1e-3));
+        let (mut cand, cut) = candidates(logits, self.cfg.top_k, floor);
+        let weight = |l: f32| ((l - max) / t).exp();
+        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| weight(*l)).collect();
+        let sum: f32 = probs.iter().sum::<f32>() + cut.iter().map(|&l| weight(l)).sum::<f32>();
         probs.iter_mut().for_each(|p| *p /= sum);
         if self.cfg.min_p > 0.0 {
             let floor = probs[0] * self.cfg.min_p;
@@ -105,15 +129,7 @@ impl Sampler {
             cand.truncate(keep);
             probs.truncate(keep);
         }
-        let total: f32 = probs.iter().sum();
-        let mut r = self.rng.next_f32() * total;
-        for ((id, _), p) in cand.iter().zip(&probs) {
-            if r < *p {
-                return *id;
-            }
-            r -= p;
-        }
-        cand.last().map(|c| c.0).unwrap_or(0)
+        (cand, probs)
     }
 
     fn penalize(&self, logits: &mut [f32], history: &[u32]) {
@@ -137,18 +153,30 @@ impl Sampler {
 }
 
 /// The tokens in order of logit, highest first (ties by id), the first
-/// `top_k` of them (0: all). With top-k, the k are selected first and
-/// only they are sorted: sorting all 128k of a vocabulary was 5 ms a token,
-/// on the batcher's thread between steps.
-fn candidates(logits: &[f32], top_k: usize) -> Vec<(u32, f32)> {
+/// `top_k` of them (0: all), and those at or above `floor` only where one
+/// is given; then the logits left out by the floor (not by top-k). With
+/// top-k, the k are selected first and only they are sorted.
+fn candidates(logits: &[f32], top_k: usize, floor: Option<f32>) -> (Vec<(u32, f32)>, Vec<f32>) {
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let (mut cand, mut cut) = (Vec::new(), Vec::new());
+    match floor {
+        Some(floor) => {
+            for (i, &l) in logits.iter().enumerate() {
+                if l >= floor {
+                    cand.push((i as u32, l));
+                } else {
+                    cut.push(l);
+                }
+            }
+        }
+        None => cand = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect(),
+    }
     if top_k > 0 && top_k < cand.len() {
         cand.select_nth_unstable_by(top_k - 1, order);
         cand.truncate(top_k);
     }
     cand.sort_unstable_by(order);
-    cand
+    (cand, cut)
 }
 
 pub fn argmax(v: &[f32]) -> usize {
@@ -190,10 +218,41 @@ mod tests {
         let logits: Vec<f32> = (0..3000).map(|_| (rng.next_f32() * 50.0).floor() - 25.0).collect();
         let mut full: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         full.sort_by(|a, b| b.1.total_cmp(&a.1));
-        assert_eq!(candidates(&logits, 0), full);
+        assert_eq!(candidates(&logits, 0, None), (full.clone(), vec![]));
         for k in [1usize, 2, 40, 59, 2999, 3000, 5000] {
-            assert_eq!(candidates(&logits, k), full[..k.min(full.len())], "top {k}");
+            assert_eq!(candidates(&logits, k, None).0, full[..k.min(full.len())], "top {k}");
         }
+    }
+
+    /// With top-k off, sorting only the logits min-p can keep leaves the
+    /// same tokens as sorting all, with the same probabilities (up to the
+    /// order their sum is taken in): min-p cuts at the same place, and
+    /// top-p, whose sums include the cut tokens' weight, too.
+    #[test]
+    fn min_p_without_top_k_sorts_only_what_it_can_keep_and_keeps_the_same() {
+        let mut rng = Rng::new(4);
+        for round in 0..40 {
+            let logits: Vec<f32> = (0..5000).map(|_| (rng.next_f32() * 2.0 - 1.0) * (1 + round % 7) as f32).collect();
+            for (temperature, min_p, top_p) in [(0.8, 0.05, 0.95), (1.0, 0.01, 1.0), (0.3, 0.2, 0.5), (1.5, 0.001, 0.9)]
+            {
+                let s = Sampler::new(SamplerConfig { temperature, top_k: 0, min_p, top_p, ..Default::default() });
+                let (all, p_all) = s.choices(&logits, false);
+                let (few, p_few) = s.choices(&logits, true);
+                let ids = |c: &[(u32, f32)]| c.iter().map(|c| c.0).collect::<Vec<_>>();
+                let what = format!("round {round}, t {temperature}, min_p {min_p}, top_p {top_p}");
+                assert_eq!(ids(&few), ids(&all), "{what}");
+                assert!(p_few.iter().zip(&p_all).all(|(a, b)| (a - b).abs() <= 1e-4 * b), "{what}");
+                let floor = (1..few.len()).find(|&i| few[i].1 < few[0].1 + temperature * min_p.ln());
+                assert_eq!(floor, None, "{what}: a kept token under min-p");
+            }
+        }
+        // The prefilter sorts far fewer than all.
+        let logits: Vec<f32> = (0..128_000).map(|_| rng.next_f32() * 20.0).collect();
+        let max = logits.iter().fold(f32::MIN, |a, &b| a.max(b));
+        let floor = max + 0.8 * (0.05f32.ln() - 1e-3);
+        let (few, cut) = candidates(&logits, 0, Some(floor));
+        assert!(few.len() < 128_000 / 5 && few.len() + cut.len() == 128_000, "{} sorted", few.len());
+        assert!(few.iter().all(|c| c.1 >= floor) && cut.iter().all(|&l| l < floor));
     }
 
     #[test]
