@@ -13,6 +13,10 @@
 //!   ns; and over a 128256 x 2560 matrix (2B4T's output, 656 MB), ms per
 //!   pass and GB/s of weights.
 //!
+//! - attention: a cached turn's call (20 tokens x 4 query heads on one kv
+//!   head of 128, over 1,020 positions) with f32, f16 and q8_0 keys, ms
+//!   per call and multiply-adds per ns (scores and values both counted).
+//!
 //! cargo bench -p bitnet-host-tests --bench kernels -- --bench
 //! (one thread; a quick run with a smaller matrix without --bench)
 
@@ -28,6 +32,58 @@ fn main() {
     i2s_in_cache(cols, if full { 50_000 } else { 2_000 });
     f16_in_cache(cols, if full { 32_000 } else { 1_000 });
     f16_from_memory(if full { 128_256 } else { 8_192 }, cols);
+    attention(if full { 1000 } else { 200 }, 20, if full { 20 } else { 3 });
+}
+
+/// `new` tokens after `history` cached ones, as a cached turn's attention
+/// calls them: one call per kv head (4 query heads each), 2B4T's head of
+/// 128 in a position vector of 5 kv heads.
+fn attention(history: usize, new: usize, reps: usize) {
+    use kernels::{KvHead, Q8KeyCache, Queries};
+    let (hd, heads, kv_heads) = (128usize, 4usize, 5usize);
+    let stride = hd * kv_heads;
+    let n = history + new;
+    let val = |i: usize| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0;
+    let k: Vec<f32> = (0..n * stride).map(val).collect();
+    let v: Vec<f32> = (0..n * stride).map(|i| val(i + 17)).collect();
+    let (k16, v16): (Vec<u16>, Vec<u16>) = (
+        k.iter().map(|x| f16::from_f32(*x).to_bits()).collect(),
+        v.iter().map(|x| f16::from_f32(*x).to_bits()).collect(),
+    );
+    let mut k8 = Q8KeyCache::new(stride, n);
+    k8.extend(&k);
+    let q: Vec<f32> = (0..new * heads * hd).map(|i| val(i + 5) * 0.3).collect();
+    let visible: Vec<usize> = (history + 1..=n).collect();
+    let queries = Queries { q: &q, heads, visible: &visible };
+    // Scores and weighted values: 2 x rows x visible positions x hd.
+    let macs = 2.0 * (heads * hd) as f64 * visible.iter().sum::<usize>() as f64;
+    let (mut scores, mut out) = (Vec::new(), vec![0f32; q.len()]);
+    println!("attention, {new} tokens x {heads} heads after {history} cached, head {hd}: keys  ms per call  multiply-adds/ns");
+    let row = |name: &str, s: f64| {
+        println!("{name:>58} {:>12.3} {:>17.1}", s * 1e3 / reps as f64, macs * reps as f64 / s / 1e9)
+    };
+    let head = 2;
+    let s = best(|| {
+        for _ in 0..reps {
+            let kv = KvHead { k: &k[..], v: &v[..], stride, offset: head * hd, len: hd };
+            kernels::attend(queries, kv, 0.088, &mut scores, &mut out);
+        }
+    });
+    row("f32", s);
+    let s = best(|| {
+        for _ in 0..reps {
+            let kv = KvHead { k: &k16[..], v: &v16[..], stride, offset: head * hd, len: hd };
+            kernels::attend(queries, kv, 0.088, &mut scores, &mut out);
+        }
+    });
+    row("f16", s);
+    let s = best(|| {
+        for _ in 0..reps {
+            let values = KvHead { k: &[][..], v: &v16[..], stride, offset: head * hd, len: hd };
+            kernels::attend_q8(queries, k8.head(head, hd), values, 0.088, &mut scores, &mut out);
+        }
+    });
+    row("q8_0 (f16 values)", s);
 }
 
 /// Best of 3 timings of `f`, in seconds.

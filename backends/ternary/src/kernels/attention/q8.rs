@@ -210,7 +210,9 @@ impl Q8Rows {
 }
 
 /// The reference: `dst[(r - rows.start) * stride + p] = score(r, p)` for
-/// the query rows `rows` and positions `ps`.
+/// the query rows `rows` and positions `ps`. A tile's 16 positions at
+/// once, lane by lane as the SIMD builds go (plain loops over lanes, which
+/// compilers vectorize where the target has no kernel of its own).
 fn scores_scalar(
     q: &Q8Rows,
     keys: &Q8Keys,
@@ -220,23 +222,31 @@ fn scores_scalar(
     dst: &mut [f32],
     stride: usize,
 ) {
-    for (i, r) in rows.enumerate() {
-        for p in ps.clone() {
-            let (t, lane) = (p / TILE, p % TILE);
-            let mut s = 0f32;
+    for t in ps.start / TILE..ps.end.div_ceil(TILE) {
+        let (lo, hi) = ((t * TILE).max(ps.start), (t * TILE + TILE).min(ps.end));
+        for (i, r) in rows.clone().enumerate() {
+            let mut s = [0f32; TILE];
             for b in 0..keys.blocks {
                 let (codes, scales) = keys.tile_block(t, b);
-                let isum: i32 = q
-                    .codes(r, b)
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &x)| {
-                        i32::from(x) * i32::from((codes[(j / 4) * 4 * TILE + lane * 4 + j % 4] ^ 0x80) as i8)
-                    })
-                    .sum();
-                s += (q.d[r * keys.blocks + b] * scales[lane]) * isum as f32;
+                let mut isum = [0i32; TILE];
+                for (group, x) in codes.chunks_exact(4 * TILE).zip(q.codes(r, b).chunks_exact(4)) {
+                    let x = [x[0], x[1], x[2], x[3]].map(i32::from);
+                    // Lanes innermost, each lane's 4 codes 4 apart: an
+                    // interleaved load the vectorizer turns into one
+                    // de-interleaving load (NEON `ld4`).
+                    for (sum, k) in isum.iter_mut().zip(group.chunks_exact(4)) {
+                        let k = [k[0], k[1], k[2], k[3]].map(|k| i32::from((k ^ 0x80) as i8));
+                        *sum += k[0] * x[0] + k[1] * x[1] + k[2] * x[2] + k[3] * x[3];
+                    }
+                }
+                let dq = q.d[r * keys.blocks + b];
+                for ((s, &isum), &dk) in s.iter_mut().zip(&isum).zip(scales) {
+                    *s += (dq * dk) * isum as f32;
+                }
             }
-            dst[i * stride + p] = s * scale;
+            for p in lo..hi {
+                dst[i * stride + p] = s[p - t * TILE] * scale;
+            }
         }
     }
 }

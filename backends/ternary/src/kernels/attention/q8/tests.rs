@@ -33,7 +33,8 @@ fn builds<V: KvElem>() -> Vec<Build<V>> {
 }
 
 /// The module's definition, row by row and position by position: the
-/// score from the codes and scales, softmax, values added in order.
+/// score from each code and scale where the cache's layout puts them
+/// (`code_at`, `scale_at`: no tiles), softmax, values added in order.
 fn per_row<V: KvElem>(q: Queries, keys: Q8Keys, values: KvHead<V>, scale: f32) -> Vec<f32> {
     let hd = values.len;
     let rows = Q8Rows::new(q.q, hd);
@@ -41,10 +42,22 @@ fn per_row<V: KvElem>(q: Queries, keys: Q8Keys, values: KvHead<V>, scale: f32) -
     let mut buf = [0f32; super::super::MAX_HEAD_DIM];
     for (r, o) in out.chunks_exact_mut(hd).enumerate() {
         let n = q.visible_of(r);
-        let mut s = vec![0f32; n];
-        for p in 0..n {
-            scores_scalar(&rows, &keys, r..r + 1, p..p + 1, scale, &mut s, 0);
-        }
+        let c = keys.cache;
+        let mut s: Vec<f32> = (0..n)
+            .map(|p| {
+                let mut s = 0f32;
+                for b in 0..keys.blocks {
+                    let isum: i32 = (0..QK)
+                        .map(|i| {
+                            let k = (c.codes[c.code_at(p, keys.first + b, i)] ^ 0x80) as i8;
+                            i32::from(rows.codes(r, b)[i]) * i32::from(k)
+                        })
+                        .sum();
+                    s += (rows.d[r * keys.blocks + b] * c.scales[c.scale_at(p, keys.first + b)]) * isum as f32;
+                }
+                s * scale
+            })
+            .collect();
         softmax(&mut s);
         for (p, w) in s.iter().enumerate() {
             axpy_lanes(o, *w, V::widen(values.value(p), &mut buf));
