@@ -23,7 +23,7 @@ use super::{dot_f16_scalar, prefetch, prefetch_distance};
 /// acc + the sums of 16 int8 products, four products to a lane. Which four
 /// go to which lane differs between the implementations; the kernels only
 /// ever add all four lanes, so every implementation gives the same total.
-trait Dot {
+pub(in crate::kernels) trait Dot {
     /// # Safety
     /// The CPU has what the implementation uses (`Sdot`: dotprod).
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
@@ -46,7 +46,7 @@ impl Dot for Plain {
 
 /// ARMv8.2's `sdot`: four int8 products summed into each i32 lane in one
 /// instruction.
-struct Sdot;
+pub(in crate::kernels) struct Sdot;
 
 impl Dot for Sdot {
     #[inline(always)]

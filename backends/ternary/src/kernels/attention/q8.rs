@@ -191,6 +191,8 @@ impl Q8Keys<'_> {
 pub(super) struct Q8Rows {
     q: Vec<i8>,
     d: Vec<f32>,
+    /// Only the VNNI build's offset (its keys' codes go in unsigned).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     sums: Vec<i32>,
     blocks: usize,
 }
@@ -327,10 +329,13 @@ pub fn attend_q8<V: KvElem>(
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F, BW and VNNI.
-        super::Isa::Avx512Vnni => unsafe { super::x86::attend_q8_avx512(q, keys, values, scale, scores, out) },
+        crate::kernels::Isa::Avx512Vnni => unsafe { super::x86::attend_q8_avx512(q, keys, values, scale, scores, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2 and F16C.
-        super::Isa::Avx2 => unsafe { super::x86::attend_q8_avx2(q, keys, values, scale, scores, out) },
+        crate::kernels::Isa::Avx2 => unsafe { super::x86::attend_q8_avx2(q, keys, values, scale, scores, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: isa() checked the dot-product extension.
+        crate::kernels::Isa::NeonDot => unsafe { aarch64::attend_q8_sdot(q, keys, values, scale, scores, out) },
         _ => attend_q8_scalar(q, keys, values, scale, scores, out),
     }
 }
@@ -518,6 +523,142 @@ pub(super) mod x86 {
                     for p in lo..hi {
                         dst[i * stride + p] = lanes[p - first];
                     }
+                }
+            }
+        }
+        R
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(super) mod aarch64 {
+    //! The integer scores with `sdot` (ARMv8.2's dot-product extension),
+    //! which sums 4 int8 products into each i32 lane, as `vpdpbusd` does:
+    //! a group's 64 bytes are 4 registers of 4 positions, each against the
+    //! row's 4 codes broadcast. The values are `Lanes`' (aarch64 has no
+    //! attention tiles of its own yet).
+    use super::super::{KvElem, KvHead, Lanes, Queries, Tiles};
+    use super::{attend_q8_with, Q8Keys, Q8Rows, Q8Scores, QK, TILE};
+    use crate::kernels::aarch64::{Dot, Sdot};
+    use std::arch::aarch64::*;
+    use std::ops::Range;
+
+    /// `attend_q8` with `sdot` scores.
+    ///
+    /// # Safety
+    /// The CPU must have the dot-product extension.
+    #[target_feature(enable = "dotprod")]
+    pub(in crate::kernels) unsafe fn attend_q8_sdot<V: KvElem>(
+        q: Queries,
+        keys: Q8Keys,
+        values: KvHead<V>,
+        scale: f32,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        attend_q8_with(&NeonSdot(()), q, keys, values, scale, scores, out)
+    }
+
+    /// Made only inside `attend_q8_sdot` (after dotprod was found).
+    pub(in crate::kernels) struct NeonSdot(());
+
+    impl<T: KvElem> Tiles<T> for NeonSdot {
+        #[inline(always)]
+        fn scores(&self, q: &[f32], kv: &KvHead<T>, ps: Range<usize>, scale: f32, scores: &mut [f32], stride: usize) {
+            Lanes.scores(q, kv, ps, scale, scores, stride)
+        }
+
+        #[inline(always)]
+        fn values(&self, w: &[f32], stride: usize, kv: &KvHead<T>, ps: Range<usize>, out: &mut [f32]) {
+            Lanes.values(w, stride, kv, ps, out)
+        }
+    }
+
+    impl Q8Scores for NeonSdot {
+        #[inline(always)]
+        fn q8_scores(
+            &self,
+            q: &Q8Rows,
+            keys: &Q8Keys,
+            rows: Range<usize>,
+            ps: Range<usize>,
+            scale: f32,
+            dst: &mut [f32],
+            stride: usize,
+        ) {
+            let mut r = rows.start;
+            while r < rows.end {
+                let i = r - rows.start;
+                // SAFETY: a NeonSdot exists only where dotprod was checked.
+                r += unsafe {
+                    if rows.end - r >= 2 {
+                        tile_rows_sdot::<2>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
+                    } else {
+                        tile_rows_sdot::<1>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
+                    }
+                };
+            }
+        }
+    }
+
+    /// R rows against the tiles holding `ps`: per block, 8 groups x 4
+    /// registers of `sdot` per row, then (dq x dk) x isum added in block
+    /// order, 4 positions per register.
+    #[target_feature(enable = "dotprod")]
+    unsafe fn tile_rows_sdot<const R: usize>(
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        r0: usize,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) -> usize {
+        assert!(ps.end <= keys.len() && dst.len() >= (R - 1) * stride + ps.end);
+        let flip = vdupq_n_u8(0x80);
+        for t in ps.start / TILE..ps.end.div_ceil(TILE) {
+            let mut s = [[vdupq_n_f32(0.0); 4]; R];
+            for b in 0..keys.blocks {
+                let (codes, scales) = keys.tile_block(t, b);
+                let mut acc = [[vdupq_n_s32(0); 4]; R];
+                for j in 0..QK / 4 {
+                    let mut k = [vdupq_n_s8(0); 4];
+                    for (g, k) in k.iter_mut().enumerate() {
+                        // SAFETY: 16 of group j's 64 bytes.
+                        *k = vreinterpretq_s8_u8(veorq_u8(
+                            unsafe { vld1q_u8(codes.as_ptr().add(64 * j + 16 * g)) },
+                            flip,
+                        ));
+                    }
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let c = q.codes(r0 + i, b);
+                        // SAFETY: 4 of the row's 32 codes.
+                        let four = unsafe { c.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
+                        let x = vreinterpretq_s8_s32(vdupq_n_s32(four));
+                        for (a, k) in acc.iter_mut().zip(&k) {
+                            // SAFETY: dotprod (this function's feature).
+                            *a = unsafe { Sdot::dot(*a, *k, x) };
+                        }
+                    }
+                }
+                for (i, s) in s.iter_mut().enumerate() {
+                    let dq = vdupq_n_f32(q.d[(r0 + i) * q.blocks + b]);
+                    for (g, s) in s.iter_mut().enumerate() {
+                        // SAFETY: 4 of the 16 scales.
+                        let w = vmulq_f32(dq, unsafe { vld1q_f32(scales.as_ptr().add(4 * g)) });
+                        *s = vaddq_f32(*s, vmulq_f32(w, vcvtq_f32_s32(acc[i][g])));
+                    }
+                }
+            }
+            let (lo, hi) = ((t * TILE).max(ps.start), (t * TILE + TILE).min(ps.end));
+            for (i, s) in s.iter().enumerate() {
+                let mut lanes = [0f32; TILE];
+                for (g, s) in s.iter().enumerate() {
+                    // SAFETY: 4 floats into lanes.
+                    unsafe { vst1q_f32(lanes.as_mut_ptr().add(4 * g), vmulq_n_f32(*s, scale)) };
+                }
+                for p in lo..hi {
+                    dst[i * stride + p] = lanes[p - t * TILE];
                 }
             }
         }
