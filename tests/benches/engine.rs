@@ -91,7 +91,7 @@ fn run(path: &std::path::Path, p: usize, n: usize, threads: [usize; 2], bw_bytes
         for round in 0..ROUNDS {
             let (pl, bw) = bandwidth(bw_bytes, t);
             // The prompt is timed in the first round only (one prompt token after).
-            let s = speed(&m, if round == 0 { p } else { 1 }, n, t);
+            let s = speed(&m, 0, if round == 0 { p } else { 1 }, n, t);
             if round == 0 {
                 pp.push(s.pp_tokens_per_s);
             }

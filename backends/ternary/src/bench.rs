@@ -15,12 +15,18 @@ pub struct Speed {
 }
 
 /// Prompt then generation speed with `threads` threads (a pool of that
-/// size, made for the run). Tokens are fixed ids, as llama-bench's are.
-pub fn speed(model: &Model, p: usize, n: usize, threads: usize) -> Speed {
+/// size, made for the run), after `depth` tokens already in the context
+/// (llama-bench's -d; not timed). Tokens are fixed ids, as llama-bench's
+/// are.
+pub fn speed(model: &Model, depth: usize, p: usize, n: usize, threads: usize) -> Speed {
     let pool = crate::pool::Pool::new(threads);
     pool.install(|| {
-        let mut cache = model.new_cache(p + n + 1);
+        let mut cache = model.new_cache(depth + p + n + 1);
         let vocab = model.hp.n_vocab as u32;
+        let context: Vec<u32> = (0..depth).map(|i| (i as u32 * 7919 + 13) % vocab).collect();
+        for chunk in context.chunks(crate::model::PREFILL_BATCH) {
+            model.forward_batch(chunk, &mut cache);
+        }
         let t = Instant::now();
         let prompt: Vec<u32> = (0..p).map(|i| (i as u32 * 7919) % vocab).collect();
         for chunk in prompt.chunks(crate::model::PREFILL_BATCH) {

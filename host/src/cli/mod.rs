@@ -124,6 +124,15 @@ enum Command {
         /// batcher does for concurrent requests (aggregate tokens/s); e.g. --streams 1,2,4,8
         #[arg(long, value_delimiter = ',')]
         streams: Vec<usize>,
+        /// Tokens already in the context before the prompt and the generation (llama-bench's -d)
+        #[arg(long = "n-depth", short = 'd', default_value_t = 0)]
+        depth: usize,
+        /// How the KV cache stores keys: f16, f32, or q8_0 (as the runner's)
+        #[arg(long = "cache-type-k", alias = "ctk", default_value = "f16")]
+        cache_type_k: String,
+        /// How the KV cache stores values: the keys' type, or f16 with q8_0 keys
+        #[arg(long = "cache-type-v", alias = "ctv", default_value = "f16")]
+        cache_type_v: String,
     },
     /// Time every candidate that runs a model on this CPU (bundled builds, the built-in
     /// engine) and order them by what they measured here from then on
@@ -359,8 +368,9 @@ pub fn main() -> ExitCode {
             Some(source) if !list => pull(&source, file.as_deref(), sha256.as_deref()).map(|_| ()),
             _ => catalog_list(),
         },
-        Command::Bench { model, prompt, generate, threads, streams } => {
-            bench(model.as_deref(), prompt, generate, threads, streams)
+        Command::Bench { model, prompt, generate, threads, streams, depth, cache_type_k, cache_type_v } => {
+            kv_type(&cache_type_k, &cache_type_v)
+                .and_then(|kv| bench(model.as_deref(), prompt, generate, depth, kv, threads, streams))
         }
         Command::Calibrate { model, rounds, json } => {
             crate::cli::calibrate::calibrate(crate::cli::calibrate::Args { model, rounds, json })
@@ -472,17 +482,35 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The engine's KV cache type from llama-server's `--cache-type-k/-v`:
+/// the same type for both (f16 or f32), or q8_0 keys with f16 values.
+fn kv_type(k: &str, v: &str) -> anyhow::Result<bitnet_ternary::model::KvType> {
+    use bitnet_ternary::model::KvType;
+    Ok(match (KvType::parse(k), KvType::parse(v)) {
+        (Some(KvType::Q8_0), Some(KvType::F16)) => KvType::Q8_0,
+        (Some(k), Some(v)) if k == v && k != KvType::Q8_0 => k,
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--cache-type-k and --cache-type-v must be the same type here (f16 or f32), or q8_0 keys with f16 values"
+        ),
+        _ => anyhow::bail!("cache types: f16, f32, or q8_0 for keys (got {k} and {v})"),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn bench(
     model: Option<&std::path::Path>,
     p: usize,
     n: usize,
+    depth: usize,
+    kv: bitnet_ternary::model::KvType,
     threads: Vec<usize>,
     streams: Vec<usize>,
 ) -> anyhow::Result<()> {
     let dirs = HostDirs::resolve().ok_or_else(|| anyhow::anyhow!("no home directory for the host's folders"))?;
     let model = &crate::cli::chat::resolve_model(&dirs, model.map(std::path::Path::to_path_buf), false)?;
     let started = std::time::Instant::now();
-    let m = bitnet_ternary::model::Model::load(model, None)?;
+    let mut m = bitnet_ternary::model::Model::load(model, None)?;
+    m.kv_type = kv;
     let load_s = started.elapsed().as_secs_f64();
     let threads =
         if threads.is_empty() { vec![sysinfo::System::physical_core_count().unwrap_or(1).max(1)] } else { threads };
@@ -501,9 +529,10 @@ fn bench(
         bytes as f64 / 1e6,
         bitnet_ternary::kernels::isa()
     ));
+    out(&format!("KV cache {}, {depth} tokens of context first\n", kv.name()));
     out("threads   pp tok/s   tg tok/s   tg GB/s\n");
     for &t in &threads {
-        let s = bitnet_ternary::bench::speed(&m, p, n, t.max(1));
+        let s = bitnet_ternary::bench::speed(&m, depth, p, n, t.max(1));
         out(&format!(
             "{:>7} {:>10.2} {:>10.2} {:>9.2}\n",
             s.threads,
@@ -715,15 +744,7 @@ fn runner(a: RunnerArgs) -> anyhow::Result<()> {
         .max_blocking_threads(a.parallel.max(1) + 1)
         .enable_all()
         .build()?;
-    use bitnet_ternary::model::KvType;
-    let kv_type = match (KvType::parse(&a.cache_type_k), KvType::parse(&a.cache_type_v)) {
-        (Some(KvType::Q8_0), Some(KvType::F16)) => KvType::Q8_0,
-        (Some(k), Some(v)) if k == v && k != KvType::Q8_0 => k,
-        (Some(_), Some(_)) => anyhow::bail!(
-            "--cache-type-k and --cache-type-v must be the same type here (f16 or f32), or q8_0 keys with f16 values"
-        ),
-        _ => anyhow::bail!("cache types: f16, f32, or q8_0 for keys (got {} and {})", a.cache_type_k, a.cache_type_v),
-    };
+    let kv_type = kv_type(&a.cache_type_k, &a.cache_type_v)?;
     let opts = bitnet_ternary::server::ServerOptions {
         model: a.model,
         host: if a.host == "localhost" { "127.0.0.1".into() } else { a.host },

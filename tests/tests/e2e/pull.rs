@@ -199,6 +199,17 @@ fn pull_bitnet_2b_by_its_catalog_name_and_every_command_then_finds_it_by_that_na
     let bench = run(&["bench", "-p", "8", "-n", "4", "-t", "1"]);
     let text = String::from_utf8_lossy(&bench.stdout);
     assert!(bench.status.success() && text.contains("bitnet-2b"), "{text}{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(text.contains("KV cache f16, 0 tokens of context first"), "{text}");
+    // After 20 tokens of context, with q8_0 keys: one row of figures.
+    let deep = run(&["bench", "-p", "8", "-n", "4", "-t", "1", "-d", "20", "--ctk", "q8_0"]);
+    let text = String::from_utf8_lossy(&deep.stdout);
+    assert!(deep.status.success(), "{text}{}", String::from_utf8_lossy(&deep.stderr));
+    assert!(text.contains("KV cache q8_0, 20 tokens of context first"), "{text}");
+    let row = text.lines().last().unwrap().split_whitespace().collect::<Vec<_>>();
+    assert!(row.len() == 4 && row[0] == "1" && row[2].parse::<f64>().unwrap() > 0.0, "{text}");
+    let both = run(&["bench", "-p", "8", "-n", "4", "--ctk", "q8_0", "--ctv", "q8_0"]);
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("q8_0 keys with f16 values"), "{both:?}");
 
     // select reads the format from the model it names.
     let sel = run(&["select", "-m", "bitnet-2b", "--json"]);
