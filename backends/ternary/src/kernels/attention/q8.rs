@@ -211,6 +211,32 @@ impl Q8Rows {
     }
 }
 
+/// The query rows `rows` of a block's scores, as many at a time as
+/// `tile(r, rows left, row r's scores)` does (it returns how many).
+#[inline(always)]
+fn each_row_tile(
+    rows: Range<usize>,
+    dst: &mut [f32],
+    stride: usize,
+    mut tile: impl FnMut(usize, usize, &mut [f32]) -> usize,
+) {
+    let mut r = rows.start;
+    while r < rows.end {
+        let i = r - rows.start;
+        r += tile(r, rows.end - r, &mut dst[i * stride..]);
+    }
+}
+
+/// `row[p] = lanes[p - first]` for the positions of `lanes` (from `first`)
+/// inside `ps`.
+#[inline(always)]
+fn store_inside(lanes: &[f32], first: usize, ps: &Range<usize>, row: &mut [f32]) {
+    let (lo, hi) = (first.max(ps.start), (first + lanes.len()).min(ps.end));
+    if lo < hi {
+        row[lo..hi].copy_from_slice(&lanes[lo - first..hi - first]);
+    }
+}
+
 /// The reference: `dst[(r - rows.start) * stride + p] = score(r, p)` for
 /// the query rows `rows` and positions `ps`. A tile's 16 positions at
 /// once, lane by lane as the SIMD builds go (plain loops over lanes, which
@@ -225,7 +251,6 @@ fn scores_scalar(
     stride: usize,
 ) {
     for t in ps.start / TILE..ps.end.div_ceil(TILE) {
-        let (lo, hi) = ((t * TILE).max(ps.start), (t * TILE + TILE).min(ps.end));
         for (i, r) in rows.clone().enumerate() {
             let mut s = [0f32; TILE];
             for b in 0..keys.blocks {
@@ -246,9 +271,7 @@ fn scores_scalar(
                     *s += (dq * dk) * isum as f32;
                 }
             }
-            for p in lo..hi {
-                dst[i * stride + p] = s[p - t * TILE] * scale;
-            }
+            store_inside(&s.map(|s| s * scale), t * TILE, &ps, &mut dst[i * stride..]);
         }
     }
 }
@@ -360,7 +383,7 @@ fn check<V>(q: &Queries, keys: &Q8Keys, values: &KvHead<V>, out: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     //! The integer scores with AVX-512 VNNI and with AVX2.
-    use super::{Q8Keys, Q8Rows, QK, TILE};
+    use super::{each_row_tile, store_inside, Q8Keys, Q8Rows, QK, TILE};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -378,18 +401,14 @@ pub(super) mod x86 {
         dst: &mut [f32],
         stride: usize,
     ) {
-        let mut r = rows.start;
-        while r < rows.end {
-            let i = r - rows.start;
-            // SAFETY: AVX-512 F, BW, VNNI (this function's own features).
-            r += unsafe {
-                match rows.end - r {
-                    4.. => tile_rows_avx512::<4>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride),
-                    2 | 3 => tile_rows_avx512::<2>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride),
-                    _ => tile_rows_avx512::<1>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride),
-                }
-            };
-        }
+        // SAFETY (each tile): AVX-512 F, BW, VNNI (this function's own features).
+        each_row_tile(rows, dst, stride, |r, left, dst| unsafe {
+            match left {
+                4.. => tile_rows_avx512::<4>(q, keys, r, ps.clone(), scale, dst, stride),
+                2 | 3 => tile_rows_avx512::<2>(q, keys, r, ps.clone(), scale, dst, stride),
+                _ => tile_rows_avx512::<1>(q, keys, r, ps.clone(), scale, dst, stride),
+            }
+        })
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -460,18 +479,13 @@ pub(super) mod x86 {
         dst: &mut [f32],
         stride: usize,
     ) {
-        let mut r = rows.start;
-        while r < rows.end {
-            let i = r - rows.start;
-            // SAFETY: AVX2 (this function's own feature).
-            r += unsafe {
-                if rows.end - r >= 2 {
-                    tile_rows_avx2::<2>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
-                } else {
-                    tile_rows_avx2::<1>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
-                }
-            };
-        }
+        // SAFETY (each tile): AVX2 (this function's own feature).
+        each_row_tile(rows, dst, stride, |r, left, dst| unsafe {
+            match left {
+                2.. => tile_rows_avx2::<2>(q, keys, r, ps.clone(), scale, dst, stride),
+                _ => tile_rows_avx2::<1>(q, keys, r, ps.clone(), scale, dst, stride),
+            }
+        })
     }
 
     #[target_feature(enable = "avx2")]
@@ -514,15 +528,11 @@ pub(super) mod x86 {
                         *s = _mm256_add_ps(*s, _mm256_mul_ps(w, _mm256_cvtepi32_ps(acc[i])));
                     }
                 }
-                let first = t * TILE + 8 * half;
-                let (lo, hi) = (first.max(ps.start), (first + 8).min(ps.end));
                 for (i, s) in s.iter().enumerate() {
                     let mut lanes = [0f32; 8];
                     // SAFETY: 8 floats into lanes.
                     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(*s, scale)) };
-                    for p in lo..hi {
-                        dst[i * stride + p] = lanes[p - first];
-                    }
+                    store_inside(&lanes, t * TILE + 8 * half, &ps, &mut dst[i * stride..]);
                 }
             }
         }
@@ -538,7 +548,7 @@ pub(super) mod aarch64 {
     //! row's 4 codes broadcast. The values are `Lanes`' (aarch64 has no
     //! attention tiles of its own yet).
     use super::super::{KvElem, KvHead, Lanes, Queries, Tiles};
-    use super::{attend_q8_with, Q8Keys, Q8Rows, Q8Scores, QK, TILE};
+    use super::{attend_q8_with, each_row_tile, store_inside, Q8Keys, Q8Rows, Q8Scores, QK, TILE};
     use crate::kernels::aarch64::{Dot, Sdot};
     use std::arch::aarch64::*;
     use std::ops::Range;
@@ -586,18 +596,13 @@ pub(super) mod aarch64 {
             dst: &mut [f32],
             stride: usize,
         ) {
-            let mut r = rows.start;
-            while r < rows.end {
-                let i = r - rows.start;
-                // SAFETY: a NeonSdot exists only where dotprod was checked.
-                r += unsafe {
-                    if rows.end - r >= 2 {
-                        tile_rows_sdot::<2>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
-                    } else {
-                        tile_rows_sdot::<1>(q, keys, r, ps.clone(), scale, &mut dst[i * stride..], stride)
-                    }
-                };
-            }
+            // SAFETY (each tile): a NeonSdot exists only where dotprod was checked.
+            each_row_tile(rows, dst, stride, |r, left, dst| unsafe {
+                match left {
+                    2.. => tile_rows_sdot::<2>(q, keys, r, ps.clone(), scale, dst, stride),
+                    _ => tile_rows_sdot::<1>(q, keys, r, ps.clone(), scale, dst, stride),
+                }
+            })
         }
     }
 
@@ -650,16 +655,13 @@ pub(super) mod aarch64 {
                     }
                 }
             }
-            let (lo, hi) = ((t * TILE).max(ps.start), (t * TILE + TILE).min(ps.end));
             for (i, s) in s.iter().enumerate() {
                 let mut lanes = [0f32; TILE];
                 for (g, s) in s.iter().enumerate() {
                     // SAFETY: 4 floats into lanes.
                     unsafe { vst1q_f32(lanes.as_mut_ptr().add(4 * g), vmulq_n_f32(*s, scale)) };
                 }
-                for p in lo..hi {
-                    dst[i * stride + p] = lanes[p - t * TILE];
-                }
+                store_inside(&lanes, t * TILE, &ps, &mut dst[i * stride..]);
             }
         }
         R
