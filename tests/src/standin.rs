@@ -76,6 +76,7 @@ pub fn spec(dir: &Path, candidates: Vec<Candidate>) -> JobSpec {
             parallel: 4,
             max_queue: 16,
             request_timeout: Duration::from_secs(30),
+            cache_types: None,
         },
         policy: fast_policy(),
         builtin_exe: None,

@@ -69,6 +69,11 @@ pub struct ServerSection {
     pub keep_alive: Option<String>,
     /// Requests the server runs at once (llama-server `--parallel`).
     pub parallel: Option<u32>,
+    /// How the KV cache stores keys and values (llama-server
+    /// `--cache-type-k/-v`): "f16" or "f32" for both, or "q8_0" keys with
+    /// "f16" values (`check_cache_types`); the server's default when unset.
+    pub cache_type_k: Option<String>,
+    pub cache_type_v: Option<String>,
     /// Requests that may wait for a slot; past it, `busy`.
     pub max_queue: Option<usize>,
     /// A request fails when the server sends nothing for this long ("120s").
@@ -106,6 +111,22 @@ pub struct Settings {
     pub parallel: u32,
     pub max_queue: usize,
     pub request_timeout: Duration,
+    /// `--cache-type-k` / `--cache-type-v` for every server, when set.
+    pub cache_types: Option<(String, String)>,
+}
+
+/// The KV cache types every candidate accepts (llama-server and the
+/// built-in engine's runner): the same type for keys and values, f16 or
+/// f32, or q8_0 keys with f16 values (quantized values need llama.cpp's
+/// flash attention, and the engine widens values anyway).
+pub fn check_cache_types(k: &str, v: &str) -> Result<(), String> {
+    match (k.to_ascii_lowercase().as_str(), v.to_ascii_lowercase().as_str()) {
+        ("f16", "f16") | ("f32", "f32") | ("q8_0", "f16") => Ok(()),
+        (k @ ("f16" | "f32" | "q8_0"), v @ ("f16" | "f32" | "q8_0")) => Err(format!(
+            "cache types {k} and {v}: keys and values must be the same type (f16 or f32), or q8_0 keys with f16 values"
+        )),
+        _ => Err(format!("cache types: f16, f32, or q8_0 (keys only) (got {k} and {v})")),
+    }
 }
 
 impl ConfigFile {
@@ -144,6 +165,11 @@ impl ConfigFile {
         if c.server.threads == Some(0) {
             return Err(invalid("server.threads must be at least 1".into()));
         }
+        match (&c.server.cache_type_k, &c.server.cache_type_v) {
+            (None, None) => {}
+            (k, v) => check_cache_types(k.as_deref().unwrap_or("f16"), v.as_deref().unwrap_or("f16"))
+                .map_err(|e| invalid(format!("server.cache_type_k / cache_type_v: {e}")))?,
+        }
         if let Some(r) = &c.remote {
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
                 return Err(invalid(format!("remote.url must start with http:// or https://, got `{}`", r.url)));
@@ -180,6 +206,14 @@ impl ConfigFile {
                 .as_deref()
                 .and_then(|t| parse_keep_alive(t).ok().flatten())
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            cache_types: match (&self.server.cache_type_k, &self.server.cache_type_v) {
+                (None, None) => None,
+                // Checked in parse(); the one left out is f16, the servers' default.
+                (k, v) => Some((
+                    k.as_deref().unwrap_or("f16").to_ascii_lowercase(),
+                    v.as_deref().unwrap_or("f16").to_ascii_lowercase(),
+                )),
+            },
         }
     }
 }
@@ -295,8 +329,26 @@ api_key = "k"
                 parallel: DEFAULT_PARALLEL,
                 max_queue: DEFAULT_MAX_QUEUE,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                cache_types: None,
             }
         );
+    }
+
+    #[test]
+    fn cache_types_are_checked_and_the_one_left_out_is_f16() {
+        let types = |t: &str| ConfigFile::parse(&format!("[server]\n{t}")).map(|c| c.settings(1).cache_types);
+        assert_eq!(types("cache_type_k = \"q8_0\"").unwrap(), Some(("q8_0".into(), "f16".into())));
+        assert_eq!(
+            types("cache_type_k = \"F32\"\ncache_type_v = \"f32\"").unwrap(),
+            Some(("f32".into(), "f32".into()))
+        );
+        assert_eq!(types("").unwrap(), None);
+        for bad in ["cache_type_k = \"f32\"", "cache_type_v = \"q8_0\"", "cache_type_k = \"q4_0\""] {
+            let e = types(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }) && e.to_string().contains("cache"), "{bad}: {e}");
+        }
+        assert!(check_cache_types("q8_0", "f32").unwrap_err().contains("q8_0 keys with f16 values"));
+        assert!(check_cache_types("f16", "f16").is_ok());
     }
 
     #[test]

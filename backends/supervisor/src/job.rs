@@ -766,6 +766,11 @@ pub fn command_line(
         args.push("--n-gpu-layers".into());
         args.push(s.gpu_layers.to_string());
     }
+    // After the template, so a catalog entry's own arguments come first and
+    // the config's choice last (llama-server takes the last of a repeated flag).
+    if let Some((k, v)) = &s.cache_types {
+        args.extend(["--cache-type-k".into(), k.clone(), "--cache-type-v".into(), v.clone()]);
+    }
     Ok((program, args))
 }
 
@@ -825,6 +830,14 @@ mod tests {
         assert_eq!(p, PathBuf::from("/opt/bitnet-host"));
         assert_eq!(a[0], "runner");
         assert!(!a.contains(&"--n-gpu-layers".to_string()));
+        assert!(!a.contains(&"--cache-type-k".to_string()), "no cache type unless the config sets one");
+        // The config's KV cache types go to every server, after the template.
+        let mut q8 = spec(vec![]);
+        q8.settings.cache_types = Some(("q8_0".into(), "f16".into()));
+        for c in [&c, &b] {
+            let (_, a) = command_line(c, &q8, 1, "k", Path::new("/run/k")).unwrap();
+            assert_eq!(a[a.len() - 4..].join(" "), "--cache-type-k q8_0 --cache-type-v f16", "{}", c.id);
+        }
         let t = cand(
             "t",
             Launch::Path { path: "/x".into() },

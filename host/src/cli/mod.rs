@@ -485,15 +485,9 @@ fn probe_child(child: bool) -> anyhow::Result<()> {
 /// The engine's KV cache type from llama-server's `--cache-type-k/-v`:
 /// the same type for both (f16 or f32), or q8_0 keys with f16 values.
 fn kv_type(k: &str, v: &str) -> anyhow::Result<bitnet_ternary::model::KvType> {
-    use bitnet_ternary::model::KvType;
-    Ok(match (KvType::parse(k), KvType::parse(v)) {
-        (Some(KvType::Q8_0), Some(KvType::F16)) => KvType::Q8_0,
-        (Some(k), Some(v)) if k == v && k != KvType::Q8_0 => k,
-        (Some(_), Some(_)) => anyhow::bail!(
-            "--cache-type-k and --cache-type-v must be the same type here (f16 or f32), or q8_0 keys with f16 values"
-        ),
-        _ => anyhow::bail!("cache types: f16, f32, or q8_0 for keys (got {k} and {v})"),
-    })
+    bitnet_supervisor::config::check_cache_types(k, v).map_err(anyhow::Error::msg)?;
+    // Checked: k names the engine's cache type (q8_0 keys mean f16 values).
+    bitnet_ternary::model::KvType::parse(k).ok_or_else(|| anyhow::anyhow!("cache type {k}"))
 }
 
 #[allow(clippy::too_many_arguments)]

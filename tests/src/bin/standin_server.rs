@@ -90,7 +90,8 @@ fn parse_args() -> Opts {
             "--api-key-file" => {
                 o.api_key = std::fs::read_to_string(val()).ok().map(|k| k.trim().to_string());
             }
-            "--threads" | "-t" | "--ctx-size" | "-c" | "--n-gpu-layers" | "-ngl" | "--parallel" | "-np" => {
+            "--threads" | "-t" | "--ctx-size" | "-c" | "--n-gpu-layers" | "-ngl" | "--parallel" | "-np"
+            | "--cache-type-k" | "-ctk" | "--cache-type-v" | "-ctv" => {
                 val();
             }
             "--fault" => o.faults.push(val()),

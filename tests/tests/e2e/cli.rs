@@ -157,6 +157,7 @@ fn every_flag_and_argument_has_help_and_each_short_flag_means_one_thing() {
             'p' => &["--n-prompt"],
             't' => &["--threads"],
             'c' => &["--ctx-size"],
+            'd' => &["--n-depth"], // context tokens first (llama-bench's -d)
             'l' => &["--lines"],
             'h' => &["--help"],
             _ => &[],

@@ -156,6 +156,32 @@ fn models_that_are_not_gguf_or_not_there_are_refused_before_any_server_starts() 
     assert_eq!(r["result"]["model"]["path"], json!(dir.join("m.gguf")), "{r}");
 }
 
+/// `[server] cache_type_k = "q8_0"` reaches the server: the built-in
+/// engine's runner makes a q8_0-key cache (its log says so) and serves;
+/// the bundled build (the stand-in) takes the same flags.
+#[test]
+fn the_configs_kv_cache_types_reach_every_server() {
+    for (variant, backend) in [("builtin", "builtin"), ("bitnet-cpu-linux-x86_64", "bitnet-cpu-linux-x86_64")] {
+        let config = format!("[server]\nvariant = \"{variant}\"\ncache_type_k = \"q8_0\"\n");
+        let mut b = host_with_config(&[], &config);
+        let (_, r) = load(&mut b, "load", &fixture_model("bitnet-b1.58-i2_s.gguf"));
+        assert_eq!(r["result"]["backend"], backend, "{r}");
+        let r = b.request(&json!({"id": "c", "type": "chat", "messages": [{"role": "user", "content": "Hi"}],
+                                 "max_tokens": 4, "temperature": 0}));
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["result"]["backend"], backend, "{r}");
+        if variant == "builtin" {
+            assert_eq!(r["result"]["usage"]["completion_tokens"], 4, "{r}");
+            let logs = b.home().join("state/logs/servers");
+            let said = std::fs::read_dir(&logs)
+                .unwrap()
+                .flatten()
+                .any(|f| std::fs::read_to_string(f.path()).unwrap_or_default().contains("KV cache q8_0"));
+            assert!(said, "no runner log in {} says `KV cache q8_0`", logs.display());
+        }
+    }
+}
+
 #[test]
 fn a_build_that_dies_of_sigill_falls_back_to_the_builtin_engine_which_serves() {
     let mut b = host(&["sigill"]);
