@@ -359,6 +359,8 @@ pub fn attend_q8<V: KvElem>(
         #[cfg(target_arch = "aarch64")]
         // SAFETY: isa() checked the dot-product extension.
         crate::kernels::Isa::NeonDot => unsafe { aarch64::attend_q8_sdot(q, keys, values, scale, scores, out) },
+        #[cfg(target_arch = "aarch64")]
+        crate::kernels::Isa::Neon => aarch64::attend_q8_neon(q, keys, values, scale, scores, out),
         _ => attend_q8_scalar(q, keys, values, scale, scores, out),
     }
 }
@@ -542,16 +544,98 @@ pub(super) mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 pub(super) mod aarch64 {
-    //! The integer scores with `sdot` (ARMv8.2's dot-product extension),
-    //! which sums 4 int8 products into each i32 lane, as `vpdpbusd` does:
-    //! a group's 64 bytes are 4 registers of 4 positions, each against the
-    //! row's 4 codes broadcast. The values are `Lanes`' (aarch64 has no
-    //! attention tiles of its own yet).
+    //! The integer scores with NEON: a group's 64 bytes are 4 registers of
+    //! 4 positions, each against the row's 4 codes broadcast, summed 4
+    //! products to an i32 lane (one position's) by `sdot` where the CPU has
+    //! ARMv8.2's dot-product extension, else by widening multiplies and
+    //! pairwise adds. The values are `Lanes`' (aarch64 has no attention
+    //! tiles of its own yet).
     use super::super::{KvElem, KvHead, Lanes, Queries, Tiles};
     use super::{attend_q8_with, each_row_tile, store_inside, Q8Keys, Q8Rows, Q8Scores, QK, TILE};
     use crate::kernels::aarch64::{Dot, Sdot};
     use std::arch::aarch64::*;
     use std::ops::Range;
+
+    /// acc + in each i32 lane the sum of the 4 products of the lane's 4
+    /// bytes (one position's codes against the row's 4).
+    trait GroupDot: Sized {
+        /// # Safety
+        /// The CPU has what the implementation uses (`WithSdot`: dotprod).
+        unsafe fn dot(acc: int32x4_t, k: int8x16_t, x: int8x16_t) -> int32x4_t;
+
+        /// `tile_rows` with this dot, built with what it needs.
+        ///
+        /// # Safety
+        /// As `dot`.
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        unsafe fn rows<const R: usize>(
+            q: &Q8Rows,
+            keys: &Q8Keys,
+            r0: usize,
+            ps: Range<usize>,
+            scale: f32,
+            dst: &mut [f32],
+            stride: usize,
+        ) -> usize {
+            // SAFETY: the caller's promise.
+            unsafe { tile_rows::<Self, R>(q, keys, r0, ps, scale, dst, stride) }
+        }
+    }
+
+    /// `sdot` sums each lane's own 4 products.
+    struct WithSdot;
+
+    impl GroupDot for WithSdot {
+        #[inline(always)]
+        unsafe fn dot(acc: int32x4_t, k: int8x16_t, x: int8x16_t) -> int32x4_t {
+            // SAFETY: the caller's function enables dotprod.
+            unsafe { Sdot::dot(acc, k, x) }
+        }
+
+        #[inline(always)]
+        unsafe fn rows<const R: usize>(
+            q: &Q8Rows,
+            keys: &Q8Keys,
+            r0: usize,
+            ps: Range<usize>,
+            scale: f32,
+            dst: &mut [f32],
+            stride: usize,
+        ) -> usize {
+            // SAFETY: the caller's promise (dotprod).
+            unsafe { tile_rows_sdot::<R>(q, keys, r0, ps, scale, dst, stride) }
+        }
+    }
+
+    /// `tile_rows` with `sdot`, in a function built for dotprod (the
+    /// instruction must be assembled where that feature is on).
+    #[target_feature(enable = "dotprod")]
+    unsafe fn tile_rows_sdot<const R: usize>(
+        q: &Q8Rows,
+        keys: &Q8Keys,
+        r0: usize,
+        ps: Range<usize>,
+        scale: f32,
+        dst: &mut [f32],
+        stride: usize,
+    ) -> usize {
+        // SAFETY: dotprod (this function's feature).
+        unsafe { tile_rows::<WithSdot, R>(q, keys, r0, ps, scale, dst, stride) }
+    }
+
+    /// Plain NEON: products widened to i16 (each at most 127 x 127), then
+    /// adjacent pairs, then adjacent pairs again, so lane j holds bytes 4 j..4 j + 4.
+    struct Widening;
+
+    impl GroupDot for Widening {
+        #[inline(always)]
+        unsafe fn dot(acc: int32x4_t, k: int8x16_t, x: int8x16_t) -> int32x4_t {
+            let lo = vpaddlq_s16(vmull_s8(vget_low_s8(k), vget_low_s8(x)));
+            let hi = vpaddlq_s16(vmull_high_s8(k, x));
+            vaddq_s32(acc, vpaddq_s32(lo, hi))
+        }
+    }
 
     /// `attend_q8` with `sdot` scores.
     ///
@@ -566,13 +650,26 @@ pub(super) mod aarch64 {
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        attend_q8_with(&NeonSdot(()), q, keys, values, scale, scores, out)
+        attend_q8_with(&Neon::<WithSdot>(std::marker::PhantomData), q, keys, values, scale, scores, out)
     }
 
-    /// Made only inside `attend_q8_sdot` (after dotprod was found).
-    pub(in crate::kernels) struct NeonSdot(());
+    /// `attend_q8` with plain NEON scores (every aarch64 CPU).
+    pub(in crate::kernels) fn attend_q8_neon<V: KvElem>(
+        q: Queries,
+        keys: Q8Keys,
+        values: KvHead<V>,
+        scale: f32,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        attend_q8_with(&Neon::<Widening>(std::marker::PhantomData), q, keys, values, scale, scores, out)
+    }
 
-    impl<T: KvElem> Tiles<T> for NeonSdot {
+    /// Scores by `D`; a `Neon<WithSdot>` is made only inside
+    /// `attend_q8_sdot` (after dotprod was found).
+    struct Neon<D>(std::marker::PhantomData<D>);
+
+    impl<D, T: KvElem> Tiles<T> for Neon<D> {
         #[inline(always)]
         fn scores(&self, q: &[f32], kv: &KvHead<T>, ps: Range<usize>, scale: f32, scores: &mut [f32], stride: usize) {
             Lanes.scores(q, kv, ps, scale, scores, stride)
@@ -584,7 +681,7 @@ pub(super) mod aarch64 {
         }
     }
 
-    impl Q8Scores for NeonSdot {
+    impl<D: GroupDot> Q8Scores for Neon<D> {
         #[inline(always)]
         fn q8_scores(
             &self,
@@ -596,21 +693,22 @@ pub(super) mod aarch64 {
             dst: &mut [f32],
             stride: usize,
         ) {
-            // SAFETY (each tile): a NeonSdot exists only where dotprod was checked.
+            // SAFETY (each tile): a Neon<WithSdot> exists only where dotprod
+            // was checked; Widening is baseline NEON.
             each_row_tile(rows, dst, stride, |r, left, dst| unsafe {
                 match left {
-                    2.. => tile_rows_sdot::<2>(q, keys, r, ps.clone(), scale, dst, stride),
-                    _ => tile_rows_sdot::<1>(q, keys, r, ps.clone(), scale, dst, stride),
+                    2.. => D::rows::<2>(q, keys, r, ps.clone(), scale, dst, stride),
+                    _ => D::rows::<1>(q, keys, r, ps.clone(), scale, dst, stride),
                 }
             })
         }
     }
 
     /// R rows against the tiles holding `ps`: per block, 8 groups x 4
-    /// registers of `sdot` per row, then (dq x dk) x isum added in block
+    /// registers of `D::dot` per row, then (dq x dk) x isum added in block
     /// order, 4 positions per register.
-    #[target_feature(enable = "dotprod")]
-    unsafe fn tile_rows_sdot<const R: usize>(
+    #[inline(always)]
+    unsafe fn tile_rows<D: GroupDot, const R: usize>(
         q: &Q8Rows,
         keys: &Q8Keys,
         r0: usize,
@@ -641,8 +739,8 @@ pub(super) mod aarch64 {
                         let four = unsafe { c.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
                         let x = vreinterpretq_s8_s32(vdupq_n_s32(four));
                         for (a, k) in acc.iter_mut().zip(&k) {
-                            // SAFETY: dotprod (this function's feature).
-                            *a = unsafe { Sdot::dot(*a, *k, x) };
+                            // SAFETY: what D uses (the caller's promise).
+                            *a = unsafe { D::dot(*a, *k, x) };
                         }
                     }
                 }
