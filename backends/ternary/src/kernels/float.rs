@@ -1,9 +1,8 @@
 //! The f32 arithmetic attention is defined by: dots and sums in 16
-//! running lanes added pairwise, a multiply then an add per value (Rust
-//! never reassociates float arithmetic nor fuses a multiply and an add on
-//! its own), an exp in plain f32 arithmetic, and the exact f16 widening.
-//! Inlined into every build of `attention`, which gives the same bits in
-//! each; the SIMD tiles there keep this order by hand.
+//! running lanes added pairwise, a fused multiply-add per value (one
+//! rounding: `fma_f32`), an exp in plain f32 arithmetic, and the exact f16
+//! widening. Inlined into every build of `attention`, which gives the same
+//! bits in each; the SIMD tiles there keep this order by hand.
 
 /// Lanes of the running sums: the order of additions every version keeps.
 pub(super) const LANES: usize = 16;
@@ -12,10 +11,10 @@ pub(super) const LANES: usize = 16;
 pub(super) fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail = ca.remainder().iter().zip(cb.remainder()).fold(0f32, |t, (x, y)| fma_f32(*x, *y, t));
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
-            acc[i] += x[i] * y[i];
+            acc[i] = fma_f32(x[i], y[i], acc[i]);
         }
     }
     sum_lanes(acc) + tail
@@ -76,8 +75,45 @@ pub fn exp_f32(x: f32) -> f32 {
 #[inline(always)]
 pub(super) fn axpy_lanes(y: &mut [f32], w: f32, x: &[f32]) {
     for (o, v) in y.iter_mut().zip(x) {
-        *o += w * v;
+        *o = fma_f32(w, *v, *o);
     }
+}
+
+/// a x b + c rounded once, as the SIMD builds' fused multiply-adds give it.
+/// The instruction where the build has one (aarch64 always; x86 built with
+/// FMA); elsewhere `fma_f32_soft`, not the C library's `fmaf`: MinGW's,
+/// which Windows builds would call, rounds some cases wrongly.
+#[inline(always)]
+pub(super) fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
+        a.mul_add(b, c)
+    } else {
+        fma_f32_soft(a, b, c)
+    }
+}
+
+/// `fma_f32` in f64 arithmetic. The product of two f32 is exact in f64;
+/// the f64 sum rounds once and rounding that to f32 would round twice, so
+/// the sum is first rounded to odd (an inexact sum whose last bit is even
+/// is moved one ulp toward the exact value, found by an error-free
+/// two-sum). Rounding an odd-rounded value with 53 bits to 24 or fewer
+/// gives the correctly rounded result (Boldo and Melquiond).
+#[inline(always)]
+pub(super) fn fma_f32_soft(a: f32, b: f32, c: f32) -> f32 {
+    let (ab, c) = (f64::from(a) * f64::from(b), f64::from(c));
+    let s = ab + c;
+    let back = s - ab;
+    let err = (ab - (s - back)) + (c - back);
+    // Away from zero when the error has the sum's sign, else toward it;
+    // only for a finite sum (infinities and NaNs carry no error).
+    let step: i64 = if err == 0.0 || !s.is_finite() || s.to_bits() & 1 == 1 {
+        0
+    } else if (err > 0.0) == (s > 0.0) {
+        1
+    } else {
+        -1
+    };
+    f64::from_bits(s.to_bits().wrapping_add_signed(step)) as f32
 }
 
 /// An f16 (its bits) as f32: exact for every value (normals, subnormals,
@@ -99,6 +135,70 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The FMA instruction of this machine, where there is one to compare
+    /// with (not `f32::mul_add` off aarch64: that may be the C library's).
+    fn hardware_fma() -> Option<fn(f32, f32, f32) -> f32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "fma")]
+            fn fused(a: f32, b: f32, c: f32) -> f32 {
+                use std::arch::x86_64::*;
+                _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
+            }
+            // SAFETY: FMA was detected just above.
+            return Some(|a, b, c| unsafe { fused(a, b, c) });
+        }
+        #[cfg(target_arch = "aarch64")]
+        return Some(|a, b, c| a.mul_add(b, c));
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// The software fused multiply-add rounds once: it agrees with the
+    /// instruction bit for bit on random operands and on sums that cancel,
+    /// and on a product that lies on an f32 halfway point it takes the side
+    /// a sum rounded twice (f64, then f32) gets wrong.
+    #[test]
+    fn the_software_fma_rounds_once_as_the_instruction_does() {
+        // (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: halfway between two f32; a
+        // tiny c decides the side, and is lost in an f64 sum.
+        let a = f32::from_bits(1f32.to_bits() + (1 << 11));
+        for c in [2f32.powi(-60), -(2f32.powi(-60))] {
+            let want =
+                if c > 0.0 { f32::from_bits((1.0f32 + 2f32.powi(-11)).to_bits() + 1) } else { 1.0 + 2f32.powi(-11) };
+            assert_eq!(fma_f32_soft(a, a, c), want, "c = {c:e}");
+            assert_eq!(fma_f32(a, a, c), want, "c = {c:e}");
+        }
+        // Rounding the f64 sum to f32 goes to the even side for both.
+        assert_eq!((f64::from(a) * f64::from(a) + f64::from(2f32.powi(-60))) as f32, 1.0 + 2f32.powi(-11));
+        assert!(fma_f32_soft(f32::INFINITY, 0.0, 1.0).is_nan());
+        assert_eq!(fma_f32_soft(f32::MAX, 2.0, 0.0), f32::INFINITY);
+        assert_eq!(fma_f32_soft(2.0, 3.0, f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert_eq!(fma_f32_soft(-0.0, 1.0, -0.0).to_bits(), (-0f32).to_bits());
+
+        let Some(fused) = hardware_fma() else { return };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Finite values of moderate exponent, any mantissa and sign.
+        let value = |bits: u64| f32::from_bits((bits as u32 & 0x807f_ffff) | ((100 + (bits >> 32) as u32 % 56) << 23));
+        for _ in 0..200_000 {
+            let (x, y) = (value(next()), value(next()));
+            let cs = [value(next()), -(x * y), -(x * y) * (1.0 + f32::EPSILON), f32::from_bits(next() as u32)];
+            for c in cs {
+                let (got, want) = (fma_f32_soft(x, y, c), fused(x, y, c));
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{x:e} x {y:e} + {c:e}: {got:e}, the instruction {want:e}"
+                );
+            }
+        }
+    }
 
     /// The softmax exponential: within 2 ulp of the exact e^x (f64) over
     /// the range where it is not 0 or infinity, exact at 0, the edges as

@@ -257,7 +257,7 @@ unsafe fn scores_avx512<T: KvElem, const R: usize, const P: usize>(
                 let kx = unsafe { load16(k.add(c)) };
                 for (r, x) in qv.iter().enumerate() {
                     let i = slot(r * P + j);
-                    acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(*x, kx));
+                    acc[i] = _mm512_fmadd_ps(*x, kx, acc[i]);
                 }
             }
         }
@@ -342,7 +342,7 @@ unsafe fn values_avx512<T: KvElem, const R: usize, const C: usize>(
             // SAFETY: r * stride + p < w.len() (asserted above).
             let wr = _mm512_set1_ps(unsafe { *w.get_unchecked(r * stride + p) });
             for (a, x) in row.iter_mut().zip(&x) {
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(wr, *x));
+                *a = _mm512_fmadd_ps(wr, *x, *a);
             }
         }
     }
@@ -449,8 +449,8 @@ unsafe fn scores_avx2<T: KvElem, const R: usize, const P: usize>(
                 let (k0, k1) = unsafe { (load8(k.add(c)), load8(k.add(c + 8))) };
                 for (r, (q0, q1)) in qv.iter().enumerate() {
                     let i = r * P + j;
-                    lo[i] = _mm256_add_ps(lo[i], _mm256_mul_ps(*q0, k0));
-                    hi[i] = _mm256_add_ps(hi[i], _mm256_mul_ps(*q1, k1));
+                    lo[i] = _mm256_fmadd_ps(*q0, k0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(*q1, k1, hi[i]);
                 }
             }
         }
@@ -519,7 +519,7 @@ unsafe fn values_avx2<T: KvElem, const R: usize, const C: usize>(
             // SAFETY: r * stride + p < w.len() (asserted above).
             let wr = _mm256_set1_ps(unsafe { *w.get_unchecked(r * stride + p) });
             for (a, x) in row.iter_mut().zip(&x) {
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(wr, *x));
+                *a = _mm256_fmadd_ps(wr, *x, *a);
             }
         }
     }
