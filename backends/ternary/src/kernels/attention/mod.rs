@@ -6,8 +6,10 @@
 //! Every row gets exactly what the per-row loop gives (`attend_rows_lanes`,
 //! the reference): scores q.k_p * scale (a dot in 16 running lanes added
 //! pairwise, as `float::dot_lanes`), softmax (`exp_f32`, the sum in 16
-//! lanes), and sum_p w_p v_p added in order of p (`float::axpy_lanes`,
-//! a multiply then an add: never fused). So every build, every tile shape
+//! lanes), and sum_p w_p v_p added in order of p (`float::axpy_lanes`).
+//! Each product and its add are one fused multiply-add (`float::fma_f32`:
+//! one rounding; half the operations of a multiply then an add, which the
+//! tiles were bound by). So every build, every tile shape
 //! and every split of the work into tasks gives the same bits, and a
 //! cached turn computes what the uncached one computes.
 //!

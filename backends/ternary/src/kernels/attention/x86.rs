@@ -1,6 +1,6 @@
 //! Attention's register tiles for AVX-512 and AVX2 (with F16C). Each
 //! does the reference's operations per row and position in the same
-//! order: a multiply then an add (never fused), the 16 lanes of a dot
+//! order: one fused multiply-add per value, the 16 lanes of a dot
 //! added pairwise (8 + 8, 4 + 4, 2 + 2, 1 + 1), values added in order of
 //! position. Head sizes that are not a multiple of 16 take `Lanes`.
 
