@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bitnet_host_tests::bench::median;
 use bitnet_ternary::batch::Batcher;
 use bitnet_ternary::engine::{Engine, Generate};
 use bitnet_ternary::sampler::SamplerConfig;
@@ -50,11 +51,6 @@ fn main() {
 /// Runs of each short measurement (a fresh prompt, a cached turn): this
 /// VM's timings move 10% between runs, so the figure is their median.
 const ROUNDS: usize = 5;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Time to the first token of turn 2, with the prompt cache and without
 /// (the median of `ROUNDS` runs; the uncached turn once).

@@ -14,6 +14,7 @@
 //! (quick run on a small shape without --bench; the 2B4T-shaped file, about
 //! 1.2 GB, is generated once under target/bench-models/)
 
+use bitnet_host_tests::bench::median;
 use bitnet_ternary::bench::{read_bandwidth, speed};
 use bitnet_ternary::model::Model;
 use bitnet_ternary::writer::{OutputMatrix, Shape};
@@ -55,11 +56,6 @@ fn main() {
 fn bandwidth(bytes: usize, threads: usize) -> (f64, f64) {
     let plain = read_bandwidth(bytes, threads, 3, false);
     (plain, read_bandwidth(bytes, threads, 3, true).max(plain))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn run(path: &std::path::Path, p: usize, n: usize, threads: [usize; 2], bw_bytes: usize) {

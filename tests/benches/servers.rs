@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bitnet_host_tests::bench::median;
 use bitnet_ternary::writer::Shape;
 use serde_json::{json, Value};
 
@@ -51,11 +52,6 @@ fn start(argv: &[String], port: u16, rt: &tokio::runtime::Runtime, http: &reqwes
         assert!(t.elapsed() < Duration::from_secs(300), "{argv:?} never became healthy");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -127,6 +123,10 @@ fn compare(real: &Path, model: &Path, format: &str, sizes: &Shape, prompt_n: usi
         }
     }
     for (i, name) in names.iter().enumerate() {
-        println!("median {name:<27} {:>13.1} {:>13.2}", median(&mut prompt_speed[i]), median(&mut decode_speed[i]));
+        println!(
+            "median {name:<27} {:>13.1} {:>13.2}",
+            median(prompt_speed[i].clone()),
+            median(decode_speed[i].clone())
+        );
     }
 }

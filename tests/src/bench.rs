@@ -1,5 +1,5 @@
-//! What the benchmarks share: their generated models, and which weight
-//! formats a run measures (`BITNET_BENCH_FORMATS`).
+//! What the benchmarks share: their generated models, which weight
+//! formats a run measures (`BITNET_BENCH_FORMATS`), and the median.
 
 use std::path::PathBuf;
 
@@ -53,4 +53,13 @@ pub fn model_with(stem: &str, shape: &Shape, format: TernaryFormat, output: Outp
         write_atomic(&path, &random_model_with(shape, 42, format, output)).expect("write the bench model");
     }
     path
+}
+
+/// The middle of the runs of a measurement (the upper middle of an even
+/// count): this VM's timings move 10-20% between runs, so benches report
+/// medians.
+pub fn median(mut runs: Vec<f64>) -> f64 {
+    assert!(!runs.is_empty(), "median of no runs");
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
 }
