@@ -11,6 +11,8 @@
 //!   KV cache (2 threads; the cache filled by a real prompt).
 //!
 //! cargo bench -p bitnet-host-tests --bench chat_turns -- --bench [cache] [streams] [context]
+//! (BITNET_BENCH_KV=f32,f16,q8_0 picks the cache's KV types; default all;
+//! BITNET_BENCH_THREADS=1,2 its thread counts; default 1 and up to 2)
 //! (a quick run on a small shape without --bench; the 2B4T-shaped file is
 //! generated once under target/bench-models/, shared with the engine bench;
 //! naming parts runs only those)
@@ -68,9 +70,24 @@ fn cache(engine: &mut Engine, cores: usize, history: usize, new: usize) {
         engine.model.hp.n_layer, engine.model.hp.n_embd
     );
     println!("threads  KV cache  fresh {new}-token prompt  turn 2 uncached  turn 2 cached  cached / fresh  uncached / cached");
-    for (threads, kv) in
-        [1, cores.min(2)].into_iter().flat_map(|t| [KvType::F32, KvType::F16, KvType::Q8_0].map(|k| (t, k)))
-    {
+    let kv_types: Vec<KvType> = match std::env::var("BITNET_BENCH_KV") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                KvType::parse(n.trim())
+                    .unwrap_or_else(|| panic!("BITNET_BENCH_KV: unknown KV type {n} (f32, f16, q8_0)"))
+            })
+            .collect(),
+        Err(_) => vec![KvType::F32, KvType::F16, KvType::Q8_0],
+    };
+    let thread_counts: Vec<usize> = match std::env::var("BITNET_BENCH_THREADS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("BITNET_BENCH_THREADS: not a count: {n}")))
+            .collect(),
+        Err(_) => vec![1, cores.min(2)],
+    };
+    for (threads, kv) in thread_counts.into_iter().flat_map(|t| kv_types.iter().map(move |&k| (t, k))) {
         engine.model.kv_type = kv;
         let engine = &*engine;
         let pool = bitnet_ternary::pool::Pool::new(threads);

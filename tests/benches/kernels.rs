@@ -17,8 +17,9 @@
 //!   head of 128, over 1,020 positions) with f32, f16 and q8_0 keys, ms
 //!   per call and multiply-adds per ns (scores and values both counted).
 //!
-//! cargo bench -p bitnet-host-tests --bench kernels -- --bench
-//! (one thread; a quick run with a smaller matrix without --bench)
+//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [attention]
+//! (one thread; a quick run with a smaller matrix without --bench; naming
+//! parts runs only those)
 
 use std::time::Instant;
 
@@ -28,11 +29,19 @@ use half::f16;
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     println!("kernels: {} ({}), one thread", kernels::isa().key(), kernels::isa().describe());
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let part = |name: &str| named.is_empty() || named.iter().any(|n| n == name);
     let cols = 2560;
-    i2s_in_cache(cols, if full { 50_000 } else { 2_000 });
-    f16_in_cache(cols, if full { 32_000 } else { 1_000 });
-    f16_from_memory(if full { 128_256 } else { 8_192 }, cols);
-    attention(if full { 1000 } else { 200 }, 20, if full { 20 } else { 3 });
+    if part("i2s") {
+        i2s_in_cache(cols, if full { 50_000 } else { 2_000 });
+    }
+    if part("f16") {
+        f16_in_cache(cols, if full { 32_000 } else { 1_000 });
+        f16_from_memory(if full { 128_256 } else { 8_192 }, cols);
+    }
+    if part("attention") {
+        attention(if full { 1000 } else { 200 }, 20, if full { 20 } else { 3 });
+    }
 }
 
 /// `new` tokens after `history` cached ones, as a cached turn's attention

@@ -21,8 +21,13 @@
 //! register tiles (`x86`): scores for 4 rows x 4 positions (2 x 8, 1 x
 //! 16) as 16 accumulators reduced by one transposing add tree that keeps
 //! the pairwise order, weighted values for up to 4 rows x 64 columns
-//! kept in registers across the block. f16 caches widen each key and
-//! value once per tile (F16C / AVX-512), not once per row.
+//! kept in registers across the block. When more than one tile of rows
+//! reads a block (a prompt chunk, a cached turn), the block is staged
+//! first (`Stage`): copied, or widened from f16, once into an aligned f32
+//! buffer, and the query rows copied to a 64-byte boundary, so the tiles'
+//! loads never span two cache lines and f16 widens once per call, not
+//! once per tile. A decoding token's heads are one tile, which reads the
+//! cache as it is (f16 widened in the tile).
 
 use super::float::{axpy_lanes, dot_lanes, exp_f32, sum_lanes, LANES};
 use super::isa;
@@ -88,6 +93,8 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     const F16: bool;
     /// `src` as f32 (converted into `buf` when it has to be).
     fn widen<'a>(src: &'a [Self], buf: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32];
+    /// `src` as f32 into `dst` (as long).
+    fn widen_into(src: &[Self], dst: &mut [f32]);
 }
 
 impl KvElem for f32 {
@@ -95,6 +102,10 @@ impl KvElem for f32 {
     #[inline(always)]
     fn widen<'a>(src: &'a [f32], _: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32] {
         src
+    }
+    #[inline(always)]
+    fn widen_into(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -108,6 +119,12 @@ impl KvElem for u16 {
             *o = super::f16_bits_to_f32(*h);
         }
         &buf[..src.len()]
+    }
+    #[inline(always)]
+    fn widen_into(src: &[u16], dst: &mut [f32]) {
+        for (o, h) in dst.iter_mut().zip(src) {
+            *o = super::f16_bits_to_f32(*h);
+        }
     }
 }
 
@@ -166,7 +183,7 @@ const BLOCK_BYTES: usize = 16 << 10;
 /// is several times a multiply's cost, and this pass ran once per score).
 #[inline(always)]
 fn softmax(s: &mut [f32]) {
-    let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let m = max_values(s);
     for x in s.iter_mut() {
         *x = exp_f32(*x - m);
     }
@@ -174,6 +191,23 @@ fn softmax(s: &mut [f32]) {
     for x in s.iter_mut() {
         *x *= inverse;
     }
+}
+
+/// The largest of `x` (NaN ignored, -inf when empty) in 16 running lanes:
+/// the maximum does not depend on the order it is taken in, and a fold
+/// through one running value stayed scalar (f32::max's NaN rule keeps the
+/// compiler from vectorizing it), a third of softmax's time.
+#[inline(always)]
+fn max_values(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let c = x.chunks_exact(LANES);
+    let tail = c.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for v in c {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(v[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a.max(b))
 }
 
 /// sum x_i in 16 running lanes, then `sum_lanes`.
@@ -211,7 +245,7 @@ pub(crate) fn attend_rows_lanes<T: KvElem>(q: Queries, kv: KvHead<T>, scale: f32
 /// notes); `tiles` does each block's arithmetic.
 #[inline(always)]
 fn attend_blocked<T: KvElem>(
-    tiles: &impl Tiles<T>,
+    tiles: &(impl Tiles<T> + Tiles<f32>),
     q: Queries,
     kv: KvHead<T>,
     scale: f32,
@@ -219,51 +253,139 @@ fn attend_blocked<T: KvElem>(
     out: &mut [f32],
 ) {
     let hd = kv.len;
-    attend_blocks(tiles, q, &kv, scores, out, |rs, ps, dst, stride| {
-        tiles.scores(&q.q[rs.start * hd..rs.end * hd], &kv, ps, scale, dst, stride)
+    if !staged(&q, hd) {
+        let block = block_positions(hd, std::mem::size_of::<T>());
+        return attend_blocks(tiles, q, &kv, scores, out, block, |_, q, ps, dst, stride| {
+            Tiles::<T>::scores(tiles, q, &kv, ps, scale, dst, stride)
+        });
+    }
+    let n_max = q.visible.iter().copied().max().unwrap_or(0);
+    let mut keys = Stage::new(n_max);
+    attend_blocks(tiles, q, &kv, scores, out, Stage::positions(hd), |_, q, ps, dst, stride| {
+        let (local, first) = keys.take(ps, hd, |p| kv.key(p));
+        Tiles::<f32>::scores(tiles, q, &keys.head(hd), local, scale, &mut dst[first..], stride)
     })
 }
 
+/// Whether a call stages each block of keys and values (`Stage`): when
+/// more than one tile of rows reads it. A decoding token's heads are one
+/// tile, which reads each vector once: copying it first would only add
+/// a pass.
+#[inline(always)]
+fn staged(q: &Queries, hd: usize) -> bool {
+    q.q.len() / hd > TILE_ROWS
+}
+
+/// One block of positions' keys or values as f32, `hd` apart from a
+/// 64-byte boundary: f16 widened once per block instead of once per tile
+/// of rows, and every vector aligned (the cache's are where the allocator
+/// put them, mostly 16 bytes past a line: each 64-byte load then spans
+/// two lines, which cost the score tiles a fifth of their speed).
+#[repr(C, align(64))]
+struct Stage {
+    buf: [f32; BLOCK_BYTES / 4],
+    held: Range<usize>,
+    /// The call's positions end here.
+    end: usize,
+}
+
+impl Stage {
+    fn new(end: usize) -> Self {
+        Stage { buf: [0.0; BLOCK_BYTES / 4], held: 0..0, end }
+    }
+
+    /// Positions per staged block.
+    fn positions(hd: usize) -> usize {
+        block_positions(hd, std::mem::size_of::<f32>())
+    }
+
+    /// Positions `ps` (inside one block of `positions`) of the vectors
+    /// `vector(p)`, staging their block unless it is the one held.
+    /// Returns `ps` relative to the stage and where it starts.
+    #[inline(always)]
+    fn take<'a, T: KvElem>(
+        &mut self,
+        ps: Range<usize>,
+        hd: usize,
+        vector: impl Fn(usize) -> &'a [T],
+    ) -> (Range<usize>, usize) {
+        if ps.start < self.held.start || ps.end > self.held.end {
+            self.held = ps.start..(ps.start + Self::positions(hd)).min(self.end);
+            for (p, w) in self.held.clone().zip(self.buf.chunks_exact_mut(hd)) {
+                T::widen_into(vector(p), w);
+            }
+        }
+        (ps.start - self.held.start..ps.end - self.held.start, self.held.start)
+    }
+
+    /// The staged block as a kv head (keys and values both: a stage holds
+    /// one or the other).
+    fn head(&self, hd: usize) -> KvHead<'_, f32> {
+        let held = &self.buf[..self.held.len() * hd];
+        KvHead { k: held, v: held, stride: hd, offset: 0, len: hd }
+    }
+}
+
+/// Positions per block whose vectors of `hd` elements of `bytes` each fit
+/// `BLOCK_BYTES` (a multiple of 16, at least 16).
+fn block_positions(hd: usize, bytes: usize) -> usize {
+    (BLOCK_BYTES / (hd * bytes)).max(LANES) / LANES * LANES
+}
+
 /// `attend_blocked` with the scores of a block from `scores_of(rows,
-/// positions, the rows' scores, their stride)` (q8_0 keys have their own)
-/// and the values (`kv.v`) from `tiles`.
+/// their queries, positions, the rows' scores, their stride)` (q8_0 keys
+/// have their own) and the values (`kv.v`) from `tiles`. A staged call
+/// (`staged`) hands `scores_of` a copy of the queries from a 64-byte
+/// boundary (after the scores in `scores`): 6% of a cached turn's call.
 #[inline(always)]
 fn attend_blocks<T: KvElem>(
-    tiles: &impl Tiles<T>,
+    tiles: &(impl Tiles<T> + Tiles<f32>),
     q: Queries,
     kv: &KvHead<T>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
-    mut scores_of: impl FnMut(Range<usize>, Range<usize>, &mut [f32], usize),
+    key_block: usize,
+    mut scores_of: impl FnMut(Range<usize>, &[f32], Range<usize>, &mut [f32], usize),
 ) {
     let hd = kv.len;
     let rows = q.q.len() / hd;
     let n_max = q.visible.iter().copied().max().unwrap_or(0);
+    let stage = staged(&q, hd);
     scores.clear();
-    scores.resize(rows * n_max, 0.0);
+    scores.resize(rows * n_max + if stage { q.q.len() + LANES } else { 0 }, 0.0);
     out.fill(0.0);
     if n_max == 0 {
         return;
     }
-    let block = (BLOCK_BYTES / (hd * std::mem::size_of::<T>())).max(LANES) / LANES * LANES;
+    let (scores, rest) = scores.split_at_mut(rows * n_max);
+    let queries = if stage {
+        let skip = rest.as_ptr().align_offset(64).min(LANES);
+        let aligned = &mut rest[skip..][..q.q.len()];
+        aligned.copy_from_slice(q.q);
+        &*aligned
+    } else {
+        q.q
+    };
+    let block = if stage { Stage::positions(hd) } else { block_positions(hd, std::mem::size_of::<T>()) };
     let tiles_of = || (0..rows).step_by(TILE_ROWS).map(move |r0| r0..(r0 + TILE_ROWS).min(rows));
     let reach = |rs: &Range<usize>| rs.clone().map(|r| q.visible_of(r)).max().unwrap_or(0);
     let common = |rs: &Range<usize>| rs.clone().map(|r| q.visible_of(r)).min().unwrap_or(0);
-    for p0 in (0..n_max).step_by(block) {
-        let p1 = (p0 + block).min(n_max);
+    for p0 in (0..n_max).step_by(key_block) {
+        let p1 = (p0 + key_block).min(n_max);
         for rs in tiles_of() {
             // Scores past a row's own reach (a later token's positions,
             // in a tile spanning two tokens) are computed and not used.
             let hi = p1.min(reach(&rs));
             if hi > p0 {
                 let dst = &mut scores[rs.start * n_max..rs.end * n_max];
-                scores_of(rs.clone(), p0..hi, dst, n_max);
+                scores_of(rs.clone(), &queries[rs.start * hd..rs.end * hd], p0..hi, dst, n_max);
             }
         }
     }
     for r in 0..rows {
         softmax(&mut scores[r * n_max..][..q.visible_of(r)]);
     }
+    let mut values = stage.then(|| Stage::new(n_max));
     for p0 in (0..n_max).step_by(block) {
         let p1 = (p0 + block).min(n_max);
         for rs in tiles_of() {
@@ -273,16 +395,39 @@ fn attend_blocks<T: KvElem>(
             let hi = p1.min(shared);
             if hi > p0 {
                 let w = &scores[rs.start * n_max..rs.end * n_max];
-                tiles.values(w, n_max, kv, p0..hi, &mut out[rs.start * hd..rs.end * hd]);
+                add_values(tiles, values.as_mut(), kv, w, n_max, p0..hi, &mut out[rs.start * hd..rs.end * hd]);
             }
             for r in rs.clone() {
                 let (lo, hi) = (p0.max(shared), p1.min(q.visible_of(r)));
                 if hi > lo {
                     let w = &scores[r * n_max..(r + 1) * n_max];
-                    tiles.values(w, n_max, kv, lo..hi, &mut out[r * hd..(r + 1) * hd]);
+                    add_values(tiles, values.as_mut(), kv, w, n_max, lo..hi, &mut out[r * hd..(r + 1) * hd]);
                 }
             }
         }
+    }
+}
+
+/// out rows += their weights (rows of `w`, `stride` apart) x the values
+/// of `ps`, through `stage` when there is one. (A function, not a closure:
+/// an inlined function keeps the SIMD build's target features; a closure
+/// was compiled apart, without them.)
+#[inline(always)]
+fn add_values<T: KvElem>(
+    tiles: &(impl Tiles<T> + Tiles<f32>),
+    stage: Option<&mut Stage>,
+    kv: &KvHead<T>,
+    w: &[f32],
+    stride: usize,
+    ps: Range<usize>,
+    out: &mut [f32],
+) {
+    match stage {
+        Some(stage) => {
+            let (local, first) = stage.take(ps, kv.len, |p| kv.value(p));
+            Tiles::<f32>::values(tiles, &w[first..], stride, &stage.head(kv.len), local, out)
+        }
+        None => Tiles::<T>::values(tiles, w, stride, kv, ps, out),
     }
 }
 

@@ -310,7 +310,7 @@ impl Q8Scores for super::Lanes {
 /// Attention over q8_0 keys and the values of `values` (its `k` unused):
 /// the blocked loop of `attend_blocked`, scores from `builds`.
 #[inline(always)]
-pub(super) fn attend_q8_with<V: KvElem, B: Tiles<V> + Q8Scores>(
+pub(super) fn attend_q8_with<V: KvElem, B: Tiles<V> + Tiles<f32> + Q8Scores>(
     build: &B,
     q: Queries,
     keys: Q8Keys,
@@ -320,7 +320,8 @@ pub(super) fn attend_q8_with<V: KvElem, B: Tiles<V> + Q8Scores>(
     out: &mut [f32],
 ) {
     let rows = Q8Rows::new(q.q, values.len);
-    attend_blocks(build, q, &values, scores, out, |rs, ps, dst, stride| {
+    let key_block = super::block_positions(values.len, std::mem::size_of::<V>());
+    attend_blocks(build, q, &values, scores, out, key_block, |rs, _, ps, dst, stride| {
         build.q8_scores(&rows, &keys, rs, ps, scale, dst, stride)
     })
 }

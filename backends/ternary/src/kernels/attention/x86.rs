@@ -147,12 +147,15 @@ const fn slot(lane: usize) -> usize {
 /// the hardware prefetcher follows poorly.
 const KV_AHEAD: usize = 8;
 
-/// Ask for the lines of `x` (one position's vector) `KV_AHEAD` positions on.
+/// Ask for the lines of the `n` elements at `x` (the part of one
+/// position's vector a tile reads) `KV_AHEAD` positions on. Every caller
+/// passes a constant, so the loop unrolls (a loop over the head's lines
+/// ran once per position beside 16 FMAs).
 #[inline(always)]
-fn prefetch_ahead<T>(x: &[T], stride: usize) {
-    let p = x.as_ptr().wrapping_add(KV_AHEAD * stride).cast::<u8>();
-    for line in (0..std::mem::size_of_val(x)).step_by(64) {
-        super::super::prefetch(p.wrapping_add(line), Some(0));
+fn prefetch_lines<T>(x: *const T, n: usize, stride: usize) {
+    let p = x.wrapping_add(KV_AHEAD * stride).cast::<u8>();
+    for line in 0..(n * std::mem::size_of::<T>()).div_ceil(64) {
+        super::super::prefetch(p.wrapping_add(64 * line), Some(0));
     }
 }
 
@@ -236,15 +239,22 @@ unsafe fn scores_avx512<T: KvElem, const R: usize, const P: usize>(
     let hd = kv.len;
     assert!(q.len() >= R * hd && hd.is_multiple_of(16));
     let scale = _mm512_set1_ps(scale);
+    if ps.is_empty() {
+        return R;
+    }
+    // Every key up to the range's last is inside the cache (checked once:
+    // the keys below are addressed from the first by the stride).
+    let first = kv.key(ps.start).as_ptr();
+    let _ = kv.key(ps.end - 1);
     let mut p = ps.start;
     while p < ps.end {
         let count = (ps.end - p).min(P);
         // Positions past the range repeat the last one (computed, not stored).
-        let mut keys = [kv.key(p).as_ptr(); P];
+        let mut keys = [first; P];
         for (j, k) in keys.iter_mut().enumerate() {
-            *k = kv.key(p + j.min(count - 1)).as_ptr();
+            *k = first.wrapping_add((p - ps.start + j.min(count - 1)) * kv.stride);
         }
-        prefetch_ahead(kv.key(p), kv.stride);
+        prefetch_lines(keys[0], hd, kv.stride);
         let mut acc = [_mm512_setzero_ps(); 16];
         for c in (0..hd).step_by(16) {
             let mut qv = [_mm512_setzero_ps(); R];
@@ -328,22 +338,28 @@ unsafe fn values_avx512<T: KvElem, const R: usize, const C: usize>(
             *x = unsafe { _mm512_loadu_ps(out.as_ptr().add(r * hd + col + 16 * c)) };
         }
     }
-    for p in ps {
-        let v = kv.value(p);
-        if col == 0 {
-            prefetch_ahead(v, kv.stride);
-        }
-        let mut x = [_mm512_setzero_ps(); C];
-        for (c, x) in x.iter_mut().enumerate() {
-            // SAFETY: v is a full head and col + 16 C <= hd.
-            *x = unsafe { load16(v.as_ptr().add(col + 16 * c)) };
-        }
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: r * stride + p < w.len() (asserted above).
-            let wr = _mm512_set1_ps(unsafe { *w.get_unchecked(r * stride + p) });
-            for (a, x) in row.iter_mut().zip(&x) {
-                *a = _mm512_fmadd_ps(wr, *x, *a);
+    if !ps.is_empty() {
+        // Every value up to the range's last is inside the cache (checked
+        // once: the loop steps from the first by the stride).
+        let _ = kv.value(ps.end - 1);
+        let mut v = kv.value(ps.start)[col..].as_ptr();
+        let mut wp = w[ps.start..].as_ptr();
+        for _ in ps {
+            prefetch_lines(v, 16 * C, kv.stride);
+            let mut x = [_mm512_setzero_ps(); C];
+            for (c, x) in x.iter_mut().enumerate() {
+                // SAFETY: v is this position's vector from col, and col + 16 C <= hd.
+                *x = unsafe { load16(v.add(16 * c)) };
             }
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: r * stride + p < w.len() for p in ps (asserted above).
+                let wr = _mm512_set1_ps(unsafe { *wp.add(r * stride) });
+                for (a, x) in row.iter_mut().zip(&x) {
+                    *a = _mm512_fmadd_ps(wr, *x, *a);
+                }
+            }
+            v = v.wrapping_add(kv.stride);
+            wp = wp.wrapping_add(1);
         }
     }
     for (r, row) in acc.iter().enumerate() {
@@ -427,14 +443,20 @@ unsafe fn scores_avx2<T: KvElem, const R: usize, const P: usize>(
     let hd = kv.len;
     assert!(q.len() >= R * hd && hd.is_multiple_of(16));
     let scale = _mm256_set1_ps(scale);
+    if ps.is_empty() {
+        return R;
+    }
+    // As scores_avx512: bounds once, then keys by the stride.
+    let first = kv.key(ps.start).as_ptr();
+    let _ = kv.key(ps.end - 1);
     let mut p = ps.start;
     while p < ps.end {
         let count = (ps.end - p).min(P);
-        let mut keys = [kv.key(p).as_ptr(); P];
+        let mut keys = [first; P];
         for (j, k) in keys.iter_mut().enumerate() {
-            *k = kv.key(p + j.min(count - 1)).as_ptr();
+            *k = first.wrapping_add((p - ps.start + j.min(count - 1)) * kv.stride);
         }
-        prefetch_ahead(kv.key(p), kv.stride);
+        prefetch_lines(keys[0], hd, kv.stride);
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
         for c in (0..hd).step_by(16) {
             let mut qv = [(_mm256_setzero_ps(), _mm256_setzero_ps()); R];
@@ -505,22 +527,27 @@ unsafe fn values_avx2<T: KvElem, const R: usize, const C: usize>(
             *x = unsafe { _mm256_loadu_ps(out.as_ptr().add(r * hd + col + 8 * c)) };
         }
     }
-    for p in ps {
-        let v = kv.value(p);
-        if col == 0 {
-            prefetch_ahead(v, kv.stride);
-        }
-        let mut x = [_mm256_setzero_ps(); C];
-        for (c, x) in x.iter_mut().enumerate() {
-            // SAFETY: v is a full head and col + 8 C <= hd.
-            *x = unsafe { load8(v.as_ptr().add(col + 8 * c)) };
-        }
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: r * stride + p < w.len() (asserted above).
-            let wr = _mm256_set1_ps(unsafe { *w.get_unchecked(r * stride + p) });
-            for (a, x) in row.iter_mut().zip(&x) {
-                *a = _mm256_fmadd_ps(wr, *x, *a);
+    if !ps.is_empty() {
+        // As values_avx512: bounds once, then steps by the stride.
+        let _ = kv.value(ps.end - 1);
+        let mut v = kv.value(ps.start)[col..].as_ptr();
+        let mut wp = w[ps.start..].as_ptr();
+        for _ in ps {
+            prefetch_lines(v, 8 * C, kv.stride);
+            let mut x = [_mm256_setzero_ps(); C];
+            for (c, x) in x.iter_mut().enumerate() {
+                // SAFETY: v is this position's vector from col, and col + 8 C <= hd.
+                *x = unsafe { load8(v.add(8 * c)) };
             }
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: r * stride + p < w.len() for p in ps (asserted above).
+                let wr = _mm256_set1_ps(unsafe { *wp.add(r * stride) });
+                for (a, x) in row.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(wr, *x, *a);
+                }
+            }
+            v = v.wrapping_add(kv.stride);
+            wp = wp.wrapping_add(1);
         }
     }
     for (r, row) in acc.iter().enumerate() {
