@@ -351,8 +351,13 @@ fn attend_blocks<T: KvElem>(
     let rows = q.q.len() / hd;
     let n_max = q.visible.iter().copied().max().unwrap_or(0);
     let stage = staged(&q, hd);
-    scores.clear();
-    scores.resize(rows * n_max + if stage { q.q.len() + LANES } else { 0 }, 0.0);
+    // Grown, never cleared: every score a row reads (its positions below
+    // `visible`) is written first, so zeroing 300 KB per call of a cached
+    // turn bought nothing.
+    let need = rows * n_max + if stage { q.q.len() + LANES } else { 0 };
+    if scores.len() < need {
+        scores.resize(need, 0.0);
+    }
     out.fill(0.0);
     if n_max == 0 {
         return;
