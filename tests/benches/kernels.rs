@@ -17,7 +17,10 @@
 //!   head of 128, over 1,020 positions) with f32, f16 and q8_0 keys, ms
 //!   per call and multiply-adds per ns (scores and values both counted).
 //!
-//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [attention]
+//! - decode: one token's attention in every layer over 4,000 positions
+//!   held in memory, f32 and f16, ms per token and GB/s of the cache.
+//!
+//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [attention] [decode]
 //! (one thread; a quick run with a smaller matrix without --bench; naming
 //! parts runs only those)
 
@@ -42,6 +45,54 @@ fn main() {
     if part("attention") {
         attention(if full { 1000 } else { 200 }, 20, if full { 20 } else { 3 });
     }
+    if part("decode") {
+        decode_attention(if full { 4000 } else { 300 }, if full { 30 } else { 4 });
+    }
+}
+
+/// One decoding token's attention over `context` positions in every
+/// layer: 2B4T's 5 kv heads of 128 (4 query heads each) per layer, each
+/// layer's cache its own memory (f32: 614 MB at 4,000 positions and 30
+/// layers, more than any cache holds), ms per token and GB/s of keys and
+/// values read, beside the engine bench's ceiling.
+fn decode_attention(context: usize, layers: usize) {
+    use kernels::{KvHead, Queries};
+    let (hd, heads, kv_heads) = (128usize, 4usize, 5usize);
+    let stride = hd * kv_heads;
+    let val = |i: usize| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0;
+    let k: Vec<Vec<f32>> = (0..layers).map(|l| (0..context * stride).map(|i| val(i + l)).collect()).collect();
+    let v: Vec<Vec<f32>> = (0..layers).map(|l| (0..context * stride).map(|i| val(i + l + 17)).collect()).collect();
+    let half = |x: &Vec<Vec<f32>>| -> Vec<Vec<u16>> {
+        x.iter().map(|l| l.iter().map(|x| f16::from_f32(*x).to_bits()).collect()).collect()
+    };
+    let (k16, v16) = (half(&k), half(&v));
+    let q: Vec<f32> = (0..heads * hd).map(|i| val(i + 5) * 0.3).collect();
+    let visible = [context];
+    let queries = Queries { q: &q, heads, visible: &visible };
+    let (mut scores, mut out) = (Vec::new(), vec![0f32; q.len()]);
+    println!("attention, decoding 1 token x {heads} heads x {kv_heads} kv heads x {layers} layers after {context}: keys  ms per token  GB/s");
+    let row = |name: &str, s: f64, bytes: usize| {
+        let total = (layers * context * stride * 2 * bytes) as f64;
+        println!("{name:>58} {:>13.2} {:>6.1}", s * 1e3, total / s / 1e9)
+    };
+    let s = best(|| {
+        for l in 0..layers {
+            for head in 0..kv_heads {
+                let kv = KvHead { k: &k[l][..], v: &v[l][..], stride, offset: head * hd, len: hd };
+                kernels::attend(queries, kv, 0.088, &mut scores, &mut out);
+            }
+        }
+    });
+    row("f32", s, 4);
+    let s = best(|| {
+        for l in 0..layers {
+            for head in 0..kv_heads {
+                let kv = KvHead { k: &k16[l][..], v: &v16[l][..], stride, offset: head * hd, len: hd };
+                kernels::attend(queries, kv, 0.088, &mut scores, &mut out);
+            }
+        }
+    });
+    row("f16", s, 2);
 }
 
 /// `new` tokens after `history` cached ones, as a cached turn's attention

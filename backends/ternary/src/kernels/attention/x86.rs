@@ -148,9 +148,11 @@ const fn slot(lane: usize) -> usize {
 const KV_AHEAD: usize = 8;
 
 /// Ask for the lines of the `n` elements at `x` (the part of one
-/// position's vector a tile reads) `KV_AHEAD` positions on. Every caller
-/// passes a constant, so the loop unrolls (a loop over the head's lines
-/// ran once per position beside 16 FMAs).
+/// position's vector a tile reads) `KV_AHEAD` positions on. The value
+/// tiles pass a constant, so the loop unrolls (a loop over the head's
+/// lines ran once per position beside 16 FMAs); the score tiles ask for
+/// each of their positions' keys (asking for the first of 4 left three
+/// in four keys to come from memory on demand in a long decode).
 #[inline(always)]
 fn prefetch_lines<T>(x: *const T, n: usize, stride: usize) {
     let p = x.wrapping_add(KV_AHEAD * stride).cast::<u8>();
@@ -254,7 +256,9 @@ unsafe fn scores_avx512<T: KvElem, const R: usize, const P: usize>(
         for (j, k) in keys.iter_mut().enumerate() {
             *k = first.wrapping_add((p - ps.start + j.min(count - 1)) * kv.stride);
         }
-        prefetch_lines(keys[0], hd, kv.stride);
+        for k in keys {
+            prefetch_lines(k, hd, kv.stride);
+        }
         let mut acc = [_mm512_setzero_ps(); 16];
         for c in (0..hd).step_by(16) {
             let mut qv = [_mm512_setzero_ps(); R];
@@ -456,7 +460,9 @@ unsafe fn scores_avx2<T: KvElem, const R: usize, const P: usize>(
         for (j, k) in keys.iter_mut().enumerate() {
             *k = first.wrapping_add((p - ps.start + j.min(count - 1)) * kv.stride);
         }
-        prefetch_lines(keys[0], hd, kv.stride);
+        for k in keys {
+            prefetch_lines(k, hd, kv.stride);
+        }
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
         for c in (0..hd).step_by(16) {
             let mut qv = [(_mm256_setzero_ps(), _mm256_setzero_ps()); R];
