@@ -160,9 +160,10 @@ enum KvData {
         k: Vec<HeadMajor<u16>>,
         v: Vec<HeadMajor<u16>>,
     },
-    /// q8_0 keys, f16 values.
+    /// q8_0 keys (one `Q8KeyCache` per layer and kv head, a head's
+    /// tiles in one run as `HeadMajor`'s), f16 values.
     Q8 {
-        k: Vec<Q8KeyCache>,
+        k: Vec<Vec<Q8KeyCache>>,
         v: Vec<HeadMajor<u16>>,
     },
 }
@@ -233,7 +234,8 @@ impl KvCache {
         let data = match ty {
             KvType::F32 => KvData::F32 { k: layers(hp, cap), v: layers(hp, cap) },
             KvType::Q8_0 if hp.head_dim.is_multiple_of(32) => {
-                KvData::Q8 { k: (0..hp.n_layer).map(|_| Q8KeyCache::new(kv_dim, cap)).collect(), v: layers(hp, cap) }
+                let heads = || (0..hp.n_head_kv).map(|_| Q8KeyCache::new(hp.head_dim, cap)).collect();
+                KvData::Q8 { k: (0..hp.n_layer).map(|_| heads()).collect(), v: layers(hp, cap) }
             }
             KvType::F16 | KvType::Q8_0 => KvData::F16 { k: layers(hp, cap), v: layers(hp, cap) },
         };
@@ -258,7 +260,7 @@ impl KvCache {
             KvData::F32 { k, .. } => 2 * 4 * k.len() * self.len * self.kv_dim,
             KvData::F16 { k, .. } => 2 * 2 * k.len() * self.len * self.kv_dim,
             KvData::Q8 { k, .. } => {
-                k.iter().map(Q8KeyCache::bytes).sum::<usize>() + 2 * k.len() * self.len * self.kv_dim
+                k.iter().flatten().map(Q8KeyCache::bytes).sum::<usize>() + 2 * k.len() * self.len * self.kv_dim
             }
         }
     }
@@ -278,7 +280,11 @@ impl KvCache {
                 v[l].extend(v_rows, hd, f16);
             }
             KvData::Q8 { k, v } => {
-                k[l].extend(k_rows);
+                for row in k_rows.chunks_exact(self.kv_dim) {
+                    for (head, part) in k[l].iter_mut().zip(row.chunks_exact(hd)) {
+                        head.extend(part);
+                    }
+                }
                 v[l].extend(v_rows, hd, f16);
             }
         }
@@ -291,7 +297,7 @@ impl KvCache {
             KvData::F16 { k, .. } => {
                 (0..self.len).flat_map(|p| k[l].row(p, self.head_dim)).map(crate::kernels::f16_bits_to_f32).collect()
             }
-            KvData::Q8 { k, .. } => (0..k[l].len()).flat_map(|p| k[l].key(p)).collect(),
+            KvData::Q8 { k, .. } => (0..self.len).flat_map(|p| k[l].iter().flat_map(move |h| h.key(p))).collect(),
         }
     }
 
@@ -307,7 +313,8 @@ impl KvCache {
             KvData::F32 { k, v } => KvData::F32 { k: take(k, n, cap, hd), v: take(v, n, cap, hd) },
             KvData::F16 { k, v } => KvData::F16 { k: take(k, n, cap, hd), v: take(v, n, cap, hd) },
             KvData::Q8 { k, v } => {
-                KvData::Q8 { k: k.iter().map(|l| l.prefix(n, cap)).collect(), v: take(v, n, cap, hd) }
+                let heads = |l: &Vec<Q8KeyCache>| l.iter().map(|h| h.prefix(n, cap)).collect();
+                KvData::Q8 { k: k.iter().map(heads).collect(), v: take(v, n, cap, hd) }
             }
         };
         KvCache { data, len: n, cap, kv_dim: self.kv_dim, head_dim: hd }
@@ -321,7 +328,7 @@ impl KvCache {
             KvData::F32 { k, v } => k.iter_mut().chain(v.iter_mut()).for_each(|l| l.truncate(n, hd)),
             KvData::F16 { k, v } => k.iter_mut().chain(v.iter_mut()).for_each(|l| l.truncate(n, hd)),
             KvData::Q8 { k, v } => {
-                k.iter_mut().for_each(|l| l.truncate(n));
+                k.iter_mut().flatten().for_each(|h| h.truncate(n));
                 v.iter_mut().for_each(|l| l.truncate(n, hd));
             }
         }
@@ -345,7 +352,7 @@ impl KvCache {
             }
             KvData::Q8 { k, v } => {
                 let values = KvHead { k: &[][..], v: v[l].head(kv_head), stride, offset, len };
-                crate::kernels::attend_q8(q, k[l].head(kv_head, len), values, scale, scores, out)
+                crate::kernels::attend_q8(q, k[l][kv_head].head(0, len), values, scale, scores, out)
             }
         }
     }
