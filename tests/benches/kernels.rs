@@ -13,6 +13,10 @@
 //!   ns; and over a 128256 x 2560 matrix (2B4T's output, 656 MB), ms per
 //!   pass and GB/s of weights.
 //!
+//! - TQ2_0 and I2_S for one token (decoding), 32 rows in L1 and a 346 MB
+//!   matrix from memory (held as weights are), GB/s of weights, beside
+//!   the read bandwidth: how far each kernel is from the memory bound.
+//!
 //! - attention: a cached turn's call (20 tokens x 4 query heads on one kv
 //!   head of 128, over 1,020 positions) with f32, f16 and q8_0 keys, ms
 //!   per call and multiply-adds per ns (scores and values both counted).
@@ -20,7 +24,7 @@
 //! - decode: one token's attention in every layer over 4,000 positions
 //!   held in memory, f32 and f16, ms per token and GB/s of the cache.
 //!
-//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [attention] [decode]
+//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [attention] [decode]
 //! (one thread; a quick run with a smaller matrix without --bench; naming
 //! parts runs only those)
 
@@ -41,6 +45,9 @@ fn main() {
     if part("f16") {
         f16_in_cache(cols, if full { 32_000 } else { 1_000 });
         f16_from_memory(if full { 128_256 } else { 8_192 }, cols);
+    }
+    if part("tq2") {
+        one_token_rows(cols, if full { 32_768 } else { 512 }, if full { 100_000 } else { 2_000 });
     }
     if part("attention") {
         attention(if full { 1000 } else { 200 }, 20, if full { 20 } else { 3 });
@@ -181,6 +188,86 @@ fn i2s_in_cache(cols: usize, reps: usize) {
         let per_ns = (reps * 16 * cols * n) as f64 / s / 1e9;
         println!("{n:>34} {per_ns:>17.1} {:>22.1}", 2.08e9 * n as f64 / per_ns / 1e6);
     }
+}
+
+/// TQ2_0 (`tq2_rows`), I2_S (`i2s_rows_prepared`) and Q6_K (`q6k_rows`,
+/// the output matrix llama.cpp's quantizer writes) against one token: 2
+/// groups of 16 rows in L1 (`reps` times), then `groups` x 16 rows from
+/// memory, GB/s of weights; and the read bandwidth (one thread).
+fn one_token_rows(cols: usize, groups: usize, reps: usize) {
+    let blocks = cols / 256;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let rows = 16 * groups;
+    let q: Vec<i8> = (0..cols).map(|_| next() as i8).collect();
+    let prepared = Prepared::new(&q);
+    let bsums: Vec<i32> = q.chunks(256).map(|b| b.iter().map(|&x| i32::from(x)).sum()).collect();
+    let q6k_sums = kernels::q6k_sums(&q);
+    let d: Vec<f32> = (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect();
+    // Row bytes of each format, and how a matrix of `n` rows of it is timed.
+    type Pass<'a> = Box<dyn FnMut(&[u8], usize) + 'a>;
+    let (prepared, bsums, q6k_sums, d, q) = (&prepared, &bsums, &q6k_sums, &d, &q);
+    let formats: Vec<(&str, usize, Pass)> = vec![
+        ("TQ2_0", blocks * 66, {
+            let mut out = vec![0f32; rows];
+            Box::new(move |m: &[u8], n| {
+                kernels::tq2_rows(m, blocks * 66, prepared, bsums, d, &mut out[..n]);
+                std::hint::black_box(&out);
+            })
+        }),
+        ("I2_S", cols / 4, {
+            let mut out = vec![0i32; rows];
+            Box::new(move |m: &[u8], n| {
+                kernels::i2s_rows_prepared(m, cols / 4, prepared, &mut out[..n]);
+                std::hint::black_box(&out);
+            })
+        }),
+        ("Q6_K", blocks * 210, {
+            let mut out = vec![0f32; rows];
+            Box::new(move |m: &[u8], n| {
+                kernels::q6k_rows(m, blocks * 210, q, q6k_sums, d, &mut out[..n]);
+                std::hint::black_box(&out);
+            })
+        }),
+    ];
+    println!("one token, {cols} columns, weights GB/s: format  32 rows in L1  {rows} rows from memory  of the read bandwidth");
+    let bw_bytes = rows * blocks * 66;
+    let bw = bitnet_ternary::bench::read_bandwidth(bw_bytes, 1, 3, true) / 1e9;
+    for (name, row_bytes, mut pass) in formats {
+        // Random bytes: any bit pattern is a valid code except TQ2_0's 3
+        // (codes 0..=2 as files hold) and the f16 scales, set to small normals.
+        let mut m: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
+        if name == "TQ2_0" {
+            for block in m.chunks_exact_mut(66) {
+                for b in &mut block[..64] {
+                    *b = (0..4).fold(0u8, |v, k| v | (((next() % 3) as u8) << (2 * k)));
+                }
+                block[64..].copy_from_slice(&f16::from_f32((next() % 64) as f32 / 256.0 + 0.01).to_le_bytes());
+            }
+        }
+        if name == "Q6_K" {
+            for block in m.chunks_exact_mut(210) {
+                block[208..].copy_from_slice(&f16::from_f32((next() % 64) as f32 / 256.0 + 0.01).to_le_bytes());
+            }
+        }
+        let l1 = &m[..32 * row_bytes];
+        let s_l1 = best(|| (0..reps).for_each(|_| pass(l1, 32)));
+        let held = bitnet_ternary::bench::held_like_weights(&m).expect("memory for the matrix");
+        drop(m);
+        let s_mem = best(|| pass(&held, rows));
+        let (in_l1, from_mem) = ((reps * 32 * row_bytes) as f64 / s_l1 / 1e9, held.len() as f64 / s_mem / 1e9);
+        println!(
+            "{name:>46} {in_l1:>14.1} {:>20} {:>20.0}%",
+            format!("{from_mem:.1} ({:.0} MB)", held.len() as f64 / 1e6),
+            100.0 * from_mem / bw
+        );
+    }
+    println!("{:>46} {:>14} {:>20.1}", "read bandwidth", "", bw);
 }
 
 fn f16_rows(rows: usize, cols: usize) -> Vec<f16> {

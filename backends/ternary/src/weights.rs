@@ -65,7 +65,7 @@ pub fn load_file(file: std::fs::File) -> std::io::Result<Mmap> {
 
 /// Anonymous memory for weights, backed by transparent huge pages where
 /// the kernel gives them.
-fn huge_page_buffer(len: usize) -> std::io::Result<MmapMut> {
+pub(crate) fn huge_page_buffer(len: usize) -> std::io::Result<MmapMut> {
     let m = MmapMut::map_anon(len.max(1))?;
     #[cfg(target_os = "linux")]
     let _ = m.advise(memmap2::Advice::HugePage);
