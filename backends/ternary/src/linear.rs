@@ -189,7 +189,7 @@ impl Linear {
                 }
             }
             (Linear::Tq2 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, prepared })
-                if kernels::blockwise_rows_for_prompts() =>
+                if kernels::tq2_rows_for_prompts() =>
             {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
                 let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
@@ -197,7 +197,7 @@ impl Linear {
                 kernels::tq2_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &bsums, &d, out);
             }
             (Linear::Tq1 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, .. })
-                if kernels::blockwise_rows_for_prompts() =>
+                if kernels::tq1_rows_for_prompts() =>
             {
                 let q: Vec<&[i8]> = acts.iter().map(|a| a.q.as_slice()).collect();
                 let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
