@@ -384,27 +384,30 @@ unsafe fn lane_sums_x8(v: &[std::arch::x86_64::__m256i; AVX2_LANES]) -> std::arc
     _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31))
 }
 
-/// TQ2_0 rows against Q8K activations (file order) with AVX2: the
-/// structure of `blockwise_rows_avx512` on 8 lanes. Rows go 8 at a time,
-/// block by block; each row's block gives 8 lanes whose sum is its code
-/// dot, one add tree turns the 8 rows' into one vector (lane r = row r),
-/// one gather brings their scales, and the finish runs on the 8 rows at
-/// once: the same operations in the same order per row as
-/// `ternary_blocks_finish`, so the same bits. A block's 8 `vpmaddubsw`
-/// products (pairs of code 0..=3 times an activation: |sum| <= 768 each,
-/// 6,144 for all 8) are added as i16 and widened once. This replaced a
-/// horizontal sum per block and a scalar finish per row: 1.5-1.6x the
-/// rows per second in L1.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tq2_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
+/// Rows of a format with an f16 scale ending each `BLOCK`-byte block of
+/// 256 weights (TQ2_0, Q6_K) against Q8K activations, with AVX2: the
+/// structure of `blockwise_rows_avx512` on 8 lanes. `partial(block, b)`
+/// gives 8 lanes whose sum is the integer dot of `block` (block b of some
+/// row). Rows go 8 at a time, block by block: one add tree turns the 8
+/// rows' partials into one vector (lane r = row r), one gather brings
+/// their scales, and the finish ((dot - bsum) * (scale * d), summed in
+/// block order; no bsum where `bsums` is empty, as for Q6_K) runs on the
+/// 8 rows at once: the same operations in the same order per row as
+/// `ternary_blocks_finish` / `q6k_finish`, so the same bits. This replaced
+/// a horizontal sum per block and a scalar finish per row.
+#[inline(always)]
+unsafe fn blockwise_rows_avx2<const BLOCK: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    bsums: &[i32],
+    d: &[f32],
+    out: &mut [f32],
+    partial: impl Fn(*const u8, usize) -> std::arch::x86_64::__m256i,
+) {
     use std::arch::x86_64::*;
-    const BLOCK: usize = 66;
     let blocks = row_bytes / BLOCK;
-    assert!(
-        rows.len() == out.len() * row_bytes && q.len() >= blocks * 256 && bsums.len() >= blocks && d.len() >= blocks,
-        "TQ2_0 rows shape"
-    );
-    let (mask, ones, zero) = (_mm256_set1_epi8(3), _mm256_set1_epi16(1), _mm256_setzero_si256());
+    assert!(rows.len() == out.len() * row_bytes && d.len() >= blocks, "blockwise rows shape");
+    let zero = _mm256_setzero_si256();
     let pf = prefetch_distance().map(|_| AVX2_LANES * row_bytes);
     let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     // Byte offset of the 4 bytes ending row r's block 0 (its scale in the high half).
@@ -412,36 +415,16 @@ pub(super) unsafe fn tq2_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], bsum
         _mm256_mullo_epi32(lane_ids, _mm256_set1_epi32(row_bytes as i32)),
         _mm256_set1_epi32(BLOCK as i32 - 4),
     );
-    // Plane l of a block's 32-byte half j pairs with activations 4 j + 32 l.. (file order).
-    let partial = |block: *const u8, a: *const i8| {
-        let mut sum = zero;
-        for j in [0usize, 32] {
-            // SAFETY: the caller's block has 66 bytes and a 256 activations.
-            let w = _mm256_loadu_si256(block.add(j).cast());
-            let planes = [
-                _mm256_and_si256(w, mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            ];
-            for (l, codes) in planes.into_iter().enumerate() {
-                let x = _mm256_loadu_si256(a.add(j * 4 + l * 32).cast());
-                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes, x));
-            }
-        }
-        _mm256_madd_epi16(sum, ones)
-    };
     for (group, out) in rows.chunks(AVX2_LANES * row_bytes).zip(out.chunks_mut(AVX2_LANES)) {
         let n = group.len() / row_bytes;
         let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane_ids);
         let mut acc = _mm256_setzero_ps();
         for (b, &d_b) in d.iter().enumerate().take(blocks) {
-            let a = q.as_ptr().add(b * 256);
             // SAFETY: block b of row r < n is inside `group`.
             let at = |r: usize| {
                 let block = group.as_ptr().add(r * row_bytes + b * BLOCK);
                 prefetch_block::<BLOCK>(block, pf);
-                partial(block, a)
+                partial(block, b)
             };
             let v: [__m256i; AVX2_LANES] = if n == AVX2_LANES {
                 std::array::from_fn(at)
@@ -456,7 +439,10 @@ pub(super) unsafe fn tq2_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], bsum
             // works per 128-bit lane; the permute puts lanes 4..8 after 0..4).
             let bits = _mm256_packus_epi32(_mm256_srli_epi32(words, 16), zero);
             let scales = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(bits, 0b11_01_10_00)));
-            let dot = _mm256_sub_epi32(dots, _mm256_set1_epi32(bsums[b]));
+            let dot = match bsums.get(b) {
+                Some(&bsum) => _mm256_sub_epi32(dots, _mm256_set1_epi32(bsum)),
+                None => dots,
+            };
             let scale = _mm256_mul_ps(scales, _mm256_set1_ps(d_b));
             acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
         }
@@ -464,6 +450,39 @@ pub(super) unsafe fn tq2_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], bsum
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         out.copy_from_slice(&lanes[..n]);
     }
+}
+
+/// TQ2_0 rows against Q8K activations (file order) with AVX2 (see
+/// `blockwise_rows_avx2`). A block's 8 `vpmaddubsw` products (pairs of
+/// code 0..=3 times an activation: |sum| <= 768 each, 6,144 for all 8) are
+/// added as i16 and widened once. 1.6x the rows per second of a per-row
+/// kernel with a horizontal sum per block and a scalar finish, in L1.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn tq2_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let blocks = row_bytes / 66;
+    assert!(q.len() >= blocks * 256 && bsums.len() >= blocks, "TQ2_0 activations");
+    let (mask, ones) = (_mm256_set1_epi8(3), _mm256_set1_epi16(1));
+    blockwise_rows_avx2::<66>(rows, row_bytes, bsums, d, out, |block, b| {
+        // Plane l of the block's 32-byte half j pairs with activations 4 j + 32 l.. (file order).
+        let a = q.as_ptr().add(b * 256);
+        let mut sum = _mm256_setzero_si256();
+        for j in [0usize, 32] {
+            // SAFETY: block has 66 bytes; q has 256 activations for block b (asserted).
+            let w = _mm256_loadu_si256(block.add(j).cast());
+            let planes = [
+                _mm256_and_si256(w, mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+            ];
+            for (l, codes) in planes.into_iter().enumerate() {
+                let x = _mm256_loadu_si256(a.add(j * 4 + l * 32).cast());
+                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes, x));
+            }
+        }
+        _mm256_madd_epi16(sum, ones)
+    })
 }
 
 /// The ternary block formats the many-token kernel reads.
@@ -1186,49 +1205,68 @@ pub(super) unsafe fn q8_0_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32])
     }
 }
 
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
+/// One Q6_K block's dot with its 256 activations at `a`, as 8 lanes to be
+/// summed: per 32 values, `vpmaddubsw` of the values 0..=63 and of the
+/// -32 offset, then `vpmaddwd` by the sub-block scales.
+#[inline(always)]
+unsafe fn q6k_block_avx2(blk: *const u8, a: *const i8) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
     let offset = _mm256_set1_epi8(32);
+    // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes and a 256 activations.
+    let sc = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
+    let mut acc = _mm256_setzero_si256();
+    for half in 0..2 {
+        let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
+        let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
+        let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
+        let vals = [
+            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+            ),
+        ];
+        for (part, w) in vals.into_iter().enumerate() {
+            let x = _mm256_loadu_si256(a.add(half * 128 + part * 32).cast());
+            // (w - 32) x per pair: w in 0..=63 unsigned; |sum| <= 2*32*128.
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), _mm256_maddubs_epi16(offset, x));
+            // Elements 0..16 of this part use scale j, 16..32 scale j + 1.
+            let j = half * 8 + part * 2;
+            let s = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[j + 1])), _mm_set1_epi16(i16::from(sc[j])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        }
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
     let blocks = out.len().min(row.len() / Q6K_BLOCK).min(q.len() / 256);
     for (b, o) in out.iter_mut().enumerate().take(blocks) {
-        let blk = row.as_ptr().add(b * Q6K_BLOCK);
-        let sc = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
-        let mut acc = _mm256_setzero_si256();
-        for half in 0..2 {
-            // SAFETY (all loads): inside block b of row and of q.
-            let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
-            let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
-            let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
-            let vals = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
-                ),
-            ];
-            for (part, w) in vals.into_iter().enumerate() {
-                let x = _mm256_loadu_si256(q.as_ptr().add(b * 256 + half * 128 + part * 32).cast());
-                // (w - 32) x per pair: w in 0..=63 unsigned; |sum| <= 2*32*128.
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), _mm256_maddubs_epi16(offset, x));
-                // Elements 0..16 of this part use scale j, 16..32 scale j + 1.
-                let j = half * 8 + part * 2;
-                let s = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[j + 1])), _mm_set1_epi16(i16::from(sc[j])));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
-            }
-        }
-        *o = hsum_i32(acc);
+        // SAFETY: block b is inside row and q (blocks bounds both).
+        *o = hsum_i32(q6k_block_avx2(row.as_ptr().add(b * Q6K_BLOCK), q.as_ptr().add(b * 256)));
     }
+}
+
+/// Q6_K rows against Q8_K activations with AVX2 (see `blockwise_rows_avx2`;
+/// no block sums: the -32 offset is inside each block's dot).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6k_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], d: &[f32], out: &mut [f32]) {
+    assert!(q.len() >= row_bytes / Q6K_BLOCK * 256, "Q6_K activations");
+    // SAFETY: block b is inside its row and q has its 256 activations (asserted).
+    blockwise_rows_avx2::<{ Q6K_BLOCK }>(rows, row_bytes, &[], d, out, |block, b| {
+        q6k_block_avx2(block, q.as_ptr().add(b * 256))
+    })
 }
 
 /// Q6_K rows against Q8_K activations with AVX-512 (see
