@@ -122,10 +122,10 @@ pub(super) fn fma_f32_soft(a: f32, b: f32, c: f32) -> f32 {
 /// No step takes a subnormal f32 operand: x86 runs arithmetic on one
 /// through a microcode assist (about 100 cycles). An earlier version
 /// scaled the shifted bits by 2^112, a subnormal f32 for every subnormal
-/// f16; Q6_K block scales are often subnormal f16 (max |w| / 4,064 below
-/// 2^-14), and that multiply made the scalar finish of Q6_K rows cost
-/// twice their block dots (decoding a TQ2_0 + Q6_K model on AVX2: half
-/// the speed).
+/// f16. A Q6_K block scale (about max |w| / 4,000) is a subnormal f16
+/// when the block's largest weight is below about 0.25, and that multiply
+/// made the scalar finish of such Q6_K rows cost twice their block dots
+/// (decoding the generated TQ2_0 + Q6_K model on AVX2: half the speed).
 #[inline(always)]
 pub fn f16_bits_to_f32(h: u16) -> f32 {
     let h = u32::from(h);
