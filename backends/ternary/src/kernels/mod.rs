@@ -363,6 +363,9 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
         // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new interleaved for it.
         Isa::Avx512Vnni => unsafe { x86::tq2_rows_vnni(rows, row_bytes, &a.interleaved, bsums, d, out) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2, FMA and F16C, avx_vnni() AVX-VNNI.
+        Isa::Avx2 if avx_vnni() => unsafe { x86::tq2_rows_avxvnni(rows, row_bytes, a.q, bsums, d, out) },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2, FMA and F16C.
         Isa::Avx2 => unsafe { x86::tq2_rows_avx2(rows, row_bytes, a.q, bsums, d, out) },
         _ => {
@@ -377,9 +380,9 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
 
 /// TQ2_0 rows against several tokens (`a[t]`, with their block sums and
 /// scales): `out[t * m + r]` (m = the rows) equals `tq2_rows` of token t,
-/// bit for bit. With AVX-512 VNNI in groups of 16 rows x up to 4 tokens,
-/// each block's codes unpacked once for the tokens; elsewhere token by
-/// token.
+/// bit for bit. Each block's codes are unpacked once for up to 4 tokens:
+/// with AVX-512 VNNI in groups of 16 rows, with AVX2 (and AVX-VNNI) of 8;
+/// elsewhere token by token.
 pub fn tq2_rows_tokens(
     rows: &[u8],
     row_bytes: usize,
@@ -389,9 +392,31 @@ pub fn tq2_rows_tokens(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512Vnni {
-        let qs: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
-        return ternary_rows_tokens(x86::TernaryBlocks::Tq2, rows, row_bytes, &qs, bsums, d, out);
+    match isa() {
+        Isa::Avx512Vnni => {
+            let qs: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
+            return ternary_rows_tokens(66, 16, rows, row_bytes, &qs, bsums, d, out, |group, q, b, d, out, m| {
+                // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new
+                // interleaved for it; shapes checked by the caller.
+                unsafe { x86::ternary_rows_tokens_vnni(x86::TernaryBlocks::Tq2, group, row_bytes, q, b, d, out, m) }
+            });
+        }
+        Isa::Avx2 => {
+            let qs: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
+            let vnni = avx_vnni();
+            return ternary_rows_tokens(66, 8, rows, row_bytes, &qs, bsums, d, out, |group, q, b, d, out, m| {
+                // SAFETY: isa() checked AVX2, FMA and F16C, avx_vnni()
+                // AVX-VNNI; shapes checked by the caller.
+                unsafe {
+                    if vnni {
+                        x86::tq2_rows_tokens_avxvnni(group, row_bytes, q, b, d, out, m)
+                    } else {
+                        x86::tq2_rows_tokens_avx2(group, row_bytes, q, b, d, out, m)
+                    }
+                }
+            });
+        }
+        _ => {}
     }
     let m = rows.len() / row_bytes.max(1);
     assert!(a.len() == bsums.len() && a.len() == d.len() && out.len() == a.len() * m, "TQ2_0 tokens shape");
@@ -409,7 +434,10 @@ pub fn tq2_rows_tokens(
 pub fn tq1_rows_tokens(rows: &[u8], row_bytes: usize, q: &[&[i8]], bsums: &[&[i32]], d: &[&[f32]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni {
-        return ternary_rows_tokens(x86::TernaryBlocks::Tq1, rows, row_bytes, q, bsums, d, out);
+        return ternary_rows_tokens(54, 16, rows, row_bytes, q, bsums, d, out, |group, q, b, d, out, m| {
+            // SAFETY: isa() checked AVX-512 F/BW/VNNI; shapes checked by the caller.
+            unsafe { x86::ternary_rows_tokens_vnni(x86::TernaryBlocks::Tq1, group, row_bytes, q, b, d, out, m) }
+        });
     }
     let m = rows.len() / row_bytes.max(1);
     assert!(q.len() == bsums.len() && q.len() == d.len() && out.len() == q.len() * m, "TQ1_0 tokens shape");
@@ -418,19 +446,24 @@ pub fn tq1_rows_tokens(rows: &[u8], row_bytes: usize, q: &[&[i8]], bsums: &[&[i3
     }
 }
 
-/// Groups of 16 rows x up to 4 tokens through the AVX-512 VNNI kernel.
+/// Groups of `group_rows` rows x up to 4 tokens through `tile(group, the
+/// tokens' activations, block sums, scales, out from the group's first
+/// row of the first token, the stride between tokens)`, after checking
+/// every shape the tile kernels rely on.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn ternary_rows_tokens(
-    format: x86::TernaryBlocks,
+    block_bytes: usize,
+    group_rows: usize,
     rows: &[u8],
     row_bytes: usize,
     qs: &[&[i8]],
     bsums: &[&[i32]],
     d: &[&[f32]],
     out: &mut [f32],
+    tile: impl Fn(&[u8], &[&[i8]], &[&[i32]], &[&[f32]], &mut [f32], usize),
 ) {
     let n = qs.len();
-    let block_bytes = if format == x86::TernaryBlocks::Tq2 { 66 } else { 54 };
     let (m, blocks) = (rows.len() / row_bytes.max(1), row_bytes / block_bytes);
     assert!(
         bsums.len() == n && d.len() == n && out.len() == n * m && rows.len() == m * row_bytes,
@@ -440,12 +473,10 @@ fn ternary_rows_tokens(
         check_blocks(row_bytes, block_bytes, 256, qs[t].len(), blocks);
         assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "ternary tokens shape");
     }
-    for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
+    for (g, group) in (0..).step_by(group_rows).zip(rows.chunks(group_rows * row_bytes)) {
         for t in (0..n).step_by(4) {
             let k = (n - t).min(4);
-            let (q, b, d) = (&qs[t..t + k], &bsums[t..t + k], &d[t..t + k]);
-            // SAFETY: isa() checked AVX-512 F/BW/VNNI (the callers); shapes checked above.
-            unsafe { x86::ternary_rows_tokens_vnni(format, group, row_bytes, q, b, d, &mut out[t * m + g..], m) };
+            tile(group, &qs[t..t + k], &bsums[t..t + k], &d[t..t + k], &mut out[t * m + g..], m);
         }
     }
 }
@@ -594,8 +625,11 @@ pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI.
+        Isa::Avx2 if avx_vnni() => unsafe { x86::dot_i2s_xn_avxvnni(row, q) },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2 (also under Avx512Vnni).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_i2s_x4_avx2(row, q) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_i2s_xn_avx2(row, q) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: sdot only when isa() saw the CPU has it.
         Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s_xn(isa() == Isa::NeonDot, row, q) },
@@ -614,6 +648,9 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
         Isa::Avx512Vnni => unsafe {
             x86::dot_i2s_xn_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q))
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI.
+        Isa::Avx2 if avx_vnni() => unsafe { x86::dot_i2s_xn_avxvnni(row, a.map(|a| a.q)) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: sdot only when isa() saw the CPU has it.
         Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s_xn(isa() == Isa::NeonDot, row, a.map(|a| a.q)) },
@@ -932,7 +969,12 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") {
                 // SAFETY: checked just above.
-                assert_eq!(unsafe { x86::dot_i2s_x4_avx2(&row, four) }, want4, "x4 avx2 n={n}");
+                assert_eq!(unsafe { x86::dot_i2s_xn_avx2(&row, four) }, want4, "x4 avx2 n={n}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
+                // SAFETY: checked just above.
+                assert_eq!(unsafe { x86::dot_i2s_xn_avxvnni(&row, four) }, want4, "x4 avx-vnni n={n}");
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
@@ -956,6 +998,18 @@ mod tests {
                 assert_eq!(g, dot_i2s_scalar(&row, &qs8[t]), "x8 token {t} n={n}");
             }
             assert_eq!(dot_i2s_xn_prepared::<4>(&row, std::array::from_fn(|t| &prepared[t]))[..], got8[..4]);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let eight: [&[i8]; 8] = std::array::from_fn(|t| &qs8[t][..]);
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: checked just above.
+                    assert_eq!(unsafe { x86::dot_i2s_xn_avx2(&row, eight) }, got8, "x8 avx2 n={n}");
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
+                    // SAFETY: checked just above.
+                    assert_eq!(unsafe { x86::dot_i2s_xn_avxvnni(&row, eight) }, got8, "x8 avx-vnni n={n}");
+                }
+            }
             // Many rows by many tokens (tiles of 2 x 8 and what is left).
             for (m, tokens) in [(1usize, 1usize), (2, 3), (3, 8), (5, 11), (4, 16)] {
                 let rows: Vec<u8> = (0..m).flat_map(|r| row.iter().map(move |b| b.rotate_left(2 * r as u32))).collect();
@@ -1236,6 +1290,13 @@ mod tests {
                 for (r, (g, w)) in avx2.iter().zip(&got).enumerate() {
                     assert_eq!(g.to_bits(), w.to_bits(), "avx2 rows blocks={blocks} row {r}");
                 }
+                if is_x86_feature_detected!("avxvnni") {
+                    // SAFETY: checked just above.
+                    unsafe { x86::tq2_rows_avxvnni(&rows, row.len(), &q, &bsums, &ds, &mut avx2) };
+                    for (r, (g, w)) in avx2.iter().zip(&got).enumerate() {
+                        assert_eq!(g.to_bits(), w.to_bits(), "avx-vnni rows blocks={blocks} row {r}");
+                    }
+                }
             }
             // Several tokens at once (tiles of 16 rows x up to 4 tokens with
             // AVX-512 VNNI): each token's results are its own `tq2_rows`.
@@ -1251,6 +1312,44 @@ mod tests {
                 },
                 |q, b, d, out| tq2_rows(&rows, rb, &Prepared::new(q), b, d, out),
             );
+            // The AVX2 and AVX-VNNI builds of it (8 rows x up to 4 tokens)
+            // whatever this CPU's dispatch picks, each against its own
+            // one-token kernel.
+            #[cfg(target_arch = "x86_64")]
+            for vnni in [false, true] {
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c");
+                if !avx2 || (vnni && !is_x86_feature_detected!("avxvnni")) {
+                    continue;
+                }
+                many_tokens_equal_each_alone(
+                    &q,
+                    n_rows,
+                    &mut rng,
+                    (5, 23),
+                    |qs, b, d, out| {
+                        ternary_rows_tokens(66, 8, &rows, rb, qs, b, d, out, |group, q, b, d, out, m| {
+                            // SAFETY: checked just above.
+                            unsafe {
+                                if vnni {
+                                    x86::tq2_rows_tokens_avxvnni(group, rb, q, b, d, out, m)
+                                } else {
+                                    x86::tq2_rows_tokens_avx2(group, rb, q, b, d, out, m)
+                                }
+                            }
+                        })
+                    },
+                    // SAFETY: checked just above.
+                    |q, b, d, out| unsafe {
+                        if vnni {
+                            x86::tq2_rows_avxvnni(&rows, rb, q, b, d, out)
+                        } else {
+                            x86::tq2_rows_avx2(&rows, rb, q, b, d, out)
+                        }
+                    },
+                );
+            }
             // Four tokens at once: each equals its own reference.
             let qs: Vec<Vec<i8>> = (0..4).map(|t| q.iter().map(|&v| v.wrapping_add(t * 29)).collect()).collect();
             let mut wants = vec![vec![0i32; blocks]; 4];

@@ -409,15 +409,9 @@ unsafe fn blockwise_rows_avx2<const BLOCK: usize>(
     assert!(rows.len() == out.len() * row_bytes && d.len() >= blocks, "blockwise rows shape");
     let zero = _mm256_setzero_si256();
     let pf = prefetch_distance().map(|_| AVX2_LANES * row_bytes);
-    let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    // Byte offset of the 4 bytes ending row r's block 0 (its scale in the high half).
-    let scale_at = _mm256_add_epi32(
-        _mm256_mullo_epi32(lane_ids, _mm256_set1_epi32(row_bytes as i32)),
-        _mm256_set1_epi32(BLOCK as i32 - 4),
-    );
     for (group, out) in rows.chunks(AVX2_LANES * row_bytes).zip(out.chunks_mut(AVX2_LANES)) {
         let n = group.len() / row_bytes;
-        let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane_ids);
+        let block_scales = BlockScalesX8::new(row_bytes, BLOCK, n);
         let mut acc = _mm256_setzero_ps();
         for (b, &d_b) in d.iter().enumerate().take(blocks) {
             // SAFETY: block b of row r < n is inside `group`.
@@ -432,13 +426,8 @@ unsafe fn blockwise_rows_avx2<const BLOCK: usize>(
                 std::array::from_fn(|r| if r < n { at(r) } else { zero })
             };
             let dots = lane_sums_x8(&v);
-            let offsets = _mm256_add_epi32(scale_at, _mm256_set1_epi32((b * BLOCK) as i32));
-            // SAFETY: only live lanes (rows < n) are read, each inside its row.
-            let words = _mm256_mask_i32gather_epi32::<1>(zero, group.as_ptr().cast(), offsets, live);
-            // The f16 bits in each lane's low half, packed to 8 u16 (packus
-            // works per 128-bit lane; the permute puts lanes 4..8 after 0..4).
-            let bits = _mm256_packus_epi32(_mm256_srli_epi32(words, 16), zero);
-            let scales = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(bits, 0b11_01_10_00)));
+            // SAFETY: rows < n hold block b.
+            let scales = block_scales.gather(group.as_ptr(), b);
             let dot = match bsums.get(b) {
                 Some(&bsum) => _mm256_sub_epi32(dots, _mm256_set1_epi32(bsum)),
                 None => dots,
@@ -446,43 +435,251 @@ unsafe fn blockwise_rows_avx2<const BLOCK: usize>(
             let scale = _mm256_mul_ps(scales, _mm256_set1_ps(d_b));
             acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
         }
-        let mut lanes = [0f32; AVX2_LANES];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        out.copy_from_slice(&lanes[..n]);
+        store_lanes_x8(acc, out);
+    }
+}
+
+/// The first `out.len()` lanes of `acc` into `out`.
+#[inline(always)]
+unsafe fn store_lanes_x8(acc: std::arch::x86_64::__m256, out: &mut [f32]) {
+    let mut lanes = [0f32; AVX2_LANES];
+    std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    out.copy_from_slice(&lanes[..out.len()]);
+}
+
+/// `BlockScales` on 8 lanes (AVX2): one block column's f16 scales of up
+/// to 8 rows in one gather, lane r = row r; lanes of rows past the
+/// group's end stay 0 and are never read.
+#[derive(Clone, Copy)]
+struct BlockScalesX8 {
+    /// Byte offset of the 4 bytes ending row r's block 0 (its scale in the high half).
+    scale_at: std::arch::x86_64::__m256i,
+    live: std::arch::x86_64::__m256i,
+    block: usize,
+}
+
+impl BlockScalesX8 {
+    #[inline(always)]
+    unsafe fn new(row_bytes: usize, block: usize, rows: usize) -> BlockScalesX8 {
+        use std::arch::x86_64::*;
+        let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let scale_at = _mm256_add_epi32(
+            _mm256_mullo_epi32(lane_ids, _mm256_set1_epi32(row_bytes as i32)),
+            _mm256_set1_epi32(block as i32 - 4),
+        );
+        let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(rows as i32), lane_ids);
+        BlockScalesX8 { scale_at, live, block }
+    }
+
+    /// Block b's scales of the group starting at `group` (its live rows
+    /// must hold block b).
+    #[inline(always)]
+    unsafe fn gather(&self, group: *const u8, b: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let zero = _mm256_setzero_si256();
+        let offsets = _mm256_add_epi32(self.scale_at, _mm256_set1_epi32((b * self.block) as i32));
+        // SAFETY: only live lanes (rows < n) are read, each inside its row.
+        let words = _mm256_mask_i32gather_epi32::<1>(zero, group.cast(), offsets, self.live);
+        // The f16 bits in each lane's low half, packed to 8 u16 (packus
+        // works per 128-bit lane; the permute puts lanes 4..8 after 0..4).
+        let bits = _mm256_packus_epi32(_mm256_srli_epi32(words, 16), zero);
+        _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(bits, 0b11_01_10_00)))
     }
 }
 
 /// TQ2_0 rows against Q8K activations (file order) with AVX2 (see
-/// `blockwise_rows_avx2`). A block's 8 `vpmaddubsw` products (pairs of
-/// code 0..=3 times an activation: |sum| <= 768 each, 6,144 for all 8) are
-/// added as i16 and widened once. 1.6x the rows per second of a per-row
-/// kernel with a horizontal sum per block and a scalar finish, in L1.
+/// `blockwise_rows_avx2`): a block's 8 planes through `planes_dot`
+/// (`tq2_partial_avx2`). Without AVX-VNNI their products are summed as i16
+/// and widened once: 1.6x the rows per second of a per-row kernel with a
+/// horizontal sum per block and a scalar finish, in L1.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tq2_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
+    check_tq2_activations(row_bytes, q, bsums);
+    // The closure is written here, not in a shared generic function: a
+    // closure gets the target features of the function it is written in,
+    // and one without AVX2 ran its intrinsics as calls (50x slower).
+    blockwise_rows_avx2::<66>(rows, row_bytes, bsums, d, out, |block, b| {
+        tq2_partial_avx2::<false>(block, q.as_ptr().add(b * 256))
+    })
+}
+
+/// `tq2_rows_avx2` with AVX-VNNI: one `vpdpbusd` per plane.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(super) unsafe fn tq2_rows_avxvnni(
+    rows: &[u8],
+    row_bytes: usize,
+    q: &[i8],
+    bsums: &[i32],
+    d: &[f32],
+    out: &mut [f32],
+) {
+    check_tq2_activations(row_bytes, q, bsums);
+    blockwise_rows_avx2::<66>(rows, row_bytes, bsums, d, out, |block, b| {
+        tq2_partial_avx2::<true>(block, q.as_ptr().add(b * 256))
+    })
+}
+
+fn check_tq2_activations(row_bytes: usize, q: &[i8], bsums: &[i32]) {
     let blocks = row_bytes / 66;
     assert!(q.len() >= blocks * 256 && bsums.len() >= blocks, "TQ2_0 activations");
-    let (mask, ones) = (_mm256_set1_epi8(3), _mm256_set1_epi16(1));
-    blockwise_rows_avx2::<66>(rows, row_bytes, bsums, d, out, |block, b| {
-        // Plane l of the block's 32-byte half j pairs with activations 4 j + 32 l.. (file order).
-        let a = q.as_ptr().add(b * 256);
-        let mut sum = _mm256_setzero_si256();
-        for j in [0usize, 32] {
-            // SAFETY: block has 66 bytes; q has 256 activations for block b (asserted).
-            let w = _mm256_loadu_si256(block.add(j).cast());
-            let planes = [
-                _mm256_and_si256(w, mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-                _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            ];
-            for (l, codes) in planes.into_iter().enumerate() {
-                let x = _mm256_loadu_si256(a.add(j * 4 + l * 32).cast());
-                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes, x));
+}
+
+/// One TQ2_0 block (66 bytes at `block`) against its 256 activations at
+/// `a` (file order), as 8 lanes whose sum is the code dot.
+#[inline(always)]
+unsafe fn tq2_partial_avx2<const VNNI: bool>(block: *const u8, a: *const i8) -> std::arch::x86_64::__m256i {
+    tq2_planes_dot_avx2::<VNNI>(&tq2_planes_avx2(block), a)
+}
+
+/// A TQ2_0 block's 8 planes of codes: plane l of its 32-byte half j is
+/// plane k = 4 (j / 32) + l, which pairs with activations 4 j + 32 l =
+/// 32 k.. (file order).
+#[inline(always)]
+unsafe fn tq2_planes_avx2(block: *const u8) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(3);
+    // SAFETY: the callers' (66 bytes at block).
+    let (w0, w1) = (_mm256_loadu_si256(block.cast()), _mm256_loadu_si256(block.add(32).cast()));
+    [
+        _mm256_and_si256(w0, mask),
+        _mm256_and_si256(_mm256_srli_epi16(w0, 2), mask),
+        _mm256_and_si256(_mm256_srli_epi16(w0, 4), mask),
+        _mm256_and_si256(_mm256_srli_epi16(w0, 6), mask),
+        _mm256_and_si256(w1, mask),
+        _mm256_and_si256(_mm256_srli_epi16(w1, 2), mask),
+        _mm256_and_si256(_mm256_srli_epi16(w1, 4), mask),
+        _mm256_and_si256(_mm256_srli_epi16(w1, 6), mask),
+    ]
+}
+
+/// A block's planes against its 256 activations at `a` (`planes_dot`).
+#[inline(always)]
+unsafe fn tq2_planes_dot_avx2<const VNNI: bool>(
+    planes: &[std::arch::x86_64::__m256i; 8],
+    a: *const i8,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the callers' (256 activations at a).
+    planes_dot::<8, VNNI>(planes, std::array::from_fn(|k| _mm256_loadu_si256(a.add(32 * k).cast())))
+}
+
+/// TQ2_0 rows (up to 8, one `blockwise_rows_avx2` group) against 1-4
+/// tokens at once (prompts, sequences decoded together): token t's
+/// results go to `out[t * stride..][..rows]`, bit for bit what
+/// `tq2_rows_avx2` (`VNNI`: `tq2_rows_avxvnni`) gives it alone. Per block
+/// each row's planes are unpacked once for every token (token by token
+/// through the one-token kernel, unpacking was 14 of a block's 22
+/// operations with AVX-VNNI), and one scale gather serves every token.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tq2_rows_tokens_avx2_n<const VNNI: bool>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: &[&[i8]],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    assert!(bsums.len() == qs.len() && d.len() == qs.len(), "TQ2_0 tokens");
+    macro_rules! tokens {
+        ($n:literal) => {
+            tq2_rows_tokens_avx2_k::<$n, VNNI>(
+                group,
+                row_bytes,
+                std::array::from_fn(|t| qs[t]),
+                std::array::from_fn(|t| bsums[t]),
+                std::array::from_fn(|t| d[t]),
+                out,
+                stride,
+            )
+        };
+    }
+    match qs.len() {
+        4 => tokens!(4),
+        3 => tokens!(3),
+        2 => tokens!(2),
+        1 => tokens!(1),
+        n => panic!("{n} tokens in one TQ2_0 tile (1 to 4)"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tq2_rows_tokens_avx2_k<const N: usize, const VNNI: bool>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    bsums: [&[i32]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let n = group.len() / row_bytes;
+    let blocks = row_bytes / 66;
+    assert!(n <= AVX2_LANES && group.len() == n * row_bytes && row_bytes == blocks * 66, "TQ2_0 group shape");
+    for t in 0..N {
+        assert!(qs[t].len() >= blocks * 256 && bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + n, "TQ2_0 tokens output");
+    let pf = prefetch_distance().map(|_| AVX2_LANES * row_bytes);
+    let block_scales = BlockScalesX8::new(row_bytes, 66, n);
+    let mut acc = [_mm256_setzero_ps(); N];
+    // Rows past n stay zero, as in `blockwise_rows_avx2`.
+    let mut v = [[_mm256_setzero_si256(); AVX2_LANES]; N];
+    for b in 0..blocks {
+        for r in 0..n {
+            // SAFETY: block b of row r < n is inside group.
+            let block = group.as_ptr().add(r * row_bytes + b * 66);
+            prefetch_block::<66>(block, pf);
+            let planes = tq2_planes_avx2(block);
+            for (v, q) in v.iter_mut().zip(qs) {
+                // SAFETY: block b's 256 activations are inside q (asserted).
+                v[r] = tq2_planes_dot_avx2::<VNNI>(&planes, q.as_ptr().add(b * 256));
             }
         }
-        _mm256_madd_epi16(sum, ones)
-    })
+        // SAFETY: rows < n hold block b.
+        let scales = block_scales.gather(group.as_ptr(), b);
+        for t in 0..N {
+            let dot = _mm256_sub_epi32(lane_sums_x8(&v[t]), _mm256_set1_epi32(bsums[t][b]));
+            let scale = _mm256_mul_ps(scales, _mm256_set1_ps(d[t][b]));
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        store_lanes_x8(*acc, &mut out[t * stride..][..n]);
+    }
+}
+
+/// `tq2_rows_tokens_avx2_n` with AVX2 alone.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn tq2_rows_tokens_avx2(
+    group: &[u8],
+    row_bytes: usize,
+    qs: &[&[i8]],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    tq2_rows_tokens_avx2_n::<false>(group, row_bytes, qs, bsums, d, out, stride)
+}
+
+/// `tq2_rows_tokens_avx2_n` with AVX-VNNI.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(super) unsafe fn tq2_rows_tokens_avxvnni(
+    group: &[u8],
+    row_bytes: usize,
+    qs: &[&[i8]],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    tq2_rows_tokens_avx2_n::<true>(group, row_bytes, qs, bsums, d, out, stride)
 }
 
 /// The ternary block formats the many-token kernel reads.
@@ -842,14 +1039,46 @@ pub(super) unsafe fn tq2_block_dots_x4_avx2(row: &[u8], q: [&[i8]; 4], out: [&mu
     }
 }
 
-/// Four tokens against one row: the codes are unpacked once and used four
-/// times (prompt processing; the row is read once per four tokens).
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
+/// The sum of `M` planes' products (u8 codes 0..=3 times i8 activations,
+/// `planes[k]` with `xs[k]`) as eight i32 lanes (each the sum of 4M
+/// products; which ones differs between the builds, the lanes' total does
+/// not). With AVX-VNNI one `vpdpbusd` chain; without, the `vpmaddubsw`
+/// pairs added as i16 (|pair| <= 3 * 128 * 2 = 768: exact for M <= 42)
+/// and widened once: 2M + 1 operations where a `vpmaddwd` and an add per
+/// plane took 3M.
+#[inline(always)]
+unsafe fn planes_dot<const M: usize, const VNNI: bool>(
+    planes: &[std::arch::x86_64::__m256i; M],
+    xs: [std::arch::x86_64::__m256i; M],
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    const { assert!(M >= 1 && M <= 42, "i16 sums of M planes") };
+    if VNNI {
+        let mut acc = _mm256_setzero_si256();
+        for (codes, x) in planes.iter().zip(xs) {
+            acc = _mm256_dpbusd_avx_epi32(acc, *codes, x);
+        }
+        acc
+    } else {
+        let mut sum = _mm256_maddubs_epi16(planes[0], xs[0]);
+        for (codes, x) in planes.iter().zip(xs).skip(1) {
+            sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(*codes, x));
+        }
+        _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
+    }
+}
+
+/// `N` tokens against one I2_S row, the codes unpacked once for all of
+/// them (prompt processing, sequences decoded together: the row is read
+/// once per N tokens). Each block's four planes go through `planes_dot`
+/// per token into a sum of their own, so the blocks' chains are
+/// independent (one accumulator chain per token waited on `vpdpbusd`'s
+/// latency).
+#[inline(always)]
+unsafe fn dot_i2s_xn_k<const N: usize, const VNNI: bool>(row: &[u8], q: [&[i8]; N]) -> [i32; N] {
     use std::arch::x86_64::*;
     let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut acc = [_mm256_setzero_si256(); N];
     for (b, block) in row.chunks_exact(32).enumerate() {
         // SAFETY (all loads): block has 32 bytes; each q has 128 per block.
         let w = _mm256_loadu_si256(block.as_ptr().cast());
@@ -861,14 +1090,23 @@ pub(super) unsafe fn dot_i2s_x4_avx2(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
         ];
         for (t, acc) in acc.iter_mut().enumerate() {
             let qb = q[t].as_ptr().add(b * 128);
-            for (k, codes) in planes.iter().enumerate() {
-                let a = _mm256_loadu_si256(qb.add(k * 32).cast());
-                let p = _mm256_maddubs_epi16(*codes, a);
-                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
-            }
+            let xs = std::array::from_fn(|k| _mm256_loadu_si256(qb.add(k * 32).cast()));
+            *acc = _mm256_add_epi32(*acc, planes_dot::<4, VNNI>(&planes, xs));
         }
     }
     acc.map(|a| hsum_i32(a))
+}
+
+/// `dot_i2s_xn_k` with AVX2 alone.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot_i2s_xn_avx2<const N: usize>(row: &[u8], q: [&[i8]; N]) -> [i32; N] {
+    dot_i2s_xn_k::<N, false>(row, q)
+}
+
+/// `dot_i2s_xn_k` with AVX-VNNI.
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) unsafe fn dot_i2s_xn_avxvnni<const N: usize>(row: &[u8], q: [&[i8]; N]) -> [i32; N] {
+    dot_i2s_xn_k::<N, true>(row, q)
 }
 
 /// `N` tokens at once (a multiple of 4) with AVX-512 VNNI on prepared
@@ -906,7 +1144,7 @@ pub(super) unsafe fn dot_i2s_xn_vnni_interleaved<const N: usize>(
         for t in (0..N).step_by(4) {
             let tail =
                 [&q[t][pairs * 256..], &q[t + 1][pairs * 256..], &q[t + 2][pairs * 256..], &q[t + 3][pairs * 256..]];
-            let rest = dot_i2s_x4_avx2(&row[pairs * 64..], tail);
+            let rest = dot_i2s_xn_avx2(&row[pairs * 64..], tail);
             for (o, r) in out[t..t + 4].iter_mut().zip(rest) {
                 *o += r;
             }
