@@ -179,8 +179,8 @@ pub fn isa() -> Isa {
 }
 
 /// Under `Isa::Avx2`: whether the CPU has AVX-VNNI (256-bit vpdpbusd, on
-/// CPUs without AVX-512 such as Alder Lake's), used by the I2_S decode
-/// kernel. `BITNET_KERNEL=avxvnni` picks it on an AVX-512 CPU too (this
+/// CPUs without AVX-512 such as Alder Lake's), used by the I2_S kernels
+/// (one token, and tiles of rows x tokens) and the TQ2_0 ones. `BITNET_KERNEL=avxvnni` picks it on an AVX-512 CPU too (this
 /// one has both); `BITNET_KERNEL=avx2` turns it off.
 pub fn avx_vnni() -> bool {
     static AVX_VNNI: OnceLock<bool> = OnceLock::new();
@@ -625,9 +625,6 @@ pub fn dot_i2s_x4(row: &[u8], q: [&[i8]; 4]) -> [i32; 4] {
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI.
-        Isa::Avx2 if avx_vnni() => unsafe { x86::dot_i2s_xn_avxvnni(row, q) },
-        #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX2 (also under Avx512Vnni).
         Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_i2s_xn_avx2(row, q) },
         #[cfg(target_arch = "aarch64")]
@@ -648,12 +645,12 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
         Isa::Avx512Vnni => unsafe {
             x86::dot_i2s_xn_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q))
         },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI.
-        Isa::Avx2 if avx_vnni() => unsafe { x86::dot_i2s_xn_avxvnni(row, a.map(|a| a.q)) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: sdot only when isa() saw the CPU has it.
         Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s_xn(isa() == Isa::NeonDot, row, a.map(|a| a.q)) },
+        // Plain AVX2 stays in fours: its 8 accumulators beside the i16
+        // sums spill (pp128 held to AVX2 38.0 / 77.0 tok/s on 1 / 2
+        // threads against 41.3 / 83.0 in fours).
         _ => {
             let mut out = [0; N];
             for t in (0..N).step_by(4) {
@@ -667,10 +664,11 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
 
 /// Every row of `rows` (`row_bytes` each) against every token of `a`,
 /// integer dots into `out[t * m + r]` (token-major, m rows): the many-token product
-/// (sequences decoded together, prompts). AVX-512 VNNI runs tiles of two
-/// rows by up to eight tokens (`x86::i2s_tile_vnni`); elsewhere each row
-/// goes through `dot_i2s_xn_prepared` eight and four tokens at a time, then
-/// `dot_i2s` per token. Each dot equals `dot_i2s_scalar`'s.
+/// (sequences decoded together, prompts). AVX-512 VNNI runs tiles of up
+/// to four rows by four tokens (`x86::i2s_tile_vnni`), AVX-VNNI of two by
+/// four (`x86::i2s_tile_avxvnni`); elsewhere each row goes through
+/// `dot_i2s_xn_prepared` eight and four tokens at a time, then `dot_i2s`
+/// per token. Each dot equals `dot_i2s_scalar`'s.
 pub fn i2s_rows_tokens(rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut [i32]) {
     let n = a.len();
     assert!(n > 0, "no tokens");
@@ -681,34 +679,23 @@ pub fn i2s_rows_tokens(rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut
     assert!(out.len() == m * n && rows.len() == m * row_bytes, "I2_S rows: {} bytes for {m} rows", rows.len());
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni {
-        let mut tile = [0i32; 16];
         let interleaved: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
         let plain: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
-        let mut r = 0;
-        while r < m {
-            let height = if r + 4 <= m {
-                4
-            } else if r + 2 <= m {
-                2
-            } else {
-                1
-            };
+        return i2s_tiles(m, n, &[4, 2, 1], out, |r, height, ts, tile| {
             let tile_rows = &rows[r * row_bytes..(r + height) * row_bytes];
-            for t0 in (0..n).step_by(4) {
-                let k = (n - t0).min(4);
-                let (qi, q) = (&interleaved[t0..t0 + k], &plain[t0..t0 + k]);
-                // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new
-                // interleaved for it; shapes checked above.
-                unsafe { i2s_tile_vnni(height, tile_rows, row_bytes, qi, q, &mut tile) };
-                for i in 0..height {
-                    for j in 0..k {
-                        out[(t0 + j) * m + r + i] = tile[i * k + j];
-                    }
-                }
-            }
-            r += height;
-        }
-        return;
+            // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new
+            // interleaved for it; shapes checked above.
+            unsafe { i2s_tile_vnni(height, tile_rows, row_bytes, &interleaved[ts.clone()], &plain[ts], tile) }
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2 && avx_vnni() {
+        let plain: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
+        return i2s_tiles(m, n, &[2, 1], out, |r, height, ts, tile| {
+            let tile_rows = &rows[r * row_bytes..(r + height) * row_bytes];
+            // SAFETY: isa() checked AVX2 and avx_vnni() AVX-VNNI; shapes checked above.
+            unsafe { i2s_tile_avxvnni(height, tile_rows, row_bytes, &plain[ts], tile) }
+        });
     }
     for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
         let mut t = 0;
@@ -750,6 +737,54 @@ unsafe fn i2s_tile_vnni(height: usize, rows: &[u8], row_bytes: usize, qi: &[&[i8
         };
     }
     tiles!(1 2 3 4)
+}
+
+/// `x86::i2s_tile_avxvnni` for a run-time height (1 or 2 rows) and token
+/// count (1 to 4), into `out[r * k + t]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn i2s_tile_avxvnni(height: usize, rows: &[u8], row_bytes: usize, q: &[&[i8]], out: &mut [i32]) {
+    macro_rules! tiles {
+        ($($n:literal)*) => {
+            match (height, q.len()) {
+                $(
+                    (1, $n) => x86::i2s_tile_avxvnni::<1, $n>(rows, row_bytes, q, out),
+                    (2, $n) => x86::i2s_tile_avxvnni::<2, $n>(rows, row_bytes, q, out),
+                )*
+                _ => unreachable!("tiles are 1 or 2 rows by 1-4 tokens"),
+            }
+        };
+    }
+    tiles!(1 2 3 4)
+}
+
+/// The many-token I2_S product in tiles: rows in runs of the first of
+/// `heights` that fits (the last is 1), tokens in fours; `tile(first row,
+/// height, the tokens, out)` fills `out[i * k + j]` for row i and token j
+/// of its k, which go to `out[t * m + r]` here.
+#[cfg(target_arch = "x86_64")]
+fn i2s_tiles(
+    m: usize,
+    n: usize,
+    heights: &[usize],
+    out: &mut [i32],
+    mut tile: impl FnMut(usize, usize, std::ops::Range<usize>, &mut [i32]),
+) {
+    let mut buf = [0i32; 16];
+    let mut r = 0;
+    while r < m {
+        let height = heights.iter().copied().find(|&h| r + h <= m).unwrap_or(1);
+        for t0 in (0..n).step_by(4) {
+            let k = (n - t0).min(4);
+            tile(r, height, t0..t0 + k, &mut buf);
+            for i in 0..height {
+                for j in 0..k {
+                    out[(t0 + j) * m + r + i] = buf[i * k + j];
+                }
+            }
+        }
+        r += height;
+    }
 }
 
 /// Reference: round_half_even(x * scale) clamped to int8 per value (NaN
@@ -972,11 +1007,6 @@ mod tests {
                 assert_eq!(unsafe { x86::dot_i2s_xn_avx2(&row, four) }, want4, "x4 avx2 n={n}");
             }
             #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
-                // SAFETY: checked just above.
-                assert_eq!(unsafe { x86::dot_i2s_xn_avxvnni(&row, four) }, want4, "x4 avx-vnni n={n}");
-            }
-            #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 let qi: Vec<Vec<i8>> = qs.iter().map(|q| interleave(q)).collect();
                 let qi = [&qi[0][..], &qi[1][..], &qi[2][..], &qi[3][..]];
@@ -1005,10 +1035,6 @@ mod tests {
                     // SAFETY: checked just above.
                     assert_eq!(unsafe { x86::dot_i2s_xn_avx2(&row, eight) }, got8, "x8 avx2 n={n}");
                 }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
-                    // SAFETY: checked just above.
-                    assert_eq!(unsafe { x86::dot_i2s_xn_avxvnni(&row, eight) }, got8, "x8 avx-vnni n={n}");
-                }
             }
             // Many rows by many tokens (tiles of 2 x 8 and what is left).
             for (m, tokens) in [(1usize, 1usize), (2, 3), (3, 8), (5, 11), (4, 16)] {
@@ -1023,6 +1049,19 @@ mod tests {
                     for (t, q) in qs.iter().enumerate() {
                         assert_eq!(got[t * m + r], dot_i2s_scalar(rw, q), "{m} rows x {tokens} tokens n={n}");
                     }
+                }
+                // The AVX-VNNI tiles (2 x 4 and what is left), whatever
+                // this CPU's dispatch picks.
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
+                    let plain: Vec<&[i8]> = qs.iter().map(Vec::as_slice).collect();
+                    let mut vnni = vec![0; m * tokens];
+                    i2s_tiles(m, tokens, &[2, 1], &mut vnni, |r, height, ts, tile| {
+                        let tile_rows = &rows[r * row.len()..(r + height) * row.len()];
+                        // SAFETY: checked just above.
+                        unsafe { i2s_tile_avxvnni(height, tile_rows, row.len(), &plain[ts], tile) }
+                    });
+                    assert_eq!(vnni, got, "avx-vnni tiles: {m} rows x {tokens} tokens n={n}");
                 }
             }
         }
