@@ -1,7 +1,7 @@
 //! Hot loops, each with a scalar reference and SIMD versions chosen once at
 //! run time from the CPU (never from compile-time target flags), so one
 //! binary runs everywhere. `BITNET_KERNEL=scalar` forces the reference;
-//! on x86_64 `avx2` the AVX2 paths, `avxvnni` AVX2 with AVX-VNNI for I2_S;
+//! on x86_64 `avx2` the AVX2 paths, `avxvnni` AVX2 with AVX-VNNI for I2_S and TQ2_0;
 //! on aarch64 `neon` the plain NEON paths (`dotprod` is the default where
 //! the CPU has `sdot`). The SIMD code lives per architecture in `x86` and
 //! `aarch64`; this file holds the references, the dispatch and the tests.
@@ -109,7 +109,7 @@ impl Isa {
     pub fn describe(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar reference kernels (no AVX2/FMA/F16C or NEON: slow)",
-            Isa::Avx2 => "AVX2 kernels (AVX-VNNI for I2_S where the CPU has it)",
+            Isa::Avx2 => "AVX2 kernels (AVX-VNNI for I2_S and TQ2_0 where the CPU has it)",
             Isa::Avx512Vnni => "AVX-512 VNNI kernels",
             Isa::Neon => "NEON kernels without sdot (no dotprod: about twice the instructions per integer dot)",
             Isa::NeonDot => "NEON kernels with sdot (dotprod)",
