@@ -1077,9 +1077,15 @@ pub(super) unsafe fn dot_i2s_xn_avx2<const N: usize>(row: &[u8], q: [&[i8]; N]) 
     use std::arch::x86_64::*;
     let mask = _mm256_set1_epi8(3);
     let mut acc = [_mm256_setzero_si256(); N];
+    let pf = prefetch_distance();
     for (b, block) in row.chunks_exact(32).enumerate() {
         // SAFETY (all loads): block has 32 bytes; each q has 128 per block.
         let w = _mm256_loadu_si256(block.as_ptr().cast());
+        // Ahead in the row: without it half this kernel's time (4 streams
+        // decoded together) was the wait for this load.
+        if b % 2 == 0 {
+            prefetch(block.as_ptr(), pf);
+        }
         let planes = [
             _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
             _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
