@@ -111,7 +111,7 @@ pub fn q6k_rows(rows: &[u8], row_bytes: usize, q: &[i8], sums: &[i16], d: &[f32]
         Isa::Avx512Vnni => unsafe { x86::q6k_rows_avx512(rows, row_bytes, q, sums, d, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2, FMA and F16C; shapes checked above.
-        Isa::Avx2 => unsafe { x86::q6k_rows_avx2(rows, row_bytes, q, d, out) },
+        Isa::Avx2 => unsafe { x86::q6k_rows_avx2(rows, row_bytes, q, sums, d, out) },
         _ => {
             let mut dots = vec![0i32; blocks];
             for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
@@ -293,7 +293,7 @@ mod tests {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 let mut got = vec![0f32; n_rows];
                 // SAFETY: AVX2, FMA and F16C checked.
-                unsafe { x86::q6k_rows_avx2(&rows, row.len(), &q, &ds, &mut got) };
+                unsafe { x86::q6k_rows_avx2(&rows, row.len(), &q, &sums, &ds, &mut got) };
                 assert_eq!(bits(&got), bits(&want), "avx2 q6k_rows, {blocks} blocks");
             }
             // 1 to 6 tokens at once (groups of 4, then the rest): each

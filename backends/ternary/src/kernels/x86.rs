@@ -1495,18 +1495,26 @@ pub(super) unsafe fn q8_0_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32])
     }
 }
 
-/// One Q6_K block's dot with its 256 activations at `a`, as 8 lanes to be
-/// summed: per 32 values, `vpmaddubsw` of the values 0..=63 and of the
-/// -32 offset, then `vpmaddwd` by the sub-block scales.
+/// One Q6_K block's dot with its 256 activations at `a` and their 16
+/// sums of 16 (`q6k_sums`, at `sums`), as 8 lanes to be summed: per 32
+/// values one `vpmaddubsw` of the values 0..=63 (|pair| <= 2 * 63 * 127)
+/// and one `vpmaddwd` by the sub-block scales; the -32 offset once per
+/// block, as 32 x (the sums by the scales): the same integer as (w - 32) x
+/// per value, a `vpmaddubsw` and a subtraction fewer per 32 values.
 #[inline(always)]
-unsafe fn q6k_block_avx2(blk: *const u8, a: *const i8) -> std::arch::x86_64::__m256i {
+unsafe fn q6k_block_avx2(blk: *const u8, a: *const i8, sums: *const i16) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
-    let offset = _mm256_set1_epi8(32);
-    // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes and a 256 activations.
-    let sc = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
-    let mut acc = _mm256_setzero_si256();
+    // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes, a 256 activations, sums 16.
+    let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+    let offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256(sums.cast()), scales), 5);
+    // Each scale in both halves of a dword: scales 0..4 and 8..12 in
+    // `doubled[0]`, 4..8 and 12..16 in `doubled[1]` (per 128-bit lane), so
+    // one `vpermd` gives a part its pair (a broadcast and an insert per
+    // scale from memory took most of this kernel's operations).
+    let doubled = [_mm256_unpacklo_epi16(scales, scales), _mm256_unpackhi_epi16(scales, scales)];
+    let mut acc = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
     for half in 0..2 {
         let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
         let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
@@ -1528,11 +1536,12 @@ unsafe fn q6k_block_avx2(blk: *const u8, a: *const i8) -> std::arch::x86_64::__m
         ];
         for (part, w) in vals.into_iter().enumerate() {
             let x = _mm256_loadu_si256(a.add(half * 128 + part * 32).cast());
-            // (w - 32) x per pair: w in 0..=63 unsigned; |sum| <= 2*32*128.
-            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), _mm256_maddubs_epi16(offset, x));
-            // Elements 0..16 of this part use scale j, 16..32 scale j + 1.
-            let j = half * 8 + part * 2;
-            let s = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[j + 1])), _mm_set1_epi16(i16::from(sc[j])));
+            let p = _mm256_maddubs_epi16(w, x);
+            // Elements 0..16 of this part use scale j = 8 half + 2 part,
+            // 16..32 scale j + 1: dwords k and k + 1 of doubled[part / 2].
+            let k = (half * 4 + (part % 2) * 2) as i32;
+            let at = _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1);
+            let s = _mm256_permutevar8x32_epi32(doubled[part / 2], at);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
         }
     }
@@ -1543,19 +1552,23 @@ unsafe fn q6k_block_avx2(blk: *const u8, a: *const i8) -> std::arch::x86_64::__m
 pub(super) unsafe fn q6k_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32]) {
     let blocks = out.len().min(row.len() / Q6K_BLOCK).min(q.len() / 256);
     for (b, o) in out.iter_mut().enumerate().take(blocks) {
+        let a = &q[b * 256..][..256];
+        let sums: [i16; 16] = std::array::from_fn(|j| a[16 * j..][..16].iter().map(|&v| i16::from(v)).sum());
         // SAFETY: block b is inside row and q (blocks bounds both).
-        *o = hsum_i32(q6k_block_avx2(row.as_ptr().add(b * Q6K_BLOCK), q.as_ptr().add(b * 256)));
+        *o = hsum_i32(q6k_block_avx2(row.as_ptr().add(b * Q6K_BLOCK), a.as_ptr(), sums.as_ptr()));
     }
 }
 
-/// Q6_K rows against Q8_K activations with AVX2 (see `blockwise_rows_avx2`;
-/// no block sums: the -32 offset is inside each block's dot).
+/// Q6_K rows against Q8_K activations (with their `q6k_sums`) with AVX2
+/// (see `blockwise_rows_avx2`; no block sums: the -32 offset is inside
+/// each block's dot).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q6k_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], d: &[f32], out: &mut [f32]) {
-    assert!(q.len() >= row_bytes / Q6K_BLOCK * 256, "Q6_K activations");
-    // SAFETY: block b is inside its row and q has its 256 activations (asserted).
+pub(super) unsafe fn q6k_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], sums: &[i16], d: &[f32], out: &mut [f32]) {
+    let blocks = row_bytes / Q6K_BLOCK;
+    assert!(q.len() >= blocks * 256 && sums.len() >= blocks * 16, "Q6_K activations");
+    // SAFETY: block b is inside its row, q has its 256 activations and sums their 16 sums (asserted).
     blockwise_rows_avx2::<{ Q6K_BLOCK }>(rows, row_bytes, &[], d, out, |block, b| {
-        q6k_block_avx2(block, q.as_ptr().add(b * 256))
+        q6k_block_avx2(block, q.as_ptr().add(b * 256), sums.as_ptr().add(b * 16))
     })
 }
 
