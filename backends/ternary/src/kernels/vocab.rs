@@ -122,46 +122,56 @@ pub fn q6k_rows(rows: &[u8], row_bytes: usize, q: &[i8], sums: &[i16], d: &[f32]
     }
 }
 
+/// A `q6k_groups` tile through `x86::$kernel::<k>` for a group's k tokens
+/// (up to 4), rows `$row_bytes` long, tokens `$m` rows apart in out.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q6k_tile {
+    ($kernel:ident, $row_bytes:expr, $m:expr) => {
+        |group: &[u8], qs: &[&[i8]], sums: &[&[i16]], d: &[&[f32]], out: &mut [f32]| {
+            macro_rules! tokens {
+                ($k:literal) => {
+                    // SAFETY: the callers checked the kernel's CPU features;
+                    // the kernel asserts the shapes it reads.
+                    unsafe {
+                        x86::$kernel::<$k>(
+                            group,
+                            $row_bytes,
+                            std::array::from_fn(|i| qs[i]),
+                            std::array::from_fn(|i| sums[i]),
+                            std::array::from_fn(|i| d[i]),
+                            out,
+                            $m,
+                        )
+                    }
+                };
+            }
+            match qs.len() {
+                1 => tokens!(1),
+                2 => tokens!(2),
+                3 => tokens!(3),
+                _ => tokens!(4),
+            }
+        }
+    };
+}
+
 /// `q6k_rows` for several tokens (`qs[t]` with its `sums[t]` and block
 /// scales `d[t]`): `out[t * m + r]` (m = the rows) equals `q6k_rows` of
 /// token t, bit for bit. With AVX-512 in groups of 16 rows x up to 4
-/// tokens, each block unpacked once for all of them; elsewhere token by
-/// token over 32 rows at a time.
+/// tokens, with AVX2 of 8, each block unpacked once for all of them;
+/// elsewhere token by token over 32 rows at a time.
 pub fn q6k_rows_tokens(rows: &[u8], row_bytes: usize, qs: &[&[i8]], sums: &[&[i16]], d: &[&[f32]], out: &mut [f32]) {
     let (n, m) = (qs.len(), rows.len() / row_bytes.max(1));
     assert!(sums.len() == n && d.len() == n && out.len() == n * m, "Q6_K tokens shape");
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512Vnni {
-        let blocks = row_bytes / Q6K_BLOCK;
-        assert!(rows.len() == m * row_bytes, "Q6_K rows shape");
-        for q in qs {
-            super::check_blocks(row_bytes, Q6K_BLOCK, 256, q.len(), blocks);
+    match isa() {
+        Isa::Avx512Vnni => {
+            return q6k_groups(16, rows, row_bytes, qs, sums, d, out, q6k_tile!(q6k_rows_tokens_avx512, row_bytes, m))
         }
-        for (g, group) in (0..).step_by(16).zip(rows.chunks(16 * row_bytes)) {
-            for t in (0..n).step_by(4) {
-                macro_rules! tokens {
-                    ($k:literal) => {{
-                        let (qs, sums, d): ([&[i8]; $k], [&[i16]; $k], [&[f32]; $k]) = (
-                            std::array::from_fn(|i| qs[t + i]),
-                            std::array::from_fn(|i| sums[t + i]),
-                            std::array::from_fn(|i| d[t + i]),
-                        );
-                        // SAFETY: isa() checked AVX-512 F/BW/VNNI (AVX2 with
-                        // them); the kernel asserts the shapes it reads.
-                        unsafe {
-                            x86::q6k_rows_tokens_avx512::<$k>(group, row_bytes, qs, sums, d, &mut out[t * m + g..], m)
-                        }
-                    }};
-                }
-                match n - t {
-                    1 => tokens!(1),
-                    2 => tokens!(2),
-                    3 => tokens!(3),
-                    _ => tokens!(4),
-                }
-            }
+        Isa::Avx2 => {
+            return q6k_groups(8, rows, row_bytes, qs, sums, d, out, q6k_tile!(q6k_rows_tokens_avx2, row_bytes, m))
         }
-        return;
+        _ => {}
     }
     // 32 rows (67 KB for 2B4T) at a time, token by token, so every token
     // reads them from cache.
@@ -170,6 +180,35 @@ pub fn q6k_rows_tokens(rows: &[u8], row_bytes: usize, qs: &[&[i8]], sums: &[&[i1
         let rows = &rows[r * row_bytes..(r + k) * row_bytes];
         for t in 0..n {
             q6k_rows(rows, row_bytes, qs[t], sums[t], d[t], &mut out[t * m + r..][..k]);
+        }
+    }
+}
+
+/// Groups of `group_rows` rows x up to 4 tokens through `tile(group, the
+/// tokens' activations, sums, scales, out from the group's first row of
+/// the first token)` (tokens m rows apart), after checking the shapes.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn q6k_groups(
+    group_rows: usize,
+    rows: &[u8],
+    row_bytes: usize,
+    qs: &[&[i8]],
+    sums: &[&[i16]],
+    d: &[&[f32]],
+    out: &mut [f32],
+    tile: impl Fn(&[u8], &[&[i8]], &[&[i16]], &[&[f32]], &mut [f32]),
+) {
+    let (n, m) = (qs.len(), rows.len() / row_bytes.max(1));
+    let blocks = row_bytes / Q6K_BLOCK;
+    assert!(rows.len() == m * row_bytes, "Q6_K rows shape");
+    for q in qs {
+        super::check_blocks(row_bytes, Q6K_BLOCK, 256, q.len(), blocks);
+    }
+    for (g, group) in (0..).step_by(group_rows).zip(rows.chunks(group_rows * row_bytes)) {
+        for t in (0..n).step_by(4) {
+            let k = (n - t).min(4);
+            tile(group, &qs[t..t + k], &sums[t..t + k], &d[t..t + k], &mut out[t * m + g..]);
         }
     }
 }
@@ -321,6 +360,23 @@ mod tests {
                         bits(&alone),
                         "{n} tokens, token {t}, {blocks} blocks"
                     );
+                }
+                // The AVX2 groups of 8, whatever this CPU's dispatch picks:
+                // each token as q6k_rows_avx2 gives it alone.
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+                {
+                    let mut avx2 = vec![0f32; n * n_rows];
+                    let rb = row.len();
+                    q6k_groups(8, &rows, rb, &qs, &sums, &d, &mut avx2, q6k_tile!(q6k_rows_tokens_avx2, rb, n_rows));
+                    for t in 0..n {
+                        let mut alone = vec![0f32; n_rows];
+                        // SAFETY: AVX2, FMA and F16C checked.
+                        unsafe { x86::q6k_rows_avx2(&rows, rb, qs[t], sums[t], d[t], &mut alone) };
+                        assert_eq!(bits(&avx2[t * n_rows..][..n_rows]), bits(&alone), "avx2 {n} tokens, token {t}");
+                    }
                 }
             }
         }

@@ -1496,56 +1496,82 @@ pub(super) unsafe fn q8_0_block_dots_avx2(row: &[u8], q: &[i8], out: &mut [i32])
 }
 
 /// One Q6_K block's dot with its 256 activations at `a` and their 16
-/// sums of 16 (`q6k_sums`, at `sums`), as 8 lanes to be summed: per 32
-/// values one `vpmaddubsw` of the values 0..=63 (|pair| <= 2 * 63 * 127)
-/// and one `vpmaddwd` by the sub-block scales; the -32 offset once per
-/// block, as 32 x (the sums by the scales): the same integer as (w - 32) x
-/// per value, a `vpmaddubsw` and a subtraction fewer per 32 values.
+/// sums of 16 (`q6k_sums`, at `sums`), as 8 lanes to be summed.
 #[inline(always)]
 unsafe fn q6k_block_avx2(blk: *const u8, a: *const i8, sums: *const i16) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let m4 = _mm256_set1_epi8(0xF);
-    let m2 = _mm256_set1_epi8(3);
-    // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes, a 256 activations, sums 16.
-    let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
-    let offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256(sums.cast()), scales), 5);
-    // Each scale in both halves of a dword: scales 0..4 and 8..12 in
-    // `doubled[0]`, 4..8 and 12..16 in `doubled[1]` (per 128-bit lane), so
-    // one `vpermd` gives a part its pair (a broadcast and an insert per
-    // scale from memory took most of this kernel's operations).
-    let doubled = [_mm256_unpacklo_epi16(scales, scales), _mm256_unpackhi_epi16(scales, scales)];
-    let mut acc = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
-    for half in 0..2 {
-        let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
-        let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
-        let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
-        let vals = [
-            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-            _mm256_or_si256(
+    Q6kBlockAvx2::unpack(blk).dot(a, sums)
+}
+
+/// A Q6_K block unpacked for AVX2: its 256 values as bytes 0..=63 in 8
+/// vectors (elements 32 v..32 v + 32) and its 16 sub-block scales as i16,
+/// also doubled into dwords for `vpermd`. `dot` takes one token: per 32
+/// values one `vpmaddubsw` of the values (|pair| <= 2 * 63 * 127) and one
+/// `vpmaddwd` by the sub-block scales; the -32 offset once per block, as
+/// 32 x (the sums by the scales): the same integer as (w - 32) x per
+/// value, a `vpmaddubsw` and a subtraction fewer per 32 values.
+#[derive(Clone, Copy)]
+struct Q6kBlockAvx2 {
+    vals: [std::arch::x86_64::__m256i; 8],
+    scales: std::arch::x86_64::__m256i,
+    /// Each scale in both halves of a dword: scales 0..4 and 8..12 in
+    /// `doubled[0]`, 4..8 and 12..16 in `doubled[1]` (per 128-bit lane),
+    /// so one `vpermd` gives 32 values their pair of scales (a broadcast
+    /// and an insert per scale from memory took most of the kernel's
+    /// operations).
+    doubled: [std::arch::x86_64::__m256i; 2],
+}
+
+impl Q6kBlockAvx2 {
+    #[inline(always)]
+    unsafe fn unpack(blk: *const u8) -> Q6kBlockAvx2 {
+        use std::arch::x86_64::*;
+        let m4 = _mm256_set1_epi8(0xF);
+        let m2 = _mm256_set1_epi8(3);
+        let mut vals = [_mm256_setzero_si256(); 8];
+        for half in 0..2 {
+            // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes.
+            let ql0 = _mm256_loadu_si256(blk.add(half * 64).cast());
+            let ql1 = _mm256_loadu_si256(blk.add(half * 64 + 32).cast());
+            let qh = _mm256_loadu_si256(blk.add(128 + half * 32).cast());
+            vals[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            vals[4 * half + 1] = _mm256_or_si256(
                 _mm256_and_si256(ql1, m4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-            ),
-            _mm256_or_si256(
+            );
+            vals[4 * half + 2] = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
-            ),
-            _mm256_or_si256(
+            );
+            vals[4 * half + 3] = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
-            ),
-        ];
-        for (part, w) in vals.into_iter().enumerate() {
-            let x = _mm256_loadu_si256(a.add(half * 128 + part * 32).cast());
-            let p = _mm256_maddubs_epi16(w, x);
-            // Elements 0..16 of this part use scale j = 8 half + 2 part,
-            // 16..32 scale j + 1: dwords k and k + 1 of doubled[part / 2].
+            );
+        }
+        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+        let doubled = [_mm256_unpacklo_epi16(scales, scales), _mm256_unpackhi_epi16(scales, scales)];
+        Q6kBlockAvx2 { vals, scales, doubled }
+    }
+
+    /// The block's dot with 256 activations at `a` and their 16 sums at `sums`.
+    #[inline(always)]
+    unsafe fn dot(&self, a: *const i8, sums: *const i16) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        // SAFETY (all loads): the caller's 256 activations and 16 sums.
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256(sums.cast()), self.scales), 5);
+        let mut acc = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
+        for (v, w) in self.vals.iter().enumerate() {
+            let p = _mm256_maddubs_epi16(*w, _mm256_loadu_si256(a.add(32 * v).cast()));
+            // Elements 0..16 of vector v = 4 half + part use scale
+            // j = 8 half + 2 part, 16..32 scale j + 1: dwords k and k + 1
+            // of doubled[part / 2].
+            let (half, part) = (v / 4, v % 4);
             let k = (half * 4 + (part % 2) * 2) as i32;
             let at = _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1);
-            let s = _mm256_permutevar8x32_epi32(doubled[part / 2], at);
+            let s = _mm256_permutevar8x32_epi32(self.doubled[part / 2], at);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
         }
+        acc
     }
-    acc
 }
 
 #[target_feature(enable = "avx2")]
@@ -1570,6 +1596,59 @@ pub(super) unsafe fn q6k_rows_avx2(rows: &[u8], row_bytes: usize, q: &[i8], sums
     blockwise_rows_avx2::<{ Q6K_BLOCK }>(rows, row_bytes, &[], d, out, |block, b| {
         q6k_block_avx2(block, q.as_ptr().add(b * 256), sums.as_ptr().add(b * 16))
     })
+}
+
+/// Q6_K rows (up to 8, one `blockwise_rows_avx2` group) against `N`
+/// tokens (1-4) with AVX2: per block each row is unpacked once for every
+/// token and one scale gather serves them all. Token t's results go to
+/// `out[t * stride..][..rows]`, bit for bit what `q6k_rows_avx2` gives it
+/// alone (the same integer block dots, the same finish).
+// Blocks by index: block b is read from every row, token and scale array.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6k_rows_tokens_avx2<const N: usize>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    sums: [&[i16]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let n = group.len() / row_bytes;
+    let blocks = row_bytes / Q6K_BLOCK;
+    assert!(n <= AVX2_LANES && group.len() == n * row_bytes && row_bytes == blocks * Q6K_BLOCK, "Q6_K group shape");
+    for t in 0..N {
+        assert!(qs[t].len() >= blocks * 256 && sums[t].len() >= blocks * 16 && d[t].len() >= blocks, "Q6_K tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + n, "Q6_K tokens output");
+    let pf = prefetch_distance().map(|_| AVX2_LANES * row_bytes);
+    let block_scales = BlockScalesX8::new(row_bytes, Q6K_BLOCK, n);
+    let mut acc = [_mm256_setzero_ps(); N];
+    // Rows past n stay zero, as in `blockwise_rows_avx2`.
+    let mut v = [[_mm256_setzero_si256(); AVX2_LANES]; N];
+    for b in 0..blocks {
+        for r in 0..n {
+            // SAFETY: block b of row r < n is inside group.
+            let block = group.as_ptr().add(r * row_bytes + b * Q6K_BLOCK);
+            prefetch_block::<{ Q6K_BLOCK }>(block, pf);
+            let unpacked = Q6kBlockAvx2::unpack(block);
+            for ((v, q), s) in v.iter_mut().zip(qs).zip(sums) {
+                // SAFETY: block b's activations and sums are inside q, s (asserted).
+                v[r] = unpacked.dot(q.as_ptr().add(b * 256), s.as_ptr().add(16 * b));
+            }
+        }
+        // SAFETY: rows < n hold block b.
+        let scales = block_scales.gather(group.as_ptr(), b);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let scale = _mm256_mul_ps(scales, _mm256_set1_ps(d[t][b]));
+            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lane_sums_x8(&v[t])), scale));
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        store_lanes_x8(*acc, &mut out[t * stride..][..n]);
+    }
 }
 
 /// Q6_K rows against Q8_K activations with AVX-512 (see
