@@ -180,8 +180,9 @@ pub fn isa() -> Isa {
 
 /// Under `Isa::Avx2`: whether the CPU has AVX-VNNI (256-bit vpdpbusd, on
 /// CPUs without AVX-512 such as Alder Lake's), used by the I2_S kernels
-/// (one token, and tiles of rows x tokens) and the TQ2_0 ones. `BITNET_KERNEL=avxvnni` picks it on an AVX-512 CPU too (this
-/// one has both); `BITNET_KERNEL=avx2` turns it off.
+/// (one token, and tiles of rows x tokens) and the TQ2_0 ones.
+/// `BITNET_KERNEL=avxvnni` picks it on an AVX-512 CPU too (this one has
+/// both); `BITNET_KERNEL=avx2` turns it off.
 pub fn avx_vnni() -> bool {
     static AVX_VNNI: OnceLock<bool> = OnceLock::new();
     *AVX_VNNI.get_or_init(|| {
