@@ -143,6 +143,15 @@ pub fn isa_for(arch: &str, has: &dyn Fn(&str) -> bool, forced: &str) -> Isa {
     }
 }
 
+/// The first `N` of `s` as an array (a tile's tokens). One copy: built
+/// with `std::array::from_fn` it stayed a call per element, out of line
+/// (a store-forwarding stall per tile, 3.7% of an AVX-512 TQ2_0 prompt).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn first_n<T: Copy, const N: usize>(s: &[T]) -> [T; N] {
+    s[..N].try_into().expect("N elements")
+}
+
 /// Whether this CPU has `feature` (of those `isa_for` asks about).
 fn detected(feature: &str) -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -136,9 +136,9 @@ macro_rules! q6k_tile {
                         x86::$kernel::<$k>(
                             group,
                             $row_bytes,
-                            std::array::from_fn(|i| qs[i]),
-                            std::array::from_fn(|i| sums[i]),
-                            std::array::from_fn(|i| d[i]),
+                            $crate::kernels::first_n(qs),
+                            $crate::kernels::first_n(sums),
+                            $crate::kernels::first_n(d),
                             out,
                             $m,
                         )

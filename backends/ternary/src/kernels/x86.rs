@@ -5,7 +5,7 @@
 use half::f16;
 
 use super::vocab::{Q6K_BLOCK, Q8_0_BLOCK};
-use super::{dot_f16_scalar, prefetch, prefetch_distance};
+use super::{dot_f16_scalar, first_n, prefetch, prefetch_distance};
 
 /// Rows a TQ2_0 AVX-512 step finishes together, one per f32 lane.
 const TQ2_LANES: usize = 16;
@@ -584,15 +584,7 @@ unsafe fn tq2_rows_tokens_avx2_n<const VNNI: bool>(
     assert!(bsums.len() == qs.len() && d.len() == qs.len(), "TQ2_0 tokens");
     macro_rules! tokens {
         ($n:literal) => {
-            tq2_rows_tokens_avx2_k::<$n, VNNI>(
-                group,
-                row_bytes,
-                std::array::from_fn(|t| qs[t]),
-                std::array::from_fn(|t| bsums[t]),
-                std::array::from_fn(|t| d[t]),
-                out,
-                stride,
-            )
+            tq2_rows_tokens_avx2_k::<$n, VNNI>(group, row_bytes, first_n(qs), first_n(bsums), first_n(d), out, stride)
         };
     }
     match qs.len() {
@@ -725,9 +717,9 @@ pub(super) unsafe fn ternary_rows_tokens_vnni(
     let tq1 = |block: *const u8| unsafe { tq1_digits_vnni(block) };
     macro_rules! tokens {
         ($n:literal) => {{
-            let qs: [&[i8]; $n] = std::array::from_fn(|t| qs[t]);
-            let bsums: [&[i32]; $n] = std::array::from_fn(|t| bsums[t]);
-            let d: [&[f32]; $n] = std::array::from_fn(|t| d[t]);
+            let qs: [&[i8]; $n] = first_n(qs);
+            let bsums: [&[i32]; $n] = first_n(bsums);
+            let d: [&[f32]; $n] = first_n(d);
             match format {
                 TernaryBlocks::Tq2 => {
                     blockwise_rows_tokens_avx512::<66, $n>(group, row_bytes, qs, bsums, d, out, stride, tq2)
