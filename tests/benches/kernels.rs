@@ -220,6 +220,13 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
                 std::hint::black_box(&out);
             })
         }),
+        ("TQ2_0 regrouped", blocks * 66, {
+            let mut out = vec![0f32; rows];
+            Box::new(move |m: &[u8], n| {
+                kernels::tq2_grouped_rows(m, blocks, 0, prepared, bsums, d, &mut out[..n]);
+                std::hint::black_box(&out);
+            })
+        }),
         ("I2_S", cols / 4, {
             let mut out = vec![0i32; rows];
             Box::new(move |m: &[u8], n| {
@@ -242,7 +249,7 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
         // Random bytes: any bit pattern is a valid code except TQ2_0's 3
         // (codes 0..=2 as files hold) and the f16 scales, set to small normals.
         let mut m: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
-        if name == "TQ2_0" {
+        if name.starts_with("TQ2_0") {
             for block in m.chunks_exact_mut(66) {
                 for b in &mut block[..64] {
                     *b = (0..4).fold(0u8, |v, k| v | (((next() % 3) as u8) << (2 * k)));
@@ -254,6 +261,15 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
             for block in m.chunks_exact_mut(210) {
                 block[208..].copy_from_slice(&f16::from_f32((next() % 64) as f32 / 256.0 + 0.01).to_le_bytes());
             }
+        }
+        if name == "TQ2_0 regrouped" {
+            // As a model regroups its matrices at load; at 2560 columns
+            // the groups have no padding, so 32 rows are the first
+            // 32 x row_bytes bytes, as in the file's layout.
+            let mut g = vec![0u8; kernels::grouped_len(rows, blocks)];
+            assert_eq!(g.len(), m.len());
+            kernels::group_tq2(&m, blocks, &mut g);
+            m = g;
         }
         let l1 = &m[..32 * row_bytes];
         let s_l1 = best(|| (0..reps).for_each(|_| pass(l1, 32)));

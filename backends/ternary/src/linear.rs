@@ -39,6 +39,11 @@ impl Mapped {
         self.len
     }
 
+    /// The buffer these bytes are in and where: (map, start, len).
+    pub(crate) fn source(&self) -> (&memmap2::Mmap, usize, usize) {
+        (&self.map, self.start, self.len)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -69,11 +74,13 @@ pub enum Linear {
     },
     /// TQ2_0 kept packed (66 bytes per 256 weights), for the Q8K scheme
     /// (llama.cpp's): the same numbers as decoding it, a quarter of the
-    /// bytes per token.
+    /// bytes per token. `grouped`: regrouped at load for the AVX-512
+    /// kernels (`kernels::group_tq2`), else as the file holds them.
     Tq2 {
         bytes: Mapped,
         rows: usize,
         cols: usize,
+        grouped: bool,
     },
     /// TQ1_0 kept packed (54 bytes per 256 weights, base-3 digits), for
     /// the Q8K scheme: the same numbers as TQ2_0 (tested), the fewest bytes
@@ -122,7 +129,10 @@ impl Linear {
     /// Bytes a product reads from this matrix.
     pub fn bytes_read(&self) -> u64 {
         match self {
-            Linear::I2S { bytes, .. } | Linear::Tq2 { bytes, .. } | Linear::Tq1 { bytes, .. } => bytes.len() as u64,
+            Linear::I2S { bytes, .. } | Linear::Tq1 { bytes, .. } => bytes.len() as u64,
+            // Regrouped matrices pad each group's scales to a line: the
+            // codes and scales read are the file's bytes.
+            Linear::Tq2 { rows, cols, .. } => (rows * cols / 256 * 66) as u64,
             Linear::Ternary(t) => t.codes.len() as u64 + 4 * t.scales.len() as u64,
             Linear::Dense { w, .. } => 4 * w.len() as u64,
         }
@@ -147,6 +157,9 @@ impl Linear {
                         *out = ((d - a.sum) as f32 / a.scale) * scale;
                     }
                 }
+            }
+            (Linear::Tq2 { bytes, cols, grouped: true, .. }, Quantized::Q8K { a, prepared, bsums }) => {
+                kernels::tq2_grouped_rows(bytes.bytes(), cols / 256, first, prepared, bsums, &a.d, ys);
             }
             (Linear::Tq2 { bytes, cols, .. }, Quantized::Q8K { a, prepared, bsums }) => {
                 let row_bytes = cols / 256 * 66;
@@ -177,6 +190,12 @@ impl Linear {
         let row_bytes = self.bytes_read() as usize / self.rows();
         let span = first * row_bytes..(first + m) * row_bytes;
         match (self, q) {
+            (Linear::Tq2 { bytes, cols, grouped: true, .. }, QuantizedTokens::Q8K { acts, bsums, prepared }) => {
+                let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
+                let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
+                let d: Vec<&[f32]> = acts.iter().map(|a| a.d.as_slice()).collect();
+                kernels::tq2_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, &bsums, &d, out);
+            }
             (Linear::I2S { bytes, scale, .. }, QuantizedTokens::I2S { acts, prepared }) => {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
                 let mut dots = vec![0i32; out.len()];
@@ -303,15 +322,21 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
 
 /// `f(matrix, its output, rows)` over parts of the matrices' rows taken
 /// end to end (a part may span two; `guided_parts` by their mean row
-/// bytes), in parallel on the current pool: one job for the whole group.
+/// bytes, in whole groups of `kernels::GROUP_ROWS`), in parallel on the current pool: one job for the whole group.
 /// The rows of each call belong to it alone.
 fn for_each_part_of_group(
     items: &mut [(&Linear, &mut [f32])],
     f: impl Fn(&Linear, &SharedMut<f32>, std::ops::Range<usize>) + Sync,
 ) {
-    let total: usize = items.iter().map(|(l, _)| l.rows()).sum();
+    // Parts in whole groups of rows, each matrix's rows counted up to a
+    // whole group: a part then starts on a group of every matrix it
+    // touches and ends on one or at the matrix's end, as regrouped
+    // matrices need (`kernels::GROUP_ROWS`).
+    let group = kernels::GROUP_ROWS;
+    let padded = |l: &Linear| l.rows().next_multiple_of(group);
+    let total: usize = items.iter().map(|(l, _)| padded(l)).sum();
     let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
-    let parts = pool::guided_parts(total, bytes / total.max(1));
+    let parts = pool::guided_parts(total, bytes / total.max(1), group);
     let outs: Vec<(&Linear, SharedMut<f32>)> = items.iter_mut().map(|(l, y)| (*l, SharedMut::new(y))).collect();
     pool::with_current(|p| {
         p.run(parts.len(), &|t| {
@@ -319,7 +344,7 @@ fn for_each_part_of_group(
             for (l, out) in &outs {
                 let rows = l.rows();
                 let (s, e) = (parts[t].start.max(first) - first, parts[t].end.min(first + rows).saturating_sub(first));
-                first += rows;
+                first += padded(l);
                 if s < e {
                     f(l, out, s..e);
                 }

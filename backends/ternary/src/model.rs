@@ -430,6 +430,17 @@ impl Model {
         };
         let file: &[u8] = &map;
         let mapped = |start: usize, len: usize| Mapped::new(map.clone(), start, len);
+        // A TQ2_0 matrix's bytes as the model holds them: regrouped where
+        // the kernels read that layout (`kernels::tq2_grouping`).
+        let tq2 = |bytes: Mapped, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            if !crate::kernels::tq2_grouping() {
+                return Ok(Linear::Tq2 { bytes, rows, cols, grouped: false });
+            }
+            // SAFETY: each TQ2_0 matrix (of the file, or unpacked from
+            // TQ1_0) is built once, here, and only from the new buffer.
+            let bytes = unsafe { weights::regroup_tq2(&bytes, rows, cols / 256) }.map_err(ModelError::Map)?;
+            Ok(Linear::Tq2 { bytes, rows, cols, grouped: true })
+        };
         let arch = gguf.architecture().unwrap_or("").to_string();
         let act = match arch.as_str() {
             "bitnet" | "llama" => Act::Silu,
@@ -557,7 +568,7 @@ impl Model {
                             source: QuantError::Size { ty: "tq2_0".into(), n, want: n / 256 * 66, have: d.len() },
                         });
                     }
-                    Linear::Tq2 { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 66), rows, cols }
+                    tq2(mapped((gguf.data_offset + t.offset) as usize, n / 256 * 66), rows, cols)?
                 }
                 TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
                 TensorType::TQ1_0 if packed_q8k => {
@@ -569,7 +580,7 @@ impl Model {
                         });
                     }
                     match unpacked_tq1.get(name) {
-                        Some(tq2) => Linear::Tq2 { bytes: tq2.clone(), rows, cols },
+                        Some(unpacked) => tq2(unpacked.clone(), rows, cols)?,
                         None => Linear::Tq1 {
                             bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 54),
                             rows,
@@ -1069,6 +1080,13 @@ mod tests {
     fn check(stem: &str, scheme: ActScheme, src: &str) {
         let g = Golden::open(stem);
         let m = Model::load(&fixture(&format!("{stem}.gguf")), Some(scheme)).unwrap();
+        // Packed TQ2_0 matrices are regrouped exactly where the kernels
+        // read that layout, so the references check those kernels too.
+        for l in &m.layers {
+            if let Linear::Tq2 { grouped, .. } = l.w_down {
+                assert_eq!(grouped, crate::kernels::tq2_grouping(), "{stem}: TQ2_0 layout");
+            }
+        }
         let v = m.hp.n_vocab;
         for p in g.meta["prompts"].as_array().unwrap() {
             let name = p["name"].as_str().unwrap();

@@ -296,13 +296,16 @@ const MIN_PART_BYTES: usize = 16 << 10;
 /// 650 MB output matrix's parts were 80 MB. Large parts first keep each
 /// thread's reads long and sequential and the claims few (about 2 x
 /// threads x ln(rows / min) parts).
-pub fn guided_parts(rows: usize, row_bytes: usize) -> Vec<std::ops::Range<usize>> {
+///
+/// Every part but the last is a multiple of `align` rows.
+pub fn guided_parts(rows: usize, row_bytes: usize, align: usize) -> Vec<std::ops::Range<usize>> {
     let threads = current_threads();
+    let align = align.max(1);
     let least = (MIN_PART_BYTES / row_bytes.max(1)).max(1);
     let mut parts = Vec::new();
     let mut start = 0;
     while start < rows {
-        let n = ((rows - start) / (2 * threads)).max(least).min(rows - start);
+        let n = ((rows - start) / (2 * threads)).max(least).next_multiple_of(align).min(rows - start);
         parts.push(start..start + n);
         start += n;
     }
@@ -314,7 +317,7 @@ pub fn guided_parts(rows: usize, row_bytes: usize) -> Vec<std::ops::Range<usize>
 /// row_bytes)`, in parallel on the current pool.
 pub fn for_each_rows_mut<T: Send>(data: &mut [T], width: usize, row_bytes: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let width = width.max(1);
-    let parts = guided_parts(data.len() / width, row_bytes);
+    let parts = guided_parts(data.len() / width, row_bytes, 1);
     let out = SharedMut::new(data);
     with_current(|p| {
         p.run(parts.len(), &|i| {
@@ -334,7 +337,7 @@ pub fn for_each_rows_mut<T: Send>(data: &mut [T], width: usize, row_bytes: usize
 pub fn for_each_rows_token_major(ys: &mut [f32], n: usize, row_bytes: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let n = n.max(1);
     let rows = ys.len() / n;
-    let parts = guided_parts(rows, row_bytes);
+    let parts = guided_parts(rows, row_bytes, 1);
     let out = SharedMut::new(ys);
     with_current(|p| {
         p.run(parts.len(), &|i| {
@@ -463,7 +466,7 @@ mod tests {
             for (rows, row_bytes) in
                 [(0usize, 640usize), (1, 640), (100, 640), (3840, 640), (128_256, 5120), (7, 1 << 20)]
             {
-                let parts = guided_parts(rows, row_bytes);
+                let parts = guided_parts(rows, row_bytes, 1);
                 let least = (MIN_PART_BYTES / row_bytes).max(1);
                 let mut next = 0;
                 for (i, p) in parts.iter().enumerate() {
@@ -480,8 +483,17 @@ mod tests {
                 assert!(parts.len() <= 4 * (1 + rows.max(1).ilog2() as usize), "{rows} rows: {} parts", parts.len());
             }
             // The output matrix's last part is small: no thread waits long.
-            let parts = guided_parts(128_256, 5120);
+            let parts = guided_parts(128_256, 5120, 1);
             assert!(parts.last().unwrap().len() * 5120 <= 2 * MIN_PART_BYTES);
+            // Aligned: whole groups but the last part, still covering all.
+            for (rows, row_bytes) in [(3840usize, 660usize), (37, 66), (10_000, 1782), (5, 66)] {
+                let parts = guided_parts(rows, row_bytes, 16);
+                assert_eq!(parts.last().map_or(0, |p| p.end), rows);
+                for (i, p) in parts.iter().enumerate() {
+                    assert!(p.start.is_multiple_of(16) && !p.is_empty(), "{rows} rows: {parts:?}");
+                    assert!(i + 1 == parts.len() || p.len().is_multiple_of(16), "{rows} rows: {parts:?}");
+                }
+            }
         });
     }
 

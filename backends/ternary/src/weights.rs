@@ -144,6 +144,34 @@ pub unsafe fn unpack_tq1(gguf: &Gguf, map: &Mmap) -> std::io::Result<HashMap<Str
     Ok(parts.into_iter().map(|(name, _, len, at)| (name, Mapped::new(out.clone(), at, len / 54 * 66))).collect())
 }
 
+/// A TQ2_0 matrix (`rows` rows of `blocks` blocks, as the file holds
+/// them) regrouped for the AVX-512 kernels (`kernels::group_tq2`) into a
+/// huge-page buffer of its own; the pages that held `src` are then given
+/// back (on Unix), so memory grows by the padding only.
+///
+/// # Safety
+/// Nothing may read `src`'s bytes after this returns (in anonymous memory
+/// they read as zeros): the model reads the matrix from the new buffer.
+pub unsafe fn regroup_tq2(src: &Mapped, rows: usize, blocks: usize) -> std::io::Result<Mapped> {
+    use crate::kernels::{group_bytes, group_tq2, grouped_len, GROUP_ROWS};
+    let row_bytes = blocks * 66;
+    let bytes = src.bytes();
+    assert_eq!(bytes.len(), rows * row_bytes, "TQ2_0 matrix bytes");
+    let len = grouped_len(rows, blocks);
+    let mut out = huge_page_buffer(len)?;
+    // 64 groups a task, on the pool: 2B4T's layers are 0.5 GB.
+    let chunk = 64 * group_bytes(GROUP_ROWS, blocks);
+    crate::pool::for_each_chunk_mut(&mut out[..len], chunk, |at, dst| {
+        let first = at / chunk * 64 * GROUP_ROWS;
+        let n = (rows - first).min(64 * GROUP_ROWS);
+        group_tq2(&bytes[first * row_bytes..(first + n) * row_bytes], blocks, dst);
+    });
+    let (map, start, src_len) = src.source();
+    // SAFETY: the caller's promise: nothing reads these bytes again.
+    unsafe { release(map, start, src_len) };
+    Ok(Mapped::new(Arc::new(out.make_read_only()?), 0, len))
+}
+
 /// Give back the whole pages inside `map[start..start + len]`.
 ///
 /// # Safety

@@ -21,11 +21,15 @@ use half::f16;
 mod aarch64;
 mod attention;
 mod float;
+mod grouped;
 mod vocab;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 pub use attention::{attend, attend_q8, KvElem, KvHead, Q8KeyCache, Q8Keys, Queries, MAX_HEAD_DIM};
 pub use float::f16_bits_to_f32;
+pub use grouped::{
+    group_bytes, group_tq2, grouped_len, tq2_grouped_rows, tq2_grouped_rows_tokens, tq2_grouping, GROUP_ROWS,
+};
 pub use vocab::{
     q6k_block_dots, q6k_finish, q6k_rows, q6k_rows_tokens, q6k_sums, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK,
 };

@@ -264,22 +264,171 @@ unsafe fn store_lanes(acc: std::arch::x86_64::__m512, out: &mut [f32]) {
     out.copy_from_slice(&lanes[..out.len()]);
 }
 
-/// Many rows of a format with a scale per 256-weight block (TQ2_0, TQ1_0;
-/// `BLOCK` bytes per block, ending with its f16 scale) against Q8K
-/// activations, with AVX-512: `partial(block, b)` gives 16 lanes whose sum
-/// is the code dot of `block` (block b of some row).
+/// Where one group of up to 16 rows keeps its blocks and their f16
+/// scales, as the AVX-512 blockwise kernels read them.
+trait RowGroup {
+    /// Rows in the group (1 to 16).
+    fn rows(&self) -> usize;
+    /// Block b of row r < `rows()`, asking for what this layout reads
+    /// next as it goes.
+    unsafe fn block(&self, r: usize, b: usize) -> *const u8;
+    /// Block b's scales as 16 f32 lanes, lane r = row r (0 past `rows()`).
+    unsafe fn scales(&self, b: usize) -> std::arch::x86_64::__m512;
+}
+
+/// Rows as the file holds them: `BLOCK`-byte blocks, each ending with its
+/// scale, row after row. Read across, they are 16 streams: each block is
+/// prefetched one group ahead and the scales come by a gather.
+struct FileRows<const BLOCK: usize> {
+    group: *const u8,
+    row_bytes: usize,
+    n: usize,
+    scales: BlockScales,
+    pf: Option<usize>,
+}
+
+impl<const BLOCK: usize> FileRows<BLOCK> {
+    /// `group`: up to 16 whole rows of `row_bytes`.
+    #[inline(always)]
+    unsafe fn new(group: &[u8], row_bytes: usize) -> Self {
+        let n = group.len() / row_bytes;
+        debug_assert!(n <= TQ2_LANES && group.len() == n * row_bytes);
+        let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
+        FileRows { group: group.as_ptr(), row_bytes, n, scales: BlockScales::new(row_bytes, BLOCK, n), pf }
+    }
+}
+
+impl<const BLOCK: usize> RowGroup for FileRows<BLOCK> {
+    #[inline(always)]
+    fn rows(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    unsafe fn block(&self, r: usize, b: usize) -> *const u8 {
+        let block = self.group.add(r * self.row_bytes + b * BLOCK);
+        prefetch_block::<BLOCK>(block, self.pf);
+        block
+    }
+
+    #[inline(always)]
+    unsafe fn scales(&self, b: usize) -> std::arch::x86_64::__m512 {
+        self.scales.gather(self.group, b)
+    }
+}
+
+/// One group of TQ2_0 rows regrouped (`super::grouped`): the scales first,
+/// then block by block the rows' 64 code bytes, all read front to back as
+/// one stream (a prefetch per line, the scales a plain load).
+struct Tq2Group {
+    scales: *const u8,
+    codes: *const u8,
+    n: usize,
+    pf: Option<usize>,
+}
+
+impl Tq2Group {
+    /// `group`: one group of `n` rows of `blocks` blocks in the regrouped
+    /// layout (`super::grouped::group_bytes(n, blocks)` bytes).
+    #[inline(always)]
+    unsafe fn new(group: &[u8], n: usize, blocks: usize) -> Self {
+        assert!(
+            (1..=TQ2_LANES).contains(&n) && group.len() == super::grouped::group_bytes(n, blocks),
+            "TQ2_0 group shape"
+        );
+        let scales = group.as_ptr();
+        let codes = scales.add(super::grouped::scales_bytes(n, blocks));
+        Tq2Group { scales, codes, n, pf: prefetch_distance() }
+    }
+}
+
+impl RowGroup for Tq2Group {
+    #[inline(always)]
+    fn rows(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    unsafe fn block(&self, r: usize, b: usize) -> *const u8 {
+        let block = self.codes.add((b * self.n + r) * 64);
+        prefetch(block, self.pf);
+        block
+    }
+
+    #[inline(always)]
+    unsafe fn scales(&self, b: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let at = self.scales.add(2 * b * self.n);
+        if self.n == TQ2_LANES {
+            _mm512_cvtph_ps(_mm256_loadu_si256(at.cast()))
+        } else {
+            // A matrix's last group, when its rows are not a multiple of 16.
+            let mut h = [0u16; TQ2_LANES];
+            std::ptr::copy_nonoverlapping(at, h.as_mut_ptr().cast::<u8>(), 2 * self.n);
+            _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()))
+        }
+    }
+}
+
+/// One group of rows of a format with a scale per 256-weight block
+/// (TQ2_0, TQ1_0, Q6_K) against Q8K activations, with AVX-512:
+/// `partial(block, b)` gives 16 lanes whose sum is the code dot of `block`
+/// (block b of some row); 16 lanes of results, lane r = row r.
 ///
-/// Rows go 16 at a time, block by block: block b of the 16 rows gives 16
-/// vectors of partial sums, which one transposing add tree turns into one
-/// vector holding the 16 rows' block dots (lane r = row r), and the 16
-/// rows' scales of block b come in with one gather. The finish (per block:
-/// (dot - bsum) * (scale * d), summed in block order; no bsum where
-/// `bsums` is empty, as for Q6_K) then runs on the 16
-/// rows at once, one row per lane: the same operations in the same order
-/// per row as `ternary_blocks_finish`, so the same bits. Per block and row
-/// that is a sixth of an add tree where there was a horizontal sum, a
-/// scalar f16 conversion and two scratch stores. The next group of rows is
-/// prefetched while this one is read (its rows are read across, not along).
+/// Block by block: block b of the rows gives 16 vectors of partial sums,
+/// which one transposing add tree turns into one vector holding the rows'
+/// block dots (lane r = row r), and their scales of block b come in as one
+/// vector. The finish (per block: (dot - bsum) * (scale * d), summed in
+/// block order; no bsum where `bsums` is empty, as for Q6_K) then runs on
+/// the 16 rows at once, one row per lane: the same operations in the same
+/// order per row as `ternary_blocks_finish`, so the same bits. Per block
+/// and row that is a sixth of an add tree where there was a horizontal
+/// sum, a scalar f16 conversion and two scratch stores.
+#[inline(always)]
+unsafe fn blockwise_group_avx512<G: RowGroup, const UNROLLED: bool>(
+    g: &G,
+    blocks: usize,
+    bsums: &[i32],
+    d: &[f32],
+    partial: &impl Fn(*const u8, usize) -> std::arch::x86_64::__m512i,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_si512();
+    let n = g.rows();
+    let mut acc = _mm512_setzero_ps();
+    for (b, &d_b) in d.iter().enumerate().take(blocks) {
+        // SAFETY: block b of row r < n is inside the group (the caller's promise).
+        let at = |r: usize| partial(g.block(r, b), b);
+        let v: [__m512i; TQ2_LANES] = if UNROLLED && n == TQ2_LANES {
+            // A whole group (every group but a matrix's last): the
+            // rows unrolled, so the 16 sums stay in registers (a loop
+            // to n kept them on the stack: a store, 16 zeroing stores
+            // and 16 loads per block column). For TQ2_0 that is 17%
+            // more weights a second in L1, the same from memory; Q6_K,
+            // whose unpacking needs 8 more registers, read 8% slower
+            // from memory unrolled, so it keeps the loop.
+            std::array::from_fn(at)
+        } else {
+            let mut v = [zero; TQ2_LANES];
+            for (r, v) in v.iter_mut().enumerate().take(n) {
+                *v = at(r);
+            }
+            v
+        };
+        let dots = lane_sums_x16(&v);
+        let scales = g.scales(b);
+        let dot = match bsums.get(b) {
+            Some(&bsum) => _mm512_sub_epi32(dots, _mm512_set1_epi32(bsum)),
+            None => dots,
+        };
+        let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d_b));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+    }
+    acc
+}
+
+/// `blockwise_group_avx512` over rows as the file holds them (`BLOCK`
+/// bytes per block, ending with its f16 scale), 16 at a time.
 #[inline(always)]
 unsafe fn blockwise_rows_avx512<const BLOCK: usize, const UNROLLED: bool>(
     rows: &[u8],
@@ -289,55 +438,71 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize, const UNROLLED: bool>(
     out: &mut [f32],
     partial: impl Fn(*const u8, usize) -> std::arch::x86_64::__m512i,
 ) {
-    use std::arch::x86_64::*;
-    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let blocks = row_bytes / BLOCK;
-    let zero = _mm512_setzero_si512();
     for (group, out) in rows.chunks(TQ2_LANES * row_bytes).zip(out.chunks_mut(TQ2_LANES)) {
-        let n = group.len() / row_bytes;
-        let block_scales = BlockScales::new(row_bytes, BLOCK, n);
-        let mut acc = _mm512_setzero_ps();
-        for (b, &d_b) in d.iter().enumerate().take(blocks) {
-            // SAFETY: block b of row r < n is BLOCK bytes inside `group`.
-            let at = |r: usize| {
-                let block = group.as_ptr().add(r * row_bytes + b * BLOCK);
-                prefetch_block::<BLOCK>(block, pf);
-                partial(block, b)
-            };
-            let v: [__m512i; TQ2_LANES] = if UNROLLED && n == TQ2_LANES {
-                // A whole group (every group but a matrix's last): the
-                // rows unrolled, so the 16 sums stay in registers (a loop
-                // to n kept them on the stack: a store, 16 zeroing stores
-                // and 16 loads per block column). For TQ2_0 that is 17%
-                // more weights a second in L1, the same from memory; Q6_K,
-                // whose unpacking needs 8 more registers, read 8% slower
-                // from memory unrolled, so it keeps the loop.
-                std::array::from_fn(at)
-            } else {
-                let mut v = [zero; TQ2_LANES];
-                for (r, v) in v.iter_mut().enumerate().take(n) {
-                    *v = at(r);
-                }
-                v
-            };
-            let dots = lane_sums_x16(&v);
-            // SAFETY: rows < n hold block b.
-            let scales = block_scales.gather(group.as_ptr(), b);
-            let dot = match bsums.get(b) {
-                Some(&bsum) => _mm512_sub_epi32(dots, _mm512_set1_epi32(bsum)),
-                None => dots,
-            };
-            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d_b));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
-        }
-        store_lanes(acc, out);
+        let g = FileRows::<BLOCK>::new(group, row_bytes);
+        store_lanes(blockwise_group_avx512::<_, UNROLLED>(&g, blocks, bsums, d, &partial), out);
     }
 }
 
-/// TQ2_0 rows with AVX-512 VNNI (see `blockwise_rows_avx512`): a block's
-/// 64 code bytes in one load; plane l (bits 2l) of its low half pairs with
-/// activations 32l.., of its high half with 128 + 32l.., which is
-/// `interleave`'s layout (the same as I2_S's).
+/// A block's four 2-bit planes with AVX-512, plane l (bits 2l) of its low
+/// half paired with activations 32l.., of its high half with 128 + 32l..,
+/// which is `interleave`'s layout (the same as I2_S's).
+#[inline(always)]
+unsafe fn tq2_planes_avx512(block: *const u8) -> [std::arch::x86_64::__m512i; 4] {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let w = _mm512_loadu_si512(block.cast());
+    [
+        _mm512_and_si512(w, mask),
+        _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+        _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+        _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+    ]
+}
+
+/// One TQ2_0 block's 16 partial dot lanes against interleaved activations
+/// `a` (256 bytes) with VNNI.
+#[inline(always)]
+unsafe fn tq2_partial_vnni(block: *const u8, a: *const i8) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let c = tq2_planes_avx512(block);
+    // One chain: 16 rows of independent chains hide its latency, and it
+    // saves the add of two.
+    let acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[0], _mm512_loadu_si512(a.cast()));
+    let acc = _mm512_dpbusd_epi32(acc, c[1], _mm512_loadu_si512(a.add(64).cast()));
+    let acc = _mm512_dpbusd_epi32(acc, c[2], _mm512_loadu_si512(a.add(128).cast()));
+    _mm512_dpbusd_epi32(acc, c[3], _mm512_loadu_si512(a.add(192).cast()))
+}
+
+/// Regrouped TQ2_0 rows (`super::grouped`: `rows` rows of `blocks`
+/// blocks, groups of 16 but the last) against interleaved activations,
+/// with AVX-512 VNNI: `tq2_rows_vnni`'s bits from one front-to-back stream.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq2_grouped_rows_vnni(
+    groups: &[u8],
+    blocks: usize,
+    qi: &[i8],
+    bsums: &[i32],
+    d: &[f32],
+    out: &mut [f32],
+) {
+    assert!(qi.len() >= blocks * 256 && bsums.len() >= blocks && d.len() >= blocks, "TQ2_0 activations");
+    let mut at = 0;
+    for out in out.chunks_mut(TQ2_LANES) {
+        let len = super::grouped::group_bytes(out.len(), blocks);
+        let g = Tq2Group::new(&groups[at..at + len], out.len(), blocks);
+        // SAFETY: qi has 256 per block (asserted); g's blocks are inside groups.
+        let partial = |block, b: usize| tq2_partial_vnni(block, qi.as_ptr().add(b * 256));
+        store_lanes(blockwise_group_avx512::<_, true>(&g, blocks, bsums, d, &partial), out);
+        at += len;
+    }
+    assert_eq!(at, groups.len(), "TQ2_0 groups for {} rows", out.len());
+}
+
+/// TQ2_0 rows with AVX-512 VNNI (see `blockwise_group_avx512`), as the
+/// file holds them: a block's 64 code bytes in one load
+/// (`tq2_planes_avx512`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 pub(super) unsafe fn tq2_rows_vnni(
     rows: &[u8],
@@ -347,22 +512,9 @@ pub(super) unsafe fn tq2_rows_vnni(
     d: &[f32],
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
     // SAFETY: blocks are 66 bytes (64 loaded); qi has 256 per block.
     blockwise_rows_avx512::<66, true>(rows, row_bytes, bsums, d, out, |block, b| {
-        let a = qi.as_ptr().add(b * 256);
-        let w = _mm512_loadu_si512(block.cast());
-        let c0 = _mm512_and_si512(w, mask);
-        let c1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), mask);
-        let c2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
-        let c3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), mask);
-        // One chain: 16 rows of independent chains hide its latency, and it
-        // saves the add of two.
-        let acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_loadu_si512(a.cast()));
-        let acc = _mm512_dpbusd_epi32(acc, c1, _mm512_loadu_si512(a.add(64).cast()));
-        let acc = _mm512_dpbusd_epi32(acc, c2, _mm512_loadu_si512(a.add(128).cast()));
-        _mm512_dpbusd_epi32(acc, c3, _mm512_loadu_si512(a.add(192).cast()))
+        tq2_partial_vnni(block, qi.as_ptr().add(b * 256))
     })
 }
 
@@ -386,7 +538,7 @@ unsafe fn lane_sums_x8(v: &[std::arch::x86_64::__m256i; AVX2_LANES]) -> std::arc
 
 /// Rows of a format with an f16 scale ending each `BLOCK`-byte block of
 /// 256 weights (TQ2_0, Q6_K) against Q8K activations, with AVX2: the
-/// structure of `blockwise_rows_avx512` on 8 lanes. `partial(block, b)`
+/// structure of `blockwise_group_avx512` on 8 lanes. `partial(block, b)`
 /// gives 8 lanes whose sum is the integer dot of `block` (block b of some
 /// row). Rows go 8 at a time, block by block: one add tree turns the 8
 /// rows' partials into one vector (lane r = row r), one gather brings
@@ -677,13 +829,16 @@ pub(super) unsafe fn tq2_rows_tokens_avxvnni(
 /// The ternary block formats the many-token kernel reads.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum TernaryBlocks {
-    /// 66-byte blocks, activations interleaved (`interleave`).
+    /// 66-byte blocks as the file holds them, activations interleaved (`interleave`).
     Tq2,
+    /// One group of this many TQ2_0 rows regrouped (`super::grouped`),
+    /// activations interleaved.
+    Tq2Grouped { rows: usize },
     /// 54-byte blocks, activations in file order.
     Tq1,
 }
 
-/// Rows (up to 16, one `blockwise_rows_avx512` group) against 1-4 tokens
+/// Rows (up to 16, one `blockwise_group_avx512` group) against 1-4 tokens
 /// at once (prompts, sequences decoded together): token t's results go to
 /// `out[t * stride..][..rows]`, bit for bit what `tq2_rows_vnni` /
 /// `tq1_rows_vnni` give it alone. `qs[t]`: token t's activations in the
@@ -700,19 +855,8 @@ pub(super) unsafe fn ternary_rows_tokens_vnni(
     out: &mut [f32],
     stride: usize,
 ) {
-    use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
-    // A TQ2_0 block's four 2-bit planes, plane l paired with activations 64 l.. (interleaved).
-    let tq2 = |block: *const u8| {
-        // SAFETY: the kernel passes a block inside its group (64 of 66 bytes loaded).
-        let w = unsafe { _mm512_loadu_si512(block.cast()) };
-        [
-            _mm512_and_si512(w, mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
-        ]
-    };
+    // SAFETY: the kernel passes a block inside its group (64 of 66 bytes loaded).
+    let tq2 = |block: *const u8| unsafe { tq2_planes_avx512(block) };
     // SAFETY: the kernel passes a 54-byte block inside its group.
     let tq1 = |block: *const u8| unsafe { tq1_digits_vnni(block) };
     macro_rules! tokens {
@@ -720,12 +864,22 @@ pub(super) unsafe fn ternary_rows_tokens_vnni(
             let qs: [&[i8]; $n] = first_n(qs);
             let bsums: [&[i32]; $n] = first_n(bsums);
             let d: [&[f32]; $n] = first_n(d);
+            let out = (out, stride);
             match format {
                 TernaryBlocks::Tq2 => {
-                    blockwise_rows_tokens_avx512::<66, $n>(group, row_bytes, qs, bsums, d, out, stride, tq2)
+                    assert!(row_bytes.is_multiple_of(66) && group.len().is_multiple_of(row_bytes), "TQ2_0 group shape");
+                    let g = FileRows::<66>::new(group, row_bytes);
+                    blockwise_rows_tokens_avx512::<_, $n>(&g, row_bytes / 66, qs, bsums, d, out, tq2)
+                }
+                TernaryBlocks::Tq2Grouped { rows } => {
+                    assert!(row_bytes.is_multiple_of(66), "TQ2_0 group shape");
+                    let g = Tq2Group::new(group, rows, row_bytes / 66);
+                    blockwise_rows_tokens_avx512::<_, $n>(&g, row_bytes / 66, qs, bsums, d, out, tq2)
                 }
                 TernaryBlocks::Tq1 => {
-                    blockwise_rows_tokens_avx512::<54, $n>(group, row_bytes, qs, bsums, d, out, stride, tq1)
+                    assert!(row_bytes.is_multiple_of(54) && group.len().is_multiple_of(row_bytes), "TQ1_0 group shape");
+                    let g = FileRows::<54>::new(group, row_bytes);
+                    blockwise_rows_tokens_avx512::<_, $n>(&g, row_bytes / 54, qs, bsums, d, out, tq1)
                 }
             }
         }};
@@ -740,46 +894,39 @@ pub(super) unsafe fn ternary_rows_tokens_vnni(
     }
 }
 
-/// `blockwise_rows_avx512` for N tokens: per block, each row's codes are
+/// `blockwise_group_avx512` for N tokens: per block, each row's codes are
 /// unpacked once (`planes`: four vectors, plane k paired with activations
 /// 64 k..64 k + 64) for all N tokens, four rows at a time (their planes
 /// stay in registers while each token's activations are loaded once for
-/// the four), and each scale gather serves every token.
-#[allow(clippy::too_many_arguments)]
+/// the four), and each block's scales serve every token. Token t's
+/// results go to `out.0[t * out.1..][..rows]`.
 #[inline(always)]
-unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
-    group: &[u8],
-    row_bytes: usize,
+unsafe fn blockwise_rows_tokens_avx512<G: RowGroup, const N: usize>(
+    g: &G,
+    blocks: usize,
     qs: [&[i8]; N],
     bsums: [&[i32]; N],
     d: [&[f32]; N],
-    out: &mut [f32],
-    stride: usize,
+    (out, stride): (&mut [f32], usize),
     planes: impl Fn(*const u8) -> [std::arch::x86_64::__m512i; 4],
 ) {
     use std::arch::x86_64::*;
-    let n = group.len() / row_bytes;
-    let blocks = row_bytes / BLOCK;
-    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * BLOCK, "ternary group shape");
+    let n = g.rows();
     for t in 0..N {
         assert!(qs[t].len() >= blocks * 256 && bsums[t].len() >= blocks && d[t].len() >= blocks, "ternary tokens");
     }
     assert!(out.len() >= (N - 1) * stride + n, "ternary tokens output");
-    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
     let zero = _mm512_setzero_si512();
-    let block_scales = BlockScales::new(row_bytes, BLOCK, n);
     let mut acc = [_mm512_setzero_ps(); N];
-    // Rows past n stay zero, as in `blockwise_rows_avx512`.
+    // Rows past n stay zero, as in `blockwise_group_avx512`.
     let mut v = [[zero; TQ2_LANES]; N];
     for b in 0..blocks {
         for r0 in (0..n).step_by(4) {
             let rn = (n - r0).min(4);
             let mut codes = [[zero; 4]; 4];
             for (i, c) in codes.iter_mut().enumerate().take(rn) {
-                // SAFETY: block b of row r0 + i < n is inside group.
-                let block = group.as_ptr().add((r0 + i) * row_bytes + b * BLOCK);
-                prefetch_block::<BLOCK>(block, pf);
-                *c = planes(block);
+                // SAFETY: block b of row r0 + i < n is inside the group.
+                *c = planes(g.block(r0 + i, b));
             }
             for (t, v) in v.iter_mut().enumerate() {
                 // SAFETY: block b's 256 activations are inside qs[t] (asserted).
@@ -798,7 +945,7 @@ unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
             }
         }
         // SAFETY: rows < n hold block b.
-        let scales = block_scales.gather(group.as_ptr(), b);
+        let scales = g.scales(b);
         for t in 0..N {
             let dot = _mm512_sub_epi32(lane_sums_x16(&v[t]), _mm512_set1_epi32(bsums[t][b]));
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
@@ -991,7 +1138,7 @@ pub(super) unsafe fn tq1_block_dots_vnni(row: &[u8], q: &[i8], out: &mut [i32]) 
     }
 }
 
-/// TQ1_0 rows with AVX-512 VNNI (see `blockwise_rows_avx512`), activations
+/// TQ1_0 rows with AVX-512 VNNI (see `blockwise_group_avx512`), activations
 /// in file order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 pub(super) unsafe fn tq1_rows_vnni(rows: &[u8], row_bytes: usize, q: &[i8], bsums: &[i32], d: &[f32], out: &mut [f32]) {
@@ -1644,7 +1791,7 @@ pub(super) unsafe fn q6k_rows_tokens_avx2<const N: usize>(
 }
 
 /// Q6_K rows against Q8_K activations with AVX-512 (see
-/// `blockwise_rows_avx512`: 16 rows read across, one scale gather and a
+/// `blockwise_group_avx512`: 16 rows read across, one scale gather and a
 /// vectorized finish per block; Q6_K's finish has no block sum to
 /// subtract). Per half block, the 64 low-nibble bytes are one load whose
 /// low nibbles are elements 0..64 and high nibbles 64..128, in order; the
@@ -1787,11 +1934,10 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
     }
     assert!(out.len() >= (N - 1) * stride + n, "Q6_K tokens output");
     let unpack = Q6kUnpack::new();
-    let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
+    let g = FileRows::<{ Q6K_BLOCK }>::new(group, row_bytes);
     let zero = _mm512_setzero_si512();
-    let block_scales = BlockScales::new(row_bytes, Q6K_BLOCK, n);
     let mut acc = [_mm512_setzero_ps(); N];
-    // Rows past n stay zero, as in `blockwise_rows_avx512`.
+    // Rows past n stay zero, as in `blockwise_group_avx512`.
     let mut v = [[zero; TQ2_LANES]; N];
     for b in 0..blocks {
         for r0 in (0..n).step_by(R) {
@@ -1799,9 +1945,7 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
             let mut rows = [([zero; 4], [zero; 4], _mm256_setzero_si256()); R];
             for (i, row) in rows.iter_mut().enumerate().take(rn) {
                 // SAFETY: block b of row r0 + i < n is inside group.
-                let block = group.as_ptr().add((r0 + i) * row_bytes + b * Q6K_BLOCK);
-                prefetch_block::<{ Q6K_BLOCK }>(block, pf);
-                *row = unpack.block(block);
+                *row = unpack.block(g.block(r0 + i, b));
             }
             for (t, v) in v.iter_mut().enumerate() {
                 // SAFETY: block b's activations and sums are inside qs[t], sums[t] (asserted).
@@ -1812,7 +1956,7 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
             }
         }
         // SAFETY: rows < n hold block b.
-        let scales = block_scales.gather(group.as_ptr(), b);
+        let scales = g.scales(b);
         for t in 0..N {
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(lane_sums_x16(&v[t])), scale));
