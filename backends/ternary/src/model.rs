@@ -431,9 +431,9 @@ impl Model {
         let file: &[u8] = &map;
         let mapped = |start: usize, len: usize| Mapped::new(map.clone(), start, len);
         // A TQ2_0 matrix's bytes as the model holds them: regrouped where
-        // the kernels read that layout (`kernels::tq2_grouping`).
+        // the kernels read that layout (`weights::regroups_tq2`).
         let tq2 = |bytes: Mapped, rows: usize, cols: usize| -> Result<Linear, ModelError> {
-            if !crate::kernels::tq2_grouping() {
+            if !weights::regroups_tq2() {
                 return Ok(Linear::Tq2 { bytes, rows, cols, grouped: false });
             }
             // SAFETY: each TQ2_0 matrix (of the file, or unpacked from
@@ -1084,7 +1084,7 @@ mod tests {
         // read that layout, so the references check those kernels too.
         for l in &m.layers {
             if let Linear::Tq2 { grouped, .. } = l.w_down {
-                assert_eq!(grouped, crate::kernels::tq2_grouping(), "{stem}: TQ2_0 layout");
+                assert_eq!(grouped, weights::regroups_tq2(), "{stem}: TQ2_0 layout");
             }
         }
         let v = m.hp.n_vocab;

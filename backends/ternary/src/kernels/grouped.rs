@@ -8,8 +8,14 @@
 //! one stream read front to back: first the rows' f16 scales of every
 //! block (2 bytes per row and block, padded to a 64-byte line), then block
 //! by block the rows' 64 code bytes, each on its own line. The same kernel
-//! arithmetic then read at 97-101% from memory and 25% faster in L1
-//! (`cargo bench -p bitnet-host-tests --bench kernels -- --bench tq2`).
+//! arithmetic then read at 93-104% from memory (the file's layout at
+//! 79-86% in the same runs) and 10-25% faster in L1 (`cargo bench -p
+//! bitnet-host-tests --bench kernels -- --bench tq2`).
+//!
+//! Q6_K output matrices regrouped the same way (208 bytes per row and
+//! block after the scales) read 10% faster in L1 but 5% slower from
+//! memory (12.7 against 13.5 GB/s; still so with each row's block padded
+//! to 256 aligned bytes), so they stay as the file holds them.
 //!
 //! Groups are 16 rows but a matrix's last, which holds the rows left over.
 //! A product over rows `first..` therefore starts at a multiple of 16 and
