@@ -303,21 +303,23 @@ mod tests {
         }
     }
 
-    #[test]
-    #[should_panic(expected = "not a group's first")]
-    fn a_run_must_start_on_a_group() {
+    /// Rows `first..first + n` of a regrouped 37-row matrix, one token.
+    fn run_of_37_rows(first: usize, n: usize) {
         let (rows, blocks) = (37, 1);
         let g = grouped(&matrix(rows, blocks, 3), rows, blocks);
         let (q, bsums, d) = acts(blocks, 0);
-        tq2_grouped_rows(&g, blocks, 8, &Prepared::new(&q), &bsums, &d, &mut [0f32; 8]);
+        tq2_grouped_rows(&g, blocks, first, &Prepared::new(&q), &bsums, &d, &mut vec![0f32; n]);
+    }
+
+    #[test]
+    #[should_panic(expected = "not a group's first")]
+    fn a_run_must_start_on_a_group() {
+        run_of_37_rows(8, 8);
     }
 
     #[test]
     #[should_panic(expected = "ending inside a group")]
     fn a_run_must_end_on_a_group_or_the_matrix_end() {
-        let (rows, blocks) = (37, 1);
-        let g = grouped(&matrix(rows, blocks, 3), rows, blocks);
-        let (q, bsums, d) = acts(blocks, 0);
-        tq2_grouped_rows(&g, blocks, 16, &Prepared::new(&q), &bsums, &d, &mut [0f32; 8]);
+        run_of_37_rows(16, 8);
     }
 }
