@@ -308,15 +308,8 @@ pub fn quantize_q8k(x: &[f32]) -> Q8K {
     let mut q = Vec::with_capacity(x.len());
     let mut d = Vec::with_capacity(x.len() / QK);
     for block in x.chunks(QK) {
-        let mut m = 0f32;
-        let mut amax = 0f32;
-        for &v in block {
-            if v.abs() > amax {
-                amax = v.abs();
-                m = v;
-            }
-        }
-        if amax == 0.0 {
+        let m = crate::kernels::signed_abs_max(block);
+        if m == 0.0 {
             d.push(0.0);
             q.extend(std::iter::repeat_n(0i8, block.len()));
             continue;

@@ -349,7 +349,7 @@ pub(super) fn quantize_row(x: &[f32], scale: f32, out: &mut [i8]) {
     super::quantize_row_scalar(&x[n..], scale, &mut out[n..]);
 }
 
-/// Largest |x| (NaN-free inputs; `f32::max` semantics otherwise differ).
+/// Largest |x|, NaNs ignored as `f32::max` does (FMAXNM returns the number).
 pub(super) fn abs_max(x: &[f32]) -> f32 {
     let n = x.len() / 16 * 16;
     // SAFETY: NEON is part of every aarch64 target; loads within chunks.

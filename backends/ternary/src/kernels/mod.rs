@@ -810,24 +810,73 @@ pub fn quantize_row_scalar(x: &[f32], scale: f32, out: &mut [i8]) {
 }
 
 /// Activations to int8: `quantize_row_scalar` with the best kernel here.
-/// (On x86_64 the compiler vectorizes the reference itself.)
 #[inline]
 pub fn quantize_row(x: &[f32], scale: f32, out: &mut [i8]) {
     assert_eq!(x.len(), out.len(), "one int8 per value");
     match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F.
+        Isa::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, scale, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 => unsafe { x86::quantize_row_avx2(x, scale, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => aarch64::quantize_row(x, scale, out),
         _ => quantize_row_scalar(x, scale, out),
     }
 }
 
+/// Reference for `abs_max`.
+pub fn abs_max_scalar(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
 /// Largest |x| over the values (NaNs ignored, as `f32::max` does).
 #[inline]
 pub fn abs_max(x: &[f32]) -> f32 {
     match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F.
+        Isa::Avx512Vnni => unsafe { x86::abs_max_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 => unsafe { x86::abs_max_avx2(x) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => aarch64::abs_max(x),
-        _ => x.iter().fold(0f32, |a, v| a.max(v.abs())),
+        _ => abs_max_scalar(x),
+    }
+}
+
+/// Reference for `signed_abs_max`: the first value whose |x| is the
+/// largest (NaNs skipped), 0 when every |x| is 0; Q8_K's scale is
+/// -127 over it (llama.cpp's `quantize_row_q8_K`).
+pub fn signed_abs_max_scalar(x: &[f32]) -> f32 {
+    let (mut m, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            m = v;
+        }
+    }
+    m
+}
+
+/// `signed_abs_max_scalar` in two vector passes: the largest |x|, then
+/// the first value that has it.
+#[inline]
+pub fn signed_abs_max(x: &[f32]) -> f32 {
+    let amax = abs_max(x);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F.
+        Isa::Avx512Vnni => unsafe { x86::first_with_abs_avx512(x, amax) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2.
+        Isa::Avx2 => unsafe { x86::first_with_abs_avx2(x, amax) },
+        _ => x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0),
     }
 }
 
@@ -1128,6 +1177,12 @@ mod tests {
                 let mut got = vec![0i8; n];
                 quantize_row(&x, scale, &mut got);
                 assert_eq!(got, want, "dispatched n={n} scale={scale}");
+                #[cfg(target_arch = "x86_64")]
+                for (name, kernel) in x86_quantizers() {
+                    let mut got = vec![0i8; n];
+                    kernel(&x, scale, &mut got);
+                    assert_eq!(got, want, "{name} n={n} scale={scale}");
+                }
                 #[cfg(target_arch = "aarch64")]
                 {
                     let mut got = vec![0i8; n];
@@ -1135,11 +1190,90 @@ mod tests {
                     assert_eq!(got, want, "neon n={n} scale={scale}");
                 }
             }
-            let finite: Vec<f32> = x.iter().map(|v| if v.is_finite() { *v } else { -3.0 }).collect();
-            let want = finite.iter().fold(0f32, |a, v| a.max(v.abs()));
-            assert_eq!(abs_max(&finite).to_bits(), want.to_bits(), "abs_max n={n}");
-            #[cfg(target_arch = "aarch64")]
-            assert_eq!(aarch64::abs_max(&finite).to_bits(), want.to_bits(), "neon abs_max n={n}");
+            // With and without infinities, NaNs among them.
+            let finite: Vec<f32> = x.iter().map(|v| if v.is_infinite() { -3.0 } else { *v }).collect();
+            for x in [&x, &finite] {
+                let want = abs_max_scalar(x);
+                assert_eq!(abs_max(x).to_bits(), want.to_bits(), "abs_max n={n}");
+                #[cfg(target_arch = "aarch64")]
+                assert_eq!(aarch64::abs_max(x).to_bits(), want.to_bits(), "neon abs_max n={n}");
+                #[cfg(target_arch = "x86_64")]
+                if let Some(avx2) = x86_acts_available() {
+                    // SAFETY: x86_acts_available checked the features.
+                    let got = unsafe { [x86::abs_max_avx2(x)].into_iter().chain(avx2.then(|| x86::abs_max_avx512(x))) };
+                    for got in got {
+                        assert_eq!(got.to_bits(), want.to_bits(), "x86 abs_max n={n}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the AVX2 activation kernels can run here, with whether the
+    /// AVX-512 ones can too (None: neither).
+    #[cfg(target_arch = "x86_64")]
+    fn x86_acts_available() -> Option<bool> {
+        is_x86_feature_detected!("avx2").then(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Quantizer = fn(&[f32], f32, &mut [i8]);
+
+    /// Every x86 activation quantizer this CPU can run, whatever `isa()`
+    /// picked (so the forced AVX2 runs still test the AVX-512 ones).
+    #[cfg(target_arch = "x86_64")]
+    fn x86_quantizers() -> Vec<(&'static str, Quantizer)> {
+        let mut v: Vec<(&'static str, Quantizer)> = Vec::new();
+        if let Some(avx512) = x86_acts_available() {
+            // SAFETY: x86_acts_available checked AVX2.
+            v.push(("avx2", |x, s, o| unsafe { x86::quantize_row_avx2(x, s, o) }));
+            if avx512 {
+                // SAFETY: x86_acts_available checked AVX-512 F.
+                v.push(("avx512", |x, s, o| unsafe { x86::quantize_row_avx512(x, s, o) }));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn the_signed_abs_max_is_the_first_value_of_largest_magnitude_on_every_path() {
+        let mut rng = Rng::new(23);
+        for n in [1usize, 7, 8, 15, 16, 17, 31, 33, 100, 256] {
+            for case in 0..6 {
+                let mut x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 10.0).collect();
+                let at = (rng.next_f32() * n as f32) as usize % n;
+                match case {
+                    // The maximum twice with opposite signs: the first wins.
+                    1 if n > 1 => {
+                        x[at] = -7.0;
+                        x[(at + 1 + n / 2) % n] = 7.0;
+                    }
+                    2 => x[at] = f32::NAN,
+                    3 => x[at] = f32::NEG_INFINITY,
+                    4 => x.iter_mut().for_each(|v| *v = 0.0),
+                    5 => x.iter_mut().for_each(|v| *v = if rng.next_f32() < 0.5 { f32::NAN } else { -0.0 }),
+                    _ => {}
+                }
+                let want = signed_abs_max_scalar(&x);
+                assert_eq!(signed_abs_max(&x).to_bits(), want.to_bits(), "n={n} case {case}: {x:?}");
+                #[cfg(target_arch = "x86_64")]
+                if let Some(avx512) = x86_acts_available() {
+                    let amax = abs_max_scalar(&x);
+                    if amax > 0.0 {
+                        // SAFETY: x86_acts_available checked the features.
+                        unsafe {
+                            assert_eq!(x86::first_with_abs_avx2(&x, amax).to_bits(), want.to_bits(), "avx2 n={n}");
+                            if avx512 {
+                                assert_eq!(
+                                    x86::first_with_abs_avx512(&x, amax).to_bits(),
+                                    want.to_bits(),
+                                    "avx512 n={n}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

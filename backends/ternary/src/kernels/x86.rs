@@ -4,6 +4,9 @@
 
 use half::f16;
 
+mod acts;
+pub(super) use acts::*;
+
 use super::vocab::{Q6K_BLOCK, Q8_0_BLOCK};
 use super::{dot_f16_scalar, first_n, prefetch, prefetch_distance};
 
