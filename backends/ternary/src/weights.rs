@@ -171,7 +171,7 @@ pub unsafe fn regroup_tq2(src: &Mapped, rows: usize, blocks: usize) -> std::io::
     let len = grouped_len(rows, blocks);
     let mut out = huge_page_buffer(len)?;
     // 64 groups a task, on the pool: 2B4T's layers are 0.5 GB.
-    let chunk = 64 * group_bytes(GROUP_ROWS, blocks);
+    let chunk = 64 * group_bytes(blocks);
     crate::pool::for_each_chunk_mut(&mut out[..len], chunk, |at, dst| {
         let first = at / chunk * 64 * GROUP_ROWS;
         let n = (rows - first).min(64 * GROUP_ROWS);

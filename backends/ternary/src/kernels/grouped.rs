@@ -1,27 +1,32 @@
-//! TQ2_0 matrices regrouped at load for the AVX-512 kernels, which read
-//! 16 rows across, block by block.
+//! TQ2_0 matrices regrouped at load for the AVX-512 kernels.
 //!
-//! As the file holds them, those 16 rows are 16 streams of 66-byte blocks:
-//! each 64-byte load straddles two lines, each block needs its own
-//! prefetches and the 16 scales a gather. From memory that kernel read at
-//! 74-86% of one core's read bandwidth. Regrouped, a group of 16 rows is
-//! one stream read front to back: first the rows' f16 scales of every
-//! block (2 bytes per row and block, padded to a 64-byte line), then block
-//! by block the rows' 64 code bytes, each on its own line. The same kernel
-//! arithmetic then read at 93-104% from memory (the file's layout at
-//! 79-86% in the same runs) and 10-25% faster in L1 (`cargo bench -p
-//! bitnet-host-tests --bench kernels -- --bench tq2`).
+//! As the file holds them, 16 rows read across are 16 streams of 66-byte
+//! blocks: each 64-byte load straddles two lines, each block needs its own
+//! prefetches and the 16 scales a gather, and 16 rows' partial sums need
+//! an add tree per block. From memory that kernel read at 74-86% of one
+//! core's read bandwidth. Regrouped, a group of 16 rows is one stream read
+//! front to back: first the rows' f16 scales of every block (2 bytes per
+//! row and block, padded to a 64-byte line), then per block 16 lines in
+//! which dword lane r holds 4 weights of row r ("lanes = rows",
+//! `lane_place`). Each line is unpacked once and each of its 4 planes
+//! meets one broadcast dword of a token's activations in one `vpdpbusd`:
+//! lane r then sums row r with no add tree. `cargo bench -p
+//! bitnet-host-tests --bench kernels -- --bench tq2`, one thread: in L1
+//! 35.2-35.6 GB/s against 24.7-27.0 for the file's layout, from memory
+//! 91-100% of the read bandwidth against 74-84%; against 4 tokens in L1
+//! 226 multiply-adds/ns against 129 for the same groups read 16 rows
+//! across with an add tree (the layout of this module's first version).
 //!
-//! Q6_K output matrices regrouped the same way (208 bytes per row and
-//! block after the scales) read 10% faster in L1 but 5% slower from
-//! memory (12.7 against 13.5 GB/s; still so with each row's block padded
-//! to 256 aligned bytes), so they stay as the file holds them.
+//! Every group holds 16 rows: a matrix's last is filled out with zero rows,
+//! whose results are never stored. A product over rows `first..` starts at
+//! a multiple of 16 and runs to a multiple of 16 or the matrix's end
+//! (`linear`'s parts do). The codes and scales are the file's, moved: the
+//! results equal `tq2_rows` on the file's rows bit for bit.
 //!
-//! Groups are 16 rows but a matrix's last, which holds the rows left over.
-//! A product over rows `first..` therefore starts at a multiple of 16 and
-//! runs to a multiple of 16 or the matrix's end (`linear`'s parts do).
-//! The codes and scales are the file's, unchanged: the results equal
-//! `tq2_rows` on the file's rows bit for bit.
+//! Q6_K output matrices regrouped by rows (208 bytes per row and block
+//! after the scales) read 10% faster in L1 but 5% slower from memory (12.7
+//! against 13.5 GB/s; still so with each row's block padded to 256 aligned
+//! bytes), so they stay as the file holds them.
 
 use super::{isa, tq2_rows, tq2_rows_tokens, Isa, Prepared};
 
@@ -31,22 +36,21 @@ pub const GROUP_ROWS: usize = 16;
 /// TQ2_0 bytes per block as the file holds it: 64 of codes, 2 of scale.
 const BLOCK: usize = 66;
 
-/// Bytes of the scales that open a group of `rows` rows of `blocks`
-/// blocks: 2 per row and block, padded to a line so the codes start on one.
-pub(crate) fn scales_bytes(rows: usize, blocks: usize) -> usize {
-    (2 * rows * blocks).next_multiple_of(64)
+/// Bytes of the scales that open a group of `blocks` blocks: 2 per row
+/// and block, padded to a line so the codes start on one.
+pub(crate) fn scales_bytes(blocks: usize) -> usize {
+    (2 * GROUP_ROWS * blocks).next_multiple_of(64)
 }
 
-/// Bytes of one group of `rows` rows (1 to 16) of `blocks` blocks.
-pub fn group_bytes(rows: usize, blocks: usize) -> usize {
-    scales_bytes(rows, blocks) + 64 * rows * blocks
+/// Bytes of one group of 16 rows of `blocks` blocks.
+pub fn group_bytes(blocks: usize) -> usize {
+    scales_bytes(blocks) + 64 * GROUP_ROWS * blocks
 }
 
 /// Bytes of `rows` consecutive rows regrouped, starting at a group's start:
-/// whole groups, then a shorter one for the rows left over.
+/// whole groups (a matrix's last one filled out with zero rows).
 pub fn grouped_len(rows: usize, blocks: usize) -> usize {
-    let rest = rows % GROUP_ROWS;
-    rows / GROUP_ROWS * group_bytes(GROUP_ROWS, blocks) + if rest > 0 { group_bytes(rest, blocks) } else { 0 }
+    rows.div_ceil(GROUP_ROWS) * group_bytes(blocks)
 }
 
 /// Whether models regroup their TQ2_0 matrices: where the kernels read the
@@ -57,40 +61,56 @@ pub fn tq2_grouping() -> bool {
     isa() == Isa::Avx512Vnni
 }
 
+/// Where weight e (0..256) of a block sits in a group's line l: byte
+/// 4 * row + (e % 4) of line e / 16, at bits 2 * ((e / 4) % 4).
+fn lane_place(e: usize) -> (usize, usize, u32) {
+    (e / 16, e % 4, 2 * ((e / 4) % 4) as u32)
+}
+
+/// Code of weight e of a TQ2_0 block as the file holds it: byte
+/// 32 * (e / 128) + e % 32, bits 2 * ((e % 128) / 32).
+fn file_code(block: &[u8], e: usize) -> u8 {
+    (block[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3
+}
+
 /// `src`: TQ2_0 rows as the file holds them (`blocks` blocks each), into
-/// `dst` (`grouped_len` bytes) regrouped.
+/// `dst` (`grouped_len` bytes) regrouped: per group of 16 rows, the f16
+/// scales of block 0's rows, block 1's, ... (padded to a line), then per
+/// block 16 lines, dword r of line l holding weights 16 l..16 l + 16 of
+/// row r (`lane_place`). Rows past the matrix's end are zeros.
 pub fn group_tq2(src: &[u8], blocks: usize, dst: &mut [u8]) {
     let row_bytes = blocks * BLOCK;
     assert!(row_bytes > 0 && src.len().is_multiple_of(row_bytes), "TQ2_0 rows of {row_bytes} bytes: {}", src.len());
     let rows = src.len() / row_bytes;
     assert_eq!(dst.len(), grouped_len(rows, blocks), "TQ2_0 regrouped bytes for {rows} rows");
-    let mut at = 0;
-    for group in src.chunks(GROUP_ROWS * row_bytes) {
-        let n = group.len() / row_bytes;
-        let out = &mut dst[at..at + group_bytes(n, blocks)];
-        let (scales, codes) = out.split_at_mut(scales_bytes(n, blocks));
-        scales.fill(0);
-        for b in 0..blocks {
-            for r in 0..n {
-                let block = &group[r * row_bytes + b * BLOCK..][..BLOCK];
-                codes[(b * n + r) * 64..][..64].copy_from_slice(&block[..64]);
-                scales[(b * n + r) * 2..][..2].copy_from_slice(&block[64..]);
+    dst.fill(0);
+    for (group, out) in src.chunks(GROUP_ROWS * row_bytes).zip(dst.chunks_mut(group_bytes(blocks))) {
+        let (scales, codes) = out.split_at_mut(scales_bytes(blocks));
+        for (r, row) in group.chunks_exact(row_bytes).enumerate() {
+            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                scales[(b * GROUP_ROWS + r) * 2..][..2].copy_from_slice(&block[64..]);
+                for e in 0..256 {
+                    let (l, j, shift) = lane_place(e);
+                    codes[b * 1024 + 64 * l + 4 * r + j] |= file_code(block, e) << shift;
+                }
             }
         }
-        at += out.len();
     }
 }
 
-/// One regrouped group of `n` rows back as the file's rows, into `out`
-/// (n x blocks x 66 bytes).
+/// One regrouped group's first `n` rows back as the file holds them, into
+/// `out` (n x blocks x 66 bytes).
 fn ungroup(group: &[u8], n: usize, blocks: usize, out: &mut [u8]) {
-    let row_bytes = blocks * BLOCK;
-    let (scales, codes) = group.split_at(scales_bytes(n, blocks));
-    for b in 0..blocks {
-        for r in 0..n {
-            let block = &mut out[r * row_bytes + b * BLOCK..][..BLOCK];
-            block[..64].copy_from_slice(&codes[(b * n + r) * 64..][..64]);
-            block[64..].copy_from_slice(&scales[(b * n + r) * 2..][..2]);
+    let (scales, codes) = group.split_at(scales_bytes(blocks));
+    out.fill(0);
+    for (r, row) in out.chunks_exact_mut(blocks * BLOCK).take(n).enumerate() {
+        for (b, block) in row.chunks_exact_mut(BLOCK).enumerate() {
+            block[64..].copy_from_slice(&scales[(b * GROUP_ROWS + r) * 2..][..2]);
+            for e in 0..256 {
+                let (l, j, shift) = lane_place(e);
+                let code = (codes[b * 1024 + 64 * l + 4 * r + j] >> shift) & 3;
+                block[32 * (e / 128) + e % 32] |= code << (2 * ((e % 128) / 32));
+            }
         }
     }
 }
@@ -100,7 +120,7 @@ fn ungroup(group: &[u8], n: usize, blocks: usize, out: &mut [u8]) {
 #[track_caller]
 fn span(m: &[u8], blocks: usize, first: usize, rows: usize) -> &[u8] {
     assert!(first.is_multiple_of(GROUP_ROWS), "regrouped TQ2_0 rows from {first}, not a group's first");
-    let start = first / GROUP_ROWS * group_bytes(GROUP_ROWS, blocks);
+    let start = first / GROUP_ROWS * group_bytes(blocks);
     let end = start + grouped_len(rows, blocks);
     assert!(
         end <= m.len() && (rows.is_multiple_of(GROUP_ROWS) || end == m.len()),
@@ -112,13 +132,9 @@ fn span(m: &[u8], blocks: usize, first: usize, rows: usize) -> &[u8] {
 
 /// Groups of `span` bytes, each with its rows: (first row, rows, bytes).
 fn groups(span: &[u8], rows: usize, blocks: usize) -> impl Iterator<Item = (usize, usize, &[u8])> {
-    let mut at = 0;
-    (0..rows).step_by(GROUP_ROWS).map(move |g| {
-        let n = (rows - g).min(GROUP_ROWS);
-        let len = group_bytes(n, blocks);
-        at += len;
-        (g, n, &span[at - len..at])
-    })
+    span.chunks_exact(group_bytes(blocks))
+        .enumerate()
+        .map(move |(g, bytes)| (g * GROUP_ROWS, (rows - g * GROUP_ROWS).min(GROUP_ROWS), bytes))
 }
 
 /// Rows `first..first + out.len()` of the regrouped TQ2_0 matrix `m`
@@ -140,7 +156,7 @@ pub fn tq2_grouped_rows(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new
         // interleaved for it; span checked the groups' bytes.
-        Isa::Avx512Vnni => unsafe { super::x86::tq2_grouped_rows_vnni(span, blocks, &a.interleaved, bsums, d, out) },
+        Isa::Avx512Vnni => unsafe { super::x86::tq2_grouped_rows_vnni(span, blocks, a.q, bsums, d, out) },
         _ => {
             let mut rows = vec![0u8; GROUP_ROWS * blocks * BLOCK];
             for (g, n, group) in groups(span, out.len(), blocks) {
@@ -174,24 +190,32 @@ pub fn tq2_grouped_rows_tokens(
     }
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni {
-        let qs: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
         for (g, rows, group) in groups(span, k, blocks) {
             for t in (0..n).step_by(4) {
-                let j = (n - t).min(4);
-                let format = super::x86::TernaryBlocks::Tq2Grouped { rows };
-                // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new
-                // interleaved for it; shapes checked above.
-                unsafe {
-                    super::x86::ternary_rows_tokens_vnni(
-                        format,
-                        group,
-                        blocks * BLOCK,
-                        &qs[t..t + j],
-                        &bsums[t..t + j],
-                        &d[t..t + j],
-                        &mut out[t * k + g..],
-                        k,
-                    )
+                let out = &mut out[t * k + g..];
+                macro_rules! tokens {
+                    ($j:literal) => {
+                        // SAFETY: isa() checked AVX-512 F/BW/VNNI; the
+                        // kernel checks the group's and the tokens' shapes.
+                        unsafe {
+                            super::x86::tq2_grouped_rows_tokens_vnni::<$j>(
+                                group,
+                                rows,
+                                blocks,
+                                std::array::from_fn(|i| a[t + i].q),
+                                super::first_n(&bsums[t..]),
+                                super::first_n(&d[t..]),
+                                out,
+                                k,
+                            )
+                        }
+                    };
+                }
+                match n - t {
+                    1 => tokens!(1),
+                    2 => tokens!(2),
+                    3 => tokens!(3),
+                    _ => tokens!(4),
                 }
             }
         }
@@ -260,7 +284,7 @@ mod tests {
             assert_eq!(back, m, "{rows} rows x {blocks} blocks");
             // Lines: every group but the last starts 64-byte aligned
             // relative to the matrix, so its codes do too.
-            assert!(group_bytes(GROUP_ROWS, blocks).is_multiple_of(64));
+            assert!(group_bytes(blocks).is_multiple_of(64));
         }
     }
 

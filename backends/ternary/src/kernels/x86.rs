@@ -320,59 +320,6 @@ impl<const BLOCK: usize> RowGroup for FileRows<BLOCK> {
     }
 }
 
-/// One group of TQ2_0 rows regrouped (`super::grouped`): the scales first,
-/// then block by block the rows' 64 code bytes, all read front to back as
-/// one stream (a prefetch per line, the scales a plain load).
-struct Tq2Group {
-    scales: *const u8,
-    codes: *const u8,
-    n: usize,
-    pf: Option<usize>,
-}
-
-impl Tq2Group {
-    /// `group`: one group of `n` rows of `blocks` blocks in the regrouped
-    /// layout (`super::grouped::group_bytes(n, blocks)` bytes).
-    #[inline(always)]
-    unsafe fn new(group: &[u8], n: usize, blocks: usize) -> Self {
-        assert!(
-            (1..=TQ2_LANES).contains(&n) && group.len() == super::grouped::group_bytes(n, blocks),
-            "TQ2_0 group shape"
-        );
-        let scales = group.as_ptr();
-        let codes = scales.add(super::grouped::scales_bytes(n, blocks));
-        Tq2Group { scales, codes, n, pf: prefetch_distance() }
-    }
-}
-
-impl RowGroup for Tq2Group {
-    #[inline(always)]
-    fn rows(&self) -> usize {
-        self.n
-    }
-
-    #[inline(always)]
-    unsafe fn block(&self, r: usize, b: usize) -> *const u8 {
-        let block = self.codes.add((b * self.n + r) * 64);
-        prefetch(block, self.pf);
-        block
-    }
-
-    #[inline(always)]
-    unsafe fn scales(&self, b: usize) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let at = self.scales.add(2 * b * self.n);
-        if self.n == TQ2_LANES {
-            _mm512_cvtph_ps(_mm256_loadu_si256(at.cast()))
-        } else {
-            // A matrix's last group, when its rows are not a multiple of 16.
-            let mut h = [0u16; TQ2_LANES];
-            std::ptr::copy_nonoverlapping(at, h.as_mut_ptr().cast::<u8>(), 2 * self.n);
-            _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()))
-        }
-    }
-}
-
 /// One group of rows of a format with a scale per 256-weight block
 /// (TQ2_0, TQ1_0, Q6_K) against Q8K activations, with AVX-512:
 /// `partial(block, b)` gives 16 lanes whose sum is the code dot of `block`
@@ -478,29 +425,121 @@ unsafe fn tq2_partial_vnni(block: *const u8, a: *const i8) -> std::arch::x86_64:
     _mm512_dpbusd_epi32(acc, c[3], _mm512_loadu_si512(a.add(192).cast()))
 }
 
-/// Regrouped TQ2_0 rows (`super::grouped`: `rows` rows of `blocks`
-/// blocks, groups of 16 but the last) against interleaved activations,
+/// One regrouped TQ2_0 group (`super::grouped`: 16 rows, lanes = rows)
+/// against N tokens' activations in file order: per token, 16 lanes of
+/// results, lane r = row r. Per block, each of the 16 lines (dword lane r:
+/// 4 weights of row r, plane p at bits 2p) is unpacked once, and each
+/// plane meets one broadcast dword of each token's activations in one
+/// `vpdpbusd`: no add tree, so a line costs 7 unpacking operations and 4N
+/// products. The finish per block ((dot - bsum) * (scale * d), summed in
+/// block order) is `ternary_blocks_finish`'s, one row per lane: the same bits.
+#[inline(always)]
+unsafe fn tq2_lanes_group<const N: usize>(
+    group: *const u8,
+    blocks: usize,
+    qs: [&[i8]; N],
+    bsums: [&[i32]; N],
+    d: [&[f32]; N],
+    pf: Option<usize>,
+) -> [std::arch::x86_64::__m512; N] {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    let codes = group.add(super::grouped::scales_bytes(blocks));
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..blocks {
+        let base = codes.add(b * 1024);
+        // Per token, 8 chains (4 planes x 2 for one token, whose 4 chains
+        // alone would wait on vpdpbusd's latency; more tokens give enough).
+        let mut s = [[_mm512_setzero_si512(); 8]; N];
+        // Lines in pairs, so each line's chains are fixed indices (kept in
+        // registers; an index by line number put them on the stack).
+        for l in (0..16).step_by(2) {
+            for h in 0..2 {
+                let line = base.add(64 * (l + h));
+                prefetch(line, pf);
+                let w = _mm512_loadu_si512(line.cast());
+                let c = [
+                    _mm512_and_si512(w, mask),
+                    _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+                    _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+                    _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+                ];
+                let chain = if N == 1 { 4 * h } else { 0 };
+                for t in 0..N {
+                    let a = qs[t].as_ptr().add(b * 256 + 16 * (l + h));
+                    for (p, c) in c.iter().enumerate() {
+                        let x = _mm512_set1_epi32(std::ptr::read_unaligned(a.add(4 * p).cast::<i32>()));
+                        s[t][chain + p] = _mm512_dpbusd_epi32(s[t][chain + p], *c, x);
+                    }
+                }
+            }
+        }
+        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(group.add(32 * b).cast()));
+        for t in 0..N {
+            let s = &s[t];
+            let lo = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]));
+            let dots = if N == 1 {
+                let hi = _mm512_add_epi32(_mm512_add_epi32(s[4], s[5]), _mm512_add_epi32(s[6], s[7]));
+                _mm512_add_epi32(lo, hi)
+            } else {
+                lo
+            };
+            let dot = _mm512_sub_epi32(dots, _mm512_set1_epi32(bsums[t][b]));
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+        }
+    }
+    acc
+}
+
+/// Regrouped TQ2_0 rows (`super::grouped`: out.len() rows of `blocks`
+/// blocks in whole groups of 16) against activations `q` in file order,
 /// with AVX-512 VNNI: `tq2_rows_vnni`'s bits from one front-to-back stream.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 pub(super) unsafe fn tq2_grouped_rows_vnni(
     groups: &[u8],
     blocks: usize,
-    qi: &[i8],
+    q: &[i8],
     bsums: &[i32],
     d: &[f32],
     out: &mut [f32],
 ) {
-    assert!(qi.len() >= blocks * 256 && bsums.len() >= blocks && d.len() >= blocks, "TQ2_0 activations");
-    let mut at = 0;
-    for out in out.chunks_mut(TQ2_LANES) {
-        let len = super::grouped::group_bytes(out.len(), blocks);
-        let g = Tq2Group::new(&groups[at..at + len], out.len(), blocks);
-        // SAFETY: qi has 256 per block (asserted); g's blocks are inside groups.
-        let partial = |block, b: usize| tq2_partial_vnni(block, qi.as_ptr().add(b * 256));
-        store_lanes(blockwise_group_avx512::<_, true>(&g, blocks, bsums, d, &partial), out);
-        at += len;
+    let len = super::grouped::group_bytes(blocks);
+    assert!(q.len() >= blocks * 256 && bsums.len() >= blocks && d.len() >= blocks, "TQ2_0 activations");
+    assert_eq!(groups.len(), out.len().div_ceil(TQ2_LANES) * len, "TQ2_0 groups for {} rows", out.len());
+    let pf = prefetch_distance();
+    for (g, out) in out.chunks_mut(TQ2_LANES).enumerate() {
+        // SAFETY: group g's bytes are inside groups (asserted), q's blocks too.
+        let [acc] = tq2_lanes_group::<1>(groups.as_ptr().add(g * len), blocks, [q], [bsums], [d], pf);
+        store_lanes(acc, out);
     }
-    assert_eq!(at, groups.len(), "TQ2_0 groups for {} rows", out.len());
+}
+
+/// `tq2_grouped_rows_vnni` for N tokens (1 to 4) over one group whose
+/// first `rows` rows are the matrix's: token t's results go to
+/// `out[t * stride..][..rows]`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn tq2_grouped_rows_tokens_vnni<const N: usize>(
+    group: &[u8],
+    rows: usize,
+    blocks: usize,
+    qs: [&[i8]; N],
+    bsums: [&[i32]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    assert!(group.len() == super::grouped::group_bytes(blocks) && (1..=TQ2_LANES).contains(&rows), "TQ2_0 group");
+    for t in 0..N {
+        assert!(qs[t].len() >= blocks * 256 && bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + rows, "TQ2_0 tokens output");
+    // SAFETY: the group's and the tokens' bytes are checked above.
+    let acc = tq2_lanes_group::<N>(group.as_ptr(), blocks, qs, bsums, d, prefetch_distance());
+    for (t, acc) in acc.iter().enumerate() {
+        store_lanes(*acc, &mut out[t * stride..][..rows]);
+    }
 }
 
 /// TQ2_0 rows with AVX-512 VNNI (see `blockwise_group_avx512`), as the
@@ -834,9 +873,6 @@ pub(super) unsafe fn tq2_rows_tokens_avxvnni(
 pub(super) enum TernaryBlocks {
     /// 66-byte blocks as the file holds them, activations interleaved (`interleave`).
     Tq2,
-    /// One group of this many TQ2_0 rows regrouped (`super::grouped`),
-    /// activations interleaved.
-    Tq2Grouped { rows: usize },
     /// 54-byte blocks, activations in file order.
     Tq1,
 }
@@ -872,11 +908,6 @@ pub(super) unsafe fn ternary_rows_tokens_vnni(
                 TernaryBlocks::Tq2 => {
                     assert!(row_bytes.is_multiple_of(66) && group.len().is_multiple_of(row_bytes), "TQ2_0 group shape");
                     let g = FileRows::<66>::new(group, row_bytes);
-                    blockwise_rows_tokens_avx512::<_, $n>(&g, row_bytes / 66, qs, bsums, d, out, tq2)
-                }
-                TernaryBlocks::Tq2Grouped { rows } => {
-                    assert!(row_bytes.is_multiple_of(66), "TQ2_0 group shape");
-                    let g = Tq2Group::new(group, rows, row_bytes / 66);
                     blockwise_rows_tokens_avx512::<_, $n>(&g, row_bytes / 66, qs, bsums, d, out, tq2)
                 }
                 TernaryBlocks::Tq1 => {
