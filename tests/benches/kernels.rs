@@ -24,7 +24,10 @@
 //! - decode: one token's attention in every layer over 4,000 positions
 //!   held in memory, f32 and f16, ms per token and GB/s of the cache.
 //!
-//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [attention] [decode]
+//! - tokens: TQ2_0 (regrouped) and Q6_K for 1, 2, 4 and 8 tokens, in L1
+//!   and from memory: what a batched decoding step's products cost.
+//!
+//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [tokens] [attention] [decode]
 //! (one thread; a quick run with a smaller matrix without --bench; naming
 //! parts runs only those)
 
@@ -48,6 +51,9 @@ fn main() {
     }
     if part("tq2") {
         one_token_rows(cols, if full { 32_768 } else { 512 }, if full { 100_000 } else { 2_000 });
+    }
+    if part("tokens") {
+        many_token_rows(cols, if full { 32_768 } else { 512 }, if full { 100_000 } else { 2_000 });
     }
     if part("attention") {
         attention(if full { 1000 } else { 200 }, 20, if full { 20 } else { 3 });
@@ -194,15 +200,55 @@ fn i2s_in_cache(cols: usize, reps: usize) {
 /// the output matrix llama.cpp's quantizer writes) against one token: 2
 /// groups of 16 rows in L1 (`reps` times), then `groups` x 16 rows from
 /// memory, GB/s of weights; and the read bandwidth (one thread).
-fn one_token_rows(cols: usize, groups: usize, reps: usize) {
-    let blocks = cols / 256;
+/// A xorshift stream: the benchmarks' weights and activations.
+fn xorshift() -> impl FnMut() -> u64 {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
+    move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
+    }
+}
+
+/// `rows` x `blocks` blocks of random weights in `format` ("TQ2_0",
+/// "TQ2_0 regrouped", "I2_S", "Q6_K") as the model holds them. Any bit
+/// pattern is a valid code except TQ2_0's 3 (codes 0..=2 as files hold)
+/// and the f16 scales, set to small normals.
+fn random_matrix(format: &str, rows: usize, blocks: usize, next: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let row_bytes = match format {
+        "I2_S" => blocks * 64,
+        "Q6_K" => blocks * 210,
+        _ => blocks * 66,
     };
+    let mut m: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
+    let scale = |next: &mut dyn FnMut() -> u64| f16::from_f32((next() % 64) as f32 / 256.0 + 0.01).to_le_bytes();
+    if format.starts_with("TQ2_0") {
+        for block in m.chunks_exact_mut(66) {
+            for b in &mut block[..64] {
+                *b = (0..4).fold(0u8, |v, k| v | (((next() % 3) as u8) << (2 * k)));
+            }
+            block[64..].copy_from_slice(&scale(next));
+        }
+    }
+    if format == "Q6_K" {
+        for block in m.chunks_exact_mut(210) {
+            block[208..].copy_from_slice(&scale(next));
+        }
+    }
+    if format == "TQ2_0 regrouped" {
+        // As a model regroups its matrices at load (whole groups of 16
+        // rows: no padding when `rows` is a multiple of 16).
+        let mut g = vec![0u8; kernels::grouped_len(rows, blocks)];
+        kernels::group_tq2(&m, blocks, &mut g);
+        m = g;
+    }
+    m
+}
+
+fn one_token_rows(cols: usize, groups: usize, reps: usize) {
+    let blocks = cols / 256;
+    let mut next = xorshift();
     let rows = 16 * groups;
     let q: Vec<i8> = (0..cols).map(|_| next() as i8).collect();
     let prepared = Prepared::new(&q);
@@ -246,31 +292,9 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
     let bw_bytes = rows * blocks * 66;
     let bw = bitnet_ternary::bench::read_bandwidth(bw_bytes, 1, 3, true) / 1e9;
     for (name, row_bytes, mut pass) in formats {
-        // Random bytes: any bit pattern is a valid code except TQ2_0's 3
-        // (codes 0..=2 as files hold) and the f16 scales, set to small normals.
-        let mut m: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
-        if name.starts_with("TQ2_0") {
-            for block in m.chunks_exact_mut(66) {
-                for b in &mut block[..64] {
-                    *b = (0..4).fold(0u8, |v, k| v | (((next() % 3) as u8) << (2 * k)));
-                }
-                block[64..].copy_from_slice(&f16::from_f32((next() % 64) as f32 / 256.0 + 0.01).to_le_bytes());
-            }
-        }
-        if name == "Q6_K" {
-            for block in m.chunks_exact_mut(210) {
-                block[208..].copy_from_slice(&f16::from_f32((next() % 64) as f32 / 256.0 + 0.01).to_le_bytes());
-            }
-        }
-        if name == "TQ2_0 regrouped" {
-            // As a model regroups its matrices at load; at 2560 columns
-            // the groups have no padding, so 32 rows are the first
-            // 32 x row_bytes bytes, as in the file's layout.
-            let mut g = vec![0u8; kernels::grouped_len(rows, blocks)];
-            assert_eq!(g.len(), m.len());
-            kernels::group_tq2(&m, blocks, &mut g);
-            m = g;
-        }
+        let m = random_matrix(name, rows, blocks, &mut next);
+        // At 2560 columns the first 32 rows are the first 32 x row_bytes
+        // bytes in every layout.
         let l1 = &m[..32 * row_bytes];
         let s_l1 = best(|| (0..reps).for_each(|_| pass(l1, 32)));
         let held = bitnet_ternary::bench::held_like_weights(&m).expect("memory for the matrix");
@@ -284,6 +308,55 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
         );
     }
     println!("{:>46} {:>14} {:>20.1}", "read bandwidth", "", bw);
+}
+
+/// The many-token products of the batched decode (TQ2_0 regrouped, and
+/// Q6_K as output matrices are) for 1, 2, 4 and 8 tokens: multiply-adds
+/// per ns with 32 rows in L1, and ms per pass over a matrix from memory
+/// with its GB/s of weights. Time flat in the tokens from memory means
+/// the step is bound by the reads; growing, by the arithmetic.
+fn many_token_rows(cols: usize, groups: usize, reps: usize) {
+    let blocks = cols / 256;
+    let mut next = xorshift();
+    let rows = 16 * groups;
+    let qs: Vec<Vec<i8>> = (0..8).map(|_| (0..cols).map(|_| next() as i8).collect()).collect();
+    let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
+    let bsums: Vec<Vec<i32>> =
+        qs.iter().map(|q| q.chunks(256).map(|b| b.iter().map(|&x| i32::from(x)).sum()).collect()).collect();
+    let sums: Vec<Vec<i16>> = qs.iter().map(|q| kernels::q6k_sums(q)).collect();
+    let ds: Vec<Vec<f32>> = (0..8).map(|_| (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect()).collect();
+    println!("{cols} columns, tokens at once: format  tokens  32 rows in L1 multiply-adds/ns  {rows} rows from memory: ms  GB/s");
+    for (name, row_bytes) in [("TQ2_0 regrouped", blocks * 66), ("Q6_K", blocks * 210)] {
+        let m = random_matrix(name, rows, blocks, &mut next);
+        let held = bitnet_ternary::bench::held_like_weights(&m[..rows * row_bytes]).expect("memory for the matrix");
+        let l1 = &m[..32 * row_bytes];
+        for n in [1usize, 2, 4, 8] {
+            let mut out = vec![0f32; rows * n];
+            let mut pass = |m: &[u8], k: usize| {
+                let out = &mut out[..k * n];
+                if name == "Q6_K" {
+                    let q: Vec<&[i8]> = qs[..n].iter().map(|q| &q[..]).collect();
+                    let s: Vec<&[i16]> = sums[..n].iter().map(|s| &s[..]).collect();
+                    let d: Vec<&[f32]> = ds[..n].iter().map(|d| &d[..]).collect();
+                    kernels::q6k_rows_tokens(m, row_bytes, &q, &s, &d, out);
+                } else {
+                    let a: Vec<&Prepared> = prepared[..n].iter().collect();
+                    let b: Vec<&[i32]> = bsums[..n].iter().map(|b| &b[..]).collect();
+                    let d: Vec<&[f32]> = ds[..n].iter().map(|d| &d[..]).collect();
+                    kernels::tq2_grouped_rows_tokens(m, blocks, 0, &a, &b, &d, out);
+                }
+                std::hint::black_box(&out);
+            };
+            let s_l1 = best(|| (0..reps / n).for_each(|_| pass(l1, 32)));
+            let s_mem = best(|| pass(&held, rows));
+            let macs = ((reps / n) * 32 * cols * n) as f64 / s_l1 / 1e9;
+            println!(
+                "{name:>46} {n:>7} {macs:>33.1} {:>26.1} {:>5.1}",
+                s_mem * 1e3,
+                held.len() as f64 / s_mem / 1e9
+            );
+        }
+    }
 }
 
 fn f16_rows(rows: usize, cols: usize) -> Vec<f16> {
