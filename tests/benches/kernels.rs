@@ -350,11 +350,7 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
             let s_l1 = best(|| (0..reps / n).for_each(|_| pass(l1, 32)));
             let s_mem = best(|| pass(&held, rows));
             let macs = ((reps / n) * 32 * cols * n) as f64 / s_l1 / 1e9;
-            println!(
-                "{name:>46} {n:>7} {macs:>33.1} {:>26.1} {:>5.1}",
-                s_mem * 1e3,
-                held.len() as f64 / s_mem / 1e9
-            );
+            println!("{name:>46} {n:>7} {macs:>33.1} {:>26.1} {:>5.1}", s_mem * 1e3, held.len() as f64 / s_mem / 1e9);
         }
     }
 }

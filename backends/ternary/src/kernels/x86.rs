@@ -267,21 +267,10 @@ unsafe fn store_lanes(acc: std::arch::x86_64::__m512, out: &mut [f32]) {
     out.copy_from_slice(&lanes[..out.len()]);
 }
 
-/// Where one group of up to 16 rows keeps its blocks and their f16
-/// scales, as the AVX-512 blockwise kernels read them.
-trait RowGroup {
-    /// Rows in the group (1 to 16).
-    fn rows(&self) -> usize;
-    /// Block b of row r < `rows()`, asking for what this layout reads
-    /// next as it goes.
-    unsafe fn block(&self, r: usize, b: usize) -> *const u8;
-    /// Block b's scales as 16 f32 lanes, lane r = row r (0 past `rows()`).
-    unsafe fn scales(&self, b: usize) -> std::arch::x86_64::__m512;
-}
-
-/// Rows as the file holds them: `BLOCK`-byte blocks, each ending with its
-/// scale, row after row. Read across, they are 16 streams: each block is
-/// prefetched one group ahead and the scales come by a gather.
+/// One group of up to 16 rows as the file holds them, as the AVX-512
+/// blockwise kernels read them: `BLOCK`-byte blocks, each ending with its
+/// f16 scale, row after row. Read across, they are 16 streams: each block
+/// is prefetched one group ahead and the scales come by a gather.
 struct FileRows<const BLOCK: usize> {
     group: *const u8,
     row_bytes: usize,
@@ -299,14 +288,14 @@ impl<const BLOCK: usize> FileRows<BLOCK> {
         let pf = prefetch_distance().map(|_| TQ2_LANES * row_bytes);
         FileRows { group: group.as_ptr(), row_bytes, n, scales: BlockScales::new(row_bytes, BLOCK, n), pf }
     }
-}
 
-impl<const BLOCK: usize> RowGroup for FileRows<BLOCK> {
+    /// Rows in the group (1 to 16).
     #[inline(always)]
     fn rows(&self) -> usize {
         self.n
     }
 
+    /// Block b of row r < `rows()`, prefetching its lines a group ahead.
     #[inline(always)]
     unsafe fn block(&self, r: usize, b: usize) -> *const u8 {
         let block = self.group.add(r * self.row_bytes + b * BLOCK);
@@ -314,6 +303,7 @@ impl<const BLOCK: usize> RowGroup for FileRows<BLOCK> {
         block
     }
 
+    /// Block b's scales as 16 f32 lanes, lane r = row r (0 past `rows()`).
     #[inline(always)]
     unsafe fn scales(&self, b: usize) -> std::arch::x86_64::__m512 {
         self.scales.gather(self.group, b)
@@ -335,8 +325,8 @@ impl<const BLOCK: usize> RowGroup for FileRows<BLOCK> {
 /// and row that is a sixth of an add tree where there was a horizontal
 /// sum, a scalar f16 conversion and two scratch stores.
 #[inline(always)]
-unsafe fn blockwise_group_avx512<G: RowGroup, const UNROLLED: bool>(
-    g: &G,
+unsafe fn blockwise_group_avx512<const BLOCK: usize, const UNROLLED: bool>(
+    g: &FileRows<BLOCK>,
     blocks: usize,
     bsums: &[i32],
     d: &[f32],
@@ -935,8 +925,8 @@ pub(super) unsafe fn ternary_rows_tokens_vnni(
 /// the four), and each block's scales serve every token. Token t's
 /// results go to `out.0[t * out.1..][..rows]`.
 #[inline(always)]
-unsafe fn blockwise_rows_tokens_avx512<G: RowGroup, const N: usize>(
-    g: &G,
+unsafe fn blockwise_rows_tokens_avx512<const BLOCK: usize, const N: usize>(
+    g: &FileRows<BLOCK>,
     blocks: usize,
     qs: [&[i8]; N],
     bsums: [&[i32]; N],
