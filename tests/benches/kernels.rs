@@ -326,19 +326,31 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
     let sums: Vec<Vec<i16>> = qs.iter().map(|q| kernels::q6k_sums(q)).collect();
     let ds: Vec<Vec<f32>> = (0..8).map(|_| (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect()).collect();
     println!("{cols} columns, tokens at once: format  tokens  32 rows in L1 multiply-adds/ns  {rows} rows from memory: ms  GB/s");
-    for (name, row_bytes) in [("TQ2_0 regrouped", blocks * 66), ("Q6_K", blocks * 210)] {
-        let m = random_matrix(name, rows, blocks, &mut next);
+    let formats = [("TQ2_0 regrouped", blocks * 66), ("Q6_K", blocks * 210), ("Q6_K permuted", blocks * 210)];
+    let permuted_qs: Vec<Vec<i8>> = qs.iter().map(|q| kernels::permute_q6k_acts(q)).collect();
+    for (name, row_bytes) in formats {
+        let mut m = random_matrix(if name == "Q6_K permuted" { "Q6_K" } else { name }, rows, blocks, &mut next);
+        if name == "Q6_K permuted" {
+            let mut p = vec![0u8; m.len()];
+            kernels::permute_q6k(&m, &mut p);
+            m = p;
+        }
         let held = bitnet_ternary::bench::held_like_weights(&m[..rows * row_bytes]).expect("memory for the matrix");
         let l1 = &m[..32 * row_bytes];
         for n in [1usize, 2, 4, 8] {
             let mut out = vec![0f32; rows * n];
             let mut pass = |m: &[u8], k: usize| {
                 let out = &mut out[..k * n];
-                if name == "Q6_K" {
-                    let q: Vec<&[i8]> = qs[..n].iter().map(|q| &q[..]).collect();
+                if name.starts_with("Q6_K") {
                     let s: Vec<&[i16]> = sums[..n].iter().map(|s| &s[..]).collect();
                     let d: Vec<&[f32]> = ds[..n].iter().map(|d| &d[..]).collect();
-                    kernels::q6k_rows_tokens(m, row_bytes, &q, &s, &d, out);
+                    if name == "Q6_K" {
+                        let q: Vec<&[i8]> = qs[..n].iter().map(|q| &q[..]).collect();
+                        kernels::q6k_rows_tokens(m, row_bytes, &q, &s, &d, out);
+                    } else {
+                        let q: Vec<&[i8]> = permuted_qs[..n].iter().map(|q| &q[..]).collect();
+                        kernels::q6k_permuted_rows_tokens(m, row_bytes, &q, &s, &d, out);
+                    }
                 } else {
                     let a: Vec<&Prepared> = prepared[..n].iter().collect();
                     let b: Vec<&[i32]> = bsums[..n].iter().map(|b| &b[..]).collect();

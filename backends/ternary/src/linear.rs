@@ -404,6 +404,10 @@ pub enum VocabMatrix {
     Q8_0(Mapped),
     /// Q6_K in place: products against Q8_K activations, as llama.cpp.
     Q6K(Mapped),
+    /// Q6_K with each block's values permuted at load for the AVX-512
+    /// kernels (`kernels::permute_q6k`): the same bytes per block, the
+    /// same products bit for bit.
+    Q6KPermuted(Mapped),
 }
 
 impl VocabMatrix {
@@ -427,6 +431,13 @@ impl VocabMatrix {
                 let v = quant::decode_float(TensorType::Q6K, &m.bytes()[r * rb..(r + 1) * rb], cols);
                 out.copy_from_slice(&v.expect("sized at load"));
             }
+            VocabMatrix::Q6KPermuted(m) => {
+                // A tied embedding's row: back in the file's order first.
+                let rb = cols / 256 * kernels::Q6K_BLOCK;
+                let mut row = vec![0u8; rb];
+                kernels::unpermute_q6k(&m.bytes()[r * rb..(r + 1) * rb], &mut row);
+                out.copy_from_slice(&quant::decode_float(TensorType::Q6K, &row, cols).expect("sized at load"));
+            }
         }
     }
 
@@ -442,13 +453,16 @@ impl VocabMatrix {
                 let rb = cols / 32 * kernels::Q8_0_BLOCK;
                 blocks_matvec(m.bytes(), rb, cols / 32, y, |row, dots| q8_0_row_dot(row, &a, dots));
             }
-            VocabMatrix::Q6K(m) => {
+            VocabMatrix::Q6K(m) | VocabMatrix::Q6KPermuted(m) => {
                 let a = quant::quantize_q8k(x);
                 let sums = kernels::q6k_sums(&a.q);
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
+                let permuted = matches!(self, VocabMatrix::Q6KPermuted(_));
+                let q = if permuted { kernels::permute_q6k_acts(&a.q) } else { a.q };
+                let rows = if permuted { kernels::q6k_permuted_rows } else { kernels::q6k_rows };
                 pool::for_each_rows_mut(y, 1, rb, |first, ys| {
-                    kernels::q6k_rows(&w[first * rb..(first + ys.len()) * rb], rb, &a.q, &sums, &a.d, ys)
+                    rows(&w[first * rb..(first + ys.len()) * rb], rb, &q, &sums, &a.d, ys)
                 });
             }
         }
@@ -498,16 +512,23 @@ impl VocabMatrix {
                     }
                 })
             }
-            VocabMatrix::Q6K(m) => {
-                let acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8k(x)).collect();
+            VocabMatrix::Q6K(m) | VocabMatrix::Q6KPermuted(m) => {
+                let permuted = matches!(self, VocabMatrix::Q6KPermuted(_));
+                let mut acts: Vec<_> = vectors.iter().map(|x| quant::quantize_q8k(x)).collect();
                 let sums: Vec<Vec<i16>> = acts.iter().map(|a| kernels::q6k_sums(&a.q)).collect();
+                if permuted {
+                    for a in &mut acts {
+                        a.q = kernels::permute_q6k_acts(&a.q);
+                    }
+                }
                 let (qs, d): (Vec<&[i8]>, Vec<&[f32]>) = acts.iter().map(|a| (&a.q[..], &a.d[..])).unzip();
                 let sums: Vec<&[i16]> = sums.iter().map(|s| &s[..]).collect();
                 let rb = cols / 256 * kernels::Q6K_BLOCK;
                 let w = m.bytes();
+                let rows = if permuted { kernels::q6k_permuted_rows_tokens } else { kernels::q6k_rows_tokens };
                 pool::for_each_rows_token_major(ys, n, rb, |first, out| {
                     let m = out.len() / n;
-                    kernels::q6k_rows_tokens(&w[first * rb..(first + m) * rb], rb, &qs, &sums, &d, out);
+                    rows(&w[first * rb..(first + m) * rb], rb, &qs, &sums, &d, out);
                 })
             }
         }
@@ -518,7 +539,9 @@ impl VocabMatrix {
         match self {
             VocabMatrix::F32(w) => 4 * w.len() as u64,
             VocabMatrix::F16(w) => 2 * w.len() as u64,
-            VocabMatrix::F16Mapped(m) | VocabMatrix::Q8_0(m) | VocabMatrix::Q6K(m) => m.len() as u64,
+            VocabMatrix::F16Mapped(m) | VocabMatrix::Q8_0(m) | VocabMatrix::Q6K(m) | VocabMatrix::Q6KPermuted(m) => {
+                m.len() as u64
+            }
         }
     }
 }

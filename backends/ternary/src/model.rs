@@ -527,7 +527,15 @@ impl Model {
                         });
                     }
                     let m = mapped((gguf.data_offset + t.offset) as usize, len);
-                    Ok(if t.ty == TensorType::Q8_0 { VocabMatrix::Q8_0(m) } else { VocabMatrix::Q6K(m) })
+                    Ok(match t.ty {
+                        TensorType::Q8_0 => VocabMatrix::Q8_0(m),
+                        // SAFETY: this matrix is built once, here, and only
+                        // from the new buffer.
+                        _ if weights::permutes_q6k() => {
+                            VocabMatrix::Q6KPermuted(unsafe { weights::permute_q6k(&m) }.map_err(ModelError::Map)?)
+                        }
+                        _ => VocabMatrix::Q6K(m),
+                    })
                 }
                 ty => Ok(VocabMatrix::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
             }
@@ -669,7 +677,7 @@ impl Model {
             VocabMatrix::F32(_) => "f32",
             VocabMatrix::F16(_) | VocabMatrix::F16Mapped(_) => "f16",
             VocabMatrix::Q8_0(_) => "q8_0",
-            VocabMatrix::Q6K(_) => "q6_k",
+            VocabMatrix::Q6K(_) | VocabMatrix::Q6KPermuted(_) => "q6_k",
         }
     }
 
@@ -1324,7 +1332,8 @@ mod tests {
             let (m, reference) = (load(false), load(true));
             let in_place = match &m.token_embd {
                 VocabMatrix::Q8_0(_) => ty == TensorType::Q8_0,
-                VocabMatrix::Q6K(_) => ty == TensorType::Q6K,
+                VocabMatrix::Q6K(_) => ty == TensorType::Q6K && !weights::permutes_q6k(),
+                VocabMatrix::Q6KPermuted(_) => ty == TensorType::Q6K && weights::permutes_q6k(),
                 _ => false,
             };
             assert!(in_place, "{ty:?} kept in its file format");

@@ -1,7 +1,8 @@
 //! How the model's weights are held in memory: the file read into
 //! anonymous memory backed by huge pages (or mapped as it is), TQ1_0
-//! matrices rewritten as TQ2_0 blocks at load, and TQ2_0 matrices
-//! regrouped for the AVX-512 kernels (`kernels::group_tq2`).
+//! matrices rewritten as TQ2_0 blocks at load, TQ2_0 matrices
+//! regrouped for the AVX-512 kernels (`kernels::group_tq2`), and Q6_K
+//! output matrices' blocks permuted for them (`kernels::permute_q6k`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -181,6 +182,36 @@ pub unsafe fn regroup_tq2(src: &Mapped, rows: usize, blocks: usize) -> std::io::
     // SAFETY: the caller's promise: nothing reads these bytes again.
     unsafe { release(map, start, src_len) };
     Ok(Mapped::new(Arc::new(out.make_read_only()?), 0, len))
+}
+
+/// Whether the model permutes its Q6_K output matrix's blocks at load:
+/// where the kernels read them so (`kernels::q6k_permuting`) and the
+/// file copy's pages can be given back (Unix), as `regroups_tq2`.
+pub fn permutes_q6k() -> bool {
+    cfg!(unix) && crate::kernels::q6k_permuting()
+}
+
+/// A Q6_K matrix with each block's values permuted for the AVX-512
+/// kernels (`kernels::permute_q6k`) into a huge-page buffer of its own;
+/// the pages that held `src` are then given back (on Unix), so memory
+/// stays one copy.
+///
+/// # Safety
+/// Nothing may read `src`'s bytes after this returns (in anonymous memory
+/// they read as zeros): the model reads the matrix from the new buffer.
+pub unsafe fn permute_q6k(src: &Mapped) -> std::io::Result<Mapped> {
+    use crate::kernels::Q6K_BLOCK;
+    let bytes = src.bytes();
+    assert!(bytes.len().is_multiple_of(Q6K_BLOCK), "whole Q6_K blocks");
+    let mut out = huge_page_buffer(bytes.len())?;
+    // 1,024 blocks a task, on the pool: 2B4T's output matrix is 269 MB.
+    crate::pool::for_each_chunk_mut(&mut out[..bytes.len()], 1024 * Q6K_BLOCK, |at, dst| {
+        crate::kernels::permute_q6k(&bytes[at..at + dst.len()], dst);
+    });
+    let (map, start, src_len) = src.source();
+    // SAFETY: the caller's promise: nothing reads these bytes again.
+    unsafe { release(map, start, src_len) };
+    Ok(Mapped::new(Arc::new(out.make_read_only()?), 0, bytes.len()))
 }
 
 /// Give back the whole pages inside `map[start..start + len]`.

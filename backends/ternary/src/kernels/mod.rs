@@ -22,6 +22,7 @@ mod aarch64;
 mod attention;
 mod float;
 mod grouped;
+mod q6k_permuted;
 mod vocab;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -29,6 +30,9 @@ pub use attention::{attend, attend_q8, KvElem, KvHead, Q8KeyCache, Q8Keys, Queri
 pub use float::f16_bits_to_f32;
 pub use grouped::{
     group_bytes, group_tq2, grouped_len, tq2_grouped_rows, tq2_grouped_rows_tokens, tq2_grouping, GROUP_ROWS,
+};
+pub use q6k_permuted::{
+    permute_q6k, permute_q6k_acts, q6k_permuted_rows, q6k_permuted_rows_tokens, q6k_permuting, unpermute_q6k,
 };
 pub use vocab::{
     q6k_block_dots, q6k_finish, q6k_rows, q6k_rows_tokens, q6k_sums, q8_0_block_dots, Q6K_BLOCK, Q8_0_BLOCK,

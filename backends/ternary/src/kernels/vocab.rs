@@ -25,7 +25,7 @@ pub fn q8_0_block_dots_scalar(row: &[u8], q: &[i8], out: &mut [i32]) {
 }
 
 /// The 6-bit value (0..=63) of element e of a Q6_K block, and its scale index.
-fn q6k_value(b: &[u8], e: usize) -> (i32, usize) {
+pub(super) fn q6k_value(b: &[u8], e: usize) -> (i32, usize) {
     let (half, i) = (e / 128, e % 128);
     let (ql, qh) = (&b[half * 64..], &b[128 + half * 32..]);
     let (part, l) = (i / 32, i % 32);
@@ -154,6 +154,8 @@ macro_rules! q6k_tile {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
+pub(super) use q6k_tile;
 
 /// `q6k_rows` for several tokens (`qs[t]` with its `sums[t]` and block
 /// scales `d[t]`): `out[t * m + r]` (m = the rows) equals `q6k_rows` of
@@ -189,7 +191,7 @@ pub fn q6k_rows_tokens(rows: &[u8], row_bytes: usize, qs: &[&[i8]], sums: &[&[i1
 /// the first token)` (tokens m rows apart), after checking the shapes.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn q6k_groups(
+pub(super) fn q6k_groups(
     group_rows: usize,
     rows: &[u8],
     row_bytes: usize,

@@ -1874,18 +1874,13 @@ impl Q6kUnpack {
         Q6kUnpack { m4: _mm512_set1_epi8(0xf), m30: _mm512_set1_epi8(0x30), shl_lo, shr_hi, spread }
     }
 
-    /// The block's values, their spread scales, and the 16 scales as i16.
+    /// The block's 256 values as bytes 0..=63 in four vectors, in the
+    /// block's stored order (elements 64 v..64 v + 64 in the file's).
     #[inline(always)]
-    unsafe fn block(
-        &self,
-        block: *const u8,
-    ) -> ([std::arch::x86_64::__m512i; 4], [std::arch::x86_64::__m512i; 4], std::arch::x86_64::__m256i) {
+    unsafe fn values(&self, block: *const u8) -> [std::arch::x86_64::__m512i; 4] {
         use std::arch::x86_64::*;
-        let zero = _mm512_setzero_si512();
-        let (mut w, mut s) = ([zero; 4], [zero; 4]);
+        let mut w = [_mm512_setzero_si512(); 4];
         // SAFETY (all loads): the caller's block has Q6K_BLOCK bytes.
-        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(192).cast()));
-        let scales_x = _mm512_castsi256_si512(scales);
         for half in 0..2 {
             let low = _mm512_loadu_si512(block.add(64 * half).cast());
             let high = _mm512_broadcast_i64x4(_mm256_loadu_si256(block.add(128 + 32 * half).cast()));
@@ -1901,10 +1896,21 @@ impl Q6kUnpack {
                 self.m30,
             );
         }
-        for (v, s) in s.iter_mut().enumerate() {
-            *s = _mm512_permutexvar_epi16(self.spread[v], scales_x);
-        }
-        (w, s, scales)
+        w
+    }
+
+    /// The block's values, their spread scales, and the 16 scales as i16.
+    #[inline(always)]
+    unsafe fn block(
+        &self,
+        block: *const u8,
+    ) -> ([std::arch::x86_64::__m512i; 4], [std::arch::x86_64::__m512i; 4], std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's block has Q6K_BLOCK bytes.
+        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(192).cast()));
+        let scales_x = _mm512_castsi256_si512(scales);
+        let s = std::array::from_fn(|v| _mm512_permutexvar_epi16(self.spread[v], scales_x));
+        (self.values(block), s, scales)
     }
 
     /// 16 lanes whose sum is the block's dot with the 256 activations at
@@ -1929,6 +1935,87 @@ impl Q6kUnpack {
         let bsums = _mm256_loadu_si256(sums.cast());
         let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, bsums), 5);
         _mm512_sub_epi32(acc, _mm512_zextsi256_si512(offset))
+    }
+}
+
+/// Permuted Q6_K rows (`super::q6k_permuted`: dword lane j of each of a
+/// block's four vectors holds sub-block j's values) against N tokens'
+/// activations permuted the same way, over up to 16 rows: per row and
+/// token, four chained `vpdpbusd` give the 16 sub-block dots, the -32
+/// offset comes off as 32 times each sub-block's activation sum, and one
+/// `vpmulld` applies the 16 scales; the block's integer is then the lanes'
+/// sum, as in `q6k_rows_tokens_avx512`, whose finish (and so bits) this
+/// shares. Two rows at a time, each token's activations loaded once for
+/// both.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn q6k_permuted_rows_tokens_avx512<const N: usize>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    sums: [&[i16]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 2;
+    let n = group.len() / row_bytes;
+    let blocks = row_bytes / Q6K_BLOCK;
+    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * Q6K_BLOCK, "Q6_K group shape");
+    for t in 0..N {
+        assert!(qs[t].len() >= blocks * 256 && sums[t].len() >= blocks * 16 && d[t].len() >= blocks, "Q6_K tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + n, "Q6_K tokens output");
+    let unpack = Q6kUnpack::new();
+    let g = FileRows::<{ Q6K_BLOCK }>::new(group, row_bytes);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); N];
+    // Rows past n stay zero, as in `blockwise_group_avx512`.
+    let mut v = [[zero; TQ2_LANES]; N];
+    for b in 0..blocks {
+        // Per token: 32 x each sub-block's activation sum, one lane each.
+        let mut offset = [zero; N];
+        for t in 0..N {
+            // SAFETY: block b's 16 sums are inside sums[t] (asserted).
+            let s = _mm512_cvtepi16_epi32(_mm256_loadu_si256(sums[t].as_ptr().add(16 * b).cast()));
+            offset[t] = _mm512_slli_epi32(s, 5);
+        }
+        for r0 in (0..n).step_by(R) {
+            let rn = (n - r0).min(R);
+            let mut rows = [([zero; 4], zero); R];
+            for (i, row) in rows.iter_mut().enumerate().take(rn) {
+                // SAFETY: block b of row r0 + i < n is inside group.
+                let block = g.block(r0 + i, b);
+                *row = (unpack.values(block), _mm512_cvtepi8_epi32(_mm_loadu_si128(block.add(192).cast())));
+            }
+            for t in 0..N {
+                // SAFETY: block b's activations are inside qs[t] (asserted).
+                let a = qs[t].as_ptr().add(b * 256);
+                let x: [__m512i; 4] = [
+                    _mm512_loadu_si512(a.cast()),
+                    _mm512_loadu_si512(a.add(64).cast()),
+                    _mm512_loadu_si512(a.add(128).cast()),
+                    _mm512_loadu_si512(a.add(192).cast()),
+                ];
+                for (i, (w, scales)) in rows.iter().enumerate().take(rn) {
+                    let mut s = _mm512_dpbusd_epi32(zero, w[0], x[0]);
+                    s = _mm512_dpbusd_epi32(s, w[1], x[1]);
+                    s = _mm512_dpbusd_epi32(s, w[2], x[2]);
+                    s = _mm512_dpbusd_epi32(s, w[3], x[3]);
+                    v[t][r0 + i] = _mm512_mullo_epi32(_mm512_sub_epi32(s, offset[t]), *scales);
+                }
+            }
+        }
+        // SAFETY: rows < n hold block b.
+        let scales = g.scales(b);
+        for t in 0..N {
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(lane_sums_x16(&v[t])), scale));
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        store_lanes(*acc, &mut out[t * stride..][..n]);
     }
 }
 
