@@ -1938,87 +1938,6 @@ impl Q6kUnpack {
     }
 }
 
-/// Permuted Q6_K rows (`super::q6k_permuted`: dword lane j of each of a
-/// block's four vectors holds sub-block j's values) against N tokens'
-/// activations permuted the same way, over up to 16 rows: per row and
-/// token, four chained `vpdpbusd` give the 16 sub-block dots, the -32
-/// offset comes off as 32 times each sub-block's activation sum, and one
-/// `vpmulld` applies the 16 scales; the block's integer is then the lanes'
-/// sum, as in `q6k_rows_tokens_avx512`, whose finish (and so bits) this
-/// shares. Two rows at a time, each token's activations loaded once for
-/// both.
-#[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-pub(super) unsafe fn q6k_permuted_rows_tokens_avx512<const N: usize>(
-    group: &[u8],
-    row_bytes: usize,
-    qs: [&[i8]; N],
-    sums: [&[i16]; N],
-    d: [&[f32]; N],
-    out: &mut [f32],
-    stride: usize,
-) {
-    use std::arch::x86_64::*;
-    const R: usize = 2;
-    let n = group.len() / row_bytes;
-    let blocks = row_bytes / Q6K_BLOCK;
-    assert!(n <= TQ2_LANES && group.len() == n * row_bytes && row_bytes == blocks * Q6K_BLOCK, "Q6_K group shape");
-    for t in 0..N {
-        assert!(qs[t].len() >= blocks * 256 && sums[t].len() >= blocks * 16 && d[t].len() >= blocks, "Q6_K tokens");
-    }
-    assert!(out.len() >= (N - 1) * stride + n, "Q6_K tokens output");
-    let unpack = Q6kUnpack::new();
-    let g = FileRows::<{ Q6K_BLOCK }>::new(group, row_bytes);
-    let zero = _mm512_setzero_si512();
-    let mut acc = [_mm512_setzero_ps(); N];
-    // Rows past n stay zero, as in `blockwise_group_avx512`.
-    let mut v = [[zero; TQ2_LANES]; N];
-    for b in 0..blocks {
-        // Per token: 32 x each sub-block's activation sum, one lane each.
-        let mut offset = [zero; N];
-        for t in 0..N {
-            // SAFETY: block b's 16 sums are inside sums[t] (asserted).
-            let s = _mm512_cvtepi16_epi32(_mm256_loadu_si256(sums[t].as_ptr().add(16 * b).cast()));
-            offset[t] = _mm512_slli_epi32(s, 5);
-        }
-        for r0 in (0..n).step_by(R) {
-            let rn = (n - r0).min(R);
-            let mut rows = [([zero; 4], zero); R];
-            for (i, row) in rows.iter_mut().enumerate().take(rn) {
-                // SAFETY: block b of row r0 + i < n is inside group.
-                let block = g.block(r0 + i, b);
-                *row = (unpack.values(block), _mm512_cvtepi8_epi32(_mm_loadu_si128(block.add(192).cast())));
-            }
-            for t in 0..N {
-                // SAFETY: block b's activations are inside qs[t] (asserted).
-                let a = qs[t].as_ptr().add(b * 256);
-                let x: [__m512i; 4] = [
-                    _mm512_loadu_si512(a.cast()),
-                    _mm512_loadu_si512(a.add(64).cast()),
-                    _mm512_loadu_si512(a.add(128).cast()),
-                    _mm512_loadu_si512(a.add(192).cast()),
-                ];
-                for (i, (w, scales)) in rows.iter().enumerate().take(rn) {
-                    let mut s = _mm512_dpbusd_epi32(zero, w[0], x[0]);
-                    s = _mm512_dpbusd_epi32(s, w[1], x[1]);
-                    s = _mm512_dpbusd_epi32(s, w[2], x[2]);
-                    s = _mm512_dpbusd_epi32(s, w[3], x[3]);
-                    v[t][r0 + i] = _mm512_mullo_epi32(_mm512_sub_epi32(s, offset[t]), *scales);
-                }
-            }
-        }
-        // SAFETY: rows < n hold block b.
-        let scales = g.scales(b);
-        for t in 0..N {
-            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
-            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(lane_sums_x16(&v[t])), scale));
-        }
-    }
-    for (t, acc) in acc.iter().enumerate() {
-        store_lanes(*acc, &mut out[t * stride..][..n]);
-    }
-}
-
 /// `q6k_rows_avx512` for N tokens (sequences decoded together) over up to
 /// 16 rows: each row's blocks unpacked once for all N (two rows at a time,
 /// their values and scales kept in registers while each token's
@@ -2026,8 +1945,7 @@ pub(super) unsafe fn q6k_permuted_rows_tokens_avx512<const N: usize>(
 /// token. Token t's results go to `out[t * stride..][..rows]`, bit for bit
 /// what `q6k_rows_avx512` gives it alone (the same integer block dots, the
 /// same finish).
-// Blocks by index: block b is read from every row, token and scale array.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
     group: &[u8],
@@ -2038,6 +1956,51 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
+    q6k_group_tokens::<N, false>(group, row_bytes, qs, sums, d, out, stride)
+}
+
+/// Permuted Q6_K rows (`super::q6k_permuted`: dword lane j of each of a
+/// block's four vectors holds sub-block j's values) against N tokens'
+/// activations permuted the same way, over up to 16 rows: per row and
+/// token, four chained `vpdpbusd` give the 16 sub-block dots, the -32
+/// offset comes off as 32 times each sub-block's activation sum, and one
+/// `vpmulld` applies the 16 scales; the block's integer is then the lanes'
+/// sum, as in `q6k_rows_tokens_avx512`, whose finish (and so bits) this
+/// shares. Two rows at a time, each token's activations loaded once for
+/// both.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn q6k_permuted_rows_tokens_avx512<const N: usize>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    sums: [&[i16]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
+    q6k_group_tokens::<N, true>(group, row_bytes, qs, sums, d, out, stride)
+}
+
+/// The two Q6_K many-token kernels: up to 16 rows x N tokens, two rows
+/// at a time, each row's block unpacked once for all N and each token's
+/// activations loaded once for both rows; per block the rows' integer
+/// dots go through one add tree per token and one scale gather serves
+/// every token. `PERMUTED`: blocks and activations in
+/// `super::q6k_permuted`'s order (four chained `vpdpbusd`, one `vpmulld`);
+/// otherwise the file's (`Q6kUnpack::dot`).
+// Blocks by index: block b is read from every row, token and scale array.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn q6k_group_tokens<const N: usize, const PERMUTED: bool>(
+    group: &[u8],
+    row_bytes: usize,
+    qs: [&[i8]; N],
+    sums: [&[i16]; N],
+    d: [&[f32]; N],
+    out: &mut [f32],
+    stride: usize,
+) {
     use std::arch::x86_64::*;
     const R: usize = 2;
     let n = group.len() / row_bytes;
@@ -2054,18 +2017,52 @@ pub(super) unsafe fn q6k_rows_tokens_avx512<const N: usize>(
     // Rows past n stay zero, as in `blockwise_group_avx512`.
     let mut v = [[zero; TQ2_LANES]; N];
     for b in 0..blocks {
+        // Permuted: per token, 32 x each sub-block's activation sum, one lane each.
+        let mut offset = [zero; N];
+        if PERMUTED {
+            for t in 0..N {
+                // SAFETY: block b's 16 sums are inside sums[t] (asserted).
+                let s = _mm512_cvtepi16_epi32(_mm256_loadu_si256(sums[t].as_ptr().add(16 * b).cast()));
+                offset[t] = _mm512_slli_epi32(s, 5);
+            }
+        }
         for r0 in (0..n).step_by(R) {
             let rn = (n - r0).min(R);
+            // Values, spread scales (file order) or scales as i32 lanes
+            // (permuted), and the scales as i16.
             let mut rows = [([zero; 4], [zero; 4], _mm256_setzero_si256()); R];
             for (i, row) in rows.iter_mut().enumerate().take(rn) {
                 // SAFETY: block b of row r0 + i < n is inside group.
-                *row = unpack.block(g.block(r0 + i, b));
+                let block = g.block(r0 + i, b);
+                *row = if PERMUTED {
+                    let scales = _mm512_cvtepi8_epi32(_mm_loadu_si128(block.add(192).cast()));
+                    (unpack.values(block), [scales; 4], _mm256_setzero_si256())
+                } else {
+                    unpack.block(block)
+                };
             }
-            for (t, v) in v.iter_mut().enumerate() {
+            for t in 0..N {
                 // SAFETY: block b's activations and sums are inside qs[t], sums[t] (asserted).
                 let (a, s16) = (qs[t].as_ptr().add(b * 256), sums[t].as_ptr().add(16 * b));
-                for (i, (w, s, scales)) in rows.iter().enumerate().take(rn) {
-                    v[r0 + i] = Q6kUnpack::dot(w, s, *scales, a, s16);
+                if PERMUTED {
+                    // Not `array::from_fn`: a closure here has no target features.
+                    let x: [__m512i; 4] = [
+                        _mm512_loadu_si512(a.cast()),
+                        _mm512_loadu_si512(a.add(64).cast()),
+                        _mm512_loadu_si512(a.add(128).cast()),
+                        _mm512_loadu_si512(a.add(192).cast()),
+                    ];
+                    for (i, (w, s, _)) in rows.iter().enumerate().take(rn) {
+                        let mut dots = _mm512_dpbusd_epi32(zero, w[0], x[0]);
+                        dots = _mm512_dpbusd_epi32(dots, w[1], x[1]);
+                        dots = _mm512_dpbusd_epi32(dots, w[2], x[2]);
+                        dots = _mm512_dpbusd_epi32(dots, w[3], x[3]);
+                        v[t][r0 + i] = _mm512_mullo_epi32(_mm512_sub_epi32(dots, offset[t]), s[0]);
+                    }
+                } else {
+                    for (i, (w, s, scales)) in rows.iter().enumerate().take(rn) {
+                        v[t][r0 + i] = Q6kUnpack::dot(w, s, *scales, a, s16);
+                    }
                 }
             }
         }
