@@ -190,11 +190,16 @@ impl Linear {
         let row_bytes = self.bytes_read() as usize / self.rows();
         let span = first * row_bytes..(first + m) * row_bytes;
         match (self, q) {
-            (Linear::Tq2 { bytes, cols, grouped: true, .. }, QuantizedTokens::Q8K { acts, bsums, prepared }) => {
+            (Linear::Tq2 { bytes, cols, grouped, .. }, QuantizedTokens::Q8K { acts, bsums, prepared })
+                if *grouped || kernels::tq2_rows_for_prompts() =>
+            {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
-                let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
-                let d: Vec<&[f32]> = acts.iter().map(|a| a.d.as_slice()).collect();
-                kernels::tq2_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, &bsums, &d, out);
+                let (bsums, d) = q8k_lists(acts, bsums);
+                if *grouped {
+                    kernels::tq2_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, &bsums, &d, out);
+                } else {
+                    kernels::tq2_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &bsums, &d, out);
+                }
             }
             (Linear::I2S { bytes, scale, .. }, QuantizedTokens::I2S { acts, prepared }) => {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
@@ -207,20 +212,11 @@ impl Linear {
                     }
                 }
             }
-            (Linear::Tq2 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, prepared })
-                if kernels::tq2_rows_for_prompts() =>
-            {
-                let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
-                let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
-                let d: Vec<&[f32]> = acts.iter().map(|a| a.d.as_slice()).collect();
-                kernels::tq2_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &bsums, &d, out);
-            }
             (Linear::Tq1 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, .. })
                 if kernels::tq1_rows_for_prompts() =>
             {
                 let q: Vec<&[i8]> = acts.iter().map(|a| a.q.as_slice()).collect();
-                let bsums: Vec<&[i32]> = bsums.iter().map(Vec::as_slice).collect();
-                let d: Vec<&[f32]> = acts.iter().map(|a| a.d.as_slice()).collect();
+                let (bsums, d) = q8k_lists(acts, bsums);
                 kernels::tq1_rows_tokens(&bytes.bytes()[span], row_bytes, &q, &bsums, &d, out);
             }
             (Linear::Tq2 { bytes, cols, .. }, QuantizedTokens::Q8K { acts, bsums, .. }) => {
@@ -359,6 +355,12 @@ fn per_token<T: Send>(xs: &[f32], cols: usize, f: impl Fn(&[f32]) -> T + Sync) -
     let mut out: Vec<Option<T>> = xs.chunks_exact(cols).map(|_| None).collect();
     pool::for_each_chunk_mut(&mut out, 1, |t, o| o[0] = Some(f(&xs[t * cols..(t + 1) * cols])));
     out.into_iter().map(|o| o.expect("every token quantized")).collect()
+}
+
+/// Each token's block sums and block scales as the many-token kernels
+/// take them.
+fn q8k_lists<'a>(acts: &'a [quant::Q8K], bsums: &'a [Vec<i32>]) -> (Vec<&'a [i32]>, Vec<&'a [f32]>) {
+    (bsums.iter().map(Vec::as_slice).collect(), acts.iter().map(|a| a.d.as_slice()).collect())
 }
 
 /// Sum of each 256-value block of Q8K activations.
