@@ -70,13 +70,13 @@ fn run(path: &std::path::Path, p: usize, n: usize, threads: [usize; 2], bw_bytes
         f => format!(" held as {f} ({:.0} MB read per token)", bytes / 1e6),
     };
     println!(
-        "model: {} layers x {} hidden, {} weights + {} output matrix: {:.0} MB per token in the file's format{held}; kernels {:?}",
+        "model: {} layers x {} hidden, {} weights + {} output matrix: {:.0} MB per token in the file's format{held}; kernels {}",
         m.hp.n_layer,
         m.hp.n_embd,
         m.format,
         m.output_format(),
         file_bytes / 1e6,
-        bitnet_ternary::kernels::isa()
+        bitnet_ternary::kernels::in_use()
     );
     let bytes = file_bytes;
     println!(

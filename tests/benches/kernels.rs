@@ -1,7 +1,7 @@
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 //! The engine's many-token kernels on their own, with the kernels this CPU
 //! gets: how fast they compute with their inputs in cache, and how fast
-//! they go through a matrix that is not, for 1, 2, 4 and 8 tokens (the
+//! they go through a matrix that is not, for 1, 2, 4, 8 and 16 tokens (the
 //! sequences the batcher decodes together). The numbers say whether a
 //! batched step is bound by memory (time flat in the tokens) or by
 //! arithmetic (time growing with them), and how far each kernel is from
@@ -24,7 +24,7 @@
 //! - decode: one token's attention in every layer over 4,000 positions
 //!   held in memory, f32 and f16, ms per token and GB/s of the cache.
 //!
-//! - tokens: TQ2_0 (regrouped) and Q6_K for 1, 2, 4 and 8 tokens, in L1
+//! - tokens: TQ2_0 (regrouped) and Q6_K for 1, 2, 4, 8 and 16 tokens, in L1
 //!   and from memory: what a batched decoding step's products cost.
 //!
 //! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [tokens] [attention] [decode]
@@ -311,7 +311,7 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
 }
 
 /// The many-token products of the batched decode (TQ2_0 regrouped, and
-/// Q6_K as output matrices are) for 1, 2, 4 and 8 tokens: multiply-adds
+/// Q6_K as output matrices are) for 1, 2, 4, 8 and 16 tokens: multiply-adds
 /// per ns with 32 rows in L1, and ms per pass over a matrix from memory
 /// with its GB/s of weights. Time flat in the tokens from memory means
 /// the step is bound by the reads; growing, by the arithmetic.
@@ -319,12 +319,13 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
     let blocks = cols / 256;
     let mut next = xorshift();
     let rows = 16 * groups;
-    let qs: Vec<Vec<i8>> = (0..8).map(|_| (0..cols).map(|_| next() as i8).collect()).collect();
+    let qs: Vec<Vec<i8>> = (0..16).map(|_| (0..cols).map(|_| next() as i8).collect()).collect();
     let prepared: Vec<Prepared> = qs.iter().map(|q| Prepared::new(q)).collect();
     let bsums: Vec<Vec<i32>> =
         qs.iter().map(|q| q.chunks(256).map(|b| b.iter().map(|&x| i32::from(x)).sum()).collect()).collect();
     let sums: Vec<Vec<i16>> = qs.iter().map(|q| kernels::q6k_sums(q)).collect();
-    let ds: Vec<Vec<f32>> = (0..8).map(|_| (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect()).collect();
+    let ds: Vec<Vec<f32>> =
+        (0..16).map(|_| (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect()).collect();
     println!("{cols} columns, tokens at once: format  tokens  32 rows in L1 multiply-adds/ns  {rows} rows from memory: ms  GB/s");
     let formats = [("TQ2_0 regrouped", blocks * 66), ("Q6_K", blocks * 210), ("Q6_K permuted", blocks * 210)];
     let permuted_qs: Vec<Vec<i8>> = qs.iter().map(|q| kernels::permute_q6k_acts(q)).collect();
@@ -337,7 +338,7 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
         }
         let held = bitnet_ternary::bench::held_like_weights(&m[..rows * row_bytes]).expect("memory for the matrix");
         let l1 = &m[..32 * row_bytes];
-        for n in [1usize, 2, 4, 8] {
+        for n in [1usize, 2, 4, 8, 16] {
             let mut out = vec![0f32; rows * n];
             let mut pass = |m: &[u8], k: usize| {
                 let out = &mut out[..k * n];

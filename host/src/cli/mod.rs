@@ -514,14 +514,14 @@ fn bench(
         f => format!(" (held as {f})"),
     };
     out(&format!(
-        "model {}: {} {} layers, {} weights{held}, {} output, loaded in {load_s:.1} s, {:.0} MB read per token, kernels {:?}\n",
+        "model {}: {} {} layers, {} weights{held}, {} output, loaded in {load_s:.1} s, {:.0} MB read per token, kernels {}\n",
         model.display(),
         m.hp.arch,
         m.hp.n_layer,
         m.format,
         m.output_format(),
         bytes as f64 / 1e6,
-        bitnet_ternary::kernels::isa()
+        bitnet_ternary::kernels::in_use()
     ));
     out(&format!("KV cache {}, {depth} tokens of context first\n", kv.name()));
     out("threads   pp tok/s   tg tok/s   tg GB/s\n");

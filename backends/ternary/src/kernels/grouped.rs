@@ -188,8 +188,49 @@ pub fn tq2_grouped_rows_tokens(
         super::check_blocks(blocks * BLOCK, BLOCK, 256, a[t].q.len(), blocks);
         assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens shape");
     }
+    let kernel = match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if super::amx() && n >= AMX_MIN_TOKENS => TokensKernel::Amx,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => TokensKernel::Vnni,
+        _ => TokensKernel::Ungrouped,
+    };
+    grouped_tokens_with(kernel, span, k, blocks, a, bsums, d, out);
+}
+
+/// Which kernel reads a run of groups against several tokens.
+#[derive(Clone, Copy, Debug)]
+enum TokensKernel {
+    /// AVX-512 VNNI, up to 4 tokens per pass over a group.
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512Vnni {
+    Vnni,
+    /// AMX tiles, up to 16 tokens per pass over a group.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    /// Each group ungrouped and given to `tq2_rows_tokens` (any CPU).
+    Ungrouped,
+}
+
+/// `tq2_grouped_rows_tokens` on `span` (k rows) with `kernel`, which the
+/// CPU must have.
+#[allow(clippy::too_many_arguments)]
+fn grouped_tokens_with(
+    kernel: TokensKernel,
+    span: &[u8],
+    k: usize,
+    blocks: usize,
+    a: &[&Prepared],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+) {
+    let n = a.len();
+    #[cfg(target_arch = "x86_64")]
+    if let TokensKernel::Amx = kernel {
+        return tq2_grouped_tokens_amx(span, k, blocks, a, bsums, d, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let TokensKernel::Vnni = kernel {
         for (g, rows, group) in groups(span, k, blocks) {
             for t in (0..n).step_by(4) {
                 let out = &mut out[t * k + g..];
@@ -232,6 +273,33 @@ pub fn tq2_grouped_rows_tokens(
             out[t * k + g..][..r].copy_from_slice(part);
         }
     }
+}
+
+/// The fewest tokens the TQ2_0 products give to AMX. A group's block
+/// costs AMX about 55-60 ns whatever the tokens up to 4 (the unpacking
+/// stores and the tile unit's in-order chain), VNNI about 19 ns per token
+/// (2,560-column groups in L2, one thread): at 2 tokens VNNI is ahead, at
+/// 4 AMX (62 against 86 ns), at 8 well ahead (98 against 151).
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_TOKENS: usize = 4;
+
+/// `tq2_grouped_rows_tokens` with AMX: each block of each group unpacked
+/// once for all the tokens, 16 at a time through the tiles.
+#[cfg(target_arch = "x86_64")]
+fn tq2_grouped_tokens_amx(
+    span: &[u8],
+    k: usize,
+    blocks: usize,
+    a: &[&Prepared],
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+) {
+    let qs: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
+    let tokens = super::x86::StagedTokens::new(&qs, blocks * 256);
+    // SAFETY: the caller checked AMX (amx() or amx_permitted()); the
+    // kernel checks the groups', tokens' and output's shapes.
+    unsafe { super::x86::tq2_grouped_rows_tokens_amx(span, k, blocks, &tokens, bsums, d, out, k) }
 }
 
 #[cfg(test)]
@@ -297,7 +365,7 @@ mod tests {
             let m = matrix(rows, blocks, 11 * rows as u64 + blocks as u64);
             let g = grouped(&m, rows, blocks);
             let row_bytes = blocks * BLOCK;
-            let toks: Vec<_> = (0..9).map(|t| acts(blocks, t)).collect();
+            let toks: Vec<_> = (0..33).map(|t| acts(blocks, t)).collect();
             let prepared: Vec<Prepared> = toks.iter().map(|(q, _, _)| Prepared::new(q)).collect();
             // One token, over every run of whole groups a part may take.
             for first in (0..rows).step_by(GROUP_ROWS) {
@@ -310,7 +378,7 @@ mod tests {
                     assert_eq!(got, want, "{rows} x {blocks}: rows {first}..{end}");
                 }
             }
-            for n in 1..=9 {
+            for n in (1..=9).chain([16, 17, 33]) {
                 let a: Vec<&Prepared> = prepared[..n].iter().collect();
                 let bsums: Vec<&[i32]> = toks[..n].iter().map(|t| &t.1[..]).collect();
                 let d: Vec<&[f32]> = toks[..n].iter().map(|t| &t.2[..]).collect();
@@ -323,8 +391,33 @@ mod tests {
                 let mut got = vec![0f32; n * k];
                 tq2_grouped_rows_tokens(&g, blocks, first, &a, &bsums, &d, &mut got);
                 assert_eq!(got, want, "{rows} x {blocks}, {n} tokens from row {first}");
+                for kernel in token_kernels() {
+                    let mut got = vec![f32::NAN; n * k];
+                    grouped_tokens_with(kernel, span(&g, blocks, first, k), k, blocks, &a, &bsums, &d, &mut got);
+                    assert_eq!(got, want, "{kernel:?}: {rows} x {blocks}, {n} tokens from row {first}");
+                }
             }
         }
+    }
+
+    /// Every kernel for several tokens this CPU has, whatever the dispatch
+    /// picks (`BITNET_KERNEL` forces some off).
+    fn token_kernels() -> Vec<TokensKernel> {
+        #[allow(unused_mut)]
+        let mut kernels = vec![TokensKernel::Ungrouped];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx2") && has!("f16c") {
+                kernels.push(TokensKernel::Vnni);
+                if super::super::x86::amx_permitted() {
+                    kernels.push(TokensKernel::Amx);
+                } else {
+                    eprintln!("no AMX here: its TQ2_0 kernel is not tested");
+                }
+            }
+        }
+        kernels
     }
 
     /// Rows `first..first + n` of a regrouped 37-row matrix, one token.

@@ -214,6 +214,28 @@ pub fn avx_vnni() -> bool {
     })
 }
 
+/// The kernels in use, for the benches' and the CLI's headers: the ISA,
+/// and AMX where the TQ2_0 many-token products use it.
+pub fn in_use() -> String {
+    format!("{:?}{}", isa(), if amx() { " + AMX (TQ2_0, 4+ tokens)" } else { "" })
+}
+
+/// Under `Isa::Avx512Vnni`: whether the TQ2_0 products over several
+/// tokens use AMX's tiles (`x86::tq2_grouped_rows_tokens_amx`), where the
+/// CPU has AMX-INT8 and the OS grants its state to this process (Linux).
+/// `BITNET_KERNEL=avx512vnni` turns it off.
+pub fn amx() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        return isa() == Isa::Avx512Vnni
+            && std::env::var("BITNET_KERNEL").map_or(true, |v| v != "avx512vnni")
+            && x86::amx_permitted();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// Reference: sum over the row of code * q, code in 0..=2. `row` holds
 /// `q.len() / 4` bytes in 128-element blocks of 32 bytes, byte j =
 /// e[j]<<6 | e[32+j]<<4 | e[64+j]<<2 | e[96+j].

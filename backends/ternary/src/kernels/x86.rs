@@ -1,11 +1,13 @@
-//! The x86_64 kernels (AVX2, AVX-VNNI, AVX-512 VNNI), each equal to its
+//! The x86_64 kernels (AVX2, AVX-VNNI, AVX-512 VNNI, AMX), each equal to its
 //! scalar reference in `super` (tested there). Only `super`'s dispatchers
 //! call them, after `isa()` has checked the CPU.
 
 use half::f16;
 
 mod acts;
+mod amx;
 pub(super) use acts::*;
+pub(super) use amx::{amx_permitted, tq2_grouped_rows_tokens_amx, StagedTokens};
 
 use super::vocab::{Q6K_BLOCK, Q8_0_BLOCK};
 use super::{dot_f16_scalar, first_n, prefetch, prefetch_distance};

@@ -1,0 +1,307 @@
+//! Regrouped TQ2_0 matrices against several tokens with AMX (Intel's tile
+//! unit, Sapphire Rapids on): one `tdpbsud` multiplies up to 16 tokens'
+//! 64 activations (signed bytes, tile A: a token per row) by 16 rows' 64
+//! weight codes (unsigned bytes, tile B: dword lane r of each of its 16
+//! lines holds 4 consecutive codes of row r) into 16 x 16 int32 sums.
+//!
+//! Tile B's layout is the regrouped one (`super::super::grouped`, "lanes
+//! = rows"): plane p of line l of a block holds codes 16 l + 4 p .. + 4 of
+//! every row, so a 64-column step is lines 4s..4s+4's 16 planes, each
+//! unpacked (shift, mask) once and stored to a 1 KiB buffer that the tile
+//! loads; the stores, not the products, bound the kernel. Per block the
+//! four steps sum into one C tile, stored and finished as the VNNI kernel
+//! finishes its lanes ((dot - bsum) * (scale * d), summed in block order):
+//! the results are `tq2_rows`'s bit for bit.
+//!
+//! With AVX-512 VNNI each token costs 64 `vpdpbusd` per block of 16 rows,
+//! one per cycle: 4 tokens in L1 ran at 214 multiply-adds/ns, the port's
+//! limit, which made a 4-sequence decoding step as slow as reading the
+//! weights plus computing on them. With AMX a block's cost hardly grows
+//! with the tokens.
+//!
+//! The tile registers are used only here and only by this thread's calls:
+//! each call loads its configuration (`ldtilecfg`) before its first tile
+//! instruction, so no state is assumed between calls.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+/// `ldtilecfg`'s 64-byte operand, palette 1: per tile register its rows
+/// and bytes per row.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+    reserved2: [u8; 16],
+}
+
+/// The tiles this kernel uses: tmm0-1 a 64-column step of `m` tokens'
+/// activations (in turn), tmm2-3 sums (`m` x 16 int32, a chunk of tokens
+/// each in turn), tmm4-7 the four 64-column steps of a block's weights (16 x
+/// 64 bytes).
+fn config(m: u8) -> TileConfig {
+    let mut rows = [0u8; 16];
+    let mut colsb = [0u16; 16];
+    for t in 0..8 {
+        rows[t] = if t >= 4 { 16 } else { m };
+        colsb[t] = 64;
+    }
+    TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb, rows, reserved2: [0; 16] }
+}
+
+/// Whether this process may use AMX's int8 products: the CPU has AMX-TILE
+/// and AMX-INT8 and the kernel grants the tile data state (Linux asks each
+/// process to request it; without the grant a tile instruction faults).
+/// Asked once.
+pub(in crate::kernels) fn amx_permitted() -> bool {
+    // Leaf 7 exists on every CPU that reaches here (AVX-512).
+    let leaf7 = __cpuid_count(7, 0);
+    let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+    tile && int8 && request_tile_data()
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this request reads no memory; it fails with
+    // an error where the kernel or the CPU lacks the feature.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+/// Elsewhere AMX is left alone: untested there.
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// Tokens' activations laid out for tile A, in chunks of `m` (up to 16)
+/// tokens, one tile's rows, the last chunk filled out with zero tokens
+/// (their sums are never read). Block by block, chunk by chunk, step by
+/// step (64 columns), `m` rows of 64 bytes: each tile is 64-byte rows
+/// side by side, and a pass over a group reads it front to back. (Each
+/// token's bytes in one run, a tile's rows 2,560 bytes apart, a chunk of
+/// 16 tokens took 82 ns instead of 21 from L2.)
+pub(in crate::kernels) struct StagedTokens {
+    acts: Vec<i8>,
+    n: usize,
+    m: usize,
+    k: usize,
+}
+
+impl StagedTokens {
+    pub(in crate::kernels) fn new(qs: &[&[i8]], k: usize) -> StagedTokens {
+        assert!(k.is_multiple_of(256), "whole blocks of activations");
+        let n = qs.len();
+        let m = n.clamp(1, 16);
+        let chunks = n.div_ceil(m);
+        let mut acts = vec![0i8; chunks * m * k];
+        for (t, q) in qs.iter().enumerate() {
+            let (c, i) = (t / m, t % m);
+            for (j, step) in q[..k].chunks_exact(64).enumerate() {
+                let (b, s) = (j / 4, j % 4);
+                acts[(((b * chunks + c) * 4 + s) * m + i) * 64..][..64].copy_from_slice(step);
+            }
+        }
+        StagedTokens { acts, n, m, k }
+    }
+
+    /// Where chunk c's four steps of block b start.
+    fn chunk(&self, b: usize, c: usize) -> *const i8 {
+        let chunks = self.n.div_ceil(self.m);
+        self.acts[(b * chunks + c) * 4 * self.m * 64..].as_ptr()
+    }
+}
+
+/// One block's 16 lines (at `line`) unpacked into tile B's four 1 KiB
+/// steps at `dst`: step s, line 16 ... plane p of line 4s + i at 4i + p.
+#[inline(always)]
+unsafe fn unpack_block(line: *const u8, dst: *mut u8) {
+    let mask = _mm512_set1_epi8(3);
+    for l in 0..16 {
+        let w = _mm512_loadu_si512(line.add(64 * l).cast());
+        let planes = [
+            _mm512_and_si512(w, mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+        ];
+        for (p, plane) in planes.into_iter().enumerate() {
+            _mm512_store_si512(dst.add(256 * l + 64 * p).cast(), plane);
+        }
+    }
+}
+
+/// A block's four weight steps (unpacked at `steps`) into tiles 4-7.
+#[inline(always)]
+unsafe fn load_weights(steps: *const u8) {
+    asm!(
+        "tileloadd tmm4, [{w} + {s} * 1]",
+        "tileloadd tmm5, [{w} + {s} * 1 + 1024]",
+        "tileloadd tmm6, [{w} + {s} * 1 + 2048]",
+        "tileloadd tmm7, [{w} + {s} * 1 + 3072]",
+        w = in(reg) steps,
+        s = in(reg) 64usize,
+        options(nostack, preserves_flags, readonly),
+    );
+}
+
+/// One chunk of `m` tokens against the block in tiles 4-7, summed into
+/// tile `C` (2 or 3, holding zeros), then stored to `sums` (rows of 64
+/// bytes) and zeroed: the activations' four steps (`m` x 64 bytes each)
+/// from `acts`, loaded into tiles 0 and 1 in turn.
+#[inline(always)]
+unsafe fn chunk_products<const C: u8>(acts: *const i8, m: usize, sums: *mut i32) {
+    let step = m * 64;
+    asm!(
+        "tileloadd tmm0, [{a} + {k} * 1]",
+        "tdpbsud tmm{c}, tmm0, tmm4",
+        "tileloadd tmm1, [{a1} + {k} * 1]",
+        "tdpbsud tmm{c}, tmm1, tmm5",
+        "tileloadd tmm0, [{a2} + {k} * 1]",
+        "tdpbsud tmm{c}, tmm0, tmm6",
+        "tileloadd tmm1, [{a3} + {k} * 1]",
+        "tdpbsud tmm{c}, tmm1, tmm7",
+        "tilestored [{p} + {s} * 1], tmm{c}",
+        "tilezero tmm{c}",
+        a = in(reg) acts,
+        a1 = in(reg) acts.add(step),
+        a2 = in(reg) acts.add(2 * step),
+        a3 = in(reg) acts.add(3 * step),
+        k = in(reg) 64usize,
+        p = in(reg) sums,
+        s = in(reg) 64usize,
+        c = const C,
+        options(nostack, preserves_flags),
+    );
+}
+
+/// Per token of a chunk (`first..first + live`), a block's 16 row sums
+/// into its accumulator: the VNNI kernel's finish, the same operations in
+/// the same order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_chunk(
+    acc: &mut [__m512],
+    first: usize,
+    live: usize,
+    sums: *const i32,
+    scales: __m512,
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    b: usize,
+) {
+    for i in 0..live {
+        let t = first + i;
+        let dots = _mm512_load_si512(sums.add(16 * i).cast());
+        let dot = _mm512_sub_epi32(dots, _mm512_set1_epi32(*bsums.get_unchecked(t).get_unchecked(b)));
+        let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*d.get_unchecked(t).get_unchecked(b)));
+        let acc = acc.get_unchecked_mut(t);
+        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+    }
+}
+
+/// Chunks' sums held at once, and how many chunks' products are asked
+/// for between a chunk's and its finish: a vector load of a tile's store
+/// waits until the store has left the store buffer.
+const SUMS: usize = 4;
+const LAG: usize = 3;
+
+#[repr(C, align(64))]
+struct Scratch {
+    /// Two blocks' unpacked weights (4 steps of 1 KiB each).
+    steps: [[u8; 4096]; 2],
+    /// Two chunks' sums: up to 16 tokens x 16 rows.
+    sums: [[i32; 256]; SUMS],
+}
+
+/// Regrouped TQ2_0 groups (`groups`: whole groups of 16 rows of `blocks`
+/// blocks, `rows` of them the matrix's) against the staged tokens: token
+/// t's result for row r goes to `out[t * stride + r]`. Each block of a
+/// group is unpacked once for all the tokens.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
+    groups: &[u8],
+    rows: usize,
+    blocks: usize,
+    tokens: &StagedTokens,
+    bsums: &[&[i32]],
+    d: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let (n, m, k) = (tokens.n, tokens.m, tokens.k);
+    let len = super::super::grouped::group_bytes(blocks);
+    assert!(k == blocks * 256 && blocks > 0, "TQ2_0 staged tokens of {k} columns");
+    assert!(groups.len() == rows.div_ceil(16) * len, "TQ2_0 groups for {rows} rows");
+    assert!(bsums.len() == n && d.len() == n, "TQ2_0 tokens");
+    for t in 0..n {
+        assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens");
+    }
+    assert!(rows == 0 || out.len() >= (n - 1) * stride + rows, "TQ2_0 tokens output");
+    let chunks = n.div_ceil(m);
+    let config = config(m as u8);
+    let mut acc = vec![_mm512_setzero_ps(); n];
+    // Written before it is read: each block's steps and each chunk's sums
+    // are stored before they are loaded.
+    let mut scratch = std::mem::MaybeUninit::<Scratch>::uninit();
+    let scratch = scratch.as_mut_ptr();
+    let steps = |b: usize| (&raw mut (*scratch).steps[b & 1]).cast::<u8>();
+    let sums = |i: usize| (&raw mut (*scratch).sums[i % SUMS]).cast::<i32>();
+    // SAFETY: amx_permitted() granted the tile state (the caller checked);
+    // the configuration is a valid palette-1 one.
+    asm!("ldtilecfg [{}]", "tilezero tmm2", "tilezero tmm3", in(reg) &config, options(nostack, preserves_flags));
+    let scales_bytes = super::super::grouped::scales_bytes(blocks);
+    for (g, group) in groups.chunks_exact(len).enumerate() {
+        let codes = group.as_ptr().add(scales_bytes);
+        let scales = |b: usize| _mm512_cvtph_ps(_mm256_loadu_si256(group.as_ptr().add(32 * b).cast()));
+        acc.fill(_mm512_setzero_ps());
+        // Software-pipelined: a tile load waits until the stores it reads
+        // have left the store buffer, and a vector load of a tile's store
+        // does too. So block b + 1 is unpacked after block b's weights are
+        // loaded, and each chunk's sums are finished after the next
+        // chunk's products are asked for.
+        unpack_block(codes, steps(0));
+        // The block and chunk of each of the last SUMS chunks issued.
+        let mut issued_as = [(0usize, 0usize); SUMS];
+        let mut issued = 0usize;
+        let finish = |acc: &mut [__m512], i: usize, (b, c): (usize, usize)| {
+            let first = c * m;
+            finish_chunk(acc, first, m.min(n - first), sums(i), scales(b), bsums, d, b);
+        };
+        for b in 0..blocks {
+            load_weights(steps(b));
+            if b + 1 < blocks {
+                unpack_block(codes.add((b + 1) * 1024), steps(b + 1));
+            }
+            for c in 0..chunks {
+                let a = tokens.chunk(b, c);
+                if issued & 1 == 0 {
+                    chunk_products::<2>(a, m, sums(issued));
+                } else {
+                    chunk_products::<3>(a, m, sums(issued));
+                }
+                issued_as[issued % SUMS] = (b, c);
+                issued += 1;
+                if issued > LAG {
+                    let i = issued - 1 - LAG;
+                    finish(&mut acc, i, issued_as[i % SUMS]);
+                }
+            }
+        }
+        for i in issued.saturating_sub(LAG)..issued {
+            finish(&mut acc, i, issued_as[i % SUMS]);
+        }
+        let live = (rows - 16 * g).min(16);
+        for (t, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
+            out[t * stride + 16 * g..][..live].copy_from_slice(&lanes[..live]);
+        }
+    }
+    asm!("tilerelease", options(nostack, preserves_flags, nomem));
+}
