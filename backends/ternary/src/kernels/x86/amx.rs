@@ -119,9 +119,10 @@ impl StagedTokens {
 /// One block's 16 lines (at `line`) unpacked into tile B's four 1 KiB
 /// steps at `dst`: step s, line 16 ... plane p of line 4s + i at 4i + p.
 #[inline(always)]
-unsafe fn unpack_block(line: *const u8, dst: *mut u8) {
+unsafe fn unpack_block(line: *const u8, dst: *mut u8, pf: Option<usize>) {
     let mask = _mm512_set1_epi8(3);
     for l in 0..16 {
+        super::super::prefetch(line.add(64 * l), pf);
         let w = _mm512_loadu_si512(line.add(64 * l).cast());
         let planes = [
             _mm512_and_si512(w, mask),
@@ -244,6 +245,7 @@ pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
     }
     assert!(rows == 0 || out.len() >= (n - 1) * stride + rows, "TQ2_0 tokens output");
     let chunks = n.div_ceil(m);
+    let pf = super::super::prefetch_distance();
     let config = config(m as u8);
     let mut acc = vec![_mm512_setzero_ps(); n];
     // Written before it is read: each block's steps and each chunk's sums
@@ -265,7 +267,7 @@ pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
         // does too. So block b + 1 is unpacked after block b's weights are
         // loaded, and each chunk's sums are finished after the next
         // chunk's products are asked for.
-        unpack_block(codes, steps(0));
+        unpack_block(codes, steps(0), pf);
         // The block and chunk of each of the last SUMS chunks issued.
         let mut issued_as = [(0usize, 0usize); SUMS];
         let mut issued = 0usize;
@@ -276,7 +278,7 @@ pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
         for b in 0..blocks {
             load_weights(steps(b));
             if b + 1 < blocks {
-                unpack_block(codes.add((b + 1) * 1024), steps(b + 1));
+                unpack_block(codes.add((b + 1) * 1024), steps(b + 1), pf);
             }
             for c in 0..chunks {
                 let a = tokens.chunk(b, c);
