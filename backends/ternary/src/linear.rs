@@ -66,11 +66,14 @@ impl Mapped {
 pub enum Linear {
     /// I2_S kept packed (2 bits per weight) in the loaded file, for the
     /// per-token int8 scheme: the fast path.
+    /// `grouped`: regrouped at load for the AVX-512 kernels
+    /// (`kernels::group_i2s`), else as the file holds them.
     I2S {
         bytes: Mapped,
         rows: usize,
         cols: usize,
         scale: f32,
+        grouped: bool,
     },
     /// TQ2_0 kept packed (66 bytes per 256 weights), for the Q8K scheme
     /// (llama.cpp's): the same numbers as decoding it, a quarter of the
@@ -129,7 +132,10 @@ impl Linear {
     /// Bytes a product reads from this matrix.
     pub fn bytes_read(&self) -> u64 {
         match self {
-            Linear::I2S { bytes, .. } | Linear::Tq1 { bytes, .. } => bytes.len() as u64,
+            // Regrouped, a matrix's last group is filled out with zero
+            // rows that are not read as weights.
+            Linear::I2S { rows, cols, .. } => (rows * cols / 4) as u64,
+            Linear::Tq1 { bytes, .. } => bytes.len() as u64,
             // Regrouped matrices pad each group's scales to a line: the
             // codes and scales read are the file's bytes.
             Linear::Tq2 { rows, cols, .. } => (rows * cols / 256 * 66) as u64,
@@ -145,13 +151,17 @@ impl Linear {
     /// Rows `first..first + ys.len()` of the product with quantized input.
     fn rows_into(&self, q: &Quantized, first: usize, ys: &mut [f32]) {
         match (self, q) {
-            (Linear::I2S { bytes, cols, scale, .. }, Quantized::I2S { a, prepared }) => {
+            (Linear::I2S { bytes, cols, scale, grouped, .. }, Quantized::I2S { a, prepared }) => {
                 let (bytes, row_bytes) = (bytes.bytes(), cols / 4);
                 let mut dots = [0i32; 64];
                 for (first, ys) in (first..).step_by(64).zip(ys.chunks_mut(64)) {
                     let dots = &mut dots[..ys.len()];
-                    let rows = &bytes[first * row_bytes..(first + ys.len()) * row_bytes];
-                    kernels::i2s_rows_prepared(rows, row_bytes, prepared, dots);
+                    if *grouped {
+                        kernels::i2s_grouped_rows(bytes, cols / 256, first, prepared, dots);
+                    } else {
+                        let rows = &bytes[first * row_bytes..(first + ys.len()) * row_bytes];
+                        kernels::i2s_rows_prepared(rows, row_bytes, prepared, dots);
+                    }
                     for (out, d) in ys.iter_mut().zip(&*dots) {
                         // bitnet.cpp's order of operations, as the reference.
                         *out = ((d - a.sum) as f32 / a.scale) * scale;
@@ -201,10 +211,14 @@ impl Linear {
                     kernels::tq2_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &bsums, &d, out);
                 }
             }
-            (Linear::I2S { bytes, scale, .. }, QuantizedTokens::I2S { acts, prepared }) => {
+            (Linear::I2S { bytes, cols, scale, grouped, .. }, QuantizedTokens::I2S { acts, prepared }) => {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
                 let mut dots = vec![0i32; out.len()];
-                kernels::i2s_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &mut dots);
+                if *grouped {
+                    kernels::i2s_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, &mut dots);
+                } else {
+                    kernels::i2s_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &mut dots);
+                }
                 for ((out, dots), a) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).zip(acts.iter()) {
                     for (o, d) in out.iter_mut().zip(dots) {
                         // bitnet.cpp's order of operations, as the reference.

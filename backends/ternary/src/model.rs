@@ -565,7 +565,16 @@ impl Model {
                         });
                     }
                     let scale = f32::from_le_bytes(d[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
-                    Linear::I2S { bytes: mapped((gguf.data_offset + t.offset) as usize, n / 4), rows, cols, scale }
+                    let bytes = mapped((gguf.data_offset + t.offset) as usize, n / 4);
+                    if weights::regroups_i2s(cols) {
+                        // SAFETY: each I2_S matrix is built once, here, and
+                        // only from the new buffer.
+                        let bytes =
+                            unsafe { weights::regroup_i2s(&bytes, rows, cols / 256) }.map_err(ModelError::Map)?;
+                        Linear::I2S { bytes, rows, cols, scale, grouped: true }
+                    } else {
+                        Linear::I2S { bytes, rows, cols, scale, grouped: false }
+                    }
                 }
                 TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
                 TensorType::TQ2_0 if packed_q8k => {
@@ -1159,8 +1168,13 @@ mod tests {
         // The packed I2_S fast path gives the decoded path's numbers, bit for bit.
         let packed = Model::load(&fixture("bitnet-b1.58-i2_s.gguf"), None).unwrap();
         for l in &packed.layers {
-            let Linear::I2S { bytes, rows, cols, scale } = &l.w_down else { panic!("not packed") };
-            let mut raw = bytes.bytes().to_vec();
+            let Linear::I2S { bytes, rows, cols, scale, grouped } = &l.w_down else { panic!("not packed") };
+            assert_eq!(*grouped, weights::regroups_i2s(*cols), "I2_S layout");
+            let mut raw = if *grouped {
+                crate::kernels::i2s_file_rows(bytes.bytes(), *rows, *cols / 256)
+            } else {
+                bytes.bytes().to_vec()
+            };
             raw.extend(scale.to_le_bytes());
             let decoded = quant::decode_i2s(&raw, *rows, *cols).unwrap();
             let mut rng = crate::sampler::Rng::new(5);

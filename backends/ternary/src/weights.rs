@@ -165,18 +165,54 @@ pub fn regroups_tq2() -> bool {
 /// Nothing may read `src`'s bytes after this returns (in anonymous memory
 /// they read as zeros): the model reads the matrix from the new buffer.
 pub unsafe fn regroup_tq2(src: &Mapped, rows: usize, blocks: usize) -> std::io::Result<Mapped> {
-    use crate::kernels::{group_bytes, group_tq2, grouped_len, GROUP_ROWS};
-    let row_bytes = blocks * 66;
+    use crate::kernels::{group_bytes, group_tq2};
+    // SAFETY: the caller's promise.
+    unsafe { regroup(src, rows, blocks * 66, group_bytes(blocks), |src, dst| group_tq2(src, blocks, dst)) }
+}
+
+/// Whether the model regroups its I2_S matrices of `cols` columns at
+/// load: as `regroups_tq2`, where the kernels read that layout
+/// (`kernels::i2s_grouping`).
+pub fn regroups_i2s(cols: usize) -> bool {
+    cfg!(unix) && crate::kernels::i2s_grouping(cols)
+}
+
+/// An I2_S matrix (`rows` rows of `blocks` 256-weight blocks, as the file
+/// holds them) regrouped for the AVX-512 kernels (`kernels::group_i2s`)
+/// into a huge-page buffer of its own, as `regroup_tq2`.
+///
+/// # Safety
+/// As `regroup_tq2`'s.
+pub unsafe fn regroup_i2s(src: &Mapped, rows: usize, blocks: usize) -> std::io::Result<Mapped> {
+    use crate::kernels::{group_i2s, i2s_group_bytes};
+    // SAFETY: the caller's promise.
+    unsafe { regroup(src, rows, blocks * 64, i2s_group_bytes(blocks), |src, dst| group_i2s(src, blocks, dst)) }
+}
+
+/// `rows` rows of `row_bytes` bytes into groups of 16 rows of
+/// `group_bytes` bytes each, `group(rows, dst)` writing up to 64 groups at
+/// a time, on the pool (2B4T's layers are 0.5 GB); then `src`'s pages are
+/// given back.
+///
+/// # Safety
+/// As `regroup_tq2`'s.
+unsafe fn regroup(
+    src: &Mapped,
+    rows: usize,
+    row_bytes: usize,
+    group_bytes: usize,
+    group: impl Fn(&[u8], &mut [u8]) + Sync,
+) -> std::io::Result<Mapped> {
+    use crate::kernels::GROUP_ROWS;
     let bytes = src.bytes();
-    assert_eq!(bytes.len(), rows * row_bytes, "TQ2_0 matrix bytes");
-    let len = grouped_len(rows, blocks);
+    assert_eq!(bytes.len(), rows * row_bytes, "matrix bytes");
+    let len = rows.div_ceil(GROUP_ROWS) * group_bytes;
     let mut out = huge_page_buffer(len)?;
-    // 64 groups a task, on the pool: 2B4T's layers are 0.5 GB.
-    let chunk = 64 * group_bytes(blocks);
+    let chunk = 64 * group_bytes;
     crate::pool::for_each_chunk_mut(&mut out[..len], chunk, |at, dst| {
         let first = at / chunk * 64 * GROUP_ROWS;
         let n = (rows - first).min(64 * GROUP_ROWS);
-        group_tq2(&bytes[first * row_bytes..(first + n) * row_bytes], blocks, dst);
+        group(&bytes[first * row_bytes..(first + n) * row_bytes], dst);
     });
     let (map, start, src_len) = src.source();
     // SAFETY: the caller's promise: nothing reads these bytes again.

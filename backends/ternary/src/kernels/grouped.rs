@@ -63,7 +63,7 @@ pub fn tq2_grouping() -> bool {
 
 /// Where weight e (0..256) of a block sits in a group's line l: byte
 /// 4 * row + (e % 4) of line e / 16, at bits 2 * ((e / 4) % 4).
-fn lane_place(e: usize) -> (usize, usize, u32) {
+pub(super) fn lane_place(e: usize) -> (usize, usize, u32) {
     (e / 16, e % 4, 2 * ((e / 4) % 4) as u32)
 }
 
@@ -119,12 +119,18 @@ fn ungroup(group: &[u8], n: usize, blocks: usize, out: &mut [u8]) {
 /// run starts on a group and ends on one or at the matrix's end.
 #[track_caller]
 fn span(m: &[u8], blocks: usize, first: usize, rows: usize) -> &[u8] {
-    assert!(first.is_multiple_of(GROUP_ROWS), "regrouped TQ2_0 rows from {first}, not a group's first");
-    let start = first / GROUP_ROWS * group_bytes(blocks);
-    let end = start + grouped_len(rows, blocks);
+    span_of(m, group_bytes(blocks), first, rows)
+}
+
+/// `span` for groups of `group_bytes` bytes (TQ2_0's or I2_S's).
+#[track_caller]
+pub(super) fn span_of(m: &[u8], group_bytes: usize, first: usize, rows: usize) -> &[u8] {
+    assert!(first.is_multiple_of(GROUP_ROWS), "regrouped rows from {first}, not a group's first");
+    let start = first / GROUP_ROWS * group_bytes;
+    let end = start + rows.div_ceil(GROUP_ROWS) * group_bytes;
     assert!(
         end <= m.len() && (rows.is_multiple_of(GROUP_ROWS) || end == m.len()),
-        "regrouped TQ2_0 rows {first}..{}: past the matrix or ending inside a group",
+        "regrouped rows {first}..{}: past the matrix or ending inside a group",
         first + rows
     );
     &m[start..end]
@@ -132,7 +138,12 @@ fn span(m: &[u8], blocks: usize, first: usize, rows: usize) -> &[u8] {
 
 /// Groups of `span` bytes, each with its rows: (first row, rows, bytes).
 fn groups(span: &[u8], rows: usize, blocks: usize) -> impl Iterator<Item = (usize, usize, &[u8])> {
-    span.chunks_exact(group_bytes(blocks))
+    groups_of(span, group_bytes(blocks), rows)
+}
+
+/// `groups` for groups of `group_bytes` bytes (TQ2_0's or I2_S's).
+pub(super) fn groups_of(span: &[u8], group_bytes: usize, rows: usize) -> impl Iterator<Item = (usize, usize, &[u8])> {
+    span.chunks_exact(group_bytes)
         .enumerate()
         .map(move |(g, bytes)| (g * GROUP_ROWS, (rows - g * GROUP_ROWS).min(GROUP_ROWS), bytes))
 }
@@ -200,7 +211,7 @@ pub fn tq2_grouped_rows_tokens(
 
 /// Which kernel reads a run of groups against several tokens.
 #[derive(Clone, Copy, Debug)]
-enum TokensKernel {
+pub(super) enum TokensKernel {
     /// AVX-512 VNNI, up to 4 tokens per pass over a group.
     #[cfg(target_arch = "x86_64")]
     Vnni,
@@ -281,7 +292,7 @@ fn grouped_tokens_with(
 /// (2,560-column groups in L2, one thread): at 2 tokens VNNI is ahead, at
 /// 4 AMX (62 against 86 ns), at 8 well ahead (98 against 151).
 #[cfg(target_arch = "x86_64")]
-const AMX_MIN_TOKENS: usize = 4;
+pub(super) const AMX_MIN_TOKENS: usize = 4;
 
 /// `tq2_grouped_rows_tokens` with AMX: each block of each group unpacked
 /// once for all the tokens, 16 at a time through the tiles.
@@ -297,9 +308,31 @@ fn tq2_grouped_tokens_amx(
 ) {
     let qs: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
     let tokens = super::x86::StagedTokens::new(&qs, blocks * 256);
+    let sums = super::x86::Tq2Sums { bsums, d };
     // SAFETY: the caller checked AMX (amx() or amx_permitted()); the
-    // kernel checks the groups', tokens' and output's shapes.
-    unsafe { super::x86::tq2_grouped_rows_tokens_amx(span, k, blocks, &tokens, bsums, d, out, k) }
+    // kernel checks the groups', tokens', sums' and output's shapes.
+    unsafe { super::x86::grouped_rows_tokens_amx(span, k, blocks, &tokens, &sums, out, k) }
+}
+
+#[cfg(test)]
+/// Every kernel for several tokens this CPU has, whatever the dispatch
+/// picks (`BITNET_KERNEL` forces some off).
+pub(super) fn token_kernels() -> Vec<TokensKernel> {
+    #[allow(unused_mut)]
+    let mut kernels = vec![TokensKernel::Ungrouped];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx2") && has!("f16c") {
+            kernels.push(TokensKernel::Vnni);
+            if super::x86::amx_permitted() {
+                kernels.push(TokensKernel::Amx);
+            } else {
+                eprintln!("no AMX here: its TQ2_0 kernel is not tested");
+            }
+        }
+    }
+    kernels
 }
 
 #[cfg(test)]
@@ -398,26 +431,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Every kernel for several tokens this CPU has, whatever the dispatch
-    /// picks (`BITNET_KERNEL` forces some off).
-    fn token_kernels() -> Vec<TokensKernel> {
-        #[allow(unused_mut)]
-        let mut kernels = vec![TokensKernel::Ungrouped];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx2") && has!("f16c") {
-                kernels.push(TokensKernel::Vnni);
-                if super::super::x86::amx_permitted() {
-                    kernels.push(TokensKernel::Amx);
-                } else {
-                    eprintln!("no AMX here: its TQ2_0 kernel is not tested");
-                }
-            }
-        }
-        kernels
     }
 
     /// Rows `first..first + n` of a regrouped 37-row matrix, one token.

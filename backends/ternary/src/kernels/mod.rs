@@ -22,6 +22,7 @@ mod aarch64;
 mod attention;
 mod float;
 mod grouped;
+mod grouped_i2s;
 mod q6k_permuted;
 mod vocab;
 #[cfg(target_arch = "x86_64")]
@@ -30,6 +31,11 @@ pub use attention::{attend, attend_q8, KvElem, KvHead, Q8KeyCache, Q8Keys, Queri
 pub use float::f16_bits_to_f32;
 pub use grouped::{
     group_bytes, group_tq2, grouped_len, tq2_grouped_rows, tq2_grouped_rows_tokens, tq2_grouping, GROUP_ROWS,
+};
+#[cfg(test)]
+pub(crate) use grouped_i2s::i2s_file_rows;
+pub use grouped_i2s::{
+    group_i2s, i2s_group_bytes, i2s_grouped_len, i2s_grouped_rows, i2s_grouped_rows_tokens, i2s_grouping,
 };
 pub use q6k_permuted::{
     permute_q6k, permute_q6k_acts, q6k_permuted_rows, q6k_permuted_rows_tokens, q6k_permuting, unpermute_q6k,

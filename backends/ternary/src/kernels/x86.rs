@@ -7,7 +7,7 @@ use half::f16;
 mod acts;
 mod amx;
 pub(super) use acts::*;
-pub(super) use amx::{amx_permitted, tq2_grouped_rows_tokens_amx, StagedTokens};
+pub(super) use amx::{amx_permitted, grouped_rows_tokens_amx, I2sSums, StagedTokens, Tq2Sums};
 
 use super::vocab::{Q6K_BLOCK, Q8_0_BLOCK};
 use super::{dot_f16_scalar, first_n, prefetch, prefetch_distance};
@@ -417,14 +417,67 @@ unsafe fn tq2_partial_vnni(block: *const u8, a: *const i8) -> std::arch::x86_64:
     _mm512_dpbusd_epi32(acc, c[3], _mm512_loadu_si512(a.add(192).cast()))
 }
 
+/// One block of a regrouped group (`super::grouped`: 16 lines at `base`,
+/// dword lane r of each holding 4 weights of row r, plane p at bits 2p)
+/// against N tokens' 256 activations at `a` (file order), summed into
+/// each token's 8 chains of lanes (lane r = row r). Each line is unpacked
+/// once and each plane meets one broadcast dword of each token's
+/// activations in one `vpdpbusd`: no add tree, so a line costs 7
+/// unpacking operations and 4N products.
+#[inline(always)]
+unsafe fn lanes_block<const N: usize>(
+    base: *const u8,
+    a: [*const i8; N],
+    s: &mut [[std::arch::x86_64::__m512i; 8]; N],
+    pf: Option<usize>,
+) {
+    use std::arch::x86_64::*;
+    let mask = _mm512_set1_epi8(3);
+    // Per token, 8 chains (4 planes x 2 for one token, whose 4 chains
+    // alone would wait on vpdpbusd's latency; more tokens give enough).
+    // Lines in pairs, so each line's chains are fixed indices (kept in
+    // registers; an index by line number put them on the stack).
+    for l in (0..16).step_by(2) {
+        for h in 0..2 {
+            let line = base.add(64 * (l + h));
+            prefetch(line, pf);
+            let w = _mm512_loadu_si512(line.cast());
+            let c = [
+                _mm512_and_si512(w, mask),
+                _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
+                _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+                _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+            ];
+            let chain = if N == 1 { 4 * h } else { 0 };
+            for t in 0..N {
+                let a = a[t].add(16 * (l + h));
+                for (p, c) in c.iter().enumerate() {
+                    let x = _mm512_set1_epi32(std::ptr::read_unaligned(a.add(4 * p).cast::<i32>()));
+                    s[t][chain + p] = _mm512_dpbusd_epi32(s[t][chain + p], *c, x);
+                }
+            }
+        }
+    }
+}
+
+/// A token's chains summed: 16 lanes, lane r = row r.
+#[inline(always)]
+unsafe fn chains_sum<const N: usize>(s: &[std::arch::x86_64::__m512i; 8]) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let lo = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]));
+    if N == 1 {
+        let hi = _mm512_add_epi32(_mm512_add_epi32(s[4], s[5]), _mm512_add_epi32(s[6], s[7]));
+        _mm512_add_epi32(lo, hi)
+    } else {
+        lo
+    }
+}
+
 /// One regrouped TQ2_0 group (`super::grouped`: 16 rows, lanes = rows)
 /// against N tokens' activations in file order: per token, 16 lanes of
-/// results, lane r = row r. Per block, each of the 16 lines (dword lane r:
-/// 4 weights of row r, plane p at bits 2p) is unpacked once, and each
-/// plane meets one broadcast dword of each token's activations in one
-/// `vpdpbusd`: no add tree, so a line costs 7 unpacking operations and 4N
-/// products. The finish per block ((dot - bsum) * (scale * d), summed in
-/// block order) is `ternary_blocks_finish`'s, one row per lane: the same bits.
+/// results, lane r = row r (`lanes_block` per block). The finish per
+/// block ((dot - bsum) * (scale * d), summed in block order) is
+/// `ternary_blocks_finish`'s, one row per lane: the same bits.
 #[inline(always)]
 unsafe fn tq2_lanes_group<const N: usize>(
     group: *const u8,
@@ -435,53 +488,95 @@ unsafe fn tq2_lanes_group<const N: usize>(
     pf: Option<usize>,
 ) -> [std::arch::x86_64::__m512; N] {
     use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
     let codes = group.add(super::grouped::scales_bytes(blocks));
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..blocks {
-        let base = codes.add(b * 1024);
-        // Per token, 8 chains (4 planes x 2 for one token, whose 4 chains
-        // alone would wait on vpdpbusd's latency; more tokens give enough).
         let mut s = [[_mm512_setzero_si512(); 8]; N];
-        // Lines in pairs, so each line's chains are fixed indices (kept in
-        // registers; an index by line number put them on the stack).
-        for l in (0..16).step_by(2) {
-            for h in 0..2 {
-                let line = base.add(64 * (l + h));
-                prefetch(line, pf);
-                let w = _mm512_loadu_si512(line.cast());
-                let c = [
-                    _mm512_and_si512(w, mask),
-                    _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
-                    _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
-                    _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
-                ];
-                let chain = if N == 1 { 4 * h } else { 0 };
-                for t in 0..N {
-                    let a = qs[t].as_ptr().add(b * 256 + 16 * (l + h));
-                    for (p, c) in c.iter().enumerate() {
-                        let x = _mm512_set1_epi32(std::ptr::read_unaligned(a.add(4 * p).cast::<i32>()));
-                        s[t][chain + p] = _mm512_dpbusd_epi32(s[t][chain + p], *c, x);
-                    }
-                }
-            }
-        }
+        let a: [*const i8; N] = std::array::from_fn(|t| qs[t].as_ptr().add(b * 256));
+        lanes_block::<N>(codes.add(b * 1024), a, &mut s, pf);
         let scales = _mm512_cvtph_ps(_mm256_loadu_si256(group.add(32 * b).cast()));
         for t in 0..N {
-            let s = &s[t];
-            let lo = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]));
-            let dots = if N == 1 {
-                let hi = _mm512_add_epi32(_mm512_add_epi32(s[4], s[5]), _mm512_add_epi32(s[6], s[7]));
-                _mm512_add_epi32(lo, hi)
-            } else {
-                lo
-            };
-            let dot = _mm512_sub_epi32(dots, _mm512_set1_epi32(bsums[t][b]));
+            let dot = _mm512_sub_epi32(chains_sum::<N>(&s[t]), _mm512_set1_epi32(bsums[t][b]));
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d[t][b]));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
         }
     }
     acc
+}
+
+/// One regrouped I2_S group (`super::grouped_i2s`: 16 rows, lanes = rows,
+/// no scales) against N tokens' activations in file order: per token, the
+/// 16 rows' integer dots (codes 0..=2 times activations), lane r = row r.
+/// The chains run across every block: I2_S has one scale per matrix.
+#[inline(always)]
+unsafe fn i2s_lanes_group<const N: usize>(
+    group: *const u8,
+    blocks: usize,
+    qs: [&[i8]; N],
+    pf: Option<usize>,
+) -> [std::arch::x86_64::__m512i; N] {
+    let mut s = [[std::arch::x86_64::_mm512_setzero_si512(); 8]; N];
+    for b in 0..blocks {
+        let a: [*const i8; N] = std::array::from_fn(|t| qs[t].as_ptr().add(b * 256));
+        lanes_block::<N>(group.add(b * 1024), a, &mut s, pf);
+    }
+    // A loop, not `array::from_fn`: its closure has no target features.
+    let mut dots = [std::arch::x86_64::_mm512_setzero_si512(); N];
+    for (dots, s) in dots.iter_mut().zip(&s) {
+        *dots = chains_sum::<N>(s);
+    }
+    dots
+}
+
+/// Regrouped I2_S rows (`super::grouped_i2s`: out.len() rows of `blocks`
+/// 256-weight blocks in whole groups of 16) against activations `q` in
+/// file order, with AVX-512 VNNI: each row's integer dot, `dot_i2s`'s.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn i2s_grouped_rows_vnni(groups: &[u8], blocks: usize, q: &[i8], out: &mut [i32]) {
+    let len = super::grouped_i2s::i2s_group_bytes(blocks);
+    assert!(q.len() >= blocks * 256, "I2_S activations");
+    assert_eq!(groups.len(), out.len().div_ceil(TQ2_LANES) * len, "I2_S groups for {} rows", out.len());
+    let pf = prefetch_distance();
+    for (g, out) in out.chunks_mut(TQ2_LANES).enumerate() {
+        // SAFETY: group g's bytes are inside groups (asserted), q's blocks too.
+        let [dots] = i2s_lanes_group::<1>(groups.as_ptr().add(g * len), blocks, [q], pf);
+        store_lanes_i32(dots, out);
+    }
+}
+
+/// `i2s_grouped_rows_vnni` for N tokens (1 to 4) over one group whose
+/// first `rows` rows are the matrix's: token t's dots go to
+/// `out[t * stride..][..rows]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn i2s_grouped_rows_tokens_vnni<const N: usize>(
+    group: &[u8],
+    rows: usize,
+    blocks: usize,
+    qs: [&[i8]; N],
+    out: &mut [i32],
+    stride: usize,
+) {
+    assert!(
+        group.len() == super::grouped_i2s::i2s_group_bytes(blocks) && (1..=TQ2_LANES).contains(&rows),
+        "I2_S group"
+    );
+    for q in qs {
+        assert!(q.len() >= blocks * 256, "I2_S tokens");
+    }
+    assert!(out.len() >= (N - 1) * stride + rows, "I2_S tokens output");
+    // SAFETY: the group's and the tokens' bytes are checked above.
+    let dots = i2s_lanes_group::<N>(group.as_ptr(), blocks, qs, prefetch_distance());
+    for (t, dots) in dots.iter().enumerate() {
+        store_lanes_i32(*dots, &mut out[t * stride..][..rows]);
+    }
+}
+
+/// The first out.len() of 16 int32 lanes.
+#[inline(always)]
+unsafe fn store_lanes_i32(v: std::arch::x86_64::__m512i, out: &mut [i32]) {
+    let mut lanes = [0i32; TQ2_LANES];
+    std::arch::x86_64::_mm512_storeu_si512(lanes.as_mut_ptr().cast(), v);
+    out.copy_from_slice(&lanes[..out.len()]);
 }
 
 /// Regrouped TQ2_0 rows (`super::grouped`: out.len() rows of `blocks`

@@ -180,28 +180,93 @@ unsafe fn chunk_products<const C: u8>(acts: *const i8, m: usize, sums: *mut i32)
     );
 }
 
-/// Per token of a chunk (`first..first + live`), a block's 16 row sums
-/// into its accumulator: the VNNI kernel's finish, the same operations in
-/// the same order.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn finish_chunk(
-    acc: &mut [__m512],
-    first: usize,
-    live: usize,
-    sums: *const i32,
-    scales: __m512,
-    bsums: &[&[i32]],
-    d: &[&[f32]],
-    b: usize,
-) {
-    for i in 0..live {
-        let t = first + i;
-        let dots = _mm512_load_si512(sums.add(16 * i).cast());
-        let dot = _mm512_sub_epi32(dots, _mm512_set1_epi32(*bsums.get_unchecked(t).get_unchecked(b)));
-        let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*d.get_unchecked(t).get_unchecked(b)));
-        let acc = acc.get_unchecked_mut(t);
-        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+/// What a block's sums (per token, 16 rows in int32 lanes) become: TQ2_0
+/// scales each block's by its rows' scales and the token's (in block
+/// order, the VNNI kernel's finish: the same operations, the same bits);
+/// I2_S adds them up (one scale per matrix, applied by the caller).
+pub(in crate::kernels) trait BlockSums {
+    /// A result lane: f32 (TQ2_0) or an int32 dot (I2_S).
+    type Out: Copy + Default;
+    /// Bytes before a group's codes (TQ2_0's scales).
+    fn codes_at(&self, blocks: usize) -> usize;
+    /// Bytes of a group of 16 rows.
+    fn group_bytes(&self, blocks: usize) -> usize;
+    /// Whether it has what `add` reads for n tokens of `blocks` blocks.
+    fn covers(&self, n: usize, blocks: usize) -> bool;
+    /// Token t's sums of block b of `group` into its accumulator.
+    unsafe fn add(&self, acc: &mut __m512i, sums: __m512i, group: *const u8, t: usize, b: usize);
+    /// An accumulator's 16 lanes as results.
+    unsafe fn lanes(acc: __m512i) -> [Self::Out; 16];
+}
+
+/// TQ2_0's finish: `(dot - bsum) * (scale * d)` summed in block order.
+pub(in crate::kernels) struct Tq2Sums<'a> {
+    pub bsums: &'a [&'a [i32]],
+    pub d: &'a [&'a [f32]],
+}
+
+impl BlockSums for Tq2Sums<'_> {
+    type Out = f32;
+
+    fn codes_at(&self, blocks: usize) -> usize {
+        super::super::grouped::scales_bytes(blocks)
+    }
+
+    fn group_bytes(&self, blocks: usize) -> usize {
+        super::super::grouped::group_bytes(blocks)
+    }
+
+    fn covers(&self, n: usize, blocks: usize) -> bool {
+        self.bsums.len() == n
+            && self.d.len() == n
+            && self.bsums.iter().zip(self.d).all(|(s, d)| s.len() >= blocks && d.len() >= blocks)
+    }
+
+    #[inline(always)]
+    unsafe fn add(&self, acc: &mut __m512i, sums: __m512i, group: *const u8, t: usize, b: usize) {
+        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(group.add(32 * b).cast()));
+        let dot = _mm512_sub_epi32(sums, _mm512_set1_epi32(*self.bsums.get_unchecked(t).get_unchecked(b)));
+        let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*self.d.get_unchecked(t).get_unchecked(b)));
+        let sum = _mm512_add_ps(_mm512_castsi512_ps(*acc), _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+        *acc = _mm512_castps_si512(sum);
+    }
+
+    #[inline(always)]
+    unsafe fn lanes(acc: __m512i) -> [f32; 16] {
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_castsi512_ps(acc));
+        lanes
+    }
+}
+
+/// I2_S's: the blocks' integer sums added up.
+pub(in crate::kernels) struct I2sSums;
+
+impl BlockSums for I2sSums {
+    type Out = i32;
+
+    fn codes_at(&self, _: usize) -> usize {
+        0
+    }
+
+    fn group_bytes(&self, blocks: usize) -> usize {
+        super::super::grouped_i2s::i2s_group_bytes(blocks)
+    }
+
+    fn covers(&self, _: usize, _: usize) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    unsafe fn add(&self, acc: &mut __m512i, sums: __m512i, _: *const u8, _: usize, _: usize) {
+        *acc = _mm512_add_epi32(*acc, sums);
+    }
+
+    #[inline(always)]
+    unsafe fn lanes(acc: __m512i) -> [i32; 16] {
+        let mut lanes = [0i32; 16];
+        _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc);
+        lanes
     }
 }
 
@@ -219,35 +284,31 @@ struct Scratch {
     sums: [[i32; 256]; SUMS],
 }
 
-/// Regrouped TQ2_0 groups (`groups`: whole groups of 16 rows of `blocks`
-/// blocks, `rows` of them the matrix's) against the staged tokens: token
-/// t's result for row r goes to `out[t * stride + r]`. Each block of a
-/// group is unpacked once for all the tokens.
-#[allow(clippy::too_many_arguments)]
+/// Regrouped groups (`groups`: whole groups of 16 rows of `blocks`
+/// 256-weight blocks, `rows` of them the matrix's; TQ2_0's or I2_S's as
+/// `sums` says) against the staged tokens: token t's result for row r goes
+/// to `out[t * stride + r]`. Each block of a group is unpacked once for
+/// all the tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
+pub(in crate::kernels) unsafe fn grouped_rows_tokens_amx<S: BlockSums>(
     groups: &[u8],
     rows: usize,
     blocks: usize,
     tokens: &StagedTokens,
-    bsums: &[&[i32]],
-    d: &[&[f32]],
-    out: &mut [f32],
+    sums_as: &S,
+    out: &mut [S::Out],
     stride: usize,
 ) {
     let (n, m, k) = (tokens.n, tokens.m, tokens.k);
-    let len = super::super::grouped::group_bytes(blocks);
-    assert!(k == blocks * 256 && blocks > 0, "TQ2_0 staged tokens of {k} columns");
-    assert!(groups.len() == rows.div_ceil(16) * len, "TQ2_0 groups for {rows} rows");
-    assert!(bsums.len() == n && d.len() == n, "TQ2_0 tokens");
-    for t in 0..n {
-        assert!(bsums[t].len() >= blocks && d[t].len() >= blocks, "TQ2_0 tokens");
-    }
-    assert!(rows == 0 || out.len() >= (n - 1) * stride + rows, "TQ2_0 tokens output");
+    let len = sums_as.group_bytes(blocks);
+    assert!(k == blocks * 256 && blocks > 0, "staged tokens of {k} columns");
+    assert!(groups.len() == rows.div_ceil(16) * len, "groups for {rows} rows");
+    assert!(sums_as.covers(n, blocks), "each token's block sums and scales");
+    assert!(rows == 0 || out.len() >= (n - 1) * stride + rows, "tokens output");
     let chunks = n.div_ceil(m);
     let pf = super::super::prefetch_distance();
     let config = config(m as u8);
-    let mut acc = vec![_mm512_setzero_ps(); n];
+    let mut acc = vec![_mm512_setzero_si512(); n];
     // Written before it is read: each block's steps and each chunk's sums
     // are stored before they are loaded.
     let mut scratch = std::mem::MaybeUninit::<Scratch>::uninit();
@@ -257,11 +318,10 @@ pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
     // SAFETY: amx_permitted() granted the tile state (the caller checked);
     // the configuration is a valid palette-1 one.
     asm!("ldtilecfg [{}]", "tilezero tmm2", "tilezero tmm3", in(reg) &config, options(nostack, preserves_flags));
-    let scales_bytes = super::super::grouped::scales_bytes(blocks);
+    let codes_at = sums_as.codes_at(blocks);
     for (g, group) in groups.chunks_exact(len).enumerate() {
-        let codes = group.as_ptr().add(scales_bytes);
-        let scales = |b: usize| _mm512_cvtph_ps(_mm256_loadu_si256(group.as_ptr().add(32 * b).cast()));
-        acc.fill(_mm512_setzero_ps());
+        let codes = group.as_ptr().add(codes_at);
+        acc.fill(_mm512_setzero_si512());
         // Software-pipelined: a tile load waits until the stores it reads
         // have left the store buffer, and a vector load of a tile's store
         // does too. So block b + 1 is unpacked after block b's weights are
@@ -271,9 +331,12 @@ pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
         // The block and chunk of each of the last SUMS chunks issued.
         let mut issued_as = [(0usize, 0usize); SUMS];
         let mut issued = 0usize;
-        let finish = |acc: &mut [__m512], i: usize, (b, c): (usize, usize)| {
+        let finish = |acc: &mut [__m512i], i: usize, (b, c): (usize, usize)| {
             let first = c * m;
-            finish_chunk(acc, first, m.min(n - first), sums(i), scales(b), bsums, d, b);
+            for j in 0..m.min(n - first) {
+                let s = _mm512_load_si512(sums(i).add(16 * j).cast());
+                sums_as.add(acc.get_unchecked_mut(first + j), s, group.as_ptr(), first + j, b);
+            }
         };
         for b in 0..blocks {
             load_weights(steps(b));
@@ -300,9 +363,7 @@ pub(in crate::kernels) unsafe fn tq2_grouped_rows_tokens_amx(
         }
         let live = (rows - 16 * g).min(16);
         for (t, acc) in acc.iter().enumerate() {
-            let mut lanes = [0f32; 16];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
-            out[t * stride + 16 * g..][..live].copy_from_slice(&lanes[..live]);
+            out[t * stride + 16 * g..][..live].copy_from_slice(&S::lanes(*acc)[..live]);
         }
     }
     asm!("tilerelease", options(nostack, preserves_flags, nomem));
