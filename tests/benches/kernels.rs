@@ -24,7 +24,7 @@
 //! - decode: one token's attention in every layer over 4,000 positions
 //!   held in memory, f32 and f16, ms per token and GB/s of the cache.
 //!
-//! - tokens: TQ2_0 (regrouped) and Q6_K for 1, 2, 4, 8 and 16 tokens, in L1
+//! - tokens: TQ2_0 and I2_S (regrouped) and Q6_K for 1, 2, 4, 8 and 16 tokens, in L1
 //!   and from memory: what a batched decoding step's products cost.
 //!
 //! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [tokens] [attention] [decode]
@@ -217,7 +217,7 @@ fn xorshift() -> impl FnMut() -> u64 {
 /// and the f16 scales, set to small normals.
 fn random_matrix(format: &str, rows: usize, blocks: usize, next: &mut impl FnMut() -> u64) -> Vec<u8> {
     let row_bytes = match format {
-        "I2_S" => blocks * 64,
+        "I2_S" | "I2_S regrouped" => blocks * 64,
         "Q6_K" => blocks * 210,
         _ => blocks * 66,
     };
@@ -241,6 +241,11 @@ fn random_matrix(format: &str, rows: usize, blocks: usize, next: &mut impl FnMut
         // rows: no padding when `rows` is a multiple of 16).
         let mut g = vec![0u8; kernels::grouped_len(rows, blocks)];
         kernels::group_tq2(&m, blocks, &mut g);
+        m = g;
+    }
+    if format == "I2_S regrouped" {
+        let mut g = vec![0u8; kernels::i2s_grouped_len(rows, blocks)];
+        kernels::group_i2s(&m, blocks, &mut g);
         m = g;
     }
     m
@@ -327,7 +332,12 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
     let ds: Vec<Vec<f32>> =
         (0..16).map(|_| (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect()).collect();
     println!("{cols} columns, tokens at once: format  tokens  32 rows in L1 multiply-adds/ns  {rows} rows from memory: ms  GB/s");
-    let formats = [("TQ2_0 regrouped", blocks * 66), ("Q6_K", blocks * 210), ("Q6_K permuted", blocks * 210)];
+    let formats = [
+        ("TQ2_0 regrouped", blocks * 66),
+        ("I2_S regrouped", blocks * 64),
+        ("Q6_K", blocks * 210),
+        ("Q6_K permuted", blocks * 210),
+    ];
     let permuted_qs: Vec<Vec<i8>> = qs.iter().map(|q| kernels::permute_q6k_acts(q)).collect();
     for (name, row_bytes) in formats {
         let mut m = random_matrix(if name == "Q6_K permuted" { "Q6_K" } else { name }, rows, blocks, &mut next);
@@ -352,6 +362,11 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
                         let q: Vec<&[i8]> = permuted_qs[..n].iter().map(|q| &q[..]).collect();
                         kernels::q6k_permuted_rows_tokens(m, row_bytes, &q, &s, &d, out);
                     }
+                } else if name == "I2_S regrouped" {
+                    let a: Vec<&Prepared> = prepared[..n].iter().collect();
+                    let mut dots = vec![0i32; out.len()];
+                    kernels::i2s_grouped_rows_tokens(m, blocks, 0, &a, &mut dots);
+                    std::hint::black_box(&dots);
                 } else {
                     let a: Vec<&Prepared> = prepared[..n].iter().collect();
                     let b: Vec<&[i32]> = bsums[..n].iter().map(|b| &b[..]).collect();

@@ -236,52 +236,53 @@ fn grouped_tokens_with(
     out: &mut [f32],
 ) {
     let n = a.len();
-    #[cfg(target_arch = "x86_64")]
-    if let TokensKernel::Amx = kernel {
-        return tq2_grouped_tokens_amx(span, k, blocks, a, bsums, d, out);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let TokensKernel::Vnni = kernel {
-        for (g, rows, group) in groups(span, k, blocks) {
-            for t in (0..n).step_by(4) {
-                let out = &mut out[t * k + g..];
-                macro_rules! tokens {
-                    ($j:literal) => {
-                        // SAFETY: isa() checked AVX-512 F/BW/VNNI; the
-                        // kernel checks the group's and the tokens' shapes.
-                        unsafe {
-                            super::x86::tq2_grouped_rows_tokens_vnni::<$j>(
-                                group,
-                                rows,
-                                blocks,
-                                std::array::from_fn(|i| a[t + i].q),
-                                super::first_n(&bsums[t..]),
-                                super::first_n(&d[t..]),
-                                out,
-                                k,
-                            )
-                        }
-                    };
-                }
-                match n - t {
-                    1 => tokens!(1),
-                    2 => tokens!(2),
-                    3 => tokens!(3),
-                    _ => tokens!(4),
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        TokensKernel::Amx => tq2_grouped_tokens_amx(span, k, blocks, a, bsums, d, out),
+        #[cfg(target_arch = "x86_64")]
+        TokensKernel::Vnni => {
+            for (g, rows, group) in groups(span, k, blocks) {
+                for t in (0..n).step_by(4) {
+                    let out = &mut out[t * k + g..];
+                    macro_rules! tokens {
+                        ($j:literal) => {
+                            // SAFETY: isa() checked AVX-512 F/BW/VNNI; the
+                            // kernel checks the group's and the tokens' shapes.
+                            unsafe {
+                                super::x86::tq2_grouped_rows_tokens_vnni::<$j>(
+                                    group,
+                                    rows,
+                                    blocks,
+                                    std::array::from_fn(|i| a[t + i].q),
+                                    super::first_n(&bsums[t..]),
+                                    super::first_n(&d[t..]),
+                                    out,
+                                    k,
+                                )
+                            }
+                        };
+                    }
+                    match n - t {
+                        1 => tokens!(1),
+                        2 => tokens!(2),
+                        3 => tokens!(3),
+                        _ => tokens!(4),
+                    }
                 }
             }
         }
-        return;
-    }
-    let mut rows = vec![0u8; GROUP_ROWS * blocks * BLOCK];
-    let mut part = vec![0f32; GROUP_ROWS * n];
-    for (g, r, group) in groups(span, k, blocks) {
-        let rows = &mut rows[..r * blocks * BLOCK];
-        ungroup(group, r, blocks, rows);
-        let part = &mut part[..r * n];
-        tq2_rows_tokens(rows, blocks * BLOCK, a, bsums, d, part);
-        for (t, part) in part.chunks_exact(r).enumerate() {
-            out[t * k + g..][..r].copy_from_slice(part);
+        TokensKernel::Ungrouped => {
+            let mut rows = vec![0u8; GROUP_ROWS * blocks * BLOCK];
+            let mut part = vec![0f32; GROUP_ROWS * n];
+            for (g, r, group) in groups(span, k, blocks) {
+                let rows = &mut rows[..r * blocks * BLOCK];
+                ungroup(group, r, blocks, rows);
+                let part = &mut part[..r * n];
+                tq2_rows_tokens(rows, blocks * BLOCK, a, bsums, d, part);
+                for (t, part) in part.chunks_exact(r).enumerate() {
+                    out[t * k + g..][..r].copy_from_slice(part);
+                }
+            }
         }
     }
 }

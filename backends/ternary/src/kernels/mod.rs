@@ -223,11 +223,12 @@ pub fn avx_vnni() -> bool {
 /// The kernels in use, for the benches' and the CLI's headers: the ISA,
 /// and AMX where the TQ2_0 many-token products use it.
 pub fn in_use() -> String {
-    format!("{:?}{}", isa(), if amx() { " + AMX (TQ2_0, 4+ tokens)" } else { "" })
+    format!("{:?}{}", isa(), if amx() { " + AMX (TQ2_0 and I2_S, 4+ tokens)" } else { "" })
 }
 
-/// Under `Isa::Avx512Vnni`: whether the TQ2_0 products over several
-/// tokens use AMX's tiles (`x86::tq2_grouped_rows_tokens_amx`), where the
+/// Under `Isa::Avx512Vnni`: whether the products of regrouped TQ2_0 and
+/// I2_S matrices over several tokens use AMX's tiles
+/// (`x86::grouped_rows_tokens_amx`), where the
 /// CPU has AMX-INT8 and the OS grants its state to this process (Linux).
 /// `BITNET_KERNEL=avx512vnni` turns it off.
 pub fn amx() -> bool {

@@ -1,4 +1,4 @@
-//! Regrouped TQ2_0 matrices against several tokens with AMX (Intel's tile
+//! Regrouped TQ2_0 and I2_S matrices against several tokens with AMX (Intel's tile
 //! unit, Sapphire Rapids on): one `tdpbsud` multiplies up to 16 tokens'
 //! 64 activations (signed bytes, tile A: a token per row) by 16 rows' 64
 //! weight codes (unsigned bytes, tile B: dword lane r of each of its 16
