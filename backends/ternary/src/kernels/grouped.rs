@@ -67,12 +67,6 @@ pub(super) fn lane_place(e: usize) -> (usize, usize, u32) {
     (e / 16, e % 4, 2 * ((e / 4) % 4) as u32)
 }
 
-/// Code of weight e of a TQ2_0 block as the file holds it: byte
-/// 32 * (e / 128) + e % 32, bits 2 * ((e % 128) / 32).
-fn file_code(block: &[u8], e: usize) -> u8 {
-    (block[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3
-}
-
 /// `src`: TQ2_0 rows as the file holds them (`blocks` blocks each), into
 /// `dst` (`grouped_len` bytes) regrouped: per group of 16 rows, the f16
 /// scales of block 0's rows, block 1's, ... (padded to a line), then per
@@ -84,14 +78,26 @@ pub fn group_tq2(src: &[u8], blocks: usize, dst: &mut [u8]) {
     let rows = src.len() / row_bytes;
     assert_eq!(dst.len(), grouped_len(rows, blocks), "TQ2_0 regrouped bytes for {rows} rows");
     dst.fill(0);
+    const LOW_BITS: u128 = u128::from_le_bytes([3; 16]);
     for (group, out) in src.chunks(GROUP_ROWS * row_bytes).zip(dst.chunks_mut(group_bytes(blocks))) {
         let (scales, codes) = out.split_at_mut(scales_bytes(blocks));
         for (r, row) in group.chunks_exact(row_bytes).enumerate() {
             for (b, block) in row.chunks_exact(BLOCK).enumerate() {
                 scales[(b * GROUP_ROWS + r) * 2..][..2].copy_from_slice(&block[64..]);
-                for e in 0..256 {
-                    let (l, j, shift) = lane_place(e);
-                    codes[b * 1024 + 64 * l + 4 * r + j] |= file_code(block, e) << shift;
+                // Line l takes weights 16 l..16 l + 16, which the file
+                // holds at one shift in 16 consecutive bytes
+                // (32 (l / 8) + 16 (l % 2).., bits 2 ((l % 8) / 2)):
+                // shifted and masked in one u128 they are the 16 codes in
+                // order, and the lane's 4 bytes their four quarters
+                // stacked by plane. (Weight by weight, this was half of a
+                // 2B4T-shaped file's load.)
+                for l in 0..16 {
+                    let at = 32 * (l / 8) + 16 * (l % 2);
+                    let bytes: [u8; 16] = block[at..at + 16].try_into().expect("16 bytes");
+                    let codes16 = (u128::from_le_bytes(bytes) >> (2 * ((l % 8) / 2))) & LOW_BITS;
+                    let quarter = |p: u32| (codes16 >> (32 * p)) as u32;
+                    let lane = quarter(0) | quarter(1) << 2 | quarter(2) << 4 | quarter(3) << 6;
+                    codes[b * 1024 + 64 * l + 4 * r..][..4].copy_from_slice(&lane.to_le_bytes());
                 }
             }
         }
@@ -373,13 +379,30 @@ mod tests {
         g
     }
 
+    /// Code of weight e of a TQ2_0 block as the file holds it: byte
+    /// 32 * (e / 128) + e % 32, bits 2 * ((e % 128) / 32).
+    fn file_code(block: &[u8], e: usize) -> u8 {
+        (block[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3
+    }
+
     #[test]
     fn regrouping_keeps_every_block_and_scale() {
         for (rows, blocks) in [(1, 1), (16, 2), (37, 3), (48, 1)] {
             let m = matrix(rows, blocks, 7 + rows as u64);
             let g = grouped(&m, rows, blocks);
-            let mut back = vec![0u8; m.len()];
             let row_bytes = blocks * BLOCK;
+            // Each code where `lane_place` says.
+            for (r, row) in m.chunks_exact(row_bytes).enumerate() {
+                let codes = &g[r / GROUP_ROWS * group_bytes(blocks) + scales_bytes(blocks)..];
+                for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                    for e in 0..256 {
+                        let (l, j, shift) = lane_place(e);
+                        let code = (codes[b * 1024 + 64 * l + 4 * (r % GROUP_ROWS) + j] >> shift) & 3;
+                        assert_eq!(code, file_code(block, e), "row {r}, block {b}, weight {e}");
+                    }
+                }
+            }
+            let mut back = vec![0u8; m.len()];
             for (first, n, group) in groups(&g, rows, blocks) {
                 ungroup(group, n, blocks, &mut back[first * row_bytes..(first + n) * row_bytes]);
             }
