@@ -277,18 +277,42 @@ fn grouped_tokens_with(
                 }
             }
         }
-        TokensKernel::Ungrouped => {
-            let mut rows = vec![0u8; GROUP_ROWS * blocks * BLOCK];
-            let mut part = vec![0f32; GROUP_ROWS * n];
-            for (g, r, group) in groups(span, k, blocks) {
-                let rows = &mut rows[..r * blocks * BLOCK];
-                ungroup(group, r, blocks, rows);
-                let part = &mut part[..r * n];
-                tq2_rows_tokens(rows, blocks * BLOCK, a, bsums, d, part);
-                for (t, part) in part.chunks_exact(r).enumerate() {
-                    out[t * k + g..][..r].copy_from_slice(part);
-                }
-            }
+        TokensKernel::Ungrouped => ungrouped_tokens(
+            span,
+            group_bytes(blocks),
+            blocks * BLOCK,
+            n,
+            out,
+            |group, r, rows| ungroup(group, r, blocks, rows),
+            |rows, part| tq2_rows_tokens(rows, blocks * BLOCK, a, bsums, d, part),
+        ),
+    }
+}
+
+/// A regrouped product over n tokens where no kernel reads the groups
+/// (CPUs without AVX-512, and tests): each group of `span` put back as
+/// the file holds it (`ungroup(group, its rows, buffer)`) and given to
+/// `rows_tokens(rows, part)`, whose token-major part goes to `out` (token
+/// t's rows at t * k, k = out.len() / n).
+pub(super) fn ungrouped_tokens<T: Copy + Default>(
+    span: &[u8],
+    group_bytes: usize,
+    row_bytes: usize,
+    n: usize,
+    out: &mut [T],
+    ungroup: impl Fn(&[u8], usize, &mut [u8]),
+    rows_tokens: impl Fn(&[u8], &mut [T]),
+) {
+    let k = out.len() / n;
+    let mut rows = vec![0u8; GROUP_ROWS * row_bytes];
+    let mut part = vec![T::default(); GROUP_ROWS * n];
+    for (g, r, group) in groups_of(span, group_bytes, k) {
+        let rows = &mut rows[..r * row_bytes];
+        ungroup(group, r, rows);
+        let part = &mut part[..r * n];
+        rows_tokens(rows, part);
+        for (t, part) in part.chunks_exact(r).enumerate() {
+            out[t * k + g..][..r].copy_from_slice(part);
         }
     }
 }

@@ -13,7 +13,7 @@
 //! whose dots are never stored. The results are the integer dots
 //! `i2s_rows` gives on the file's rows, so the same bits after the finish.
 
-use super::grouped::{groups_of, lane_place, span_of, TokensKernel, GROUP_ROWS};
+use super::grouped::{groups_of, lane_place, span_of, ungrouped_tokens, TokensKernel, GROUP_ROWS};
 use super::{i2s_rows_prepared, i2s_rows_tokens, isa, Isa, Prepared};
 
 /// Bytes of one group of 16 rows of `blocks` 256-weight blocks.
@@ -174,19 +174,15 @@ fn tokens_with(kernel: TokensKernel, span: &[u8], k: usize, blocks: usize, a: &[
                 }
             }
         }
-        TokensKernel::Ungrouped => {
-            let mut rows = vec![0u8; GROUP_ROWS * blocks * 64];
-            let mut part = vec![0i32; GROUP_ROWS * n];
-            for (g, r, group) in groups_of(span, group_bytes, k) {
-                let rows = &mut rows[..r * blocks * 64];
-                ungroup_i2s(group, r, blocks, rows);
-                let part = &mut part[..r * n];
-                i2s_rows_tokens(rows, blocks * 64, a, part);
-                for (t, part) in part.chunks_exact(r).enumerate() {
-                    out[t * k + g..][..r].copy_from_slice(part);
-                }
-            }
-        }
+        TokensKernel::Ungrouped => ungrouped_tokens(
+            span,
+            group_bytes,
+            blocks * 64,
+            n,
+            out,
+            |group, r, rows| ungroup_i2s(group, r, blocks, rows),
+            |rows, part| i2s_rows_tokens(rows, blocks * 64, a, part),
+        ),
     }
 }
 

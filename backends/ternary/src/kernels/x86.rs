@@ -387,9 +387,11 @@ unsafe fn blockwise_rows_avx512<const BLOCK: usize, const UNROLLED: bool>(
     }
 }
 
-/// A block's four 2-bit planes with AVX-512, plane l (bits 2l) of its low
-/// half paired with activations 32l.., of its high half with 128 + 32l..,
-/// which is `interleave`'s layout (the same as I2_S's).
+/// 64 bytes' four 2-bit planes (plane p: bits 2p of each byte) with
+/// AVX-512. For a TQ2_0 block as the file holds it, plane l of its low
+/// half pairs with activations 32l.., of its high half with 128 + 32l..
+/// (`interleave`'s layout, the same as I2_S's); for a regrouped line l,
+/// dword lane r of plane p holds weights 16 l + 4 p.. of row r.
 #[inline(always)]
 unsafe fn tq2_planes_avx512(block: *const u8) -> [std::arch::x86_64::__m512i; 4] {
     use std::arch::x86_64::*;
@@ -432,7 +434,6 @@ unsafe fn lanes_block<const N: usize>(
     pf: Option<usize>,
 ) {
     use std::arch::x86_64::*;
-    let mask = _mm512_set1_epi8(3);
     // Per token, 8 chains (4 planes x 2 for one token, whose 4 chains
     // alone would wait on vpdpbusd's latency; more tokens give enough).
     // Lines in pairs, so each line's chains are fixed indices (kept in
@@ -441,13 +442,7 @@ unsafe fn lanes_block<const N: usize>(
         for h in 0..2 {
             let line = base.add(64 * (l + h));
             prefetch(line, pf);
-            let w = _mm512_loadu_si512(line.cast());
-            let c = [
-                _mm512_and_si512(w, mask),
-                _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
-                _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
-                _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
-            ];
+            let c = tq2_planes_avx512(line);
             let chain = if N == 1 { 4 * h } else { 0 };
             for t in 0..N {
                 let a = a[t].add(16 * (l + h));

@@ -120,17 +120,9 @@ impl StagedTokens {
 /// steps at `dst`: step s, line 16 ... plane p of line 4s + i at 4i + p.
 #[inline(always)]
 unsafe fn unpack_block(line: *const u8, dst: *mut u8, pf: Option<usize>) {
-    let mask = _mm512_set1_epi8(3);
     for l in 0..16 {
         super::super::prefetch(line.add(64 * l), pf);
-        let w = _mm512_loadu_si512(line.add(64 * l).cast());
-        let planes = [
-            _mm512_and_si512(w, mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 2), mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
-            _mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
-        ];
-        for (p, plane) in planes.into_iter().enumerate() {
+        for (p, plane) in super::tq2_planes_avx512(line.add(64 * l)).into_iter().enumerate() {
             _mm512_store_si512(dst.add(256 * l + 64 * p).cast(), plane);
         }
     }
