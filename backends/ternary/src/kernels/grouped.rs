@@ -281,6 +281,7 @@ fn grouped_tokens_with(
             span,
             group_bytes(blocks),
             blocks * BLOCK,
+            k,
             n,
             out,
             |group, r, rows| ungroup(group, r, blocks, rows),
@@ -293,17 +294,19 @@ fn grouped_tokens_with(
 /// (CPUs without AVX-512, and tests): each group of `span` put back as
 /// the file holds it (`ungroup(group, its rows, buffer)`) and given to
 /// `rows_tokens(rows, part)`, whose token-major part goes to `out` (token
-/// t's rows at t * k, k = out.len() / n).
+/// t's k rows at t * k).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn ungrouped_tokens<T: Copy + Default>(
     span: &[u8],
     group_bytes: usize,
     row_bytes: usize,
+    k: usize,
     n: usize,
     out: &mut [T],
     ungroup: impl Fn(&[u8], usize, &mut [u8]),
     rows_tokens: impl Fn(&[u8], &mut [T]),
 ) {
-    let k = out.len() / n;
+    assert_eq!(out.len(), k * n, "{n} tokens x {k} rows");
     let mut rows = vec![0u8; GROUP_ROWS * row_bytes];
     let mut part = vec![T::default(); GROUP_ROWS * n];
     for (g, r, group) in groups_of(span, group_bytes, k) {

@@ -178,6 +178,7 @@ fn tokens_with(kernel: TokensKernel, span: &[u8], k: usize, blocks: usize, a: &[
             span,
             group_bytes,
             blocks * 64,
+            k,
             n,
             out,
             |group, r, rows| ungroup_i2s(group, r, blocks, rows),
