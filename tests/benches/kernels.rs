@@ -27,9 +27,13 @@
 //! - tokens: TQ2_0 and I2_S (regrouped) and Q6_K for 1, 2, 4, 8 and 16 tokens, in L1
 //!   and from memory: what a batched decoding step's products cost.
 //!
-//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [tokens] [attention] [decode]
-//! (one thread; a quick run with a smaller matrix without --bench; naming
-//! parts runs only those)
+//! - cores: a decoding step's I2_S products on every core, one job per
+//!   matrix, the matrices in buffers of their own and in one, against one
+//!   job over as many bytes and the read bandwidth.
+//!
+//! cargo bench -p bitnet-host-tests --bench kernels -- --bench [i2s] [f16] [tq2] [tokens] [attention] [decode] [cores]
+//! (one thread but for cores; a quick run with smaller matrices without
+//! --bench; naming parts runs only those)
 
 use std::time::Instant;
 
@@ -61,6 +65,72 @@ fn main() {
     if part("decode") {
         decode_attention(if full { 4000 } else { 300 }, if full { 30 } else { 4 });
     }
+    if part("cores") {
+        products_on_cores(if full { 30 } else { 2 });
+    }
+}
+
+/// A decoding step's ternary products on every core: 2B4T's seven
+/// matrices per layer (I2_S regrouped) for `layers` layers, one job per
+/// matrix as decoding runs them, with each matrix in a buffer of its own
+/// (most are under a 2 MB page) and with all in one buffer (as the model
+/// holds them, `weights::Arena`); then the same bytes as one matrix in
+/// one job; beside the read bandwidth on as many threads. GB/s of
+/// weights: what the buffers' pages and the jobs' starts and ends cost,
+/// apart from the model's other work.
+fn products_on_cores(layers: usize) {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let shapes =
+        [(2560usize, 2560usize), (640, 2560), (640, 2560), (2560, 2560), (6912, 2560), (6912, 2560), (2560, 6912)];
+    let mut next = xorshift();
+    let (mut own, mut all, mut at) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..layers {
+        for &(rows, cols) in &shapes {
+            let m = random_matrix("I2_S regrouped", rows, cols / 256, &mut next);
+            at.push((all.len(), m.len(), rows, cols / 256));
+            all.extend_from_slice(&m);
+            own.push(bitnet_ternary::bench::held_like_weights(&m).expect("memory for the matrix"));
+        }
+    }
+    let one_buffer = bitnet_ternary::bench::held_like_weights(&all).expect("memory for the matrices");
+    drop(all);
+    let bytes: usize = own.iter().map(|m| m.len()).sum();
+    let big_rows = bytes / 640 / 16 * 16;
+    let big = random_matrix("I2_S regrouped", big_rows, 10, &mut next);
+    let big = bitnet_ternary::bench::held_like_weights(&big).expect("memory for the matrix");
+    let (q2560, q6912): (Vec<i8>, Vec<i8>) = (
+        (0..2560).map(|i| ((i * 31) % 200) as i8 - 100).collect(),
+        (0..6912).map(|i| ((i * 31) % 200) as i8 - 100).collect(),
+    );
+    let (a2560, a6912) = (Prepared::new(&q2560), Prepared::new(&q6912));
+    // One product on the pool, in whole groups as the model runs it.
+    let run = |m: &[u8], rows: usize, blocks: usize| {
+        let a = if blocks == 10 { &a2560 } else { &a6912 };
+        let mut out = vec![0i32; rows];
+        let parts = bitnet_ternary::pool::guided_parts(rows, blocks * 64, 16);
+        let shared = bitnet_ternary::pool::SharedMut::new(&mut out);
+        bitnet_ternary::pool::with_current(|p| {
+            p.run(parts.len(), &|i| {
+                let r = parts[i].clone();
+                // SAFETY: guided_parts are disjoint, so part i's rows are this task's alone.
+                kernels::i2s_grouped_rows(m, blocks, r.start, a, unsafe { shared.slice(r.start, r.end) })
+            })
+        });
+        std::hint::black_box(&out);
+    };
+    let pool = bitnet_ternary::pool::Pool::new(threads);
+    let (separate, together, one_job) = pool.install(|| {
+        let separate = best(|| own.iter().zip(&at).for_each(|(m, &(_, _, rows, blocks))| run(m, rows, blocks)));
+        let together = best(|| at.iter().for_each(|&(s, l, rows, blocks)| run(&one_buffer[s..s + l], rows, blocks)));
+        (separate, together, best(|| run(&big, big_rows, 10)))
+    });
+    let bw = bitnet_ternary::bench::read_bandwidth(bytes, threads, 3, true);
+    let gbs = |s: f64| bytes as f64 / s / 1e9;
+    println!("I2_S products of {layers} layers ({:.0} MB) on {threads} threads, GB/s of weights:", bytes as f64 / 1e6);
+    println!("  {} jobs, one per matrix, each matrix in a buffer of its own: {:.1}", at.len(), gbs(separate));
+    println!("  {} jobs, one per matrix, all in one buffer (as the model): {:.1}", at.len(), gbs(together));
+    println!("  one job over as many bytes: {:.1}", big.len() as f64 / one_job / 1e9);
+    println!("  read bandwidth: {:.1}", bw / 1e9);
 }
 
 /// One decoding token's attention over `context` positions in every

@@ -17,31 +17,61 @@ use crate::kernels;
 use crate::pool::{self, SharedMut};
 use crate::quant::{self, ActScheme, Ternary};
 
-/// Tensor bytes read in place from the loaded file: no second copy.
+/// A tensor's bytes: read in place from the loaded file (no second
+/// copy), or rewritten at load into a buffer of their own or the model's
+/// arena (`weights::Arena`).
 #[derive(Debug, Clone)]
 pub struct Mapped {
-    map: Arc<memmap2::Mmap>,
+    buf: Buffer,
     start: usize,
     len: usize,
 }
 
+#[derive(Debug, Clone)]
+enum Buffer {
+    Map(Arc<memmap2::Mmap>),
+    /// Bytes `start..start + len` of the arena were written once, before
+    /// this `Mapped` was made, and are never written again.
+    Arena(Arc<memmap2::MmapRaw>),
+}
+
 impl Mapped {
     pub fn new(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Self {
-        assert!(start + len <= map.len(), "tensor past the end of the file");
-        Mapped { map, start, len }
+        assert!(start.checked_add(len).is_some_and(|end| end <= map.len()), "tensor past the end of the file");
+        Mapped { buf: Buffer::Map(map), start, len }
+    }
+
+    /// Bytes of an arena that the caller filled and will not write again.
+    ///
+    /// # Safety
+    /// `start..start + len` is inside `arena`, initialized, and nothing
+    /// writes it while this or a clone lives.
+    pub(crate) unsafe fn in_arena(arena: Arc<memmap2::MmapRaw>, start: usize, len: usize) -> Self {
+        assert!(start.checked_add(len).is_some_and(|end| end <= arena.len()), "past the arena's end");
+        Mapped { buf: Buffer::Arena(arena), start, len }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
+        match &self.buf {
+            Buffer::Map(m) => &m[self.start..self.start + self.len],
+            // SAFETY: in bounds (checked in `in_arena`), written before
+            // and never after this Mapped was made (its promise), and the
+            // mapping lives as long as the Arc.
+            Buffer::Arena(a) => unsafe { std::slice::from_raw_parts(a.as_ptr().add(self.start), self.len) },
+        }
     }
 
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// The buffer these bytes are in and where: (map, start, len).
-    pub(crate) fn source(&self) -> (&memmap2::Mmap, usize, usize) {
-        (&self.map, self.start, self.len)
+    /// The file buffer these bytes are in and where: (map, start, len);
+    /// None for bytes in an arena (they are never given back one by one).
+    pub(crate) fn source(&self) -> Option<(&memmap2::Mmap, usize, usize)> {
+        match &self.buf {
+            Buffer::Map(m) => Some((m, self.start, self.len)),
+            Buffer::Arena(_) => None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -430,6 +430,11 @@ impl Model {
         };
         let file: &[u8] = &map;
         let mapped = |start: usize, len: usize| Mapped::new(map.clone(), start, len);
+        // The regrouped matrices, end to end in huge pages (`weights::Arena`);
+        // where there is none, each goes in a buffer of its own.
+        let arena = (weights::regroups_tq2() || weights::regroups_i2s(256))
+            .then(|| weights::Arena::new(weights::regrouped_bound(&gguf)).ok())
+            .flatten();
         // A TQ2_0 matrix's bytes as the model holds them: regrouped where
         // the kernels read that layout (`weights::regroups_tq2`).
         let tq2 = |bytes: Mapped, rows: usize, cols: usize| -> Result<Linear, ModelError> {
@@ -438,7 +443,8 @@ impl Model {
             }
             // SAFETY: each TQ2_0 matrix (of the file, or unpacked from
             // TQ1_0) is built once, here, and only from the new buffer.
-            let bytes = unsafe { weights::regroup_tq2(&bytes, rows, cols / 256) }.map_err(ModelError::Map)?;
+            let bytes =
+                unsafe { weights::regroup_tq2(&bytes, rows, cols / 256, arena.as_ref()) }.map_err(ModelError::Map)?;
             Ok(Linear::Tq2 { bytes, rows, cols, grouped: true })
         };
         let arch = gguf.architecture().unwrap_or("").to_string();
@@ -569,8 +575,8 @@ impl Model {
                     if weights::regroups_i2s(cols) {
                         // SAFETY: each I2_S matrix is built once, here, and
                         // only from the new buffer.
-                        let bytes =
-                            unsafe { weights::regroup_i2s(&bytes, rows, cols / 256) }.map_err(ModelError::Map)?;
+                        let bytes = unsafe { weights::regroup_i2s(&bytes, rows, cols / 256, arena.as_ref()) }
+                            .map_err(ModelError::Map)?;
                         Linear::I2S { bytes, rows, cols, scale, grouped: true }
                     } else {
                         Linear::I2S { bytes, rows, cols, scale, grouped: false }
@@ -1106,8 +1112,10 @@ mod tests {
         // Packed TQ2_0 matrices are regrouped exactly where the kernels
         // read that layout, so the references check those kernels too.
         for l in &m.layers {
-            if let Linear::Tq2 { grouped, .. } = l.w_down {
-                assert_eq!(grouped, weights::regroups_tq2(), "{stem}: TQ2_0 layout");
+            if let Linear::Tq2 { grouped, bytes, .. } = &l.w_down {
+                assert_eq!(*grouped, weights::regroups_tq2(), "{stem}: TQ2_0 layout");
+                // Regrouped matrices share the model's arena.
+                assert_eq!(bytes.source().is_none(), *grouped, "{stem}: regrouped TQ2_0 in the arena");
             }
         }
         let v = m.hp.n_vocab;
@@ -1170,6 +1178,7 @@ mod tests {
         for l in &packed.layers {
             let Linear::I2S { bytes, rows, cols, scale, grouped } = &l.w_down else { panic!("not packed") };
             assert_eq!(*grouped, weights::regroups_i2s(*cols), "I2_S layout");
+            assert_eq!(bytes.source().is_none(), *grouped, "regrouped I2_S in the arena");
             let mut raw = if *grouped {
                 crate::kernels::i2s_file_rows(bytes.bytes(), *rows, *cols / 256)
             } else {
