@@ -362,7 +362,7 @@ pub(super) fn token_kernels() -> Vec<TokensKernel> {
             if super::x86::amx_permitted() {
                 kernels.push(TokensKernel::Amx);
             } else {
-                eprintln!("no AMX here: its TQ2_0 kernel is not tested");
+                eprintln!("no AMX here: its TQ2_0 and I2_S kernel is not tested");
             }
         }
     }
