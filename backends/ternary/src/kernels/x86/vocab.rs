@@ -387,13 +387,14 @@ unsafe fn q6k_group_tokens<const N: usize, const PERMUTED: bool>(
     // Rows past n stay zero, as in `blockwise_group_avx512`.
     let mut v = [[zero; TQ2_LANES]; N];
     for b in 0..blocks {
-        // Permuted: per token, 32 x each sub-block's activation sum, one lane each.
+        // Permuted: per token, -32 x each sub-block's activation sum, one
+        // lane each: where each row's dots start (no subtraction per row).
         let mut offset = [zero; N];
         if PERMUTED {
             for t in 0..N {
                 // SAFETY: block b's 16 sums are inside sums[t] (asserted).
                 let s = _mm512_cvtepi16_epi32(_mm256_loadu_si256(sums[t].as_ptr().add(16 * b).cast()));
-                offset[t] = _mm512_slli_epi32(s, 5);
+                offset[t] = _mm512_sub_epi32(zero, _mm512_slli_epi32(s, 5));
             }
         }
         for r0 in (0..n).step_by(R) {
@@ -423,11 +424,11 @@ unsafe fn q6k_group_tokens<const N: usize, const PERMUTED: bool>(
                         _mm512_loadu_si512(a.add(192).cast()),
                     ];
                     for (i, (w, s, _)) in rows.iter().enumerate().take(rn) {
-                        let mut dots = _mm512_dpbusd_epi32(zero, w[0], x[0]);
+                        let mut dots = _mm512_dpbusd_epi32(offset[t], w[0], x[0]);
                         dots = _mm512_dpbusd_epi32(dots, w[1], x[1]);
                         dots = _mm512_dpbusd_epi32(dots, w[2], x[2]);
                         dots = _mm512_dpbusd_epi32(dots, w[3], x[3]);
-                        v[t][r0 + i] = _mm512_mullo_epi32(_mm512_sub_epi32(dots, offset[t]), s[0]);
+                        v[t][r0 + i] = _mm512_mullo_epi32(dots, s[0]);
                     }
                 } else {
                     for (i, (w, s, scales)) in rows.iter().enumerate().take(rn) {
