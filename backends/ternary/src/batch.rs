@@ -96,7 +96,7 @@ impl<'e, F: FnMut(&str, u32) -> bool> Sequence<'e, F> {
 
     /// After `n` pending tokens were fed: the logits of the last. Samples
     /// the next token once the prompt is in.
-    pub(crate) fn advance(&mut self, n: usize, logits: Vec<f32>) {
+    pub(crate) fn advance(&mut self, n: usize, logits: &mut [f32]) {
         if self.in_prompt() {
             self.fed += n;
             if self.in_prompt() {
@@ -110,14 +110,14 @@ impl<'e, F: FnMut(&str, u32) -> bool> Sequence<'e, F> {
 
     /// One token from `logits`: sample, stream its text (holding back what
     /// could become a stop string), and say whether the sequence is done.
-    fn step(&mut self, mut logits: Vec<f32>) -> Option<Finish> {
+    fn step(&mut self, logits: &mut [f32]) -> Option<Finish> {
         if self.out.len() >= self.req.max_tokens || self.cache.len >= self.cache.capacity() {
             return Some(Finish::Length);
         }
         if self.req.n_probs > 0 {
-            self.probs.push(top_probs(&logits, self.req.n_probs));
+            self.probs.push(top_probs(logits, self.req.n_probs));
         }
-        let t = self.sampler.sample(&mut logits, &self.history);
+        let t = self.sampler.sample(logits, &self.history);
         if self.engine.is_end(t) {
             return Some(Finish::Stop);
         }
@@ -285,9 +285,9 @@ fn run(engine: &Engine, jobs: &mpsc::Receiver<Job>) {
             .filter(|(_, t)| !t.is_empty())
             .map(|((s, _), t)| Segment { tokens: t, cache: &mut s.cache })
             .collect();
-        let logits = if segs.is_empty() { Vec::new() } else { engine.model.forward_segments(&mut segs) };
+        let mut logits = if segs.is_empty() { None } else { Some(engine.model.forward_segments(&mut segs)) };
         drop(segs);
-        let mut logits = logits.into_iter();
+        let mut logits = logits.iter_mut().flat_map(|l| l.rows_mut());
         for ((s, _), t) in active.iter_mut().zip(&tokens) {
             if t.is_empty() {
                 // Nothing to feed and not finished: cannot happen, but never spin.

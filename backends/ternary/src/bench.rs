@@ -69,7 +69,7 @@ pub fn batched_decode(model: &Model, streams: usize, p: usize, n: usize, threads
                 .map(|(cache, t)| crate::model::Segment { tokens: std::slice::from_ref(t), cache })
                 .collect();
             let logits = model.forward_segments(&mut segs);
-            for (t, l) in next.iter_mut().zip(&logits) {
+            for (t, l) in next.iter_mut().zip(logits.rows()) {
                 *t = crate::sampler::argmax(l) as u32;
             }
         }

@@ -287,8 +287,8 @@ impl Engine {
         let mut s = crate::batch::Sequence::start(self, req.clone(), on_text)?;
         while s.finish.is_none() {
             let tokens = s.pending(crate::model::PREFILL_BATCH).to_vec();
-            let logits = self.model.forward_batch(&tokens, &mut s.cache);
-            s.advance(tokens.len(), logits);
+            let mut logits = self.model.forward_batch(&tokens, &mut s.cache);
+            s.advance(tokens.len(), &mut logits);
         }
         Ok(s.outcome())
     }

@@ -741,8 +741,7 @@ impl Model {
     /// runs on all of them at once, so each weight matrix is read once per
     /// batch, not once per token. The logits of the last token.
     pub fn forward_batch(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-        let mut logits = self.forward_segments(&mut [Segment { tokens, cache }]);
-        logits.pop().unwrap_or_default()
+        self.forward_segments(&mut [Segment { tokens, cache }]).into_only_row()
     }
 
     /// Feed several sequences at once, each its tokens at its own cache's
@@ -751,7 +750,7 @@ impl Model {
     /// together, so each weight matrix, the output matrix included, is read
     /// once per call for all of them. Each sequence attends to its own
     /// cache only. The logits of each segment's last token, in order.
-    pub fn forward_segments(&self, segs: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
+    pub fn forward_segments(&self, segs: &mut [Segment<'_>]) -> Logits {
         let hp = &self.hp;
         let n: usize = segs.iter().map(|s| s.tokens.len()).sum();
         assert!(n > 0 && segs.iter().all(|s| !s.tokens.is_empty()), "no tokens");
@@ -881,13 +880,51 @@ impl Model {
         }
         let mut logits = vec![0f32; segs.len() * hp.n_vocab];
         self.output.as_ref().unwrap_or(&self.token_embd).matmul(d, &last_rows, segs.len(), &mut logits);
-        if segs.len() == 1 {
-            // One sequence (every single decode): no copy. A second 0.5 MB
-            // buffer per token made the allocator give its pages back and
-            // fault them in again, zeroed, each token (1.5% of decoding).
-            return vec![logits];
-        }
-        logits.chunks_exact(hp.n_vocab).map(<[f32]>::to_vec).collect()
+        Logits { data: logits, n_vocab: hp.n_vocab }
+    }
+}
+
+/// The logits of each segment's last token, in one buffer (a row of the
+/// vocabulary's size per segment): no copy per sequence. (A second 0.5 MB
+/// buffer per token made the allocator give its pages back and fault them
+/// in again, zeroed, each token: 1.5% of decoding.)
+#[derive(Debug)]
+pub struct Logits {
+    data: Vec<f32>,
+    n_vocab: usize,
+}
+
+impl Logits {
+    /// Segments (rows).
+    pub fn len(&self) -> usize {
+        self.data.len() / self.n_vocab.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.data.chunks_exact(self.n_vocab.max(1))
+    }
+
+    /// Each row to sample from in place (a sampler rewrites its logits).
+    pub fn rows_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
+        self.data.chunks_exact_mut(self.n_vocab.max(1))
+    }
+
+    /// The one segment's row, the buffer itself.
+    fn into_only_row(self) -> Vec<f32> {
+        assert_eq!(self.len(), 1, "logits of one segment");
+        self.data
+    }
+}
+
+impl std::ops::Index<usize> for Logits {
+    type Output = [f32];
+
+    fn index(&self, i: usize) -> &[f32] {
+        &self.data[i * self.n_vocab..][..self.n_vocab]
     }
 }
 
