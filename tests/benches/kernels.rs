@@ -435,13 +435,13 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
                 } else if name == "I2_S regrouped" {
                     let a: Vec<&Prepared> = prepared[..n].iter().collect();
                     let mut dots = vec![0i32; out.len()];
-                    kernels::i2s_grouped_rows_tokens(m, blocks, 0, &a, &mut dots);
+                    kernels::i2s_grouped_rows_tokens(m, blocks, 0, &a, &kernels::Staging::default(), &mut dots);
                     std::hint::black_box(&dots);
                 } else {
                     let a: Vec<&Prepared> = prepared[..n].iter().collect();
                     let b: Vec<&[i32]> = bsums[..n].iter().map(|b| &b[..]).collect();
                     let d: Vec<&[f32]> = ds[..n].iter().map(|d| &d[..]).collect();
-                    kernels::tq2_grouped_rows_tokens(m, blocks, 0, &a, &b, &d, out);
+                    kernels::tq2_grouped_rows_tokens(m, blocks, 0, &a, &b, &d, &kernels::Staging::default(), out);
                 }
                 std::hint::black_box(&out);
             };

@@ -230,22 +230,31 @@ impl Linear {
         let row_bytes = self.bytes_read() as usize / self.rows();
         let span = first * row_bytes..(first + m) * row_bytes;
         match (self, q) {
-            (Linear::Tq2 { bytes, cols, grouped, .. }, QuantizedTokens::Q8K { acts, bsums, prepared })
+            (Linear::Tq2 { bytes, cols, grouped, .. }, QuantizedTokens::Q8K { acts, bsums, prepared, staging })
                 if *grouped || kernels::tq2_rows_for_prompts() =>
             {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
                 let (bsums, d) = q8k_lists(acts, bsums);
                 if *grouped {
-                    kernels::tq2_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, &bsums, &d, out);
+                    kernels::tq2_grouped_rows_tokens(
+                        bytes.bytes(),
+                        cols / 256,
+                        first,
+                        &prepared,
+                        &bsums,
+                        &d,
+                        staging,
+                        out,
+                    );
                 } else {
                     kernels::tq2_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &bsums, &d, out);
                 }
             }
-            (Linear::I2S { bytes, cols, scale, grouped, .. }, QuantizedTokens::I2S { acts, prepared }) => {
+            (Linear::I2S { bytes, cols, scale, grouped, .. }, QuantizedTokens::I2S { acts, prepared, staging }) => {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
                 let mut dots = vec![0i32; out.len()];
                 if *grouped {
-                    kernels::i2s_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, &mut dots);
+                    kernels::i2s_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, staging, &mut dots);
                 } else {
                     kernels::i2s_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &mut dots);
                 }
@@ -304,9 +313,19 @@ impl Linear {
 
 /// Several tokens' activations quantized once for every packed matrix
 /// that reads them.
+/// `staging` is the AMX kernel's, shared by every part of the product.
 enum QuantizedTokens<'a> {
-    I2S { acts: &'a [quant::I8Tok], prepared: Vec<kernels::Prepared<'a>> },
-    Q8K { acts: &'a [quant::Q8K], bsums: Vec<Vec<i32>>, prepared: Vec<kernels::Prepared<'a>> },
+    I2S {
+        acts: &'a [quant::I8Tok],
+        prepared: Vec<kernels::Prepared<'a>>,
+        staging: kernels::Staging,
+    },
+    Q8K {
+        acts: &'a [quant::Q8K],
+        bsums: Vec<Vec<i32>>,
+        prepared: Vec<kernels::Prepared<'a>>,
+        staging: kernels::Staging,
+    },
 }
 
 impl QuantizedTokens<'_> {
@@ -331,13 +350,18 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
     let (i8tok, q8k): (Vec<_>, Vec<_>);
     let q = if all(|l| matches!(l, Linear::I2S { .. })) {
         i8tok = per_token(xs, cols, quant::quantize_i8tok);
-        QuantizedTokens::I2S { prepared: i8tok.iter().map(|a| kernels::Prepared::new(&a.q)).collect(), acts: &i8tok }
+        QuantizedTokens::I2S {
+            prepared: i8tok.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
+            acts: &i8tok,
+            staging: kernels::Staging::default(),
+        }
     } else if all(|l| matches!(l, Linear::Tq2 { .. } | Linear::Tq1 { .. })) {
         q8k = per_token(xs, cols, quant::quantize_q8k);
         QuantizedTokens::Q8K {
             bsums: q8k.iter().map(|a| block_sums(&a.q)).collect(),
             prepared: q8k.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
             acts: &q8k,
+            staging: kernels::Staging::default(),
         }
     } else {
         for (l, ys) in items.iter_mut() {

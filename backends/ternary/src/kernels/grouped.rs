@@ -28,7 +28,7 @@
 //! against 13.5 GB/s; still so with each row's block padded to 256 aligned
 //! bytes), so they stay as the file holds them.
 
-use super::{isa, tq2_rows, tq2_rows_tokens, Isa, Prepared};
+use super::{isa, tq2_rows, tq2_rows_tokens, Isa, Prepared, Staging};
 
 /// Rows per group: one per f32 lane of the AVX-512 kernels.
 pub const GROUP_ROWS: usize = 16;
@@ -195,6 +195,7 @@ pub fn tq2_grouped_rows_tokens(
     a: &[&Prepared],
     bsums: &[&[i32]],
     d: &[&[f32]],
+    staging: &Staging,
     out: &mut [f32],
 ) {
     let n = a.len();
@@ -212,7 +213,7 @@ pub fn tq2_grouped_rows_tokens(
         Isa::Avx512Vnni => TokensKernel::Vnni,
         _ => TokensKernel::Ungrouped,
     };
-    grouped_tokens_with(kernel, span, k, blocks, a, bsums, d, out);
+    grouped_tokens_with(kernel, span, k, blocks, a, bsums, d, staging, out);
 }
 
 /// Which kernel reads a run of groups against several tokens.
@@ -239,12 +240,13 @@ fn grouped_tokens_with(
     a: &[&Prepared],
     bsums: &[&[i32]],
     d: &[&[f32]],
+    staging: &Staging,
     out: &mut [f32],
 ) {
     let n = a.len();
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        TokensKernel::Amx => tq2_grouped_tokens_amx(span, k, blocks, a, bsums, d, out),
+        TokensKernel::Amx => tq2_grouped_tokens_amx(span, k, blocks, a, bsums, d, staging, out),
         #[cfg(target_arch = "x86_64")]
         TokensKernel::Vnni => {
             for (g, rows, group) in groups(span, k, blocks) {
@@ -338,14 +340,16 @@ fn tq2_grouped_tokens_amx(
     a: &[&Prepared],
     bsums: &[&[i32]],
     d: &[&[f32]],
+    staging: &Staging,
     out: &mut [f32],
 ) {
     let qs: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
-    let tokens = super::x86::StagedTokens::new(&qs, blocks * 256);
     let sums = super::x86::Tq2Sums { bsums, d };
-    // SAFETY: the caller checked AMX (amx() or amx_permitted()); the
-    // kernel checks the groups', tokens', sums' and output's shapes.
-    unsafe { super::x86::grouped_rows_tokens_amx(span, k, blocks, &tokens, &sums, out, k) }
+    staging.with(&qs, blocks * 256, |tokens| {
+        // SAFETY: the caller checked AMX (amx() or amx_permitted()); the
+        // kernel checks the groups', tokens', sums' and output's shapes.
+        unsafe { super::x86::grouped_rows_tokens_amx(span, k, blocks, tokens, &sums, out, k) }
+    })
 }
 
 #[cfg(test)]
@@ -473,11 +477,21 @@ mod tests {
                     tq2_rows(&m[first * row_bytes..], row_bytes, a[t], bsums[t], d[t], &mut want[t * k..][..k]);
                 }
                 let mut got = vec![0f32; n * k];
-                tq2_grouped_rows_tokens(&g, blocks, first, &a, &bsums, &d, &mut got);
+                tq2_grouped_rows_tokens(&g, blocks, first, &a, &bsums, &d, &Staging::default(), &mut got);
                 assert_eq!(got, want, "{rows} x {blocks}, {n} tokens from row {first}");
                 for kernel in token_kernels() {
                     let mut got = vec![f32::NAN; n * k];
-                    grouped_tokens_with(kernel, span(&g, blocks, first, k), k, blocks, &a, &bsums, &d, &mut got);
+                    grouped_tokens_with(
+                        kernel,
+                        span(&g, blocks, first, k),
+                        k,
+                        blocks,
+                        &a,
+                        &bsums,
+                        &d,
+                        &Staging::default(),
+                        &mut got,
+                    );
                     assert_eq!(got, want, "{kernel:?}: {rows} x {blocks}, {n} tokens from row {first}");
                 }
             }

@@ -14,7 +14,7 @@
 //! `i2s_rows` gives on the file's rows, so the same bits after the finish.
 
 use super::grouped::{groups_of, lane_place, span_of, ungrouped_tokens, TokensKernel, GROUP_ROWS};
-use super::{i2s_rows_prepared, i2s_rows_tokens, isa, Isa, Prepared};
+use super::{i2s_rows_prepared, i2s_rows_tokens, isa, Isa, Prepared, Staging};
 
 /// Bytes of one group of 16 rows of `blocks` 256-weight blocks.
 pub fn i2s_group_bytes(blocks: usize) -> usize {
@@ -112,7 +112,15 @@ pub fn i2s_grouped_rows(m: &[u8], blocks: usize, first: usize, a: &Prepared, out
 /// `i2s_grouped_rows` for several tokens: token t's dots of rows
 /// `first..first + k` at `out[t * k..][..k]` (k = out.len() / a.len()), as
 /// `i2s_rows_tokens` gives them on the file's rows.
-pub fn i2s_grouped_rows_tokens(m: &[u8], blocks: usize, first: usize, a: &[&Prepared], out: &mut [i32]) {
+/// `staging` serves the AMX kernel (one for every part of a product).
+pub fn i2s_grouped_rows_tokens(
+    m: &[u8],
+    blocks: usize,
+    first: usize,
+    a: &[&Prepared],
+    staging: &Staging,
+    out: &mut [i32],
+) {
     let n = a.len();
     assert!(n > 0 && out.len().is_multiple_of(n), "I2_S tokens shape");
     let k = out.len() / n;
@@ -127,22 +135,31 @@ pub fn i2s_grouped_rows_tokens(m: &[u8], blocks: usize, first: usize, a: &[&Prep
         Isa::Avx512Vnni => TokensKernel::Vnni,
         _ => TokensKernel::Ungrouped,
     };
-    tokens_with(kernel, span, k, blocks, a, out);
+    tokens_with(kernel, span, k, blocks, a, staging, out);
 }
 
 /// `i2s_grouped_rows_tokens` on `span` (k rows) with `kernel`, which the
 /// CPU must have.
-fn tokens_with(kernel: TokensKernel, span: &[u8], k: usize, blocks: usize, a: &[&Prepared], out: &mut [i32]) {
+fn tokens_with(
+    kernel: TokensKernel,
+    span: &[u8],
+    k: usize,
+    blocks: usize,
+    a: &[&Prepared],
+    staging: &Staging,
+    out: &mut [i32],
+) {
     let n = a.len();
     let group_bytes = i2s_group_bytes(blocks);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         TokensKernel::Amx => {
             let qs: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
-            let tokens = super::x86::StagedTokens::new(&qs, blocks * 256);
-            // SAFETY: the caller checked AMX (amx() or amx_permitted());
-            // the kernel checks the groups', tokens' and output's shapes.
-            unsafe { super::x86::grouped_rows_tokens_amx(span, k, blocks, &tokens, &super::x86::I2sSums, out, k) }
+            staging.with(&qs, blocks * 256, |tokens| {
+                // SAFETY: the caller checked AMX (amx() or amx_permitted());
+                // the kernel checks the groups', tokens' and output's shapes.
+                unsafe { super::x86::grouped_rows_tokens_amx(span, k, blocks, tokens, &super::x86::I2sSums, out, k) }
+            })
         }
         #[cfg(target_arch = "x86_64")]
         TokensKernel::Vnni => {
@@ -273,14 +290,39 @@ mod tests {
                 let mut want = vec![0i32; n * k];
                 i2s_rows_tokens(&m[first * row_bytes..], row_bytes, &a, &mut want);
                 let mut got = vec![0i32; n * k];
-                i2s_grouped_rows_tokens(&g, blocks, first, &a, &mut got);
+                i2s_grouped_rows_tokens(&g, blocks, first, &a, &Staging::default(), &mut got);
                 assert_eq!(got, want, "{rows} x {blocks}, {n} tokens from row {first}");
                 for kernel in super::super::grouped::token_kernels() {
                     let mut got = vec![i32::MIN; n * k];
                     let span = span_of(&g, i2s_group_bytes(blocks), first, k);
-                    tokens_with(kernel, span, k, blocks, &a, &mut got);
+                    tokens_with(kernel, span, k, blocks, &a, &Staging::default(), &mut got);
                     assert_eq!(got, want, "{kernel:?}: {rows} x {blocks}, {n} tokens from row {first}");
                 }
+            }
+        }
+    }
+
+    /// One staging shared by the parts of a product (as `linear` shares
+    /// it): the rows of every part right, and a staging made from other
+    /// activations never read in their place.
+    #[test]
+    fn a_shared_staging_serves_every_part_and_only_its_own_activations() {
+        let (rows, blocks) = (64, 2);
+        let m = matrix(rows, blocks, 5);
+        let g = grouped(&m, rows, blocks);
+        let row_bytes = blocks * 64;
+        let toks: Vec<Vec<i8>> = (0..10).map(|t| acts(blocks, t)).collect();
+        let prepared: Vec<Prepared> = toks.iter().map(|q| Prepared::new(q)).collect();
+        let (a, b): (Vec<&Prepared>, Vec<&Prepared>) = (prepared[..5].iter().collect(), prepared[5..].iter().collect());
+        for kernel in super::super::grouped::token_kernels() {
+            let staging = Staging::default();
+            for (set, first, k) in [(&a, 0, 32), (&a, 32, 32), (&b, 16, 48), (&a, 48, 16)] {
+                let mut want = vec![0i32; 5 * k];
+                i2s_rows_tokens(&m[first * row_bytes..(first + k) * row_bytes], row_bytes, set, &mut want);
+                let mut got = vec![i32::MIN; 5 * k];
+                let span = span_of(&g, i2s_group_bytes(blocks), first, k);
+                tokens_with(kernel, span, k, blocks, set, &staging, &mut got);
+                assert_eq!(got, want, "{kernel:?}: rows {first}.. of {k}");
             }
         }
     }

@@ -318,6 +318,30 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// What the AMX kernel makes of several tokens' activations (`Prepared`
+/// each) before its first product, made once and shared by every part of
+/// a product that reads them: each part staging its own copy took 1.3% of
+/// a 4-sequence decoding step. Holds nothing until an AMX kernel runs.
+#[derive(Default)]
+pub struct Staging {
+    #[cfg(target_arch = "x86_64")]
+    staged: OnceLock<x86::StagedTokens>,
+}
+
+impl Staging {
+    /// `f` of `qs`'s first k activations staged: the shared staging where
+    /// it holds them (the first call makes it), else a fresh one.
+    #[cfg(target_arch = "x86_64")]
+    fn with<R>(&self, qs: &[&[i8]], k: usize, f: impl FnOnce(&x86::StagedTokens) -> R) -> R {
+        let shared = self.staged.get_or_init(|| x86::StagedTokens::new(qs, k));
+        if shared.holds(qs, k) {
+            f(shared)
+        } else {
+            f(&x86::StagedTokens::new(qs, k))
+        }
+    }
+}
+
 /// For block pair p and plane k: q[256p + 32k ..][..32] then q[256p + 128 + 32k ..][..32].
 fn interleave(q: &[i8]) -> Vec<i8> {
     let pairs = q.len() / 256;

@@ -95,6 +95,8 @@ pub(in crate::kernels) struct StagedTokens {
     n: usize,
     m: usize,
     k: usize,
+    /// Where each token's activations were staged from (address, length).
+    from: Vec<(usize, usize)>,
 }
 
 /// 64 activations on a cache line of their own: a tile row that straddles
@@ -118,7 +120,15 @@ impl StagedTokens {
                 acts[((b * chunks + c) * 4 + s) * m + i].0.copy_from_slice(step);
             }
         }
-        StagedTokens { acts, n, m, k }
+        let from = qs.iter().map(|q| (q.as_ptr() as usize, q.len())).collect();
+        StagedTokens { acts, n, m, k, from }
+    }
+
+    /// Whether these are `qs`'s first k activations, staged.
+    pub(in crate::kernels) fn holds(&self, qs: &[&[i8]], k: usize) -> bool {
+        self.k == k
+            && qs.len() == self.from.len()
+            && qs.iter().zip(&self.from).all(|(q, f)| (q.as_ptr() as usize, q.len()) == *f)
     }
 
     /// Where chunk c's four steps of block b start.
