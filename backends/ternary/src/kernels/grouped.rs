@@ -188,6 +188,7 @@ pub fn tq2_grouped_rows(
 /// `tq2_grouped_rows` for several tokens: rows `first..first + k` against
 /// each token's activations, token t's results at `out[t * k..][..k]`
 /// (k = out.len() / a.len()), as `tq2_rows_tokens` gives the file's rows.
+#[allow(clippy::too_many_arguments)]
 pub fn tq2_grouped_rows_tokens(
     m: &[u8],
     blocks: usize,
@@ -333,6 +334,7 @@ pub(super) const AMX_MIN_TOKENS: usize = 4;
 /// `tq2_grouped_rows_tokens` with AMX: each block of each group unpacked
 /// once for all the tokens, 16 at a time through the tiles.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn tq2_grouped_tokens_amx(
     span: &[u8],
     k: usize,
