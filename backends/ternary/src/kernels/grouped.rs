@@ -244,6 +244,9 @@ fn grouped_tokens_with(
     staging: &Staging,
     out: &mut [f32],
 ) {
+    // Only the AMX kernel stages tokens.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = staging;
     let n = a.len();
     match kernel {
         #[cfg(target_arch = "x86_64")]

@@ -149,6 +149,9 @@ fn tokens_with(
     staging: &Staging,
     out: &mut [i32],
 ) {
+    // Only the AMX kernel stages tokens.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = staging;
     let n = a.len();
     let group_bytes = i2s_group_bytes(blocks);
     match kernel {
