@@ -352,16 +352,16 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
         i8tok = per_token(xs, cols, quant::quantize_i8tok);
         QuantizedTokens::I2S {
             prepared: i8tok.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
+            staging: staging(i8tok.iter().map(|a| &a.q[..]), cols),
             acts: &i8tok,
-            staging: kernels::Staging::default(),
         }
     } else if all(|l| matches!(l, Linear::Tq2 { .. } | Linear::Tq1 { .. })) {
         q8k = per_token(xs, cols, quant::quantize_q8k);
         QuantizedTokens::Q8K {
             bsums: q8k.iter().map(|a| block_sums(&a.q)).collect(),
             prepared: q8k.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
+            staging: staging(q8k.iter().map(|a| &a.q[..]), cols),
             acts: &q8k,
-            staging: kernels::Staging::default(),
         }
     } else {
         for (l, ys) in items.iter_mut() {
@@ -429,6 +429,12 @@ fn per_token<T: Send>(xs: &[f32], cols: usize, f: impl Fn(&[f32]) -> T + Sync) -
 /// take them.
 fn q8k_lists<'a>(acts: &'a [quant::Q8K], bsums: &'a [Vec<i32>]) -> (Vec<&'a [i32]>, Vec<&'a [f32]>) {
     (bsums.iter().map(Vec::as_slice).collect(), acts.iter().map(|a| a.d.as_slice()).collect())
+}
+
+/// The tokens' activations staged for the AMX kernel (where it runs)
+/// before the product's parallel job.
+fn staging<'a>(qs: impl Iterator<Item = &'a [i8]>, cols: usize) -> kernels::Staging {
+    kernels::Staging::new(&qs.collect::<Vec<_>>(), cols)
 }
 
 /// Sum of each 256-value block of Q8K activations.

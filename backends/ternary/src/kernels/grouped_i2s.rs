@@ -317,8 +317,9 @@ mod tests {
         let toks: Vec<Vec<i8>> = (0..10).map(|t| acts(blocks, t)).collect();
         let prepared: Vec<Prepared> = toks.iter().map(|q| Prepared::new(q)).collect();
         let (a, b): (Vec<&Prepared>, Vec<&Prepared>) = (prepared[..5].iter().collect(), prepared[5..].iter().collect());
+        let qs: Vec<&[i8]> = toks[..5].iter().map(|q| &q[..]).collect();
         for kernel in super::super::grouped::token_kernels() {
-            let staging = Staging::default();
+            let staging = Staging::new(&qs, blocks * 256);
             for (set, first, k) in [(&a, 0, 32), (&a, 32, 32), (&b, 16, 48), (&a, 48, 16)] {
                 let mut want = vec![0i32; 5 * k];
                 i2s_rows_tokens(&m[first * row_bytes..(first + k) * row_bytes], row_bytes, set, &mut want);

@@ -318,26 +318,38 @@ impl<'a> Prepared<'a> {
     }
 }
 
-/// What the AMX kernel makes of several tokens' activations (`Prepared`
-/// each) before its first product, made once and shared by every part of
-/// a product that reads them: each part staging its own copy took 1.3% of
-/// a 4-sequence decoding step. Holds nothing until an AMX kernel runs.
+/// What the AMX kernel makes of several tokens' activations before its
+/// first product, made once per product, before its parallel job, for
+/// every part to read: each part staging its own copy took 1.3% of a
+/// 4-sequence decoding step, and staging on first use (`OnceLock`) made
+/// the other thread wait on a futex, 7% slower. Empty (`default`) where
+/// the AMX kernel does not run; then a call stages for itself.
 #[derive(Default)]
 pub struct Staging {
     #[cfg(target_arch = "x86_64")]
-    staged: OnceLock<x86::StagedTokens>,
+    staged: Option<x86::StagedTokens>,
 }
 
 impl Staging {
-    /// `f` of `qs`'s first k activations staged: the shared staging where
-    /// it holds them (the first call makes it), else a fresh one.
+    /// `qs`'s first k activations each, staged where the many-token
+    /// kernels would give them to AMX (`amx()`, enough tokens, whole
+    /// blocks); otherwise empty.
+    pub fn new(qs: &[&[i8]], k: usize) -> Staging {
+        #[cfg(target_arch = "x86_64")]
+        if amx() && qs.len() >= grouped::AMX_MIN_TOKENS && k.is_multiple_of(256) && qs.iter().all(|q| q.len() >= k) {
+            return Staging { staged: Some(x86::StagedTokens::new(qs, k)) };
+        }
+        let _ = (qs, k);
+        Staging::default()
+    }
+
+    /// `f` of `qs`'s first k activations staged: this staging where it
+    /// holds them, else a fresh one.
     #[cfg(target_arch = "x86_64")]
     fn with<R>(&self, qs: &[&[i8]], k: usize, f: impl FnOnce(&x86::StagedTokens) -> R) -> R {
-        let shared = self.staged.get_or_init(|| x86::StagedTokens::new(qs, k));
-        if shared.holds(qs, k) {
-            f(shared)
-        } else {
-            f(&x86::StagedTokens::new(qs, k))
+        match &self.staged {
+            Some(staged) if staged.holds(qs, k) => f(staged),
+            _ => f(&x86::StagedTokens::new(qs, k)),
         }
     }
 }
