@@ -179,7 +179,7 @@ pub struct Outcome {
 
 /// The `n` most likely tokens of `logits`, with softmax probabilities.
 pub fn top_probs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let max = crate::kernels::max_values(logits);
     let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(idx.len());

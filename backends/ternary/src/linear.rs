@@ -215,11 +215,12 @@ impl Linear {
         }
     }
 
-    /// `n` tokens at once: `xs` is n x cols, `ys` n x rows. Each token's
-    /// results equal `matvec`'s exactly; packed rows are read once for all
-    /// the tokens (prompt chunks, sequences decoded together).
-    pub fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, ys: &mut [f32]) {
-        matmul_group(&mut [(self, ys)], xs, n, scheme);
+    /// `n` tokens at once: `xs` is n x cols, `ys` n x rows, each token's
+    /// input through `norm` first where one is given. Each token's results
+    /// equal `matvec`'s (of the normed input) exactly; packed rows are read
+    /// once for all the tokens (prompt chunks, sequences decoded together).
+    pub fn matmul(&self, xs: &[f32], n: usize, scheme: ActScheme, norm: Option<Norm>, ys: &mut [f32]) {
+        matmul_group(&mut [(self, ys)], xs, n, scheme, norm);
     }
 
     /// Rows `first..first + m` of the product with the n quantized tokens
@@ -252,18 +253,14 @@ impl Linear {
             }
             (Linear::I2S { bytes, cols, scale, grouped, .. }, QuantizedTokens::I2S { acts, prepared, staging }) => {
                 let prepared: Vec<&kernels::Prepared> = prepared.iter().collect();
-                let mut dots = vec![0i32; out.len()];
-                if *grouped {
-                    kernels::i2s_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, staging, &mut dots);
-                } else {
-                    kernels::i2s_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, &mut dots);
-                }
-                for ((out, dots), a) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).zip(acts.iter()) {
-                    for (o, d) in out.iter_mut().zip(dots) {
-                        // bitnet.cpp's order of operations, as the reference.
-                        *o = ((d - a.sum) as f32 / a.scale) * scale;
+                pool::with_scratch(out.len(), |dots: &mut [i32]| {
+                    if *grouped {
+                        kernels::i2s_grouped_rows_tokens(bytes.bytes(), cols / 256, first, &prepared, staging, dots);
+                    } else {
+                        kernels::i2s_rows_tokens(&bytes.bytes()[span], row_bytes, &prepared, dots);
                     }
-                }
+                    i2s_finish(dots, acts, *scale, out)
+                });
             }
             (Linear::Tq1 { bytes, .. }, QuantizedTokens::Q8K { acts, bsums, .. })
                 if kernels::tq1_rows_for_prompts() =>
@@ -337,29 +334,57 @@ impl QuantizedTokens<'_> {
     }
 }
 
+/// An RMS norm each token's input goes through before a product (its
+/// weights and epsilon), applied where the token is quantized: on the
+/// pool with the quantizing, and not as a pass of its own over all the
+/// tokens on one thread between jobs (0.9 ms of a 4-sequence step for a
+/// model's norms, and a job per layer for the FFN's sub-norm).
+#[derive(Debug, Clone, Copy)]
+pub struct Norm<'a> {
+    pub weight: &'a [f32],
+    pub eps: f32,
+}
+
+impl Norm<'_> {
+    /// `f` of `x` through `norm` (in this thread's scratch), or of `x`.
+    fn apply<R>(norm: Option<Norm>, x: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        match norm {
+            None => f(x),
+            Some(n) => pool::with_scratch(x.len(), |normed: &mut [f32]| {
+                kernels::rms_norm(x, n.weight, n.eps, normed);
+                f(normed)
+            }),
+        }
+    }
+}
+
 /// `matvec_group` for `n` tokens (`xs`: n x cols; each `ys`: n x its
 /// rows): each token quantized once for all the matrices, and all their
 /// rows one parallel job, each row read once for every token. Each
 /// token's results equal `matvec`'s exactly.
-pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, scheme: ActScheme) {
+pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, scheme: ActScheme, norm: Option<Norm>) {
     if n <= 1 {
-        return matvec_group(items, xs, scheme);
+        return Norm::apply(norm, xs, |x| matvec_group(items, x, scheme));
     }
     let cols = xs.len() / n;
     let all = |f: fn(&Linear) -> bool| items.iter().all(|(l, _)| f(l));
+    // Regrouped matrices' many-token kernels read the activations as they
+    // are: no interleaved copy for them.
+    let grouped = all(|l| matches!(l, Linear::I2S { grouped: true, .. } | Linear::Tq2 { grouped: true, .. }));
+    let prepare = |q| if grouped { kernels::Prepared::plain(q) } else { kernels::Prepared::new(q) };
     let (i8tok, q8k): (Vec<_>, Vec<_>);
     let q = if all(|l| matches!(l, Linear::I2S { .. })) {
-        i8tok = per_token(xs, cols, quant::quantize_i8tok);
+        i8tok = per_token(xs, cols, |x| Norm::apply(norm, x, quant::quantize_i8tok));
         QuantizedTokens::I2S {
-            prepared: i8tok.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
+            prepared: i8tok.iter().map(|a| prepare(&a.q)).collect(),
             staging: staging(i8tok.iter().map(|a| &a.q[..]), cols),
             acts: &i8tok,
         }
     } else if all(|l| matches!(l, Linear::Tq2 { .. } | Linear::Tq1 { .. })) {
-        q8k = per_token(xs, cols, quant::quantize_q8k);
+        q8k = per_token(xs, cols, |x| Norm::apply(norm, x, quant::quantize_q8k));
         QuantizedTokens::Q8K {
             bsums: q8k.iter().map(|a| block_sums(&a.q)).collect(),
-            prepared: q8k.iter().map(|a| kernels::Prepared::new(&a.q)).collect(),
+            prepared: q8k.iter().map(|a| prepare(&a.q)).collect(),
             staging: staging(q8k.iter().map(|a| &a.q[..]), cols),
             acts: &q8k,
         }
@@ -367,7 +392,7 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
         for (l, ys) in items.iter_mut() {
             let rows = l.rows();
             for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
-                l.matvec(x, scheme, y);
+                Norm::apply(norm, x, |x| l.matvec(x, scheme, y));
             }
         }
         return;
@@ -377,10 +402,11 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
     // no other task touches. (Computed row-major and laid out per token
     // after the job, on one thread, the layout left the other threads idle.)
     for_each_part_of_group(items, |l, out, rows| {
-        let mut part = vec![0f32; rows.len() * n];
-        l.rows_tokens_into(&q, rows.start, &mut part);
-        // SAFETY: these rows of each token's output are this call's alone.
-        unsafe { out.write_rows(&part, n, l.rows(), rows.start) };
+        pool::with_scratch(rows.len() * n, |part| {
+            l.rows_tokens_into(&q, rows.start, part);
+            // SAFETY: these rows of each token's output are this call's alone.
+            unsafe { out.write_rows(part, n, l.rows(), rows.start) };
+        })
     });
 }
 
@@ -423,6 +449,17 @@ fn per_token<T: Send>(xs: &[f32], cols: usize, f: impl Fn(&[f32]) -> T + Sync) -
     let mut out: Vec<Option<T>> = xs.chunks_exact(cols).map(|_| None).collect();
     pool::for_each_chunk_mut(&mut out, 1, |t, o| o[0] = Some(f(&xs[t * cols..(t + 1) * cols])));
     out.into_iter().map(|o| o.expect("every token quantized")).collect()
+}
+
+/// I2_S's integer dots (`dots`: a run per token) as results, in
+/// bitnet.cpp's order of operations (the reference's).
+fn i2s_finish(dots: &[i32], acts: &[quant::I8Tok], scale: f32, out: &mut [f32]) {
+    let m = out.len() / acts.len().max(1);
+    for ((out, dots), a) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).zip(acts) {
+        for (o, d) in out.iter_mut().zip(dots) {
+            *o = ((d - a.sum) as f32 / a.scale) * scale;
+        }
+    }
 }
 
 /// Each token's block sums and block scales as the many-token kernels

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
-use crate::kernels::{KvHead, Q8KeyCache, Queries};
-use crate::linear::{matmul_group, Linear, Mapped, VocabMatrix};
+use crate::kernels::{self, KvHead, Q8KeyCache, Queries};
+use crate::linear::{matmul_group, Linear, Mapped, Norm, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
 use crate::weights;
 pub use crate::weights::Tq1Layout;
@@ -75,8 +75,6 @@ thread_local! {
     static ATTENTION: std::cell::RefCell<AttentionScratch> = const {
         std::cell::RefCell::new(AttentionScratch { scores: Vec::new(), q: Vec::new(), out: Vec::new(), visible: Vec::new() })
     };
-    /// A sub-normed row before it replaces the input (per thread).
-    static NORMED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Prompt tokens run through the layers together (engine and bench).
@@ -182,12 +180,20 @@ impl<T: Copy> HeadMajor<T> {
         HeadMajor { heads: (0..n_head).map(|_| Vec::with_capacity(cap * head_dim)).collect() }
     }
 
-    /// Append positions given as rows of every head's vector side by side.
-    fn extend<S: Copy>(&mut self, rows: &[S], head_dim: usize, each: impl Fn(S) -> T) {
+    /// Append positions given as rows of every head's vector side by side,
+    /// each head's part converted by `convert(from, to)` (a slice at a
+    /// time: f16 one value at a time was 3% of a 4-sequence decoding step,
+    /// on one thread while the others waited).
+    fn extend<S: Copy>(&mut self, rows: &[S], head_dim: usize, convert: impl Fn(&[S], &mut [T]))
+    where
+        T: Default,
+    {
         let kv_dim = self.heads.len() * head_dim;
         for row in rows.chunks_exact(kv_dim) {
             for (head, part) in self.heads.iter_mut().zip(row.chunks_exact(head_dim)) {
-                head.extend(part.iter().map(|x| each(*x)));
+                let at = head.len();
+                head.resize(at + head_dim, T::default());
+                convert(part, &mut head[at..]);
             }
         }
     }
@@ -269,11 +275,15 @@ impl KvCache {
     /// stored in the cache's type (f16: rounded to nearest).
     fn append(&mut self, l: usize, k_rows: &[f32], v_rows: &[f32]) {
         let hd = self.head_dim;
-        let f16 = |x: f32| half::f16::from_f32(x).to_bits();
+        let f16 = |from: &[f32], to: &mut [u16]| {
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            to.reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(from)
+        };
+        let f32 = |from: &[f32], to: &mut [f32]| to.copy_from_slice(from);
         match &mut self.data {
             KvData::F32 { k, v } => {
-                k[l].extend(k_rows, hd, |x| x);
-                v[l].extend(v_rows, hd, |x| x);
+                k[l].extend(k_rows, hd, f32);
+                v[l].extend(v_rows, hd, f32);
             }
             KvData::F16 { k, v } => {
                 k[l].extend(k_rows, hd, f16);
@@ -364,14 +374,6 @@ fn meta_u(g: &Gguf, key: &str) -> Result<usize, ModelError> {
 
 fn meta_f(g: &Gguf, key: &str) -> Option<f32> {
     g.get(key).and_then(Value::as_f64).map(|v| v as f32)
-}
-
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ms + eps).sqrt();
-    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
-        *o = v * r * g;
-    }
 }
 
 /// RoPE angles of one position: (sin, cos) of pos * base^(-2i/hd) for
@@ -773,24 +775,21 @@ impl Model {
         for (t, xt) in tokens.zip(x.chunks_exact_mut(d)) {
             self.token_embd.row_into((*t as usize).min(hp.n_vocab - 1), d, xt);
         }
-        let (mut h, mut q, mut k, mut v) =
-            (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * kv], vec![0f32; n * kv]);
+        let (mut q, mut k, mut v) = (vec![0f32; n * d], vec![0f32; n * kv], vec![0f32; n * kv]);
         let (mut att, mut o) = (vec![0f32; n * d], vec![0f32; n * d]);
         let (mut g, mut u) = (vec![0f32; n * hp.n_ff], vec![0f32; n * hp.n_ff]);
         let scale = 1.0 / (hd as f32).sqrt();
-        let norm_rows = |src: &[f32], w: &[f32], dst: &mut [f32], width: usize| {
-            for (a, b) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
-                rms_norm(a, w, hp.rms_eps, b);
-            }
-        };
+        // Each norm is applied to a token where it is quantized for the
+        // product that reads it (`linear::Norm`).
+        let eps = hp.rms_eps;
         let angles: Vec<Vec<(f32, f32)>> = row_pos.iter().map(|&p| rope_angles(hd, p, hp.rope_base)).collect();
         // Each attention task: some tokens of one sequence and query heads
         // that share a kv head, so each key and value is read once for all
         // of them (see `attention_tasks`); the same split in every layer.
         let tasks = attention_tasks(&seg_rows, hp.n_head, group, crate::pool::current_threads());
         for (l, layer) in self.layers.iter().enumerate() {
-            norm_rows(&x, &layer.attn_norm, &mut h, d);
-            matmul_group(&mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)], &h, n, self.scheme);
+            let qkv = &mut [(&layer.wq, &mut q[..]), (&layer.wk, &mut k[..]), (&layer.wv, &mut v[..])];
+            matmul_group(qkv, &x, n, self.scheme, Some(Norm { weight: &layer.attn_norm, eps }));
             for (t, angles) in angles.iter().enumerate() {
                 rope(&mut q[t * d..(t + 1) * d], angles);
                 rope(&mut k[t * kv..(t + 1) * kv], angles);
@@ -829,19 +828,23 @@ impl Model {
                     })
                 })
             });
-            let attn_in: &[f32] = match &layer.attn_sub_norm {
-                Some(w) => {
-                    norm_rows(&att, w, &mut h, d);
-                    &h
-                }
-                None => &att,
-            };
-            layer.wo.matmul(attn_in, n, self.scheme, &mut o);
+            layer.wo.matmul(
+                &att,
+                n,
+                self.scheme,
+                layer.attn_sub_norm.as_deref().map(|weight| Norm { weight, eps }),
+                &mut o,
+            );
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
-            norm_rows(&x, &layer.ffn_norm, &mut h, d);
-            matmul_group(&mut [(&layer.w_gate, &mut g), (&layer.w_up, &mut u)], &h, n, self.scheme);
+            matmul_group(
+                &mut [(&layer.w_gate, &mut g), (&layer.w_up, &mut u)],
+                &x,
+                n,
+                self.scheme,
+                Some(Norm { weight: &layer.ffn_norm, eps }),
+            );
             // On the pool: an exp per value (SiLU) is a millisecond a token
             // on one thread.
             let u = &u;
@@ -854,16 +857,13 @@ impl Model {
                     *gv = a * uv;
                 }
             });
-            if let Some(w) = &layer.ffn_sub_norm {
-                crate::pool::for_each_chunk_mut(&mut g, hp.n_ff, |_, gt| {
-                    NORMED.with_borrow_mut(|normed| {
-                        normed.resize(gt.len(), 0.0);
-                        rms_norm(gt, w, hp.rms_eps, normed);
-                        gt.copy_from_slice(normed);
-                    })
-                });
-            }
-            layer.w_down.matmul(&g, n, self.scheme, &mut o);
+            layer.w_down.matmul(
+                &g,
+                n,
+                self.scheme,
+                layer.ffn_sub_norm.as_deref().map(|weight| Norm { weight, eps }),
+                &mut o,
+            );
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
@@ -876,7 +876,7 @@ impl Model {
             let m = s.tokens.len();
             s.cache.len += m;
             row += m;
-            rms_norm(&x[(row - 1) * d..row * d], &self.output_norm, hp.rms_eps, hl);
+            kernels::rms_norm(&x[(row - 1) * d..row * d], &self.output_norm, hp.rms_eps, hl);
         }
         let mut logits = vec![0f32; segs.len() * hp.n_vocab];
         self.output.as_ref().unwrap_or(&self.token_embd).matmul(d, &last_rows, segs.len(), &mut logits);

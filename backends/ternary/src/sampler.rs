@@ -102,7 +102,7 @@ impl Sampler {
     /// vocabulary was 5 ms a token.
     fn choices(&self, logits: &[f32], prefilter: bool) -> (Vec<(u32, f32)>, Vec<f32>) {
         let t = self.cfg.temperature;
-        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let max = crate::kernels::max_values(logits);
         let floor =
             (prefilter && self.cfg.top_k == 0 && self.cfg.min_p > 0.0).then(|| max + t * (self.cfg.min_p.ln() - 1e-3));
         let (mut cand, cut) = candidates(logits, self.cfg.top_k, floor);
@@ -158,6 +158,11 @@ impl Sampler {
 /// top-k, the k are selected first and only they are sorted.
 fn candidates(logits: &[f32], top_k: usize, floor: Option<f32>) -> (Vec<(u32, f32)>, Vec<f32>) {
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if floor.is_none() && top_k > 0 && top_k * KEPT_PER_K < logits.len() {
+        let mut cand = top_k_streamed(logits, top_k, order);
+        cand.sort_unstable_by(order);
+        return (cand, Vec::new());
+    }
     let (mut cand, mut cut) = (Vec::new(), Vec::new());
     match floor {
         Some(floor) => {
@@ -179,14 +184,63 @@ fn candidates(logits: &[f32], top_k: usize, floor: Option<f32>) -> (Vec<(u32, f3
     (cand, cut)
 }
 
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
+/// How many candidates `top_k_streamed` holds (per k) before it cuts
+/// them back to k.
+const KEPT_PER_K: usize = 4;
+
+/// The first k of the logits in `order` (unsorted), in one pass: a logit
+/// is kept only if it beats the k-th best kept so far (a tie loses: its id
+/// is higher), and the kept are cut back to the best k whenever there are
+/// `KEPT_PER_K` x k of them. Gathering all 128k of a vocabulary and
+/// selecting among them took 0.3 ms a token, on the batcher's thread.
+fn top_k_streamed(
+    logits: &[f32],
+    k: usize,
+    order: impl Fn(&(u32, f32), &(u32, f32)) -> std::cmp::Ordering + Copy,
+) -> Vec<(u32, f32)> {
+    let mut kept: Vec<(u32, f32)> = Vec::with_capacity(KEPT_PER_K * k);
+    let cut_back = |kept: &mut Vec<(u32, f32)>| {
+        if kept.len() > k {
+            kept.select_nth_unstable_by(k - 1, order);
+            kept.truncate(k);
+        }
+    };
+    // The k-th best logit kept, once k are kept.
+    let mut bar = f32::NEG_INFINITY;
+    let mut full = false;
+    // Once the bar stands, most runs of logits hold none above it: each
+    // run is first checked whole (branch-free, so in vector lanes) and
+    // only a run with one above the bar is gone through value by value.
+    // (Value by value throughout was 0.1 ms over 128k logits.)
+    for (r, run) in logits.chunks(RUN).enumerate() {
+        if full && !run.iter().fold(false, |any, l| any | l.total_cmp(&bar).is_gt()) {
+            continue;
+        }
+        for (i, &l) in run.iter().enumerate() {
+            if !full || l.total_cmp(&bar).is_gt() {
+                kept.push(((r * RUN + i) as u32, l));
+                if kept.len() == KEPT_PER_K * k {
+                    cut_back(&mut kept);
+                    bar = kept[k - 1].1;
+                    full = true;
+                }
+            }
         }
     }
-    best
+    cut_back(&mut kept);
+    kept
+}
+
+/// Logits `top_k_streamed` checks against its bar at once.
+const RUN: usize = 64;
+
+/// The first position of the largest value (NaN never is; 0 when there
+/// is none): the maximum in vector lanes, then its first position. One
+/// compare-and-branch per value through a running best took 0.05 ms over
+/// a 128k vocabulary, a sequence at a time on the batcher's thread.
+pub fn argmax(v: &[f32]) -> usize {
+    let max = crate::kernels::max_values(v);
+    v.iter().position(|&x| x == max).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -209,18 +263,43 @@ mod tests {
         assert_eq!(l[1], -2.0);
     }
 
-    /// Top-k by selection gives the k largest in the order a full sort
-    /// gives them (ties by id), for every k.
+    /// The first of equal largest values wins, NaN never, wherever they
+    /// fall among the vector lanes and the tail.
+    #[test]
+    fn argmax_is_the_first_largest() {
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        for len in [1usize, 15, 16, 17, 40, 1000] {
+            for at in [0, len / 3, len - 1] {
+                let mut v: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 3.0).collect();
+                v[at] = 9.0;
+                assert_eq!(argmax(&v), at, "{len} values, largest at {at}");
+                v[len - 1] = 9.0;
+                v[0] = f32::NAN;
+                let first = if at == 0 { len - 1 } else { at };
+                assert_eq!(argmax(&v), first, "{len} values, largest at {at} and at the end");
+            }
+        }
+    }
+
+    /// Top-k (streamed where k is small, by selection otherwise) gives
+    /// the k largest in the order a full sort gives them (ties by id), for
+    /// every k: over many ties, and over rising and falling logits (each
+    /// one beats the kept / none does).
     #[test]
     fn top_k_candidates_are_the_full_sorts_first_k() {
         let mut rng = Rng::new(9);
         // Few distinct values, so there are many ties.
-        let logits: Vec<f32> = (0..3000).map(|_| (rng.next_f32() * 50.0).floor() - 25.0).collect();
-        let mut full: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        full.sort_by(|a, b| b.1.total_cmp(&a.1));
-        assert_eq!(candidates(&logits, 0, None), (full.clone(), vec![]));
-        for k in [1usize, 2, 40, 59, 2999, 3000, 5000] {
-            assert_eq!(candidates(&logits, k, None).0, full[..k.min(full.len())], "top {k}");
+        let ties: Vec<f32> = (0..3000).map(|_| (rng.next_f32() * 50.0).floor() - 25.0).collect();
+        let rising: Vec<f32> = (0..3000).map(|i| i as f32 * 0.01).collect();
+        let falling: Vec<f32> = rising.iter().rev().copied().collect();
+        for (what, logits) in [("ties", ties), ("rising", rising), ("falling", falling)] {
+            let mut full: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+            full.sort_by(|a, b| b.1.total_cmp(&a.1));
+            assert_eq!(candidates(&logits, 0, None), (full.clone(), vec![]));
+            for k in [1usize, 2, 40, 59, 749, 750, 2999, 3000, 5000] {
+                assert_eq!(candidates(&logits, k, None).0, full[..k.min(full.len())], "{what}: top {k}");
+            }
         }
     }
 

@@ -326,13 +326,15 @@ pub(super) fn ungrouped_tokens<T: Copy + Default>(
     }
 }
 
-/// The fewest tokens the TQ2_0 products give to AMX. A group's block
-/// costs AMX about 55-60 ns whatever the tokens up to 4 (the unpacking
-/// stores and the tile unit's in-order chain), VNNI about 19 ns per token
-/// (2,560-column groups in L2, one thread): at 2 tokens VNNI is ahead, at
-/// 4 AMX (62 against 86 ns), at 8 well ahead (98 against 151).
+/// The fewest tokens the TQ2_0 and I2_S products give to AMX. In cache
+/// VNNI is ahead at 2 tokens (I2_S in L1, one thread: 185 multiply-adds/ns
+/// against AMX's 128), but decoding reads the weights from memory, and
+/// there AMX's flat cost per block overlaps the reads better: a 335 MB
+/// matrix for 2 tokens took I2_S 30-32 -> 24 ms, TQ2_0 31-32 -> 26.5 (one
+/// thread), and `bitnet-host bench --streams 2,3` on 2 threads went from
+/// 1.48-1.55x / 2.02-2.14x one stream's tokens/s to 1.58-1.68x / 2.25-2.37x.
 #[cfg(target_arch = "x86_64")]
-pub(super) const AMX_MIN_TOKENS: usize = 4;
+pub(super) const AMX_MIN_TOKENS: usize = 2;
 
 /// `tq2_grouped_rows_tokens` with AMX: each block of each group unpacked
 /// once for all the tokens, 16 at a time through the tiles.

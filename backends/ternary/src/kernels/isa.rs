@@ -165,7 +165,11 @@ pub fn avx_vnni() -> bool {
 /// The kernels in use, for the benches' and the CLI's headers: the ISA,
 /// and AMX where the TQ2_0 many-token products use it.
 pub fn in_use() -> String {
-    format!("{:?}{}", isa(), if amx() { " + AMX (TQ2_0 and I2_S, 4+ tokens)" } else { "" })
+    #[cfg(target_arch = "x86_64")]
+    if amx() {
+        return format!("{:?} + AMX (TQ2_0 and I2_S, {}+ tokens)", isa(), super::grouped::AMX_MIN_TOKENS);
+    }
+    format!("{:?}", isa())
 }
 
 /// Under `Isa::Avx512Vnni`: whether the products of regrouped TQ2_0 and

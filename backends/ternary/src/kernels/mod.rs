@@ -27,6 +27,7 @@ mod q6k_permuted;
 mod vocab;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+pub(crate) use attention::max_values;
 pub use attention::{attend, attend_q8, KvElem, KvHead, Q8KeyCache, Q8Keys, Queries, MAX_HEAD_DIM};
 pub use float::f16_bits_to_f32;
 pub use grouped::{
@@ -127,6 +128,26 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
     }
 }
 
+/// x / rms(x) * w. The squares are summed in f64, as llama.cpp sums them
+/// (`ggml_float`), in 8 running lanes: one running f32 sum is a chain of
+/// dependent adds, 3 us for a row of 2,560, when the norms ran on one
+/// thread between a step's parallel jobs, 0.9 ms of a 4-sequence step.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mut lanes = [0f64; 8];
+    let c = x.chunks_exact(8);
+    let tail: f64 = c.remainder().iter().map(|v| f64::from(v * v)).sum();
+    for v in c {
+        for i in 0..8 {
+            lanes[i] += f64::from(v[i] * v[i]);
+        }
+    }
+    let ms = ((lanes.iter().sum::<f64>() + tail) / x.len() as f64) as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
 /// One token's int8 activations, ready for whichever I2_S kernel runs:
 /// for AVX-512 also rearranged so that each 64-byte load lines up with one
 /// bit plane of two 128-weight blocks (built once per matrix-vector
@@ -141,6 +162,27 @@ impl<'a> Prepared<'a> {
     pub fn new(q: &'a [i8]) -> Self {
         let interleaved = if isa() == Isa::Avx512Vnni { interleave(q) } else { Vec::new() };
         Self { q, interleaved }
+    }
+
+    /// Without the rearranged copy: for the regrouped matrices' many-token
+    /// kernels (`i2s_grouped_rows_tokens`, `tq2_grouped_rows_tokens`), which
+    /// read the plain activations only. (Interleaving each token before
+    /// every product was 0.2 ms of a 4-sequence step, on one thread.) A
+    /// kernel that reads the copy panics on these.
+    pub fn plain(q: &'a [i8]) -> Self {
+        Self { q, interleaved: Vec::new() }
+    }
+
+    /// The rearranged copy, which `new` made for AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    fn interleaved(&self) -> &[i8] {
+        // `interleave` rearranges whole pairs of 128-weight blocks.
+        assert_eq!(
+            self.interleaved.len(),
+            self.q.len() / 256 * 256,
+            "activations prepared without the interleaved copy"
+        );
+        &self.interleaved
     }
 }
 
@@ -201,7 +243,7 @@ pub fn dot_i2s_prepared(row: &[u8], a: &Prepared) -> i32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked the CPU has AVX-512 F/BW/VNNI and AVX2;
         // Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe { x86::dot_i2s_vnni_interleaved(row, &a.interleaved, a.q) },
+        Isa::Avx512Vnni => unsafe { x86::dot_i2s_vnni_interleaved(row, a.interleaved(), a.q) },
         _ => dot_i2s(row, a.q),
     }
 }
@@ -214,7 +256,7 @@ pub fn i2s_rows_prepared(rows: &[u8], row_bytes: usize, a: &Prepared, out: &mut 
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in dot_i2s_prepared.
-        Isa::Avx512Vnni => unsafe { x86::i2s_rows_vnni_interleaved(rows, row_bytes, &a.interleaved, a.q, out) },
+        Isa::Avx512Vnni => unsafe { x86::i2s_rows_vnni_interleaved(rows, row_bytes, a.interleaved(), a.q, out) },
         _ => {
             for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
                 *o = dot_i2s(row, a.q);
@@ -270,7 +312,7 @@ pub fn tq2_rows(rows: &[u8], row_bytes: usize, a: &Prepared, bsums: &[i32], d: &
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe { x86::tq2_rows_vnni(rows, row_bytes, &a.interleaved, bsums, d, out) },
+        Isa::Avx512Vnni => unsafe { x86::tq2_rows_vnni(rows, row_bytes, a.interleaved(), bsums, d, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX2, FMA and F16C, avx_vnni() AVX-VNNI.
         Isa::Avx2 if avx_vnni() => unsafe { x86::tq2_rows_avxvnni(rows, row_bytes, a.q, bsums, d, out) },
@@ -303,7 +345,7 @@ pub fn tq2_rows_tokens(
     #[cfg(target_arch = "x86_64")]
     match isa() {
         Isa::Avx512Vnni => {
-            let qs: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
+            let qs: Vec<&[i8]> = a.iter().map(|a| a.interleaved()).collect();
             return ternary_rows_tokens(66, 16, rows, row_bytes, &qs, bsums, d, out, |group, q, b, d, out, m| {
                 // SAFETY: isa() checked AVX-512 F/BW/VNNI; Prepared::new
                 // interleaved for it; shapes checked by the caller.
@@ -551,9 +593,7 @@ pub fn dot_i2s_xn_prepared<const N: usize>(row: &[u8], a: [&Prepared; N]) -> [i3
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked AVX-512 F/BW/VNNI and AVX2; Prepared::new interleaved for it.
-        Isa::Avx512Vnni => unsafe {
-            x86::dot_i2s_xn_vnni_interleaved(row, a.map(|a| &a.interleaved[..]), a.map(|a| a.q))
-        },
+        Isa::Avx512Vnni => unsafe { x86::dot_i2s_xn_vnni_interleaved(row, a.map(|a| a.interleaved()), a.map(|a| a.q)) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: sdot only when isa() saw the CPU has it.
         Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s_xn(isa() == Isa::NeonDot, row, a.map(|a| a.q)) },
@@ -588,7 +628,7 @@ pub fn i2s_rows_tokens(rows: &[u8], row_bytes: usize, a: &[&Prepared], out: &mut
     assert!(out.len() == m * n && rows.len() == m * row_bytes, "I2_S rows: {} bytes for {m} rows", rows.len());
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni {
-        let interleaved: Vec<&[i8]> = a.iter().map(|a| &a.interleaved[..]).collect();
+        let interleaved: Vec<&[i8]> = a.iter().map(|a| a.interleaved()).collect();
         let plain: Vec<&[i8]> = a.iter().map(|a| a.q).collect();
         return i2s_tiles(m, n, &[4, 2, 1], out, |r, height, ts, tile| {
             let tile_rows = &rows[r * row_bytes..(r + height) * row_bytes];

@@ -199,7 +199,7 @@ fn softmax(s: &mut [f32]) {
 /// compiler from vectorizing it). In lanes it vectorizes; softmax's time
 /// did not measurably move (its exponentials dominate).
 #[inline(always)]
-fn max_values(x: &[f32]) -> f32 {
+pub(crate) fn max_values(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let c = x.chunks_exact(LANES);
     let tail = c.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
