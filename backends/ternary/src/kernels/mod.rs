@@ -29,7 +29,7 @@ mod vocab;
 mod x86;
 pub(crate) use attention::max_values;
 pub use attention::{attend, attend_q8, KvElem, KvHead, Q8KeyCache, Q8Keys, Queries, MAX_HEAD_DIM};
-pub use float::f16_bits_to_f32;
+pub use float::{f16_bits_to_f32, Gate};
 pub use grouped::{
     group_bytes, group_tq2, grouped_len, tq2_grouped_rows, tq2_grouped_rows_tokens, tq2_grouping, GROUP_ROWS,
 };
@@ -125,6 +125,21 @@ pub fn dot_i2s(row: &[u8], q: &[i8]) -> i32 {
         // SAFETY: sdot only when isa() saw the CPU has it.
         Isa::Neon | Isa::NeonDot => unsafe { aarch64::dot_i2s(isa() == Isa::NeonDot, row, q) },
         _ => dot_i2s_scalar(row, q),
+    }
+}
+
+/// The FFN's gate in place, g = act(g) x u, with the widest build this
+/// CPU runs (the same bits in each: `float::gate_lanes`).
+pub fn gate(act: Gate, g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "gate: gate and up differ in length");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX-512 F.
+        Isa::Avx512Vnni => unsafe { x86::gate_avx512(act, g, u) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::gate_avx2(act, g, u) },
+        _ => float::gate_lanes(act, g, u),
     }
 }
 

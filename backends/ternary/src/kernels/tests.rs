@@ -690,3 +690,64 @@ fn every_f16_kernel_matches_the_reference() {
         }
     }
 }
+
+/// The FFN's gate gives the same bits on every build this CPU runs, SiLU
+/// within a few ulp of g / (1 + e^-g) x u in f64 (its exponential is
+/// `exp_f32`, not libm's), the squared ReLU within an ulp; NaN stays NaN
+/// (0 for the ReLU), and past the exponential's range SiLU is g or 0
+/// (within 1e-35).
+#[test]
+fn the_gate_is_the_same_on_every_build_and_close_to_the_exact_silu() {
+    let mut rng = Rng::new(7);
+    let n = 1000;
+    let mut g: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 40.0).collect();
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 100.0, -100.0, 88.5, -88.5, 1e-30];
+    g[..specials.len()].copy_from_slice(&specials);
+    let u: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 4.0).collect();
+    for act in [Gate::Silu, Gate::Relu2] {
+        let mut want = g.clone();
+        float::gate_lanes(act, &mut want, &u);
+        let mut builds: Vec<(&str, Vec<f32>)> = Vec::new();
+        let mut got = g.clone();
+        gate(act, &mut got, &u);
+        builds.push(("dispatched", got));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let mut got = g.clone();
+                // SAFETY: AVX2 and FMA detected.
+                unsafe { x86::gate_avx2(act, &mut got, &u) };
+                builds.push(("avx2", got));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                let mut got = g.clone();
+                // SAFETY: AVX-512 F detected.
+                unsafe { x86::gate_avx512(act, &mut got, &u) };
+                builds.push(("avx512", got));
+            }
+        }
+        for (name, got) in &builds {
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{act:?} {name} [{i}] {a} vs {b}");
+            }
+        }
+        for ((&x, &uv), &y) in g.iter().zip(&u).zip(&want) {
+            let (x64, u64) = (f64::from(x), f64::from(uv));
+            let exact = match act {
+                Gate::Silu => x64 / (1.0 + (-x64).exp()) * u64,
+                Gate::Relu2 => x64.max(0.0).powi(2) * u64,
+            };
+            if x.is_nan() {
+                assert!(if act == Gate::Silu { y.is_nan() } else { y == 0.0 }, "{act:?} of NaN: {y}");
+            } else if exact.is_finite() {
+                let tolerance = if act == Gate::Silu { 6.0 * f64::from(f32::EPSILON) } else { f64::from(f32::EPSILON) };
+                assert!(
+                    (f64::from(y) - exact).abs() <= tolerance * exact.abs() + 1e-35,
+                    "{act:?}({x}) x {uv}: {y}, exact {exact}"
+                );
+            } else {
+                assert!(y.is_nan() || y.is_infinite(), "{act:?}({x}) x {uv}: {y}, exact {exact}");
+            }
+        }
+    }
+}

@@ -4,6 +4,18 @@
 
 use super::*;
 
+/// `float::gate_lanes` in 16 lanes.
+#[target_feature(enable = "avx512f")]
+pub(in crate::kernels) unsafe fn gate_avx512(act: crate::kernels::Gate, g: &mut [f32], u: &[f32]) {
+    crate::kernels::float::gate_lanes(act, g, u)
+}
+
+/// `float::gate_lanes` in 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+pub(in crate::kernels) unsafe fn gate_avx2(act: crate::kernels::Gate, g: &mut [f32], u: &[f32]) {
+    crate::kernels::float::gate_lanes(act, g, u)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(in crate::kernels) unsafe fn dot_f16_avx2(row: &[f16], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
