@@ -282,13 +282,13 @@ fn xorshift() -> impl FnMut() -> u64 {
 }
 
 /// `rows` x `blocks` blocks of random weights in `format` ("TQ2_0",
-/// "TQ2_0 regrouped", "I2_S", "Q6_K") as the model holds them. Any bit
+/// "TQ2_0 regrouped", "I2_S", "Q6_K", "Q6_K permuted") as the model holds them. Any bit
 /// pattern is a valid code except TQ2_0's 3 (codes 0..=2 as files hold)
 /// and the f16 scales, set to small normals.
 fn random_matrix(format: &str, rows: usize, blocks: usize, next: &mut impl FnMut() -> u64) -> Vec<u8> {
     let row_bytes = match format {
         "I2_S" | "I2_S regrouped" => blocks * 64,
-        "Q6_K" => blocks * 210,
+        "Q6_K" | "Q6_K permuted" => blocks * 210,
         _ => blocks * 66,
     };
     let mut m: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
@@ -301,10 +301,15 @@ fn random_matrix(format: &str, rows: usize, blocks: usize, next: &mut impl FnMut
             block[64..].copy_from_slice(&scale(next));
         }
     }
-    if format == "Q6_K" {
+    if format.starts_with("Q6_K") {
         for block in m.chunks_exact_mut(210) {
             block[208..].copy_from_slice(&scale(next));
         }
+    }
+    if format == "Q6_K permuted" {
+        let mut p = vec![0u8; m.len()];
+        kernels::permute_q6k(&m, &mut p);
+        m = p;
     }
     if format == "TQ2_0 regrouped" {
         // As a model regroups its matrices at load (whole groups of 16
@@ -332,41 +337,59 @@ fn one_token_rows(cols: usize, groups: usize, reps: usize) {
     let d: Vec<f32> = (0..blocks).map(|_| (next() % 100) as f32 / 1e4 + 1e-3).collect();
     // Row bytes of each format, and how a matrix of `n` rows of it is timed.
     type Pass<'a> = Box<dyn FnMut(&[u8], usize) + 'a>;
+    // The rows of the format with the fewest bytes a row (I2_S) in as
+    // many bytes as TQ2_0's `rows` (see below).
+    let most_rows = rows * 66 / 64;
     let (prepared, bsums, q6k_sums, d, q) = (&prepared, &bsums, &q6k_sums, &d, &q);
     let formats: Vec<(&str, usize, Pass)> = vec![
         ("TQ2_0", blocks * 66, {
-            let mut out = vec![0f32; rows];
+            let mut out = vec![0f32; most_rows];
             Box::new(move |m: &[u8], n| {
                 kernels::tq2_rows(m, blocks * 66, prepared, bsums, d, &mut out[..n]);
                 std::hint::black_box(&out);
             })
         }),
         ("TQ2_0 regrouped", blocks * 66, {
-            let mut out = vec![0f32; rows];
+            let mut out = vec![0f32; most_rows];
             Box::new(move |m: &[u8], n| {
                 kernels::tq2_grouped_rows(m, blocks, 0, prepared, bsums, d, &mut out[..n]);
                 std::hint::black_box(&out);
             })
         }),
         ("I2_S", cols / 4, {
-            let mut out = vec![0i32; rows];
+            let mut out = vec![0i32; most_rows];
             Box::new(move |m: &[u8], n| {
                 kernels::i2s_rows_prepared(m, cols / 4, prepared, &mut out[..n]);
                 std::hint::black_box(&out);
             })
         }),
         ("Q6_K", blocks * 210, {
-            let mut out = vec![0f32; rows];
+            let mut out = vec![0f32; most_rows];
             Box::new(move |m: &[u8], n| {
                 kernels::q6k_rows(m, blocks * 210, q, q6k_sums, d, &mut out[..n]);
                 std::hint::black_box(&out);
             })
         }),
+        ("Q6_K permuted", blocks * 210, {
+            let mut out = vec![0f32; most_rows];
+            let q = kernels::permute_q6k_acts(q);
+            Box::new(move |m: &[u8], n| {
+                kernels::q6k_permuted_rows(m, blocks * 210, &q, q6k_sums, d, &mut out[..n]);
+                std::hint::black_box(&out);
+            })
+        }),
     ];
-    println!("one token, {cols} columns, weights GB/s: format  32 rows in L1  {rows} rows from memory  of the read bandwidth");
+    // Every format's matrix about as many bytes as the bandwidth is read
+    // over: this VM's 480 MB L3 held part of a 336 MB matrix and none of a
+    // 1,101 MB one, which made the smaller look 15% faster from memory.
     let bw_bytes = rows * blocks * 66;
+    println!(
+        "one token, {cols} columns, weights GB/s: format  32 rows in L1  {:.0} MB from memory  of the read bandwidth",
+        bw_bytes as f64 / 1e6
+    );
     let bw = bitnet_ternary::bench::read_bandwidth(bw_bytes, 1, 3, true) / 1e9;
     for (name, row_bytes, mut pass) in formats {
+        let rows = bw_bytes / row_bytes / 16 * 16;
         let m = random_matrix(name, rows, blocks, &mut next);
         // At 2560 columns the first 32 rows are the first 32 x row_bytes
         // bytes in every layout.
@@ -410,12 +433,7 @@ fn many_token_rows(cols: usize, groups: usize, reps: usize) {
     ];
     let permuted_qs: Vec<Vec<i8>> = qs.iter().map(|q| kernels::permute_q6k_acts(q)).collect();
     for (name, row_bytes) in formats {
-        let mut m = random_matrix(if name == "Q6_K permuted" { "Q6_K" } else { name }, rows, blocks, &mut next);
-        if name == "Q6_K permuted" {
-            let mut p = vec![0u8; m.len()];
-            kernels::permute_q6k(&m, &mut p);
-            m = p;
-        }
+        let m = random_matrix(name, rows, blocks, &mut next);
         let held = bitnet_ternary::bench::held_like_weights(&m[..rows * row_bytes]).expect("memory for the matrix");
         let l1 = &m[..32 * row_bytes];
         for n in [1usize, 2, 4, 8, 16] {
