@@ -326,15 +326,17 @@ pub(super) fn ungrouped_tokens<T: Copy + Default>(
     }
 }
 
-/// The fewest tokens the TQ2_0 and I2_S products give to AMX. In cache
-/// VNNI is ahead at 2 tokens (I2_S in L1, one thread: 185 multiply-adds/ns
-/// against AMX's 128), but decoding reads the weights from memory, and
-/// there AMX's flat cost per block overlaps the reads better: a 335 MB
-/// matrix for 2 tokens took I2_S 30-32 -> 24 ms, TQ2_0 31-32 -> 26.5 (one
-/// thread), and `bitnet-host bench --streams 2,3` on 2 threads went from
-/// 1.48-1.55x / 2.02-2.14x one stream's tokens/s to 1.58-1.68x / 2.25-2.37x.
+/// The fewest tokens the TQ2_0 and I2_S products give to AMX. Since the
+/// VNNI kernels keep the 2-bit planes in place (4 unpacking operations a
+/// line, not 7), they are ahead from memory below 4 tokens: a 335 MB
+/// matrix for 2 tokens (one thread, `kernels --bench tokens`) takes I2_S
+/// 23.2 ms against AMX's 27.2-28.1, TQ2_0 24.9 against 29.2-29.6; at 4
+/// both take 30-33. `bitnet-host bench --streams 2,3` (2 threads, 2B4T
+/// shape) went from 52.9-53.9 / 71.2-75.5 tokens/s with AMX to 58.3 /
+/// 76.8-77.7 (I2_S), TQ2_0 48.7-49.9 -> 52.7-55.0 at 2 streams. (With 7
+/// operations a line AMX had been ahead from 2 tokens.)
 #[cfg(target_arch = "x86_64")]
-pub(super) const AMX_MIN_TOKENS: usize = 2;
+pub(super) const AMX_MIN_TOKENS: usize = 4;
 
 /// `tq2_grouped_rows_tokens` with AMX: each block of each group unpacked
 /// once for all the tokens, 16 at a time through the tiles.

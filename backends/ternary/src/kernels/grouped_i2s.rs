@@ -28,10 +28,16 @@ pub fn i2s_grouped_len(rows: usize, blocks: usize) -> usize {
 
 /// Whether models regroup their I2_S matrices of `cols` columns: where the
 /// kernels read the regrouped layout natively (AVX-512 VNNI) and rows are
-/// whole 256-weight blocks (2B4T's are; I2_S's own blocks are 128).
+/// whole 256-weight blocks (2B4T's are; I2_S's own blocks are 128), and
+/// no more than `I2S_GROUPED_MAX_COLS` of them.
 pub fn i2s_grouping(cols: usize) -> bool {
-    isa() == Isa::Avx512Vnni && cols.is_multiple_of(256)
+    isa() == Isa::Avx512Vnni && cols.is_multiple_of(256) && cols <= I2S_GROUPED_MAX_COLS
 }
+
+/// The widest rows the AVX-512 kernels take regrouped: their int32 chains
+/// run a whole row and hold plane 3 in place (64 times its codes, up to
+/// 128 x 128 a weight), one chain for a quarter of a row's weights.
+pub const I2S_GROUPED_MAX_COLS: usize = 1 << 19;
 
 /// `src`: I2_S rows as the file holds them (`blocks` 256-weight blocks
 /// each, 64 bytes per block), into `dst` (`i2s_grouped_len` bytes)
@@ -303,6 +309,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The widest rows regrouped at the extremes (every code 2, every
+    /// activation -128 or 127): the kernels' int32 chains, which hold
+    /// plane 3 at 64 times its codes, give the exact dots; wider rows are
+    /// not regrouped.
+    #[test]
+    fn the_widest_grouped_rows_give_exact_dots_at_the_extremes() {
+        let (rows, blocks) = (GROUP_ROWS, I2S_GROUPED_MAX_COLS / 256);
+        let m = vec![0xaau8; rows * blocks * 64];
+        let g = grouped(&m, rows, blocks);
+        for a in [-128i8, 127] {
+            let q = vec![a; blocks * 256];
+            let want = 2 * i32::from(a) * I2S_GROUPED_MAX_COLS as i32;
+            let mut got = vec![0i32; rows];
+            i2s_grouped_rows(&g, blocks, 0, &Prepared::new(&q), &mut got);
+            assert_eq!(got, vec![want; rows], "one token of {a}");
+            for n in [2, 3, 4] {
+                let prepared: Vec<Prepared> = (0..n).map(|_| Prepared::new(&q)).collect();
+                let a_refs: Vec<&Prepared> = prepared.iter().collect();
+                let mut got = vec![0i32; n * rows];
+                i2s_grouped_rows_tokens(&g, blocks, 0, &a_refs, &Staging::default(), &mut got);
+                assert_eq!(got, vec![want; n * rows], "{n} tokens of {a}");
+            }
+        }
+        assert!(i2s_grouping(256) == (isa() == Isa::Avx512Vnni));
+        assert!(!i2s_grouping(I2S_GROUPED_MAX_COLS + 256));
     }
 
     /// One staging shared by the parts of a product (as `linear` shares

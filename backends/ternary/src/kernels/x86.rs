@@ -409,6 +409,22 @@ unsafe fn tq2_planes_avx512(block: *const u8) -> [std::arch::x86_64::__m512i; 4]
     ]
 }
 
+/// 64 bytes' four 2-bit planes left in place (plane p: the byte's bits 2p
+/// and 2p + 1, so 4^p times the codes): one AND each, against
+/// `tq2_planes_avx512`'s shift and AND, for kernels whose chains keep the
+/// planes apart and scale them back once (`chains_sum`).
+#[inline(always)]
+unsafe fn tq2_planes_in_place_avx512(block: *const u8) -> [std::arch::x86_64::__m512i; 4] {
+    use std::arch::x86_64::*;
+    let w = _mm512_loadu_si512(block.cast());
+    [
+        _mm512_and_si512(w, _mm512_set1_epi8(0x03)),
+        _mm512_and_si512(w, _mm512_set1_epi8(0x0c)),
+        _mm512_and_si512(w, _mm512_set1_epi8(0x30)),
+        _mm512_and_si512(w, _mm512_set1_epi8(0xc0u8 as i8)),
+    ]
+}
+
 /// One TQ2_0 block's 16 partial dot lanes against interleaved activations
 /// `a` (256 bytes) with VNNI.
 #[inline(always)]
@@ -428,8 +444,9 @@ unsafe fn tq2_partial_vnni(block: *const u8, a: *const i8) -> std::arch::x86_64:
 /// against N tokens' 256 activations at `a` (file order), summed into
 /// each token's 8 chains of lanes (lane r = row r). Each line is unpacked
 /// once and each plane meets one broadcast dword of each token's
-/// activations in one `vpdpbusd`: no add tree, so a line costs 7
-/// unpacking operations and 4N products.
+/// activations in one `vpdpbusd`: no add tree, so a line costs 4
+/// unpacking operations (the planes left in place: chain p holds 4^p
+/// times its dots, `chains_sum` scales it back) and 4N products.
 #[inline(always)]
 unsafe fn lanes_block<const N: usize>(
     base: *const u8,
@@ -446,7 +463,7 @@ unsafe fn lanes_block<const N: usize>(
         for h in 0..2 {
             let line = base.add(64 * (l + h));
             prefetch(line, pf);
-            let c = tq2_planes_avx512(line);
+            let c = tq2_planes_in_place_avx512(line);
             let chain = if N == 1 { 4 * h } else { 0 };
             for t in 0..N {
                 let a = a[t].add(16 * (l + h));
@@ -459,17 +476,16 @@ unsafe fn lanes_block<const N: usize>(
     }
 }
 
-/// A token's chains summed: 16 lanes, lane r = row r.
+/// A token's chains summed: 16 lanes, lane r = row r. Chain c holds
+/// plane c % 4 in place (`lanes_block`), 4^(c % 4) times its dots: an
+/// exact multiple, so the arithmetic shift back is exact.
 #[inline(always)]
 unsafe fn chains_sum<const N: usize>(s: &[std::arch::x86_64::__m512i; 8]) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
-    let lo = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]));
-    if N == 1 {
-        let hi = _mm512_add_epi32(_mm512_add_epi32(s[4], s[5]), _mm512_add_epi32(s[6], s[7]));
-        _mm512_add_epi32(lo, hi)
-    } else {
-        lo
-    }
+    let plane = |p: usize| if N == 1 { _mm512_add_epi32(s[p], s[4 + p]) } else { s[p] };
+    let low = _mm512_add_epi32(plane(0), _mm512_srai_epi32::<2>(plane(1)));
+    let high = _mm512_add_epi32(_mm512_srai_epi32::<4>(plane(2)), _mm512_srai_epi32::<6>(plane(3)));
+    _mm512_add_epi32(low, high)
 }
 
 /// One regrouped TQ2_0 group (`super::grouped`: 16 rows, lanes = rows)
@@ -534,6 +550,7 @@ unsafe fn i2s_lanes_group<const N: usize>(
 pub(super) unsafe fn i2s_grouped_rows_vnni(groups: &[u8], blocks: usize, q: &[i8], out: &mut [i32]) {
     let len = super::grouped_i2s::i2s_group_bytes(blocks);
     assert!(q.len() >= blocks * 256, "I2_S activations");
+    assert!(blocks * 256 <= super::grouped_i2s::I2S_GROUPED_MAX_COLS, "I2_S rows too wide for int32 chains");
     assert_eq!(groups.len(), out.len().div_ceil(TQ2_LANES) * len, "I2_S groups for {} rows", out.len());
     let pf = prefetch_distance();
     for (g, out) in out.chunks_mut(TQ2_LANES).enumerate() {
@@ -559,6 +576,7 @@ pub(super) unsafe fn i2s_grouped_rows_tokens_vnni<const N: usize>(
         group.len() == super::grouped_i2s::i2s_group_bytes(blocks) && (1..=TQ2_LANES).contains(&rows),
         "I2_S group"
     );
+    assert!(blocks * 256 <= super::grouped_i2s::I2S_GROUPED_MAX_COLS, "I2_S rows too wide for int32 chains");
     for q in qs {
         assert!(q.len() >= blocks * 256, "I2_S tokens");
     }
