@@ -19,11 +19,12 @@ use super::{dot_f16_scalar, first_n, prefetch, prefetch_distance};
 /// Rows a TQ2_0 AVX-512 step finishes together, one per f32 lane.
 const TQ2_LANES: usize = 16;
 
+/// I2_S with AVX2: a block's four planes through `planes_dot` (their
+/// `vpmaddubsw` pairs added as i16, widened once).
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
     use std::arch::x86_64::*;
     let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
     let pf = prefetch_distance();
     for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
@@ -38,22 +39,22 @@ pub(super) unsafe fn dot_i2s_avx2(row: &[u8], q: &[i8]) -> i32 {
             _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
             _mm256_and_si256(w, mask),
         ];
-        for (k, codes) in planes.into_iter().enumerate() {
-            let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
-            // codes (u8, 0..2) x q (i8): pairs summed into i16, |sum| <= 512.
-            let p = _mm256_maddubs_epi16(codes, a);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        let mut xs = [_mm256_setzero_si256(); 4];
+        for (k, x) in xs.iter_mut().enumerate() {
+            *x = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
         }
+        acc = _mm256_add_epi32(acc, planes_dot::<4, false>(&planes, xs));
     }
     hsum_i32(acc)
 }
 
-/// I2_S with AVX-VNNI: `dot_i2s_avx2` with one vpdpbusd per plane in
-/// place of maddubs + madd + add, one accumulator per plane.
+/// I2_S with AVX-VNNI: one vpdpbusd per plane, the planes left in place
+/// (one AND each, no shift: plane k's accumulator holds 4^(3 - k) times
+/// its dots, an exact multiple shifted back once at the end).
 #[target_feature(enable = "avx2,avxvnni")]
 pub(super) unsafe fn dot_i2s_avxvnni(row: &[u8], q: &[i8]) -> i32 {
     use std::arch::x86_64::*;
-    let mask = _mm256_set1_epi8(3);
+    let masks = [0xc0u8, 0x30, 0x0c, 0x03].map(|m| _mm256_set1_epi8(m as i8));
     let mut acc = [_mm256_setzero_si256(); 4];
     let pf = prefetch_distance();
     for (i, (block, qb)) in row.chunks_exact(32).zip(q.chunks_exact(128)).enumerate() {
@@ -62,18 +63,13 @@ pub(super) unsafe fn dot_i2s_avxvnni(row: &[u8], q: &[i8]) -> i32 {
         if i % 2 == 0 {
             prefetch(block.as_ptr(), pf);
         }
-        let planes = [
-            _mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
-            _mm256_and_si256(_mm256_srli_epi16(w, 2), mask),
-            _mm256_and_si256(w, mask),
-        ];
-        for (k, (codes, acc)) in planes.into_iter().zip(acc.iter_mut()).enumerate() {
+        for (k, (mask, acc)) in masks.iter().zip(acc.iter_mut()).enumerate() {
             let a = _mm256_loadu_si256(qb.as_ptr().add(k * 32).cast());
-            *acc = _mm256_dpbusd_avx_epi32(*acc, codes, a);
+            *acc = _mm256_dpbusd_avx_epi32(*acc, _mm256_and_si256(w, *mask), a);
         }
     }
-    hsum_i32(_mm256_add_epi32(_mm256_add_epi32(acc[0], acc[1]), _mm256_add_epi32(acc[2], acc[3])))
+    let high = _mm256_add_epi32(_mm256_srai_epi32::<6>(acc[0]), _mm256_srai_epi32::<4>(acc[1]));
+    hsum_i32(_mm256_add_epi32(high, _mm256_add_epi32(_mm256_srai_epi32::<2>(acc[2]), acc[3])))
 }
 
 #[target_feature(enable = "avx2")]
@@ -1337,11 +1333,12 @@ unsafe fn planes_dot<const M: usize, const VNNI: bool>(
         }
         acc
     } else {
-        let mut sum = _mm256_maddubs_epi16(planes[0], xs[0]);
-        for (codes, x) in planes.iter().zip(xs).skip(1) {
-            sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(*codes, x));
+        // Two sums, even and odd planes: half the chain of dependent adds.
+        let mut sums = [_mm256_setzero_si256(); 2];
+        for (k, (codes, x)) in planes.iter().zip(xs).enumerate() {
+            sums[k % 2] = _mm256_add_epi16(sums[k % 2], _mm256_maddubs_epi16(*codes, x));
         }
-        _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
+        _mm256_madd_epi16(_mm256_add_epi16(sums[0], sums[1]), _mm256_set1_epi16(1))
     }
 }
 
