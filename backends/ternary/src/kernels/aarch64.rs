@@ -69,6 +69,22 @@ unsafe fn plane<const SHIFT: i32>(w: uint8x16_t) -> int8x16_t {
     vreinterpretq_s8_u8(vandq_u8(vshlq_u8(w, vdupq_n_s8(-(SHIFT as i8))), vdupq_n_u8(3)))
 }
 
+/// The 2-bit field under `MASK` of each byte left in place: codes 0..=2
+/// times 4^p for the field at bits 2p (p <= 2, so at most 32 as int8). One
+/// AND where `plane` takes a shift and an AND; the kernels keep each scale
+/// in an accumulator of its own and shift it back once (`scaled_sum`).
+#[inline(always)]
+unsafe fn plane_in_place<const MASK: u8>(w: uint8x16_t) -> int8x16_t {
+    vreinterpretq_s8_u8(vandq_u8(w, vdupq_n_u8(MASK)))
+}
+
+/// The dot from accumulators of the planes at scales 1, 4 and 16
+/// (`plane_in_place`): exact multiples, so the shifts back are exact.
+#[inline(always)]
+unsafe fn scaled_sum(ones: int32x4_t, fours: int32x4_t, sixteens: int32x4_t) -> i32 {
+    vaddvq_s32(vaddq_s32(ones, vaddq_s32(vshrq_n_s32::<2>(fours), vshrq_n_s32::<4>(sixteens))))
+}
+
 #[inline(always)]
 unsafe fn load_s8(p: &[i8], at: usize) -> int8x16_t {
     vld1q_s8(p[at..at + 16].as_ptr())
@@ -90,14 +106,15 @@ unsafe fn dot_i2s_k<D: Dot>(row: &[u8], q: &[i8]) -> i32 {
             prefetch(block.as_ptr(), pf);
         }
         for h in [0, 16] {
+            // The top plane by a shift alone, the middle two in place.
             let w = load_u8(block, h);
-            acc[0] = D::dot(acc[0], plane::<6>(w), load_s8(qb, h));
-            acc[1] = D::dot(acc[1], plane::<4>(w), load_s8(qb, 32 + h));
-            acc[2] = D::dot(acc[2], plane::<2>(w), load_s8(qb, 64 + h));
-            acc[3] = D::dot(acc[3], plane::<0>(w), load_s8(qb, 96 + h));
+            acc[0] = D::dot(acc[0], vreinterpretq_s8_u8(vshrq_n_u8::<6>(w)), load_s8(qb, h));
+            acc[1] = D::dot(acc[1], plane_in_place::<0x30>(w), load_s8(qb, 32 + h));
+            acc[2] = D::dot(acc[2], plane_in_place::<0x0c>(w), load_s8(qb, 64 + h));
+            acc[3] = D::dot(acc[3], plane_in_place::<0x03>(w), load_s8(qb, 96 + h));
         }
     }
-    vaddvq_s32(vaddq_s32(vaddq_s32(acc[0], acc[1]), vaddq_s32(acc[2], acc[3])))
+    scaled_sum(vaddq_s32(acc[0], acc[3]), acc[2], acc[1])
 }
 
 /// I2_S against `N` tokens: each block's codes unpacked once for all of
@@ -127,17 +144,18 @@ unsafe fn tq2_block_dots_k<D: Dot>(row: &[u8], q: &[i8], out: &mut [i32]) {
     let pf = prefetch_distance();
     for ((block, qb), o) in row.chunks_exact(66).zip(q.chunks_exact(256)).zip(out.iter_mut()) {
         prefetch(block.as_ptr(), pf);
-        let (mut a0, mut a1) = (vdupq_n_s32(0), vdupq_n_s32(0));
+        // Planes 0 and 3 at scale 1 (an AND, a shift), 1 and 2 in place.
+        let (mut ones, mut fours, mut sixteens) = (vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0));
         for j in [0, 32] {
             for h in [0, 16] {
                 let w = load_u8(block, j + h);
-                a0 = D::dot(a0, plane::<0>(w), load_s8(qb, 4 * j + h));
-                a1 = D::dot(a1, plane::<2>(w), load_s8(qb, 4 * j + 32 + h));
-                a0 = D::dot(a0, plane::<4>(w), load_s8(qb, 4 * j + 64 + h));
-                a1 = D::dot(a1, plane::<6>(w), load_s8(qb, 4 * j + 96 + h));
+                ones = D::dot(ones, plane_in_place::<0x03>(w), load_s8(qb, 4 * j + h));
+                fours = D::dot(fours, plane_in_place::<0x0c>(w), load_s8(qb, 4 * j + 32 + h));
+                sixteens = D::dot(sixteens, plane_in_place::<0x30>(w), load_s8(qb, 4 * j + 64 + h));
+                ones = D::dot(ones, vreinterpretq_s8_u8(vshrq_n_u8::<6>(w)), load_s8(qb, 4 * j + 96 + h));
             }
         }
-        *o = vaddvq_s32(vaddq_s32(a0, a1));
+        *o = scaled_sum(ones, fours, sixteens);
     }
 }
 
