@@ -107,7 +107,7 @@ fn products_on_cores(layers: usize) {
     let run = |m: &[u8], rows: usize, blocks: usize| {
         let a = if blocks == 10 { &a2560 } else { &a6912 };
         let mut out = vec![0i32; rows];
-        let parts = bitnet_ternary::pool::guided_parts(rows, blocks * 64, 16);
+        let parts = bitnet_ternary::pool::guided_parts(rows, blocks * 64, 1, 16);
         let shared = bitnet_ternary::pool::SharedMut::new(&mut out);
         bitnet_ternary::pool::with_current(|p| {
             p.run(parts.len(), &|i| {

@@ -401,7 +401,7 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
     // copies them out itself: rows s..e of each token's output are a run
     // no other task touches. (Computed row-major and laid out per token
     // after the job, on one thread, the layout left the other threads idle.)
-    for_each_part_of_group(items, |l, out, rows| {
+    for_each_part_of_group(items, n, |l, out, rows| {
         pool::with_scratch(rows.len() * n, |part| {
             l.rows_tokens_into(&q, rows.start, part);
             // SAFETY: these rows of each token's output are this call's alone.
@@ -411,11 +411,12 @@ pub fn matmul_group(items: &mut [(&Linear, &mut [f32])], xs: &[f32], n: usize, s
 }
 
 /// `f(matrix, its output, rows)` over parts of the matrices' rows taken
-/// end to end (a part may span two; `guided_parts` by their mean row
-/// bytes, in whole groups of `kernels::GROUP_ROWS`), in parallel on the current pool: one job for the whole group.
+/// end to end, each row met by `tokens` vectors (a part may span two;
+/// `guided_parts` by their mean row bytes, in whole groups of `kernels::GROUP_ROWS`), in parallel on the current pool: one job for the whole group.
 /// The rows of each call belong to it alone.
 fn for_each_part_of_group(
     items: &mut [(&Linear, &mut [f32])],
+    tokens: usize,
     f: impl Fn(&Linear, &SharedMut<f32>, std::ops::Range<usize>) + Sync,
 ) {
     // Parts in whole groups of rows, each matrix's rows counted up to a
@@ -426,7 +427,7 @@ fn for_each_part_of_group(
     let padded = |l: &Linear| l.rows().next_multiple_of(group);
     let total: usize = items.iter().map(|(l, _)| padded(l)).sum();
     let bytes: usize = items.iter().map(|(l, _)| l.bytes_read() as usize).sum();
-    let parts = pool::guided_parts(total, bytes / total.max(1), group);
+    let parts = pool::guided_parts(total, bytes / total.max(1), tokens, group);
     let outs: Vec<(&Linear, SharedMut<f32>)> = items.iter_mut().map(|(l, y)| (*l, SharedMut::new(y))).collect();
     pool::with_current(|p| {
         p.run(parts.len(), &|t| {
@@ -500,7 +501,7 @@ pub fn matvec_group(items: &mut [(&Linear, &mut [f32])], x: &[f32], scheme: ActS
         }
         return;
     };
-    for_each_part_of_group(items, |l, out, rows| {
+    for_each_part_of_group(items, 1, |l, out, rows| {
         // SAFETY: these rows of this matrix's output are this call's alone.
         l.rows_into(&q, rows.start, unsafe { out.slice(rows.start, rows.end) })
     });

@@ -288,39 +288,50 @@ pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usiz
 /// Bytes below which a part is not worth a hand-off.
 const MIN_PART_BYTES: usize = 16 << 10;
 
-/// Parts of `rows` rows of `row_bytes` each for the current pool, largest
-/// first (guided self-scheduling): each part is the rows left over the
-/// threads, never under `MIN_PART_BYTES`. A job ends when its last part
-/// does, so the parts claimed last must be short: with equal parts (four
-/// per thread) a thread waited up to a part at every job, and the 650 MB
-/// output matrix's parts were 80 MB. Large parts first keep each thread's
-/// reads long and sequential and the claims few (about threads x
-/// ln(rows / min) parts): each part's start costs its thread a new stream
-/// from memory, and the rows left over twice the threads (twice the
-/// parts) decoded 2.7% slower on 2 threads (2B4T I2_S, three interleaved
-/// rounds each; 4 sequences 1.2%).
+/// Parts of `rows` rows of `row_bytes` each, every row met by `tokens`
+/// vectors, for the current pool, largest first (guided self-scheduling):
+/// each part is the rows left over the threads (one to `FEW_TOKENS`
+/// tokens) or over twice the threads (more), never under
+/// `MIN_PART_BYTES`. A job ends when its last part does, so the parts
+/// claimed last must be short: with equal parts (four per thread) a thread
+/// waited up to a part at every job, and the 650 MB output matrix's parts
+/// were 80 MB. Large parts first keep each thread's reads long and
+/// sequential and the claims few (about threads x ln(rows / min) parts).
+///
+/// Decoding reads each part's rows from memory once, and each part's start
+/// costs its thread a new stream: twice the threads (twice the parts)
+/// decoded 2.7% slower on 2 threads (2B4T I2_S; 4 sequences 1.2%). A
+/// prompt's product computes for many tokens a row, and there half the
+/// rows in the first part (its tokens' results in a scratch of its own, the
+/// matrix's half at once) took 2B4T I2_S's pp128 on 2 threads from 287-322
+/// to 221-232 tokens/s.
 ///
 /// Every part but the last is a multiple of `align` rows.
-pub fn guided_parts(rows: usize, row_bytes: usize, align: usize) -> Vec<std::ops::Range<usize>> {
+pub fn guided_parts(rows: usize, row_bytes: usize, tokens: usize, align: usize) -> Vec<std::ops::Range<usize>> {
     let threads = current_threads();
+    let share = if tokens <= FEW_TOKENS { threads } else { 2 * threads };
     let align = align.max(1);
     let least = (MIN_PART_BYTES / row_bytes.max(1)).max(1);
     let mut parts = Vec::new();
     let mut start = 0;
     while start < rows {
-        let n = ((rows - start) / threads).max(least).next_multiple_of(align).min(rows - start);
+        let n = ((rows - start) / share).max(least).next_multiple_of(align).min(rows - start);
         parts.push(start..start + n);
         start += n;
     }
     parts
 }
 
+/// The most tokens a product meets where `guided_parts` gives each thread
+/// its longest stream (decoding: bound by the reads of the weights).
+pub const FEW_TOKENS: usize = 4;
+
 /// `data` holds rows of `width` items (a row's results, one per token);
 /// call `f(first_row, piece)` for each part of `guided_parts(rows,
 /// row_bytes)`, in parallel on the current pool.
 pub fn for_each_rows_mut<T: Send>(data: &mut [T], width: usize, row_bytes: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let width = width.max(1);
-    let parts = guided_parts(data.len() / width, row_bytes, 1);
+    let parts = guided_parts(data.len() / width, row_bytes, width, 1);
     let out = SharedMut::new(data);
     with_current(|p| {
         p.run(parts.len(), &|i| {
@@ -340,7 +351,7 @@ pub fn for_each_rows_mut<T: Send>(data: &mut [T], width: usize, row_bytes: usize
 pub fn for_each_rows_token_major(ys: &mut [f32], n: usize, row_bytes: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let n = n.max(1);
     let rows = ys.len() / n;
-    let parts = guided_parts(rows, row_bytes, 1);
+    let parts = guided_parts(rows, row_bytes, n, 1);
     let out = SharedMut::new(ys);
     with_current(|p| {
         p.run(parts.len(), &|i| {
@@ -532,28 +543,36 @@ mod tests {
             for (rows, row_bytes) in
                 [(0usize, 640usize), (1, 640), (100, 640), (3840, 640), (128_256, 5120), (7, 1 << 20)]
             {
-                let parts = guided_parts(rows, row_bytes, 1);
-                let least = (MIN_PART_BYTES / row_bytes).max(1);
-                let mut next = 0;
-                for (i, p) in parts.iter().enumerate() {
-                    assert_eq!(p.start, next, "{rows} rows: parts are contiguous");
-                    assert!(p.end > p.start);
-                    // At most the rows left over the threads (or the least part).
-                    assert!(p.len() <= ((rows - p.start) / 2).max(least));
-                    if i + 1 < parts.len() {
-                        assert!(p.len() >= least && p.len() >= parts[i + 1].len(), "{rows} rows: {parts:?}");
+                // Few tokens: the rows left over the 2 threads; many: over 4.
+                for (tokens, share) in [(1, 2), (FEW_TOKENS, 2), (FEW_TOKENS + 1, 4), (128, 4)] {
+                    let parts = guided_parts(rows, row_bytes, tokens, 1);
+                    let least = (MIN_PART_BYTES / row_bytes).max(1);
+                    let mut next = 0;
+                    for (i, p) in parts.iter().enumerate() {
+                        assert_eq!(p.start, next, "{rows} rows: parts are contiguous");
+                        assert!(p.end > p.start);
+                        // At most the rows left over the share (or the least part).
+                        assert!(p.len() <= ((rows - p.start) / share).max(least), "{tokens} tokens: {parts:?}");
+                        if i + 1 < parts.len() {
+                            assert!(p.len() >= least && p.len() >= parts[i + 1].len(), "{rows} rows: {parts:?}");
+                        }
+                        next = p.end;
                     }
-                    next = p.end;
+                    assert_eq!(next, rows);
+                    let most = share * (1 + rows.max(1).ilog2() as usize);
+                    assert!(parts.len() <= most, "{rows} rows, {tokens} tokens: {} parts", parts.len());
+                    // The first part is the share's, where the rows allow.
+                    if rows / share > least {
+                        assert_eq!(parts[0].len(), rows / share, "{rows} rows, {tokens} tokens");
+                    }
                 }
-                assert_eq!(next, rows);
-                assert!(parts.len() <= 2 * (1 + rows.max(1).ilog2() as usize), "{rows} rows: {} parts", parts.len());
             }
             // The output matrix's last part is small: no thread waits long.
-            let parts = guided_parts(128_256, 5120, 1);
+            let parts = guided_parts(128_256, 5120, 1, 1);
             assert!(parts.last().unwrap().len() * 5120 <= 2 * MIN_PART_BYTES);
             // Aligned: whole groups but the last part, still covering all.
             for (rows, row_bytes) in [(3840usize, 660usize), (37, 66), (10_000, 1782), (5, 66)] {
-                let parts = guided_parts(rows, row_bytes, 16);
+                let parts = guided_parts(rows, row_bytes, 1, 16);
                 assert_eq!(parts.last().map_or(0, |p| p.end), rows);
                 for (i, p) in parts.iter().enumerate() {
                     assert!(p.start.is_multiple_of(16) && !p.is_empty(), "{rows} rows: {parts:?}");
