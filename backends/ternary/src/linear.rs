@@ -65,13 +65,10 @@ impl Mapped {
         self.len
     }
 
-    /// The file buffer these bytes are in and where: (map, start, len);
-    /// None for bytes in an arena (they are never given back one by one).
-    pub(crate) fn source(&self) -> Option<(&memmap2::Mmap, usize, usize)> {
-        match &self.buf {
-            Buffer::Map(m) => Some((m, self.start, self.len)),
-            Buffer::Arena(_) => None,
-        }
+    /// Whether these bytes are in an arena (`weights::Arena`).
+    #[cfg(test)]
+    pub(crate) fn is_in_arena(&self) -> bool {
+        matches!(self.buf, Buffer::Arena(_))
     }
 
     pub fn is_empty(&self) -> bool {

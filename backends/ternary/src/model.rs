@@ -6,13 +6,12 @@
 //! the same path; the math is causal, so the logits are those of a batch).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use half::f16;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
 use crate::kernels::{self, Gate, KvHead, Q8KeyCache, Queries};
-use crate::linear::{matmul_group, Linear, Mapped, Norm, VocabMatrix};
+use crate::linear::{matmul_group, Linear, Norm, VocabMatrix};
 use crate::quant::{self, ActScheme, QuantError};
 use crate::weights;
 pub use crate::weights::Tq1Layout;
@@ -405,42 +404,38 @@ impl Model {
         let gguf = Gguf::open(path)?;
         let file =
             bitnet_safefs::open_regular(path).map_err(|e| ModelError::Map(std::io::Error::other(e.to_string())))?;
-        let map = weights::load_file(file).map_err(ModelError::Map)?;
-        Self::from_parts(gguf, Arc::new(map), scheme, tq1)
+        let file = weights::ModelFile::load(file, &gguf).map_err(ModelError::Map)?;
+        Self::from_parts(gguf, &file, scheme, tq1)
     }
 
     fn from_parts(
         gguf: Gguf,
-        map: Arc<memmap2::Mmap>,
+        file: &weights::ModelFile,
         scheme: Option<ActScheme>,
         tq1: Tq1Layout,
     ) -> Result<Self, ModelError> {
         // TQ1_0 / TQ2_0 files use llama.cpp's per-block scheme unless told otherwise.
         let packed_q8k = scheme.is_none_or(|s| s == ActScheme::Q8K);
-        let unpacked_tq1 = match (packed_q8k, tq1) {
-            // SAFETY: the TQ1_0 matrices named in it are built from the
-            // new buffer below, and nothing else reads tensor data.
-            (true, Tq1Layout::Unpacked) => unsafe { weights::unpack_tq1(&gguf, &map) }.map_err(ModelError::Map)?,
-            _ => Default::default(),
+        let unpack_tq1 = packed_q8k && tq1 == Tq1Layout::Unpacked;
+        // The matrices read from the file (`weights::goes_to_arena`), end to
+        // end in huge pages; where there is none, each in a buffer of its own.
+        let arena = weights::Arena::new(weights::arena_bound(&gguf)).ok();
+        let arena = arena.as_ref();
+        let held = |start: usize, len: usize| file.held(start, len, arena).map_err(ModelError::Map);
+        // `items` runs of `item_bytes` from `start`, read from the file to be held.
+        let rows_at = |start: usize, items: usize, item_bytes: usize, tq1: bool| {
+            weights::Rows::new(file, start, items, item_bytes, tq1).map_err(ModelError::Map)
         };
-        let file: &[u8] = &map;
-        let mapped = |start: usize, len: usize| Mapped::new(map.clone(), start, len);
-        // The regrouped matrices, end to end in huge pages (`weights::Arena`);
-        // where there is none, each goes in a buffer of its own.
-        let arena = (weights::regroups_tq2() || weights::regroups_i2s(256))
-            .then(|| weights::Arena::new(weights::regrouped_bound(&gguf)).ok())
-            .flatten();
-        // A TQ2_0 matrix's bytes as the model holds them: regrouped where
-        // the kernels read that layout (`weights::regroups_tq2`).
-        let tq2 = |bytes: Mapped, rows: usize, cols: usize| -> Result<Linear, ModelError> {
-            if !weights::regroups_tq2() {
-                return Ok(Linear::Tq2 { bytes, rows, cols, grouped: false });
-            }
-            // SAFETY: each TQ2_0 matrix (of the file, or unpacked from
-            // TQ1_0) is built once, here, and only from the new buffer.
-            let bytes =
-                unsafe { weights::regroup_tq2(&bytes, rows, cols / 256, arena.as_ref()) }.map_err(ModelError::Map)?;
-            Ok(Linear::Tq2 { bytes, rows, cols, grouped: true })
+        // A TQ2_0 matrix (of the file, or unpacked from TQ1_0) as the model
+        // holds it: regrouped where the kernels read that layout
+        // (`weights::regroups_tq2`).
+        let tq2 = |src: weights::Rows<'_>, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            let grouped = weights::regroups_tq2();
+            let bytes = match grouped {
+                true => weights::regroup_tq2(&src, rows, cols / 256, arena),
+                false => weights::place(&src, arena),
+            };
+            Ok(Linear::Tq2 { bytes: bytes.map_err(ModelError::Map)?, rows, cols, grouped })
         };
         let arch = gguf.architecture().unwrap_or("").to_string();
         let act = match arch.as_str() {
@@ -474,10 +469,16 @@ impl Model {
         {
             return Err(ModelError::Metadata(format!("{arch}.attention.head_count(_kv)")));
         }
-        let data = |t: &TensorInfo| -> &[u8] {
+        // Where a tensor's bytes are in the file and how many of them there
+        // are; the bytes themselves, read from the file if they were left there.
+        let span = |t: &TensorInfo| -> (usize, usize) {
             let start = (gguf.data_offset + t.offset) as usize;
             let end = t.size.map(|s| start + s as usize).unwrap_or(file.len()).min(file.len());
-            &file[start.min(end)..end]
+            (start.min(end), end - start.min(end))
+        };
+        let data = |t: &TensorInfo| -> Result<std::borrow::Cow<'_, [u8]>, ModelError> {
+            let (start, len) = span(t);
+            file.bytes(start, len).map_err(ModelError::Map)
         };
         let quant_err = |name: &str| {
             let name = name.to_string();
@@ -488,7 +489,7 @@ impl Model {
             if t.elements() != n as u64 {
                 return Err(ModelError::Shape { name: name.into(), dims: t.dims.clone(), want: vec![n as u64] });
             }
-            quant::decode_float(t.ty, data(t), n).map_err(quant_err(name))
+            quant::decode_float(t.ty, &data(t)?, n).map_err(quant_err(name))
         };
         let dense16 = |name: &str, rows: usize, cols: usize| -> Result<VocabMatrix, ModelError> {
             let t = find(&gguf, name)?;
@@ -502,7 +503,7 @@ impl Model {
             let n = rows * cols;
             match t.ty {
                 TensorType::F16 => {
-                    let d = data(t);
+                    let d = data(t)?;
                     if d.len() < n * 2 {
                         return Err(ModelError::Shape {
                             name: name.into(),
@@ -510,7 +511,7 @@ impl Model {
                             want: vec![cols as u64, rows as u64],
                         });
                     }
-                    let m = mapped((gguf.data_offset + t.offset) as usize, n * 2);
+                    let m = held(span(t).0, n * 2)?;
                     // Little-endian hosts read the file's f16 in place.
                     if cfg!(target_endian = "little") && m.f16s().is_some() {
                         return Ok(VocabMatrix::F16Mapped(m));
@@ -521,24 +522,23 @@ impl Model {
                     if cols.is_multiple_of(if t.ty == TensorType::Q8_0 { 32 } else { 256 }) =>
                 {
                     let len = t.ty.bytes(n as u64).unwrap_or(u64::MAX) as usize;
-                    if data(t).len() < len {
+                    let (start, have) = span(t);
+                    if have < len {
                         return Err(ModelError::Quant {
                             name: name.into(),
-                            source: QuantError::Size { ty: t.ty.name(), n, want: len, have: data(t).len() },
+                            source: QuantError::Size { ty: t.ty.name(), n, want: len, have },
                         });
                     }
-                    let m = mapped((gguf.data_offset + t.offset) as usize, len);
                     Ok(match t.ty {
-                        TensorType::Q8_0 => VocabMatrix::Q8_0(m),
-                        // SAFETY: this matrix is built once, here, and only
-                        // from the new buffer.
+                        TensorType::Q8_0 => VocabMatrix::Q8_0(held(start, len)?),
                         _ if weights::permutes_q6k() => {
-                            VocabMatrix::Q6KPermuted(unsafe { weights::permute_q6k(&m) }.map_err(ModelError::Map)?)
+                            let blocks = rows_at(start, len / kernels::Q6K_BLOCK, kernels::Q6K_BLOCK, false)?;
+                            VocabMatrix::Q6KPermuted(weights::permute_q6k(&blocks, arena).map_err(ModelError::Map)?)
                         }
-                        _ => VocabMatrix::Q6K(m),
+                        _ => VocabMatrix::Q6K(held(start, len)?),
                     })
                 }
-                ty => Ok(VocabMatrix::F32(quant::decode_float(ty, data(t), n).map_err(quant_err(name))?)),
+                ty => Ok(VocabMatrix::F32(quant::decode_float(ty, &data(t)?, n).map_err(quant_err(name))?)),
             }
         };
         let mut formats = std::collections::BTreeMap::<String, usize>::new();
@@ -554,64 +554,59 @@ impl Model {
                 });
             }
             *formats.entry(t.ty.name()).or_default() += 1;
-            let d = data(t);
+            let (start, have) = span(t);
             let e = quant_err(name);
             Ok(match t.ty {
                 TensorType::I2S if packed_i2s => {
                     let n = rows * cols;
-                    if d.len() < n / 4 + 4 || !cols.is_multiple_of(128) {
+                    if have < n / 4 + 4 || !cols.is_multiple_of(128) {
                         return Err(ModelError::Quant {
                             name: name.into(),
-                            source: QuantError::Size { ty: "i2_s".into(), n, want: n / 4 + 4, have: d.len() },
+                            source: QuantError::Size { ty: "i2_s".into(), n, want: n / 4 + 4, have },
                         });
                     }
-                    let scale = f32::from_le_bytes(d[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
-                    let bytes = mapped((gguf.data_offset + t.offset) as usize, n / 4);
-                    if weights::regroups_i2s(cols) {
-                        // SAFETY: each I2_S matrix is built once, here, and
-                        // only from the new buffer.
-                        let bytes = unsafe { weights::regroup_i2s(&bytes, rows, cols / 256, arena.as_ref()) }
-                            .map_err(ModelError::Map)?;
-                        Linear::I2S { bytes, rows, cols, scale, grouped: true }
-                    } else {
-                        Linear::I2S { bytes, rows, cols, scale, grouped: false }
-                    }
+                    let scale = file.bytes(start + n / 4, 4).map_err(ModelError::Map)?;
+                    let scale = f32::from_le_bytes(scale[..].try_into().expect("4 bytes"));
+                    let src = rows_at(start, rows, cols / 4, false)?;
+                    let grouped = weights::regroups_i2s(cols);
+                    let bytes = match grouped {
+                        true => weights::regroup_i2s(&src, rows, cols / 256, arena),
+                        false => weights::place(&src, arena),
+                    };
+                    Linear::I2S { bytes: bytes.map_err(ModelError::Map)?, rows, cols, scale, grouped }
                 }
-                TensorType::I2S => Linear::Ternary(quant::decode_i2s(d, rows, cols).map_err(e)?),
+                TensorType::I2S => Linear::Ternary(quant::decode_i2s(&data(t)?, rows, cols).map_err(e)?),
                 TensorType::TQ2_0 if packed_q8k => {
                     let n = rows * cols;
-                    if !cols.is_multiple_of(256) || d.len() < n / 256 * 66 {
+                    if !cols.is_multiple_of(256) || have < n / 256 * 66 {
                         return Err(ModelError::Quant {
                             name: name.into(),
-                            source: QuantError::Size { ty: "tq2_0".into(), n, want: n / 256 * 66, have: d.len() },
+                            source: QuantError::Size { ty: "tq2_0".into(), n, want: n / 256 * 66, have },
                         });
                     }
-                    tq2(mapped((gguf.data_offset + t.offset) as usize, n / 256 * 66), rows, cols)?
+                    tq2(rows_at(start, rows, cols / 256 * 66, false)?, rows, cols)?
                 }
-                TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(d, rows, cols).map_err(e)?),
+                TensorType::TQ2_0 => Linear::Ternary(quant::decode_tq2_0(&data(t)?, rows, cols).map_err(e)?),
                 TensorType::TQ1_0 if packed_q8k => {
                     let n = rows * cols;
-                    if !cols.is_multiple_of(256) || d.len() < n / 256 * 54 {
+                    if !cols.is_multiple_of(256) || have < n / 256 * 54 {
                         return Err(ModelError::Quant {
                             name: name.into(),
-                            source: QuantError::Size { ty: "tq1_0".into(), n, want: n / 256 * 54, have: d.len() },
+                            source: QuantError::Size { ty: "tq1_0".into(), n, want: n / 256 * 54, have },
                         });
                     }
-                    match unpacked_tq1.get(name) {
-                        Some(unpacked) => tq2(unpacked.clone(), rows, cols)?,
-                        None => Linear::Tq1 {
-                            bytes: mapped((gguf.data_offset + t.offset) as usize, n / 256 * 54),
-                            rows,
-                            cols,
-                        },
+                    let src = rows_at(start, rows, cols / 256 * 54, unpack_tq1)?;
+                    match unpack_tq1 {
+                        true => tq2(src, rows, cols)?,
+                        false => Linear::Tq1 { bytes: weights::place(&src, arena).map_err(ModelError::Map)?, rows, cols },
                     }
                 }
-                TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(d, rows, cols).map_err(e)?),
+                TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(&data(t)?, rows, cols).map_err(e)?),
                 TensorType::Other(37 | 38) | TensorType::Other(39) if arch.starts_with("bitnet") => {
                     return Err(ModelError::LookupTable(name.into()))
                 }
                 ty => {
-                    let w = quant::decode_float(ty, d, rows * cols).map_err(quant_err(name))?;
+                    let w = quant::decode_float(ty, &data(t)?, rows * cols).map_err(quant_err(name))?;
                     match quant::ternarize_f32(&w, rows, cols) {
                         Ok(t) => Linear::Ternary(t),
                         Err(_) => Linear::Dense { w, rows, cols },
@@ -1139,7 +1134,7 @@ mod tests {
             if let Linear::Tq2 { grouped, bytes, .. } = &l.w_down {
                 assert_eq!(*grouped, weights::regroups_tq2(), "{stem}: TQ2_0 layout");
                 // Regrouped matrices share the model's arena.
-                assert_eq!(bytes.source().is_none(), *grouped, "{stem}: regrouped TQ2_0 in the arena");
+                assert!(bytes.is_in_arena(), "{stem}: TQ2_0 read into the arena");
             }
         }
         let v = m.hp.n_vocab;
@@ -1202,7 +1197,7 @@ mod tests {
         for l in &packed.layers {
             let Linear::I2S { bytes, rows, cols, scale, grouped } = &l.w_down else { panic!("not packed") };
             assert_eq!(*grouped, weights::regroups_i2s(*cols), "I2_S layout");
-            assert_eq!(bytes.source().is_none(), *grouped, "regrouped I2_S in the arena");
+            assert!(bytes.is_in_arena(), "I2_S read into the arena");
             let mut raw = if *grouped {
                 crate::kernels::i2s_file_rows(bytes.bytes(), *rows, *cols / 256)
             } else {
