@@ -377,6 +377,7 @@ pub trait Scratch: Copy + 'static {
 thread_local! {
     static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCRATCH_I32: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Scratch for f32 {
@@ -390,6 +391,13 @@ impl Scratch for i32 {
     const POISON: i32 = i32::MIN;
     fn local() -> &'static std::thread::LocalKey<RefCell<Vec<i32>>> {
         &SCRATCH_I32
+    }
+}
+
+impl Scratch for u8 {
+    const POISON: u8 = 0xA5;
+    fn local() -> &'static std::thread::LocalKey<RefCell<Vec<u8>>> {
+        &SCRATCH_U8
     }
 }
 

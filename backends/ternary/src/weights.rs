@@ -224,17 +224,23 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// `f` on items `first..first + n` as handed on.
+    /// `f` on items `first..first + n` as handed on, read into this
+    /// thread's scratch buffer (kept from run to run: a fresh buffer each
+    /// run had its pages faulted in and zeroed again, most of a load's time
+    /// on this VM).
     fn with<R>(&self, first: usize, n: usize, f: impl FnOnce(&[u8]) -> R) -> std::io::Result<R> {
         assert!(first + n <= self.items, "items past the matrix");
-        let mut raw = vec![0u8; n * self.item_bytes];
-        self.file.read_at(self.start + first * self.item_bytes, &mut raw)?;
-        if !self.tq1 {
-            return Ok(f(&raw));
-        }
-        let mut tq2 = vec![0u8; n * self.out_item_bytes()];
-        crate::quant::tq1_0_to_tq2_0(&raw, &mut tq2);
-        Ok(f(&tq2))
+        let (raw_len, out_len) = (n * self.item_bytes, n * self.out_item_bytes());
+        let extra = if self.tq1 { out_len } else { 0 };
+        crate::pool::with_scratch::<u8, _>(raw_len + extra, |buf| {
+            let (raw, tq2) = buf.split_at_mut(raw_len);
+            self.file.read_at(self.start + first * self.item_bytes, raw)?;
+            if !self.tq1 {
+                return Ok(f(raw));
+            }
+            crate::quant::tq1_0_to_tq2_0(raw, tq2);
+            Ok(f(tq2))
+        })
     }
 
     /// `out` (whole items as handed on, `first` the first of them) filled
@@ -395,8 +401,9 @@ pub fn regroup_i2s(src: &Rows<'_>, rows: usize, blocks: usize, arena: Option<&Ar
 }
 
 /// `rows` rows of `row_bytes` bytes into groups of 16 rows of
-/// `group_bytes` bytes each, in `arena`, `group(rows, dst)` writing up to
-/// 64 groups at a time, on the pool.
+/// `group_bytes` bytes each, in `arena`, `group(rows, dst)` writing about
+/// 1 MB of groups at a time, on the pool (so the reads fit the threads'
+/// kept scratch buffers).
 fn regroup(
     src: &Rows<'_>,
     rows: usize,
@@ -408,7 +415,8 @@ fn regroup(
     use crate::kernels::GROUP_ROWS;
     assert!(src.items == rows && src.out_item_bytes() == row_bytes, "matrix bytes");
     let len = rows.div_ceil(GROUP_ROWS) * group_bytes;
-    placed(len, arena, |out| src.fill_parallel(out, 64 * group_bytes, 64 * GROUP_ROWS, &group))
+    let groups = ((1 << 20) / (GROUP_ROWS * row_bytes).max(1)).max(1);
+    placed(len, arena, |out| src.fill_parallel(out, groups * group_bytes, groups * GROUP_ROWS, &group))
 }
 
 /// Whether the model permutes its Q6_K output matrix's blocks at load:
