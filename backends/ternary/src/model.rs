@@ -598,7 +598,9 @@ impl Model {
                     let src = rows_at(start, rows, cols / 256 * 54, unpack_tq1)?;
                     match unpack_tq1 {
                         true => tq2(src, rows, cols)?,
-                        false => Linear::Tq1 { bytes: weights::place(&src, arena).map_err(ModelError::Map)?, rows, cols },
+                        false => {
+                            Linear::Tq1 { bytes: weights::place(&src, arena).map_err(ModelError::Map)?, rows, cols }
+                        }
                     }
                 }
                 TensorType::TQ1_0 => Linear::Ternary(quant::decode_tq1_0(&data(t)?, rows, cols).map_err(e)?),

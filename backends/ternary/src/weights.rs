@@ -180,7 +180,10 @@ fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> s
         let n = std::os::windows::fs::FileExt::seek_read(file, buf, offset);
         match n {
             Ok(0) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the model file shrank while loading"))
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the model file shrank while loading",
+                ))
             }
             Ok(n) => {
                 buf = &mut buf[n..];
@@ -563,8 +566,10 @@ mod tests {
         // Regrouped from the file, as the kernels' own grouping of those rows.
         let mut grouped = vec![0u8; crate::kernels::grouped_len(rows, cols / 256)];
         crate::kernels::group_tq2(&want, cols / 256, &mut grouped);
-        let (own, placed) =
-            (regroup_tq2(&tq1, rows, cols / 256, None).unwrap(), regroup_tq2(&tq1, rows, cols / 256, Some(&arena)).unwrap());
+        let (own, placed) = (
+            regroup_tq2(&tq1, rows, cols / 256, None).unwrap(),
+            regroup_tq2(&tq1, rows, cols / 256, Some(&arena)).unwrap(),
+        );
         assert!(own.bytes() == grouped && placed.bytes() == grouped && placed.is_in_arena());
         // A full arena falls back to a buffer of its own.
         let small = Arena::new(64).unwrap();
