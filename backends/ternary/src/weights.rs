@@ -145,10 +145,10 @@ impl ModelFile {
     /// buffer of their own when there is none or it is full).
     pub fn held(&self, start: usize, len: usize, arena: Option<&Arena>) -> std::io::Result<Mapped> {
         let end = self.end(start, len)?;
-        if !self.left_in_file(start, end) {
+        if len == 0 || !self.left_in_file(start, end) {
             return Ok(Mapped::new(self.map.clone(), start, len));
         }
-        let rows = Rows::new(self, start, len.max(1), 1, false)?;
+        let rows = Rows::new(self, start, len, 1, false)?;
         place(&rows, arena)
     }
 
